@@ -1,0 +1,148 @@
+"""One error body for every failure: ``{"error": {"code", "message", "details"}}``.
+
+DRF's own errors (validation, parse, authentication, permission, 404, throttling), Django's
+(oversized body, unknown URL) and unexpected exceptions all leave here in that shape with the
+status of API.md's table. Unexpected exceptions are logged with the request id and answered as a
+500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework import status
+from rest_framework.response import Response
+
+logger = logging.getLogger("bridge.errors")
+
+
+class BridgeError(drf.APIException):
+    """An API error with an explicit code; subclasses fix the status."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "ValidationError"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, code: str | None = None):
+        super().__init__(detail=message)
+        self.message = message
+        self.details = details or {}
+        if code:
+            self.code = code
+
+
+class ValidationFailed(BridgeError):
+    status_code = 400
+    code = "ValidationError"
+
+
+class Unauthorized(BridgeError):
+    status_code = 401
+    code = "Unauthorized"
+
+
+class SessionExpired(BridgeError):
+    status_code = 401
+    code = "SessionExpired"
+
+
+class NotFound(BridgeError):
+    status_code = 404
+    code = "NotFound"
+
+
+class Conflict(BridgeError):
+    status_code = 409
+    code = "TaskConflict"
+
+
+class BridgeUnavailable(BridgeError):
+    status_code = 502
+    code = "BridgeUnavailable"
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _field_details(detail: Any) -> dict[str, Any]:
+    """DRF validation detail (nested dicts/lists of ErrorDetail) as plain field -> messages."""
+    if isinstance(detail, dict):
+        return {str(k): _field_details(v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        if all(not isinstance(x, dict | list) for x in detail):
+            return [str(x) for x in detail]  # type: ignore[return-value]
+        return [_field_details(x) for x in detail]  # type: ignore[return-value]
+    return [str(detail)]  # type: ignore[return-value]
+
+
+def _request_id(context: dict[str, Any]) -> str:
+    request = context.get("request")
+    return getattr(getattr(request, "_request", request), "bridge_request_id", "-")
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF EXCEPTION_HANDLER: map every exception to the API's error body and status."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, BridgeError):
+        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, drf.ValidationError):
+        details = _field_details(exc.detail)
+        if not isinstance(details, dict):
+            details = {"non_field_errors": details}
+        return Response(error_body("ValidationError", "request validation failed", details), status=400)
+    if isinstance(exc, drf.ParseError):
+        return Response(error_body("ValidationError", f"malformed request body: {exc.detail}"), status=400)
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return Response(error_body("ValidationError", str(exc.detail)), status=415)
+    if isinstance(exc, (drf.NotAuthenticated, drf.AuthenticationFailed)):
+        return Response(
+            error_body("Unauthorized", str(exc.detail)), status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    if isinstance(exc, (drf.PermissionDenied, DjangoPermissionDenied)):
+        return Response(error_body("Forbidden", "permission denied"), status=403)
+    if isinstance(exc, (drf.NotFound, Http404)):
+        return Response(error_body("NotFound", "not found"), status=404)
+    if isinstance(exc, drf.MethodNotAllowed):
+        return Response(error_body("MethodNotAllowed", str(exc.detail)), status=405)
+    if isinstance(exc, drf.NotAcceptable):
+        return Response(error_body("NotAcceptable", str(exc.detail)), status=406)
+    if isinstance(exc, drf.Throttled):
+        wait = int(exc.wait or 1)
+        headers["Retry-After"] = str(max(wait, 1))
+        return Response(
+            error_body("RateLimited", "workspace rate limit exceeded", {"retryAfter": max(wait, 1)}),
+            status=429,
+            headers=headers,
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("PayloadTooLarge", "request body too large"), status=413)
+    if isinstance(exc, SuspiciousOperation):
+        return Response(error_body("ValidationError", "bad request"), status=400)
+    if isinstance(exc, drf.APIException):
+        return Response(error_body(type(exc).__name__, str(exc.detail)), status=exc.status_code)
+    logger.exception("unhandled error (request id %s)", _request_id(context))
+    return Response(
+        error_body("InternalError", "internal error", {"requestId": _request_id(context)}), status=500
+    )
+
+
+def json_404(request, exception=None) -> JsonResponse:  # noqa: ANN001 - Django handler signature
+    return JsonResponse(error_body("NotFound", "not found"), status=404)
+
+
+def json_400(request, exception=None) -> JsonResponse:  # noqa: ANN001
+    return JsonResponse(error_body("ValidationError", "bad request"), status=400)
+
+
+def json_403(request, exception=None) -> JsonResponse:  # noqa: ANN001
+    return JsonResponse(error_body("Forbidden", "permission denied"), status=403)
+
+
+def json_500(request) -> JsonResponse:  # noqa: ANN001
+    rid = getattr(request, "bridge_request_id", "-")
+    return JsonResponse(error_body("InternalError", "internal error", {"requestId": rid}), status=500)

@@ -1,0 +1,179 @@
+"""Settings, all from the environment, with a safe embedded default.
+
+The embedded default (no environment at all) is a development bridge on one machine: SQLite under
+``var/``, Redis on 127.0.0.1:6379, two emulated terminals from ``terminals.yaml``. Production sets
+``BRIDGE_ENV=production`` and must then provide ``SECRET_KEY`` and ``BRIDGE_CREDENTIALS_KEY``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("BRIDGE_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+
+BRIDGE_ENV = env.str("BRIDGE_ENV", default="development")
+if BRIDGE_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured("BRIDGE_ENV must be 'development' or 'production'")
+PRODUCTION = BRIDGE_ENV == "production"
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY must be set when BRIDGE_ENV=production")
+    SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - development only
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if not PRODUCTION else ["localhost"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "sessions.apps.BridgeSessionsConfig",
+    "workers.apps.WorkersConfig",
+    "trading.apps.TradingConfig",
+    "streams.apps.StreamsConfig",
+]
+
+MIDDLEWARE = [
+    "bridge_project.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.gzip.GZipMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "bridge_project.urls"
+WSGI_APPLICATION = "bridge_project.wsgi.application"
+ASGI_APPLICATION = "bridge_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'bridge.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, workers and beat all write the embedded SQLite at once: WAL lets readers run beside the
+    # writer, IMMEDIATE takes the write lock at BEGIN (no upgrade deadlocks) and the busy timeout
+    # makes writers queue instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, cache, channels ----------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "bridge",
+    }
+}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "bridge:ch", "capacity": 1000, "expiry": 30},
+    }
+}
+
+# --- Celery ------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+
+# --- Bridge ------------------------------------------------------------------------------------
+BRIDGE_TERMINALS_FILE = env.str("BRIDGE_TERMINALS_FILE", default=str(BASE_DIR / "terminals.yaml"))
+# Authenticated encryption key for MT5 passwords (32 bytes, urlsafe base64). Development without one
+# keeps a generated key in var/credentials.key; production refuses to start without it.
+BRIDGE_CREDENTIALS_KEY = env.str("BRIDGE_CREDENTIALS_KEY", default="")
+if PRODUCTION and not BRIDGE_CREDENTIALS_KEY:
+    raise ImproperlyConfigured("BRIDGE_CREDENTIALS_KEY must be set when BRIDGE_ENV=production")
+BRIDGE_CREDENTIALS_KEY_FILE = VAR_DIR / "credentials.key"
+BRIDGE_SESSION_TTL = env.int("BRIDGE_SESSION_TTL", default=120)
+BRIDGE_SESSION_EXPIRY_SWEEP = env.float("BRIDGE_SESSION_EXPIRY_SWEEP", default=10.0)
+BRIDGE_SESSION_OPEN_MAX_WAIT = env.float("BRIDGE_SESSION_OPEN_MAX_WAIT", default=30.0)
+BRIDGE_WORKER_HEARTBEAT_INTERVAL = env.float("BRIDGE_WORKER_HEARTBEAT_INTERVAL", default=5.0)
+BRIDGE_REQUIRE_REQUEST_ID = env.bool("BRIDGE_REQUIRE_REQUEST_ID", default=False)
+BRIDGE_THROTTLE_RATE = env.str("BRIDGE_THROTTLE_RATE", default="6000/min")
+BRIDGE_OPS_TOKEN = env.str("BRIDGE_OPS_TOKEN", default="")
+
+# --- REST --------------------------------------------------------------------------------------
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("BRIDGE_MAX_BODY_BYTES", default=64 * 1024)
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["sessions.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["sessions.auth.IsWorkspace"],
+    "DEFAULT_THROTTLE_CLASSES": ["sessions.throttling.WorkspaceRateThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "bridge_project.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "mt5-bridge API",
+    "DESCRIPTION": (
+        "Task-queue trading bridge for MetaTrader 5. Every write is a task keyed by the client's "
+        "x-request-id; errors share one body shape: {\"error\": {\"code\", \"message\", \"details\"}}."
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Beat schedule (periodic maintenance; other apps add their entries here) ----------------------
+CELERY_BEAT_SCHEDULE = {
+    "sessions.expire": {"task": "sessions.expire_sessions", "schedule": BRIDGE_SESSION_EXPIRY_SWEEP},
+}

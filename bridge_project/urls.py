@@ -1,0 +1,24 @@
+"""URL routing: the client API under /mt5/client/, probes at the root, admin and docs."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from .health import health
+
+handler400 = "bridge_project.errors.json_400"
+handler403 = "bridge_project.errors.json_403"
+handler404 = "bridge_project.errors.json_404"
+handler500 = "bridge_project.errors.json_500"
+
+client_api = [
+    path("", include("sessions.urls")),
+]
+
+urlpatterns = [
+    path("mt5/client/", include(client_api)),
+    path("health", health, name="health"),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]

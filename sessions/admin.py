@@ -1,0 +1,69 @@
+"""Admin for workspaces, API keys (create shows the key once; revoke/rotate) and sessions."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from .api_keys import create_api_key, revoke_api_key, rotate_api_key
+from .models import LIVE_STATUSES, ApiKey, BridgeSession, SessionStatus, Workspace
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    list_display = ("name", "created_at")
+    search_fields = ("name",)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "workspace", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("workspace",)
+    search_fields = ("prefix", "name", "workspace__name")
+    list_select_related = ("workspace",)
+    fields = ("workspace", "name", "prefix", "created_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at", "revoked_at")
+    actions = ["revoke", "rotate"]
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:  # noqa: ANN001
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        row, key = create_api_key(obj.workspace, obj.name)
+        obj.pk, obj.prefix, obj.digest = row.pk, row.prefix, row.digest
+        self.message_user(request, f"New API key (copy it now, it is not shown again): {key}", messages.WARNING)
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for row in queryset:
+            revoke_api_key(row)
+        self.message_user(request, f"revoked {queryset.count()} key(s)")
+
+    @admin.action(description="Rotate selected keys (revoke and issue a replacement)")
+    def rotate(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for row in queryset.filter(revoked_at__isnull=True):
+            new, key = rotate_api_key(row)
+            self.message_user(request, f"{row.prefix} rotated; new key (shown once): {key}", messages.WARNING)
+
+
+@admin.register(BridgeSession)
+class BridgeSessionAdmin(admin.ModelAdmin):
+    list_display = ("id", "workspace", "terminal", "login", "server", "status", "expires_at", "created_at")
+    list_filter = ("status", "terminal", "workspace")
+    search_fields = ("id", "login", "account_id", "server")
+    list_select_related = ("workspace", "terminal")
+    exclude = ("password_encrypted",)
+    readonly_fields = [f.name for f in BridgeSession._meta.fields if f.name != "password_encrypted"]
+    actions = ["expire"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Expire selected sessions (frees their terminals)")
+    def expire(self, request: HttpRequest, queryset: QuerySet[BridgeSession]) -> None:
+        count = queryset.filter(status__in=LIVE_STATUSES).update(
+            status=SessionStatus.EXPIRED, ended_at=timezone.now()
+        )
+        self.message_user(request, f"expired {count} session(s)")

@@ -1,0 +1,3 @@
+"""WebSocket routes (the /events consumer lands with the events work)."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,24 @@
+"""Run the maintenance worker: beat's periodic jobs that need no terminal (expiry, sweeps)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run the worker of queue bridge.maintenance (session expiry, outbox sweeps); --beat embeds beat."
+
+    def add_arguments(self, parser):  # noqa: ANN001
+        parser.add_argument("--loglevel", default="INFO")
+        parser.add_argument("--beat", action="store_true", help="also run the beat scheduler in this process")
+
+    def handle(self, *args, loglevel: str, beat: bool, **options) -> None:  # noqa: ANN002, ANN003
+        from django.conf import settings
+
+        from bridge_project.celery import app
+
+        argv = ["worker", "-Q", "bridge.maintenance", "-P", "solo", "-n", "maintenance@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel]
+        if beat:
+            argv += ["-B", "-s", str(settings.VAR_DIR / "celerybeat-schedule")]
+        app.worker_main(argv)

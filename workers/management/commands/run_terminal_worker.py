@@ -1,0 +1,45 @@
+"""Run the pinned Celery worker of one terminal: its queue only, one process, no concurrency."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.config import get_terminal
+from workers.runtime import TERMINAL_ENV
+
+
+def worker_argv(name: str, loglevel: str = "INFO") -> list[str]:
+    """The Celery command line of a pinned worker (also rendered for the Windows VM)."""
+    return [
+        "celery", "-A", "bridge_project", "worker",
+        "-Q", f"terminal.{name}",
+        # solo: one process, one task at a time, and the task runs in the process that holds the
+        # MT5 connection (the module is one connection per process and not thread-safe).
+        "-P", "solo", "-c", "1",
+        "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-l", loglevel,
+    ]
+
+
+class Command(BaseCommand):
+    help = "Run the pinned worker of terminal NAME (consumes only queue terminal.NAME, -P solo)."
+
+    def add_arguments(self, parser):  # noqa: ANN001
+        parser.add_argument("name")
+        parser.add_argument("--loglevel", default="INFO")
+
+    def handle(self, *args, name: str, loglevel: str, **options) -> None:  # noqa: ANN002, ANN003
+        try:
+            get_terminal(name)
+        except Exception as exc:  # noqa: BLE001
+            raise CommandError(str(exc)) from exc
+        os.environ[TERMINAL_ENV] = name
+        from bridge_project.celery import app
+
+        self.stdout.write(f"pinned worker for terminal {name}: queue terminal.{name}, pool solo")
+        sys.stdout.flush()
+        app.worker_main(worker_argv(name, loglevel)[3:])  # drop 'celery -A bridge_project'

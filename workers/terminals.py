@@ -1,0 +1,40 @@
+"""Mirror the terminals file into the Terminal table and record worker heartbeats."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from .config import TerminalConfig, load_terminals
+from .models import Terminal
+
+_synced: dict[str, object] = {}
+
+
+@transaction.atomic
+def _apply(configs: list[TerminalConfig]) -> None:
+    names = {c.name for c in configs}
+    for config in configs:
+        Terminal.objects.update_or_create(
+            name=config.name,
+            defaults={
+                "backend": config.backend,
+                "address": config.address,
+                "utc_offset": config.utc_offset,
+                "enabled": True,
+            },
+        )
+    Terminal.objects.exclude(name__in=names).filter(enabled=True).update(enabled=False)
+
+
+def sync_terminals(force: bool = False) -> list[TerminalConfig]:
+    """Upsert configured terminals, disable the ones gone from the file (only when it changed)."""
+    configs = load_terminals()
+    if force or _synced.get("configs") is not configs:
+        _apply(configs)
+        _synced["configs"] = configs
+    return configs
+
+
+def record_worker_heartbeat(terminal_name: str, hostname: str) -> None:
+    Terminal.objects.filter(name=terminal_name).update(worker_heartbeat_at=timezone.now(), worker_hostname=hostname)
