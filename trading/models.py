@@ -1,0 +1,111 @@
+"""Tasks: the idempotency ledger. One row per accepted write, keyed by (workspace, request id)."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+
+
+def new_task_id() -> str:
+    return f"tsk_{secrets.token_hex(12)}"
+
+
+class TaskKind(models.TextChoices):
+    ORDER_CREATE = "order.create"
+    ORDER_MODIFY = "order.modify"
+    ORDER_CANCEL = "order.cancel"
+    POSITION_CLOSE = "position.close"
+    POSITION_MODIFY = "position.modify"
+
+
+class TaskState(models.TextChoices):
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    PLACED = "placed"
+    FILLED = "filled"
+    PARTIAL = "partial"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+FINAL_STATES = (
+    TaskState.PLACED,
+    TaskState.FILLED,
+    TaskState.PARTIAL,
+    TaskState.REJECTED,
+    TaskState.CANCELLED,
+    TaskState.FAILED,
+)
+
+
+class Task(models.Model):
+    """One write (place, modify, cancel, close, SL/TP) and its outcome at the terminal.
+
+    ``unique(workspace, request_id)`` makes a request id map to at most one task; ``fingerprint``
+    (SHA-256 of the canonical validated payload + kind) tells a replay from a conflicting reuse.
+    ``tag`` goes into the MT5 order comment so the task's order can be found at the terminal.
+    """
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_task_id, editable=False)
+    workspace = models.ForeignKey("bridge_sessions.Workspace", on_delete=models.CASCADE, related_name="tasks")
+    session = models.ForeignKey("bridge_sessions.BridgeSession", on_delete=models.CASCADE, related_name="tasks")
+    terminal = models.ForeignKey("workers.Terminal", on_delete=models.PROTECT, related_name="tasks")
+    request_id = models.CharField(max_length=128)
+    fingerprint = models.CharField(max_length=64)
+    kind = models.CharField(max_length=20, choices=TaskKind.choices)
+    state = models.CharField(max_length=12, choices=TaskState.choices, default=TaskState.QUEUED)
+    request = models.JSONField(help_text="the validated client payload")
+    mt5_request = models.JSONField(null=True, blank=True, help_text="the order_send request as sent")
+    result = models.JSONField(null=True, blank=True, help_text="retcode, retcodeText, order, deal, volume, price, ...")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        help_text="the order.create task a modify/cancel acts on",
+    )
+    tag = models.CharField(max_length=29, blank=True, default="", help_text="comment tag at the terminal")
+    order_ticket = models.BigIntegerField(null=True, blank=True)
+    deal_ticket = models.BigIntegerField(null=True, blank=True)
+    position_ticket = models.BigIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(default=202, help_text="HTTP status of the accepting response")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "request_id"], name="task_unique_request_id"),
+        ]
+        indexes = [
+            models.Index(fields=["session", "-created_at"], name="task_session_created"),
+            models.Index(fields=["state", "created_at"], name="task_state_created"),
+            models.Index(fields=["terminal", "state"], name="task_terminal_state"),
+            models.Index(fields=["order_ticket"], name="task_order_ticket"),
+            models.Index(fields=["position_ticket"], name="task_position_ticket"),
+            models.Index(fields=["tag"], name="task_tag"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.kind} {self.state}"
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class TaskTransition(models.Model):
+    """Every state change of a task, with its time (audit trail and latency figures)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="transitions")
+    from_state = models.CharField(max_length=12, blank=True, default="")
+    to_state = models.CharField(max_length=12)
+    at = models.DateTimeField(auto_now_add=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["task", "at"], name="transition_task_at")]
