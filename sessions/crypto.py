@@ -39,9 +39,16 @@ def _key_for(configured: str, key_file: str) -> bytes:
         return _decode_key(configured)
     path = settings.BRIDGE_CREDENTIALS_KEY_FILE
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(generate_key())
+        try:
+            os.link(tmp, path)  # atomic: the first process to create the key wins, others read it
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return _decode_key(path.read_text())
 
 

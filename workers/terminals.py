@@ -28,13 +28,24 @@ def _apply(configs: list[TerminalConfig]) -> None:
 
 
 def sync_terminals(force: bool = False) -> list[TerminalConfig]:
-    """Upsert configured terminals, disable the ones gone from the file (only when it changed)."""
+    """Upsert configured terminals and disable the ones gone from the file.
+
+    Cheap when nothing changed (one COUNT): re-applied when the file changed or rows went missing.
+    """
     configs = load_terminals()
-    if force or _synced.get("configs") is not configs:
+    names = [c.name for c in configs]
+    if (
+        force
+        or _synced.get("configs") is not configs
+        or Terminal.objects.filter(name__in=names, enabled=True).count() != len(names)
+    ):
         _apply(configs)
         _synced["configs"] = configs
     return configs
 
 
 def record_worker_heartbeat(terminal_name: str, hostname: str) -> None:
-    Terminal.objects.filter(name=terminal_name).update(worker_heartbeat_at=timezone.now(), worker_hostname=hostname)
+    now = timezone.now()
+    if not Terminal.objects.filter(name=terminal_name).update(worker_heartbeat_at=now, worker_hostname=hostname):
+        sync_terminals(force=True)
+        Terminal.objects.filter(name=terminal_name).update(worker_heartbeat_at=now, worker_hostname=hostname)

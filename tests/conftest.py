@@ -1,0 +1,144 @@
+"""Shared fixtures: API clients, and a real bridge stack (mt5sim terminals + pinned workers).
+
+The stack fixtures run real processes against the test database (PostgreSQL in CI) and the Redis
+named by ``REDIS_URL``; tests that use them must be ``django_db(transaction=True)`` so that what
+they write is committed and visible to the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from django.db import connection
+from rest_framework.test import APIClient
+
+from sessions.api_keys import create_api_key
+from sessions.models import Workspace
+from tests.procs import Proc, start_manage, start_sim
+
+SIM_TERMINALS = (("sim-a", 10800), ("sim-b", 0))  # (name, broker UTC offset in seconds)
+
+
+@dataclass
+class Stack:
+    """The running test stack: terminals by name, their pinned workers, the env they run with."""
+
+    terminals_file: Path
+    addresses: dict[str, str]
+    sims: dict[str, Proc]
+    workers: dict[str, Proc] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Proc:
+        proc = start_manage(
+            f"worker-{name}-{int(time.time() * 1000)}",
+            ["run_terminal_worker", name, "--loglevel", "INFO"],
+            {**self.env, **(extra_env or {})},
+            self.log_dir,
+        )
+        proc.wait_log("ready", timeout=60)
+        self.workers[name] = proc
+        return proc
+
+
+def _db_env() -> dict[str, str]:
+    """Environment that points a subprocess at this test run's database."""
+    settings_dict = connection.settings_dict
+    env = {}
+    if settings_dict["ENGINE"].endswith("postgresql"):
+        user = settings_dict.get("USER") or "postgres"
+        host = settings_dict.get("HOST") or "127.0.0.1"
+        port = settings_dict.get("PORT") or 5432
+        env["DATABASE_URL"] = f"postgres://{user}@{host}:{port}/{settings_dict['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{settings_dict['NAME']}"
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[Stack]:  # noqa: ANN001
+    """Two mt5sim terminals (UTC+3 and UTC+0) and a terminals file naming them (no workers yet)."""
+    sims: dict[str, Proc] = {}
+    addresses: dict[str, str] = {}
+    try:
+        for i, (name, _offset) in enumerate(SIM_TERMINALS):
+            proc, address = start_sim(f"sim-{name}", stack_dir, stack_dir / f"state-{name}", seed=10 + i)
+            sims[name], addresses[name] = proc, address
+        terminals_file = stack_dir / "terminals.yaml"
+        terminals_file.write_text(
+            yaml.safe_dump(
+                {
+                    "terminals": [
+                        {"name": name, "backend": "sim", "address": addresses[name], "utc_offset": offset}
+                        for name, offset in SIM_TERMINALS
+                    ]
+                }
+            )
+        )
+        with django_db_blocker.unblock():
+            env = {**os.environ, **_db_env(), "BRIDGE_TERMINALS_FILE": str(terminals_file)}
+        yield Stack(terminals_file, addresses, sims, env=env, log_dir=stack_dir)
+    finally:
+        for proc in sims.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def bridge_stack(sim_stack: Stack) -> Iterator[Stack]:
+    """``sim_stack`` plus one pinned worker per terminal."""
+    try:
+        for name, _ in SIM_TERMINALS:
+            sim_stack.start_worker(name)
+        yield sim_stack
+    finally:
+        for proc in sim_stack.workers.values():
+            proc.stop()
+
+
+@pytest.fixture
+def stack(bridge_stack: Stack, settings) -> Stack:  # noqa: ANN001
+    """Per test: the running stack, with this process's settings pointed at its terminals file."""
+    settings.BRIDGE_TERMINALS_FILE = str(bridge_stack.terminals_file)
+    for name, proc in bridge_stack.workers.items():
+        if not proc.alive():  # a crash test killed it: bring the terminal's worker back
+            bridge_stack.start_worker(name)
+    return bridge_stack
+
+
+@pytest.fixture
+def workspace(db) -> Workspace:  # noqa: ANN001
+    return Workspace.objects.create(name="ws-main")
+
+
+@pytest.fixture
+def api_key(workspace: Workspace) -> str:
+    return create_api_key(workspace)[1]
+
+
+@pytest.fixture
+def client(api_key: str) -> APIClient:
+    """An API client authenticated as ``workspace``."""
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    return api
+
+
+@pytest.fixture
+def other_client(db) -> APIClient:  # noqa: ANN001
+    """An API client of a second workspace."""
+    ws = Workspace.objects.create(name="ws-other")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_api_key(ws)[1]}")
+    return api
