@@ -1,0 +1,189 @@
+"""``python -m mt5sim serve | run | control``: the terminal process, the script runner, the control CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import signal
+import sys
+import threading
+from typing import Any
+
+from . import protocol
+
+
+def _load_config(path: str | None) -> dict | None:
+    if not path:
+        return None
+    import yaml  # YAML is a superset of JSON: one loader for both
+
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"mt5sim: config {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    parsed = protocol.parse_address(args.address)
+    if parsed is None:
+        print(f"mt5sim: --address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
+        return 2
+    sys.setswitchinterval(0.0005)  # shorter GIL hand-over: lower latency for connection threads
+
+    from .engine import Engine
+    from .server import TerminalServer
+
+    if args.state:
+        os.makedirs(args.state, exist_ok=True)
+    engine = Engine(_load_config(args.config), args.state, seed=args.seed)
+    server = TerminalServer(engine, parsed[0], parsed[1])
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"mt5sim: cannot listen on {args.address}: {exc}", file=sys.stderr, flush=True)
+        engine.close()
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"mt5sim listening on {server.address} (state={args.state or 'memory'}, pid={os.getpid()})", flush=True)
+    while not stop.wait(0.5):
+        pass
+    print("mt5sim: stopping", flush=True)
+    server.stop()
+    with server.engine_lock:
+        engine.close()
+    print("mt5sim: stopped", flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a MetaTrader5 script unchanged: ``import MetaTrader5`` resolves to mt5sim."""
+    if args.address:
+        if protocol.parse_address(args.address) is None:
+            print(f"mt5sim: --address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
+            return 2
+        os.environ["MT5SIM_ADDRESS"] = args.address
+    if not os.environ.get("MT5SIM_ADDRESS"):
+        print("mt5sim: no terminal address: pass --address HOST:PORT or set MT5SIM_ADDRESS", file=sys.stderr)
+        return 2
+    import mt5sim
+
+    sys.modules["MetaTrader5"] = mt5sim
+    script = args.script
+    sys.argv = [script, *args.script_args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runpy.run_path(script, run_name="__main__")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from .control import Control, ControlError
+
+    ctl = Control(args.address)
+    action = args.action
+    try:
+        if action == "set-price":
+            result = ctl.set_price(args.symbol, args.bid, args.ask, args.last)
+        elif action == "freeze-feed":
+            result = ctl.freeze_feed(args.symbol, frozen=not args.unfreeze)
+        elif action == "trade-server":
+            result = ctl.trade_server(connected=args.state == "connect")
+        elif action == "requote":
+            result = ctl.requote(args.count)
+        elif action == "reject":
+            result = ctl.reject(args.count, args.retcode)
+        elif action == "set-clock":
+            result = ctl.set_clock(offset_seconds=args.offset, at=args.at)
+        elif action == "delay":
+            result = ctl.delay(args.seconds, args.methods or None)
+        elif action == "ipc-timeout":
+            result = ctl.ipc_timeout(args.method, args.count, execute=not args.no_execute)
+        elif action == "reset":
+            result = ctl.reset(full=args.full)
+        elif action == "state":
+            result = ctl.state()
+        else:  # pragma: no cover - argparse restricts the choices
+            raise SystemExit(f"unknown action {action}")
+    except ControlError as exc:
+        print(f"error: {exc.code} {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach {args.address}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ctl.close()
+    print(json.dumps(result, indent=2, default=str, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mt5sim", description="Simulated MetaTrader 5 terminal")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the terminal process")
+    serve.add_argument("--address", default="127.0.0.1:18812", help="HOST:PORT to listen on (port 0: any free port)")
+    serve.add_argument("--config", help="YAML/JSON file: accounts, symbols, ... (see docs/mt5sim.md)")
+    serve.add_argument("--state", help="directory where accounts, orders and history persist")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the price feed")
+    serve.set_defaults(func=cmd_serve)
+
+    run = sub.add_parser("run", help="run a MetaTrader5 script against a terminal")
+    run.add_argument("--address", help="terminal HOST:PORT (default: $MT5SIM_ADDRESS)")
+    run.add_argument("script")
+    run.add_argument("script_args", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+
+    control = sub.add_parser("control", help="drive a running terminal (prices, faults, clock)")
+    control.add_argument("--address", default=os.environ.get("MT5SIM_ADDRESS"), required="MT5SIM_ADDRESS" not in os.environ)
+    actions = control.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("set-price")
+    p.add_argument("symbol")
+    p.add_argument("bid", type=float)
+    p.add_argument("ask", type=float)
+    p.add_argument("last", type=float, nargs="?")
+    p = actions.add_parser("freeze-feed")
+    p.add_argument("symbol", nargs="?")
+    p.add_argument("--unfreeze", action="store_true")
+    p = actions.add_parser("trade-server")
+    p.add_argument("state", choices=["connect", "disconnect"])
+    p = actions.add_parser("requote")
+    p.add_argument("count", type=int, nargs="?", default=1)
+    p = actions.add_parser("reject")
+    p.add_argument("count", type=int, nargs="?", default=1)
+    p.add_argument("retcode", type=int, nargs="?", default=10006)
+    p = actions.add_parser("set-clock")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--offset", type=float, help="seconds to add to the real clock")
+    group.add_argument("--at", type=float, help="pin the clock at this unix time (UTC)")
+    p = actions.add_parser("delay")
+    p.add_argument("seconds", type=float)
+    p.add_argument("methods", nargs="*")
+    p = actions.add_parser("ipc-timeout")
+    p.add_argument("--method", default="order_send")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--no-execute", action="store_true", help="the call is not executed either")
+    p = actions.add_parser("reset")
+    p.add_argument("--full", action="store_true")
+    actions.add_parser("state")
+    control.set_defaults(func=cmd_control)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
