@@ -101,7 +101,7 @@ def _make_type(name: str, doc: str, fields: tuple[str, ...]) -> type:
     namespace: dict[str, Any] = {
         "__slots__": (),
         "__doc__": doc,
-        "__module__": "MetaTrader5",
+        "__module__": "mt5sim",  # pickles as mt5sim.<Type>, a real attribute
         "__match_args__": fields,
         "_field_names": fields,
         "n_fields": len(fields),
