@@ -1,0 +1,212 @@
+"""The embedded stack: every process of a one-machine bridge, started, watched and stopped together.
+
+Order: Redis (the one ``REDIS_URL`` names, else a ``redis-server`` child), migrations, the sim
+terminals, per terminal its roles from ``workers.stack`` (pinned worker, reader, poller), the
+maintenance worker, beat, and daphne. A child that dies is restarted (with back-off); Ctrl-C or
+SIGTERM stops everything in reverse order and waits for it (no orphans).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from django.conf import settings
+
+from .config import TerminalConfig, load_terminals
+from .stack import terminal_process_argvs
+
+ROOT = Path(settings.BASE_DIR)
+
+
+def _say(message: str) -> None:
+    print(f"[bridge] {message}", flush=True)
+
+
+def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.popen = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class Supervisor:
+    port: int
+    host: str = "127.0.0.1"
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def __post_init__(self) -> None:
+        self.log_dir = Path(settings.VAR_DIR) / "log"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    # -- children ---------------------------------------------------------------------------
+    def spawn(self, name: str, argv: list[str]) -> Child:
+        child = Child(name, argv, self.env, self.log_dir / f"{name}.log")
+        child.start()
+        self.children.append(child)
+        _say(f"started {name} (pid {child.popen.pid}, log {child.log_path.relative_to(ROOT)})")
+        return child
+
+    def wait_port(self, name: str, host: str, port: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _port_open(host, port):
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"{name} did not open {host}:{port} within {timeout:.0f}s (see var/log/{name}.log)")
+
+    # -- steps --------------------------------------------------------------------------------
+    def ensure_redis(self) -> None:
+        url = urlparse(settings.REDIS_URL)
+        host, port = url.hostname or "127.0.0.1", url.port or 6379
+        if _port_open(host, port):
+            _say(f"using Redis at {host}:{port} (REDIS_URL)")
+            return
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit(f"Redis at {host}:{port} is not reachable and is not local: start it or fix REDIS_URL")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("no Redis reachable and no redis-server binary: run `make setup` (installs Debian's redis-server)")
+        _say(f"no Redis at {host}:{port}: starting Debian's redis-server there (in memory, no persistence)")
+        self.spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        self.wait_port("redis", host, port)
+
+    def migrate(self) -> None:
+        _say("applying migrations")
+        subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=self.env, check=True)
+
+    def start_terminal(self, terminal: TerminalConfig) -> None:
+        if terminal.backend == "sim":
+            host, _, port = terminal.address.rpartition(":")
+            if _port_open(host, int(port)):
+                _say(f"terminal {terminal.name}: an emulator already listens on {terminal.address}")
+            else:
+                state = Path(settings.VAR_DIR) / "sim" / terminal.name
+                state.mkdir(parents=True, exist_ok=True)
+                self.spawn(
+                    f"sim-{terminal.name}",
+                    [sys.executable, "-m", "mt5sim", "serve", "--address", terminal.address, "--state", str(state)],
+                )
+                self.wait_port(f"sim-{terminal.name}", host, int(port))
+        else:
+            _say(f"terminal {terminal.name}: backend mt5 runs inside the Windows VM (deploy/); not started here")
+            return
+        for role, argv in terminal_process_argvs(terminal.name, sys.executable).items():
+            self.spawn(f"{role}-{terminal.name}", argv)
+
+    def start_all(self) -> None:
+        self.ensure_redis()
+        self.migrate()
+        terminals = load_terminals()
+        _say(f"{len(terminals)} terminal(s) in {settings.BRIDGE_TERMINALS_FILE}")
+        for terminal in terminals:
+            self.start_terminal(terminal)
+        self.spawn("maintenance", [sys.executable, "manage.py", "run_maintenance_worker"])
+        beat_schedule = Path(settings.VAR_DIR) / "celerybeat-schedule"
+        self.spawn("beat", [sys.executable, "-m", "celery", "-A", "bridge_project", "beat", "-s", str(beat_schedule), "-l", "INFO"])
+        self.spawn("web", [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "bridge_project.asgi:application"])
+        self.wait_port("web", self.host, self.port, timeout=60)
+        base = f"http://{self.host}:{self.port}"
+        _say("the bridge is up:")
+        _say(f"  REST API      {base}/mt5/client/   (OpenAPI docs: {base}/api/docs/)")
+        _say(f"  WebSocket     ws://{self.host}:{self.port}/events")
+        _say(f"  admin         {base}/admin/   (python manage.py createsuperuser)")
+        _say(f"  health        {base}/health")
+        _say("  an API key:   .venv/bin/python manage.py create_api_key --workspace demo")
+        _say("Ctrl-C stops everything.")
+
+    def watch(self) -> None:
+        """Restart children that die, with back-off, until asked to stop."""
+        while not self.stopping:
+            now = time.monotonic()
+            for child in self.children:
+                if child.alive() or self.stopping:
+                    continue
+                if child.next_start == 0.0:
+                    delay = min(30.0, 2.0 ** min(child.restarts, 5))
+                    child.next_start = now + delay
+                    _say(f"{child.name} exited ({child.popen.returncode}); restarting in {delay:.0f}s (log {child.log_path})")
+                elif now >= child.next_start:
+                    child.restarts += 1
+                    child.next_start = 0.0
+                    child.start()
+                    _say(f"restarted {child.name} (pid {child.popen.pid})")
+            time.sleep(0.5)
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        self.stopping = True
+        _say("stopping…")
+        for child in reversed(self.children):
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            if child.popen is None:
+                continue
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _say(f"{child.name} did not stop in time: killing it")
+            child.signal(signal.SIGKILL)  # the whole group: nothing outlives the bridge
+            try:
+                child.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        _say("stopped")
+
+
+def run(port: int, host: str = "127.0.0.1") -> None:
+    supervisor = Supervisor(port=port, host=host)
+
+    def _stop(signum, frame) -> None:  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        supervisor.start_all()
+        supervisor.watch()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        supervisor.stop_all()
