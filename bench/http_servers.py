@@ -1,0 +1,101 @@
+"""Which server for the REST tier? daphne vs uvicorn on the same Django app, same database.
+
+One command: ``.venv/bin/python bench/http_servers.py``. It makes a throwaway SQLite database in a
+temp dir (or uses DATABASE_URL), creates a workspace, key and session row, then loads
+``GET /mt5/client/session/{id}`` (API-key auth + two queries: a typical light REST call) against
+each server with 1 and 16 keep-alive clients, and prints req/s and p50/p99 latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import http_load, machine  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"server on {port} did not start")
+
+
+def prepare(env: dict[str, str]) -> tuple[str, str]:
+    """Migrate and create a key and a session; returns (key, session id)."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    code = (
+        "import django,os;django.setup();"
+        "from sessions.models import Workspace,BridgeSession;from sessions.api_keys import create_api_key;"
+        "from workers.models import Terminal;from django.utils import timezone;import datetime;"
+        "ws,_=Workspace.objects.get_or_create(name='bench');_,k=create_api_key(ws);"
+        "t,_=Terminal.objects.get_or_create(name='bench-t',defaults=dict(backend='sim',address='127.0.0.1:1'));"
+        "BridgeSession.objects.filter(terminal=t).delete();"
+        "s=BridgeSession.objects.create(workspace=ws,terminal=t,account_id='a',login=1,server='s',"
+        "password_encrypted=b'x',status='active',expires_at=timezone.now()+datetime.timedelta(days=1));"
+        "print(k);print(s.id)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "bridge_project.settings"},
+        check=True, capture_output=True, text=True,
+    ).stdout.split()
+    return out[-2], out[-1]
+
+
+SERVERS = {
+    "daphne (1 process)": lambda port: [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                        "bridge_project.asgi:application"],
+    "uvicorn (1 process)": lambda port: [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                                         "--no-access-log", "--log-level", "warning", "bridge_project.asgi:application"],
+    "uvicorn (2 workers)": lambda port: [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                                         "--workers", "2", "--no-access-log", "--log-level", "warning",
+                                         "bridge_project.asgi:application"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "BRIDGE_VAR_DIR": tmp, "LOG_LEVEL": "WARNING", "BRIDGE_THROTTLE_RATE": "100000000/s"}
+        print(f"database: {env.get('DATABASE_URL', 'SQLite (temp)')}; preparing…", flush=True)
+        key, session_id = prepare(env)
+        headers = {"Authorization": f"Bearer {key}"}
+        path = f"/mt5/client/session/{session_id}"
+        for name, argv in SERVERS.items():
+            port = free_port()
+            proc = subprocess.Popen(argv(port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_port(port)
+                http_load("127.0.0.1", port, "GET", path, headers, clients=2, seconds=1.0)  # warm-up
+                for clients in (1, 16):
+                    print(f"  {name}: {clients} client(s) for {args.seconds:.0f}s…", flush=True)
+                    result = http_load("127.0.0.1", port, "GET", path, headers, clients=clients, seconds=args.seconds)
+                    print(result.line(f"{name}, {clients:>2} clients"), flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
