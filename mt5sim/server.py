@@ -95,6 +95,7 @@ class TerminalServer:
         self.listener: socket.socket | None = None
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
+        self.threads: set[threading.Thread] = set()
         self.connections_lock = threading.Lock()
         self.accept_thread: threading.Thread | None = None
 
@@ -125,6 +126,13 @@ class TerminalServer:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Let connection threads detach their sessions before the engine closes (bounded wait:
+        # a thread sleeping in ctl.delay is not worth waiting for).
+        deadline = time.monotonic() + 3.0
+        with self.connections_lock:
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         # Taking the lock once means no engine call is still running.
         with self.engine_lock:
             pass
@@ -142,6 +150,8 @@ class TerminalServer:
                 time.sleep(0.05)
                 continue
             thread = threading.Thread(target=self._serve_connection, args=(sock,), name="mt5sim-conn", daemon=True)
+            with self.connections_lock:
+                self.threads.add(thread)
             thread.start()
 
     def _serve_connection(self, sock: socket.socket) -> None:
@@ -173,6 +183,7 @@ class TerminalServer:
         finally:
             with self.connections_lock:
                 self.connections.discard(sock)
+                self.threads.discard(threading.current_thread())
             if session:
                 with self.engine_lock:
                     try:
