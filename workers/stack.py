@@ -13,4 +13,6 @@ def terminal_process_argvs(name: str, python: str = "python") -> dict[str, list[
     read process and its poller. Only the ``worker`` role may call trading functions."""
     return {
         "worker": [python, "manage.py", "run_terminal_worker", name],
+        "reader": [python, "manage.py", "run_terminal_reader", name],
+        "poller": [python, "manage.py", "run_terminal_poller", name],
     }

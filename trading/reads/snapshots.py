@@ -1,0 +1,73 @@
+"""Terminal snapshots in Redis: what the poller last saw at a terminal, with when it saw it.
+
+The poller of a terminal writes one JSON document per cycle under ``bridge:snap:<terminal>``; the web
+tier answers /account, /positions, /orders and /quotes from it (``asOf`` = ``taken_at``). Times in a
+snapshot are real UTC already (the poller converts them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SNAPSHOT_KEY = "bridge:snap:{terminal}"
+# Symbols a client asked a quote of: member = symbol, score = last time asked (unix seconds).
+QUOTE_INTEREST_KEY = "bridge:quotes:wanted:{terminal}"
+
+
+@dataclass
+class TerminalSnapshot:
+    """One poll cycle's view of a terminal (the object ``streams.poll_events.after_poll`` receives)."""
+
+    account: dict[str, Any]
+    positions: list[dict[str, Any]]
+    orders: list[dict[str, Any]]
+    ticks: dict[str, dict[str, Any]]
+    books: dict[str, list[dict[str, Any]]]
+    deals: list[dict[str, Any]]  # history deals that appeared since the previous cycle
+    taken_at: float  # unix seconds (real UTC) when the cycle started
+    connected: bool = True  # the terminal's link to the trade server (terminal_info().connected)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def age(self, now: float | None = None) -> float:
+        return (now if now is not None else time.time()) - self.taken_at
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> TerminalSnapshot:
+        data = json.loads(raw)
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def snapshot_key(terminal: str) -> str:
+    return SNAPSHOT_KEY.format(terminal=terminal)
+
+
+def quote_interest_key(terminal: str) -> str:
+    return QUOTE_INTEREST_KEY.format(terminal=terminal)
+
+
+def store_snapshot(client: Any, terminal: str, snapshot: TerminalSnapshot, ttl: float = 3600) -> None:
+    client.set(snapshot_key(terminal), snapshot.to_json(), ex=int(ttl))
+
+
+def load_snapshot(client: Any, terminal: str) -> TerminalSnapshot | None:
+    raw = client.get(snapshot_key(terminal))
+    return TerminalSnapshot.from_json(raw) if raw else None
+
+
+def note_quote_interest(client: Any, terminal: str, symbol: str, now: float | None = None) -> None:
+    client.zadd(quote_interest_key(terminal), {symbol: now if now is not None else time.time()})
+
+
+def wanted_quote_symbols(client: Any, terminal: str, ttl: float, now: float | None = None) -> set[str]:
+    """Symbols asked for within ``ttl`` seconds (older interest is dropped)."""
+    now = now if now is not None else time.time()
+    key = quote_interest_key(terminal)
+    client.zremrangebyscore(key, "-inf", now - ttl)
+    return {m.decode() if isinstance(m, bytes) else m for m in client.zrange(key, 0, -1)}

@@ -1,0 +1,35 @@
+"""Run the snapshot poller of one terminal (account, positions, orders, ticks, books into Redis)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.config import get_terminal
+
+
+class Command(BaseCommand):
+    help = "Run the snapshot poller of terminal NAME (interval: --interval or BRIDGE_POLL_INTERVAL, default 0.25s)."
+
+    def add_arguments(self, parser):  # noqa: ANN001
+        parser.add_argument("name")
+        parser.add_argument("--interval", type=float, default=None, help="seconds between snapshots")
+
+    def handle(self, *args, name: str, interval: float | None, **options) -> None:  # noqa: ANN002, ANN003
+        from workers.poller import run_terminal_poller
+
+        try:
+            get_terminal(name)
+        except Exception as exc:  # noqa: BLE001
+            raise CommandError(str(exc)) from exc
+        if interval is not None and not 0.01 <= interval <= 60:
+            raise CommandError("--interval must be between 0.01 and 60 seconds")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        self.stdout.write(f"poller for terminal {name}")
+        sys.stdout.flush()
+        run_terminal_poller(name, stop, interval)

@@ -1,0 +1,32 @@
+"""Run the read process of one terminal: serves bridge:read:NAME (never the order queue)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.config import get_terminal
+
+
+class Command(BaseCommand):
+    help = "Run the read process of terminal NAME: request/reply reads over Redis, one at a time."
+
+    def add_arguments(self, parser):  # noqa: ANN001
+        parser.add_argument("name")
+
+    def handle(self, *args, name: str, **options) -> None:  # noqa: ANN002, ANN003
+        from workers.reader import run_terminal_reader
+
+        try:
+            get_terminal(name)
+        except Exception as exc:  # noqa: BLE001
+            raise CommandError(str(exc)) from exc
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        self.stdout.write(f"read process for terminal {name}: queue bridge:read:{name}")
+        sys.stdout.flush()
+        run_terminal_reader(name, stop)
