@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from workers.ops_views import metrics_view
+
 from .health import health
 
 handler400 = "bridge_project.errors.json_400"
@@ -13,11 +15,15 @@ handler500 = "bridge_project.errors.json_500"
 
 client_api = [
     path("", include("sessions.urls")),
+    path("", include("trading.read_urls")),
+    path("", include("streams.urls")),
+    path("", include("workers.ops_urls")),
 ]
 
 urlpatterns = [
     path("mt5/client/", include(client_api)),
     path("health", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -1,17 +1,173 @@
 """The seam through which the rest of the bridge hands events to the /events stream.
 
-Owned by the events work (issue 6). Callers: ``trading`` on every task state change, the terminal
-pollers for account/position/profit/quote/depth changes.
+Callers: ``trading`` on every task state change (``order``), the terminal pollers through
+``streams.poll_events`` (``position``, ``account``, ``profit``, ``quote:X``, ``depth:X``).
+
+One publish is one Redis script call on a long-lived, per-process connection pool (no event loop,
+no new connection per send), and it does everything atomically:
+
+* replayable channels (``order``, ``position``, ``account``): ``INCR`` the session's seq, append the
+  event to the session's stream (entry id ``<seq>-0``; exact ``MAXLEN`` and an age cut, see
+  ``streams.conf``), so seq order and stream order can never disagree between two publishers;
+* every channel: append the event to the fan-out stream that the relays inside daphne read and
+  forward to the channel layer (``streams.relay``).
+
+Non-replayable events (quotes, depth, profit) carry as ``seq`` the session's last replayable seq at
+the time they were published: a socket that sees a larger seq than it has delivered knows it missed
+a replayable event and fetches it from the stream.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
+import redis
 
-def publish_session_event(session_id: str, channel: str, data: dict[str, Any]) -> None:
-    """Publish one event of ``channel`` ('order', 'position', 'account', ...) to a session's stream.
+from . import conf
+from .keys import FANOUT_STREAM, REPLAYABLE, group_for, log_key, parse_channel, seq_key
 
-    To be implemented by the events work: assign the per-session seq, keep it for replay, fan out.
+logger = logging.getLogger("bridge.events")
+
+_PUBLISH_LUA = """
+local body_head, body_tail = ARGV[1], ARGV[2]
+local now_ms, maxlen, max_age_ms = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local fanout_maxlen, group, channel, ttl = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local replayable = ARGV[10] == '1'
+local seq
+if replayable then
+  seq = redis.call('INCR', KEYS[1])
+  local body = body_head .. seq .. body_tail
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 't', now_ms, 'e', body, 'c', channel)
+  if type(ok) == 'table' and ok.err then
+    -- the counter was lost (expired) while an old log survived: start the log again
+    redis.call('DEL', KEYS[2])
+    redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 't', now_ms, 'e', body, 'c', channel)
+  end
+  local cutoff = now_ms - max_age_ms
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first > 0 and tonumber(first[1][2][2]) < cutoff then
+    local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1024)
+    local keep = seq .. '-0'
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][2]) >= cutoff then keep = entry[1]; break end
+    end
+    redis.call('XTRIM', KEYS[2], 'MINID', keep)
+  end
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', fanout_maxlen, '*', 'g', group, 'c', channel, 's', seq,
+             'r', '1', 'e', body)
+else
+  seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', fanout_maxlen, '*', 'g', group, 'c', channel, 's', seq,
+             'r', '0', 'e', body_head .. seq .. body_tail)
+end
+return seq
+"""
+
+_clients: dict[int, tuple[redis.Redis, Any]] = {}
+
+
+def _client() -> tuple[redis.Redis, Any]:
+    """This process's Redis client and registered script (one pool per process, fork-safe)."""
+    pid = os.getpid()
+    entry = _clients.get(pid)
+    if entry is None:
+        _clients.clear()
+        client = redis.Redis.from_url(conf.redis_url(), socket_timeout=5, socket_connect_timeout=2,
+                                      health_check_interval=30)
+        entry = (client, client.register_script(_PUBLISH_LUA))
+        _clients[pid] = entry
+    return entry
+
+
+def sync_redis() -> redis.Redis:
+    """The process's shared synchronous Redis client (also used by the REST view and the poller side)."""
+    return _client()[0]
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if hasattr(value, "_asdict"):
+        return value._asdict()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)
+
+
+def now_msc() -> int:
+    return int(time.time() * 1000)
+
+
+def _script_args(session_id: str, channel: str, data: dict[str, Any], time_msc: int | None) -> tuple[list, list]:
+    if parse_channel(channel) is None:
+        raise ValueError(f"not an event channel: {channel!r}")
+    head = '{"type":' + dumps(channel) + ',"seq":'
+    tail = (',"sessionId":' + dumps(session_id) + ',"time_msc":' + str(int(time_msc or now_msc()))
+            + ',"data":' + dumps(data) + "}")
+    max_age = conf.events_max_age()
+    ttl = int(max(2 * max_age, 7 * 24 * 3600))
+    keys = [seq_key(session_id), log_key(session_id), FANOUT_STREAM]
+    args = [head, tail, now_msc(), conf.events_maxlen(), int(max_age * 1000), conf.fanout_maxlen(),
+            group_for(session_id, channel), channel, ttl, "1" if channel in REPLAYABLE else "0"]
+    return keys, args
+
+
+def publish_session_event(
+    session_id: str, channel: str, data: dict[str, Any], time_msc: int | None = None
+) -> int | None:
+    """Publish one event of ``channel`` ('order', 'position', 'account', 'profit', 'quote:X', 'depth:X').
+
+    Returns the event's seq (for non-replayable channels: the session's last replayable seq), or None
+    when Redis could not be reached after a few quick retries (logged; the caller's work goes on: the
+    task ledger stays the truth and a client that reloads over REST sees it).
     """
+    keys, args = _script_args(session_id, channel, data, time_msc)
+    _, script = _client()
+    for attempt in range(3):
+        try:
+            return int(script(keys=keys, args=args))
+        except redis.RedisError:
+            if attempt == 2:
+                logger.exception("event %s for session %s not published", channel, session_id)
+                return None
+            time.sleep(0.05 * (attempt + 1))
     return None
+
+
+def publish_session_events(
+    session_id: str, events: Iterable[tuple[str, dict[str, Any], int | None]]
+) -> list[int | None]:
+    """Publish several events of one session in one round trip, in order (a poller cycle's changes)."""
+    prepared = [_script_args(session_id, channel, data, time_msc) for channel, data, time_msc in events]
+    if not prepared:
+        return []
+    client, script = _client()
+    for attempt in range(3):
+        try:
+            pipe = client.pipeline(transaction=False)
+            for keys, args in prepared:
+                script(keys=keys, args=args, client=pipe)
+            return [int(x) for x in pipe.execute()]
+        except redis.RedisError:
+            if attempt == 2:
+                logger.exception("%d events for session %s not published", len(prepared), session_id)
+                return [None] * len(prepared)
+            time.sleep(0.05 * (attempt + 1))
+    return [None] * len(prepared)

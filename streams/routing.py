@@ -1,3 +1,10 @@
-"""WebSocket routes (the /events consumer lands with the events work)."""
+"""WebSocket routes: the /events consumer."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from .consumers import EventsConsumer
+
+websocket_urlpatterns: list = [
+    path("events", EventsConsumer.as_asgi()),
+    path("events/", EventsConsumer.as_asgi()),
+]

@@ -1,0 +1,65 @@
+"""Event stream settings: read from Django settings when set there, else from the environment.
+
+Retention of replayable events (order, position, account) per session is bounded two ways, whichever
+bites first: ``BRIDGE_EVENTS_MAXLEN`` entries (exact trimming) and ``BRIDGE_EVENTS_MAX_AGE`` seconds.
+"""
+
+from __future__ import annotations
+
+import environ
+from django.conf import settings
+
+_env = environ.Env()
+
+
+def _setting(name: str, cast: type, default: object) -> object:
+    if hasattr(settings, name):
+        return cast(getattr(settings, name))
+    return cast(_env(name, default=default))
+
+
+def events_maxlen() -> int:
+    """At most this many replayable events are kept per session (exact MAXLEN)."""
+    return int(_setting("BRIDGE_EVENTS_MAXLEN", int, 10_000))
+
+
+def events_max_age() -> float:
+    """Replayable events older than this many seconds are trimmed (checked on every publish)."""
+    return float(_setting("BRIDGE_EVENTS_MAX_AGE", float, 24 * 3600))
+
+
+def fanout_maxlen() -> int:
+    """Length of the fan-out stream that relays read (a buffer, not a history)."""
+    return int(_setting("BRIDGE_EVENTS_FANOUT_MAXLEN", int, 20_000))
+
+
+def profit_interval() -> float:
+    """Minimum seconds between two ``profit`` events of one terminal (throttle)."""
+    return float(_setting("BRIDGE_EVENTS_PROFIT_INTERVAL", float, 0.5))
+
+
+def account_equity_interval() -> float:
+    """Minimum seconds between two ``account`` events caused by equity/margin-level drift alone.
+
+    Balance, margin and free-margin changes caused by trades are published at once.
+    """
+    return float(_setting("BRIDGE_EVENTS_ACCOUNT_INTERVAL", float, 1.0))
+
+
+def client_max_pending() -> int:
+    """Replayable events a socket may have waiting to be written before it is closed with 4429."""
+    return int(_setting("BRIDGE_EVENTS_CLIENT_MAX_PENDING", int, 2_000))
+
+
+def client_high_water() -> int:
+    """Bytes buffered by the server for a socket above which the bridge stops writing to it."""
+    return int(_setting("BRIDGE_EVENTS_CLIENT_HIGH_WATER", int, 1 << 20))
+
+
+def client_stall_timeout() -> float:
+    """Seconds a socket may stay above the high-water mark before it is closed with 4429."""
+    return float(_setting("BRIDGE_EVENTS_CLIENT_STALL_TIMEOUT", float, 15.0))
+
+
+def redis_url() -> str:
+    return str(settings.REDIS_URL)

@@ -1,0 +1,70 @@
+"""Names of everything the event stream keeps in Redis and in the channel layer, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PREFIX = "bridge:ev"
+FANOUT_STREAM = f"{PREFIX}:fanout"
+RELAY_GROUP = "relays"
+
+REPLAYABLE = ("order", "position", "account")
+SESSION_CHANNELS = ("order", "position", "account", "profit")
+SYMBOL_CHANNELS = ("quote", "depth")
+
+_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
+SYMBOL_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
+
+
+def seq_key(session_id: str) -> str:
+    return f"{PREFIX}:seq:{session_id}"
+
+
+def log_key(session_id: str) -> str:
+    """The session's replayable events: a Redis stream whose entry ids are ``<seq>-0``."""
+    return f"{PREFIX}:log:{session_id}"
+
+
+def subs_key(terminal_name: str) -> str:
+    """Hash: socket id -> its quote/depth subscriptions (read by the terminal's poller)."""
+    return f"{PREFIX}:subs:{terminal_name}"
+
+
+def subs_version_key(terminal_name: str) -> str:
+    return f"{PREFIX}:subs:{terminal_name}:v"
+
+
+def _symbol_part(symbol: str) -> str:
+    if _SAFE.match(symbol):
+        return symbol
+    return "h" + hashlib.sha1(symbol.encode()).hexdigest()[:20]
+
+
+def replay_group(session_id: str) -> str:
+    """Channel-layer group of a session's replayable events (every socket of the session joins it)."""
+    return f"ev.{session_id}.r"
+
+
+def live_group(session_id: str, channel: str) -> str:
+    """Channel-layer group of one non-replayable channel: ``profit``, ``quote:X`` or ``depth:X``."""
+    if channel == "profit":
+        return f"ev.{session_id}.profit"
+    kind, _, symbol = channel.partition(":")
+    return f"ev.{session_id}.{kind[0]}.{_symbol_part(symbol)}"
+
+
+def group_for(session_id: str, channel: str) -> str:
+    return replay_group(session_id) if channel in REPLAYABLE else live_group(session_id, channel)
+
+
+def parse_channel(channel: object) -> tuple[str, str | None] | None:
+    """``("quote", "EURUSD")``, ``("order", None)``, ... or None when not a channel name."""
+    if not isinstance(channel, str):
+        return None
+    if channel in SESSION_CHANNELS:
+        return channel, None
+    kind, sep, symbol = channel.partition(":")
+    if sep and kind in SYMBOL_CHANNELS and SYMBOL_RE.match(symbol):
+        return kind, symbol
+    return None

@@ -1,0 +1,60 @@
+"""A socket's outgoing queue: never drops an ordered message, keeps only the newest quote/depth/profit.
+
+What happens to a client that cannot keep up (documented in docs/events.md):
+
+* ``quote:X``, ``depth:X`` and ``profit`` are latest-value channels: while a socket is behind, a newer
+  value replaces the one still waiting (it keeps its place in the queue), so a slow client gets fewer,
+  but always the newest, quotes, and its backlog of them is bounded by the number of channels.
+* everything else (``order``, ``position``, ``account`` events and replies) is never dropped; when
+  more than ``max_pending`` of them wait, the socket is closed with code 4429 and the client resumes
+  with ``?since=<last seq it got>``: the stream gives it back what it did not receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class Outbox:
+    def __init__(self, max_pending: int):
+        self._items: deque[tuple[str, str]] = deque()  # ("m", text) ordered message | ("l", key) latest slot
+        self._latest: dict[str, str] = {}
+        self._ordered = 0
+        self._wake = asyncio.Event()
+        self.max_pending = max_pending
+        self.replaced = 0  # latest-value messages replaced before they were sent (coalesced)
+
+    @property
+    def overflowed(self) -> bool:
+        return self._ordered > self.max_pending
+
+    @property
+    def ordered_pending(self) -> int:
+        return self._ordered
+
+    def put(self, text: str) -> None:
+        self._items.append(("m", text))
+        self._ordered += 1
+        self._wake.set()
+
+    def put_latest(self, key: str, text: str) -> None:
+        if key in self._latest:
+            self.replaced += 1
+        else:
+            self._items.append(("l", key))
+        self._latest[key] = text
+        self._wake.set()
+
+    def pop(self) -> str | None:
+        if not self._items:
+            self._wake.clear()
+            return None
+        kind, value = self._items.popleft()
+        if kind == "m":
+            self._ordered -= 1
+            return value
+        return self._latest.pop(value)
+
+    async def wait(self) -> None:
+        await self._wake.wait()

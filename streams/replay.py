@@ -1,0 +1,92 @@
+"""Reading a session's replayable events back from its stream (``resume``, ``?since=``, REST)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .keys import log_key, seq_key
+
+
+@dataclass
+class ReplayPage:
+    """Events after ``since`` (JSON texts in seq order) and what the stream says about the gap."""
+
+    since: int
+    current: int  # the session's last seq when read
+    oldest: int | None  # the oldest seq still kept, None when nothing is kept
+    events: list[str] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+
+    @property
+    def resync_required(self) -> bool:
+        """True when events after ``since`` were published but are no longer all kept.
+
+        A ``since`` beyond the current seq (a counter that was reset, or a made-up number) also asks
+        for a resync: the client's view cannot be continued from the stream.
+        """
+        if self.since >= self.current:
+            return self.since > self.current
+        if self.oldest is None:
+            return True
+        return self.since + 1 < self.oldest
+
+    @property
+    def last(self) -> int:
+        return self.seqs[-1] if self.seqs else self.since
+
+    @property
+    def complete(self) -> bool:
+        """Every event up to ``current`` is in this page."""
+        return self.last >= self.current
+
+
+def _commands(session_id: str, since: int, limit: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    log = log_key(session_id)
+    return [
+        ("get", (seq_key(session_id),), {}),
+        ("xrange", (log, "-", "+"), {"count": 1}),
+        ("xrange", (log, f"{since + 1}-0", "+"), {"count": limit}),
+    ]
+
+
+def _page(since: int, results: list[Any]) -> ReplayPage:
+    current_raw, first, entries = results
+    current = int(current_raw or 0)
+    oldest = _entry_seq(first[0][0]) if first else None
+    page = ReplayPage(since=since, current=current, oldest=oldest)
+    for entry_id, fields in entries:
+        page.seqs.append(_entry_seq(entry_id))
+        page.events.append(_text(fields.get(b"e", fields.get("e"))))
+        page.channels.append(_text(fields.get(b"c", fields.get("c"))))
+    return page
+
+
+def _entry_seq(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def read_since(client, session_id: str, since: int, limit: int = 1000) -> ReplayPage:  # noqa: ANN001
+    """Synchronous read (REST view) in one MULTI so the seq, the oldest entry and the page agree."""
+    pipe = client.pipeline(transaction=True)
+    for name, args, kwargs in _commands(session_id, since, limit):
+        getattr(pipe, name)(*args, **kwargs)
+    return _page(since, pipe.execute())
+
+
+async def aread_since(client, session_id: str, since: int, limit: int = 1000) -> ReplayPage:  # noqa: ANN001
+    """The same read on an asyncio Redis client (the consumer)."""
+    pipe = client.pipeline(transaction=True)
+    for name, args, kwargs in _commands(session_id, since, limit):
+        getattr(pipe, name)(*args, **kwargs)
+    return _page(since, await pipe.execute())
+
+
+async def acurrent_seq(client, session_id: str) -> int:  # noqa: ANN001
+    return int(await client.get(seq_key(session_id)) or 0)

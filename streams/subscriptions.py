@@ -1,0 +1,97 @@
+"""Where sockets record which symbols they watch, so the terminal's poller knows what to poll.
+
+Per terminal, a Redis hash maps each socket to its quote and depth symbols and an expiry; a version
+counter changes on every write, so a poller reading every cycle pays one ``GET`` until something
+changes. A socket refreshes its record while open and removes it on close; a record of a socket
+whose daphne died expires by itself (``SUBSCRIPTION_TTL``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from .keys import subs_key, subs_version_key
+
+SUBSCRIPTION_TTL = 60.0  # seconds a record lives without refresh; sockets refresh every TTL/3
+FULL_REREAD = 10.0  # seconds between full re-reads even without a version change (to drop expired)
+
+
+class WatchedSymbols(frozenset):
+    """The symbols to poll ticks for (quote or depth subscribers); ``.depth``: those needing the book."""
+
+    depth: frozenset[str]
+
+    def __new__(cls, quotes: set[str] | frozenset[str] = frozenset(), depth: set[str] | frozenset[str] = frozenset()):
+        obj = super().__new__(cls, set(quotes) | set(depth))
+        obj.depth = frozenset(depth)
+        return obj
+
+    @property
+    def quotes(self) -> frozenset[str]:
+        return frozenset(self)
+
+
+def record(quotes: set[str], depth: set[str], now: float | None = None) -> str:
+    return json.dumps({"q": sorted(quotes), "d": sorted(depth), "exp": (now or time.time()) + SUBSCRIPTION_TTL})
+
+
+async def register(client, terminal: str, socket_id: str, quotes: set[str], depth: set[str]) -> None:  # noqa: ANN001
+    pipe = client.pipeline(transaction=False)
+    if quotes or depth:
+        pipe.hset(subs_key(terminal), socket_id, record(quotes, depth))
+    else:
+        pipe.hdel(subs_key(terminal), socket_id)
+    pipe.incr(subs_version_key(terminal))
+    await pipe.execute()
+
+
+async def unregister(client, terminal: str, socket_id: str) -> None:  # noqa: ANN001
+    pipe = client.pipeline(transaction=False)
+    pipe.hdel(subs_key(terminal), socket_id)
+    pipe.incr(subs_version_key(terminal))
+    await pipe.execute()
+
+
+def merge(records: dict, now: float) -> tuple[WatchedSymbols, list]:
+    """Union of live records; also the ids of expired ones (to delete)."""
+    quotes: set[str] = set()
+    depth: set[str] = set()
+    expired = []
+    for socket_id, raw in records.items():
+        try:
+            item = json.loads(raw)
+        except (TypeError, ValueError):
+            expired.append(socket_id)
+            continue
+        if float(item.get("exp", 0)) < now:
+            expired.append(socket_id)
+            continue
+        quotes.update(item.get("q", ()))
+        depth.update(item.get("d", ()))
+    return WatchedSymbols(quotes, depth), expired
+
+
+@dataclass
+class _Cached:
+    version: bytes | None = None
+    read_at: float = 0.0
+    value: WatchedSymbols = field(default_factory=WatchedSymbols)
+
+
+_cache: dict[str, _Cached] = {}
+
+
+def watched(client, terminal: str) -> WatchedSymbols:  # noqa: ANN001
+    """Synchronous read for the poller: one GET per call unless the subscriptions changed."""
+    now = time.time()
+    cached = _cache.setdefault(terminal, _Cached())
+    version = client.get(subs_version_key(terminal))
+    if version == cached.version and now - cached.read_at < FULL_REREAD:
+        return cached.value
+    value, expired = merge(client.hgetall(subs_key(terminal)), now)
+    if expired:
+        client.hdel(subs_key(terminal), *expired)
+    cached.version, cached.read_at, cached.value = version, now, value
+    return value

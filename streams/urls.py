@@ -1,0 +1,7 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("events/recent", views.RecentEventsView.as_view(), name="events-recent"),
+]

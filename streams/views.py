@@ -1,0 +1,97 @@
+"""GET /events/recent: the replayable events of the session, for clients without a socket. Thin view."""
+
+from __future__ import annotations
+
+import json
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from bridge_project.errors import ValidationFailed
+from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, error
+from sessions.services import require_live_session
+
+from .keys import REPLAYABLE
+from .publisher import sync_redis
+from .replay import read_since
+
+MAX_LIMIT = 1000
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise ValidationFailed(f"{name} must be a non-negative integer", {name: ["not an integer"]})
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        raise ValidationFailed(f"{name} must be between {low} and {high}", {name: ["out of range"]})
+    return value
+
+
+def _channels_param(request: Request) -> set[str]:
+    raw = request.query_params.get("channels")
+    if raw is None:
+        return set(REPLAYABLE)
+    channels = {c.strip() for c in raw.split(",") if c.strip()}
+    bad = sorted(channels - set(REPLAYABLE))
+    if not channels or bad:
+        raise ValidationFailed("channels must be a comma-separated subset of order,position,account",
+                               {"channels": [f"invalid: {c}" for c in bad] or ["empty"]})
+    return channels
+
+
+RecentEventsSerializer = inline_serializer(
+    name="RecentEvents",
+    fields={
+        "sessionId": serializers.CharField(),
+        "since": serializers.IntegerField(),
+        "seq": serializers.IntegerField(help_text="the session's last seq when read"),
+        "oldestSeq": serializers.IntegerField(allow_null=True, help_text="the oldest seq still kept"),
+        "resyncRequired": serializers.BooleanField(
+            help_text="events after `since` are no longer all kept: reload state over REST, go on from `seq`"),
+        "next": serializers.IntegerField(help_text="pass as `since` to read on"),
+        "hasMore": serializers.BooleanField(),
+        "events": serializers.ListField(child=serializers.DictField()),
+    },
+)
+
+
+class RecentEventsView(APIView):
+    @extend_schema(
+        operation_id="events_recent",
+        parameters=[
+            SESSION_HEADER,
+            OpenApiParameter("since", int, description="the last seq the client has (default 0: all kept)"),
+            OpenApiParameter("limit", int, description=f"events per page, 1-{MAX_LIMIT} (default 500)"),
+            OpenApiParameter("channels", str, description="comma-separated subset of order,position,account"),
+        ],
+        responses={200: RecentEventsSerializer, **COMMON_ERRORS, 401: error("Unauthorized / SessionExpired")},
+        description="The session's replayable events (order, position, account) after `since`, in seq order: "
+        "the same events a socket gets with `resume`. Kept per session: the last BRIDGE_EVENTS_MAXLEN "
+        "(10,000) events no older than BRIDGE_EVENTS_MAX_AGE (24 h).",
+    )
+    def get(self, request: Request) -> Response:
+        session = require_live_session(request)
+        since = _int_param(request, "since", 0, 0, None)
+        limit = _int_param(request, "limit", 500, 1, MAX_LIMIT)
+        channels = _channels_param(request)
+        page = read_since(sync_redis(), session.id, since, limit)
+        resync = page.resync_required
+        events = [] if resync else [
+            json.loads(text) for channel, text in zip(page.channels, page.events, strict=True) if channel in channels
+        ]
+        return Response({
+            "sessionId": session.id,
+            "since": since,
+            "seq": page.current,
+            "oldestSeq": page.oldest,
+            "resyncRequired": resync,
+            "next": page.current if resync else page.last,
+            "hasMore": not resync and not page.complete,
+            "events": events,
+        })

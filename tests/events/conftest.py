@@ -1,0 +1,181 @@
+"""Fixtures for the events tests: a real daphne on a free port, live sessions, WebSocket clients.
+
+Everything runs against the real Redis of ``REDIS_URL`` (its ``bridge:ev:*`` keys are cleared once per
+run) and the test database; daphne runs the real ASGI application with the real channel layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from sessions.api_keys import create_api_key
+from sessions.models import BridgeSession, SessionStatus, Workspace
+from tests.procs import PYTHON, Proc, free_port
+from workers.models import Terminal
+
+# Small limits so the slow-client test runs in seconds (documented defaults are larger).
+DAPHNE_ENV = {
+    "BRIDGE_EVENTS_CLIENT_HIGH_WATER": "65536",
+    "BRIDGE_EVENTS_CLIENT_STALL_TIMEOUT": "3",
+    "BRIDGE_EVENTS_CLIENT_MAX_PENDING": "300",
+}
+
+
+def db_env() -> dict[str, str]:
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("postgresql"):
+        user, host, port = s.get("USER") or "postgres", s.get("HOST") or "127.0.0.1", s.get("PORT") or 5432
+        return {"DATABASE_URL": f"postgres://{user}@{host}:{port}/{s['NAME']}"}
+    return {"DATABASE_URL": f"sqlite:///{s['NAME']}"}
+
+
+@pytest.fixture(scope="session")
+def events_redis() -> redis.Redis:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for pattern in ("bridge:ev:*", "bridge:ch*"):
+        keys = list(client.scan_iter(pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    return client
+
+
+def start_daphne(log_dir: Path, extra_env: dict[str, str] | None = None, name: str = "daphne") -> tuple[Proc, str]:
+    port = free_port()
+    env = {**os.environ, **db_env(), **DAPHNE_ENV, **(extra_env or {})}
+    argv = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bridge_project.asgi:application"]
+    proc = Proc(f"{name}-{port}", argv, env, log_dir).start()
+    proc.wait_log("Listening on TCP address", timeout=60)
+    return proc, f"ws://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def daphne_url(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker,  # noqa: ANN001
+               events_redis) -> Iterator[str]:  # noqa: ANN001
+    with django_db_blocker.unblock():
+        proc, url = start_daphne(tmp_path_factory.mktemp("daphne"))
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+_names = itertools.count(1)
+
+
+@dataclass
+class LiveSession:
+    id: str
+    key: str
+    workspace: Workspace
+    terminal: str
+
+
+@pytest.fixture
+def make_session(db) -> Callable[..., LiveSession]:  # noqa: ANN001
+    """An active bridge session on a fresh terminal row (no terminal process behind it)."""
+
+    def make(workspace: Workspace | None = None, login: int = 5001) -> LiveSession:
+        n = next(_names)
+        workspace = workspace or Workspace.objects.create(name=f"ws-ev-{n}-{time.time_ns()}")
+        key = create_api_key(workspace)[1]
+        terminal = Terminal.objects.create(name=f"ev-{n}-{time.time_ns() % 10**9}", backend="sim",
+                                           address="127.0.0.1:1")
+        now = timezone.now()
+        session = BridgeSession.objects.create(
+            workspace=workspace, terminal=terminal, account_id=f"acc-{n}", login=login, server="Demo",
+            password_encrypted=b"x", status=SessionStatus.ACTIVE, last_heartbeat_at=now,
+            expires_at=now + timezone.timedelta(hours=1))
+        return LiveSession(session.id, key, workspace, terminal.name)
+
+    return make
+
+
+class WsClient:
+    """A blocking WebSocket client with JSON helpers."""
+
+    def __init__(self, conn: ClientConnection):
+        self.conn = conn
+
+    def send(self, message: dict | str) -> None:
+        self.conn.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout: float = 5.0) -> dict:
+        return json.loads(self.conn.recv(timeout=timeout))
+
+    def recv_until(self, predicate: Callable[[dict], bool], timeout: float = 10.0) -> tuple[dict, list[dict]]:
+        """The first message matching ``predicate`` and every message seen before it."""
+        seen: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching message in {timeout}s; saw {seen[-5:]}")
+            try:
+                message = self.recv(left)
+            except TimeoutError:
+                continue
+            if predicate(message):
+                return message, seen
+            seen.append(message)
+
+    def drain(self, seconds: float) -> list[dict]:
+        """Everything that arrives within ``seconds``."""
+        got: list[dict] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.recv(left))
+            except TimeoutError:
+                break
+        return got
+
+    def close_code(self, timeout: float = 5.0) -> int | None:
+        try:
+            while True:
+                self.conn.recv(timeout=timeout)
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def ws_connect(url: str, session: LiveSession | None = None, *, query: str = "", headers: bool = True,
+               token: str | None = None, session_id: str | None = None) -> WsClient:
+    extra = {}
+    if session is not None and headers:
+        extra = {"Authorization": f"Bearer {token or session.key}", "x-session-id": session_id or session.id}
+    path = f"{url}/events" + (f"?{query}" if query else "")
+    conn = connect(path, additional_headers=extra, open_timeout=10, max_size=None)
+    return WsClient(conn.__enter__())  # the context-manager form; closed by the fixture
+
+
+@pytest.fixture
+def ws(daphne_url: str) -> Iterator[Callable[..., WsClient]]:
+    opened: list[WsClient] = []
+
+    def open_ws(session: LiveSession | None = None, **kwargs) -> WsClient:  # noqa: ANN003
+        client = ws_connect(daphne_url, session, **kwargs)
+        opened.append(client)
+        return client
+
+    yield open_ws
+    for client in opened:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001
+            pass
