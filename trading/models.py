@@ -74,11 +74,15 @@ class Task(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     published_at = models.DateTimeField(null=True, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="committed just before order_send: the request may have reached the terminal"
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["workspace", "request_id"], name="task_unique_request_id"),
+            models.UniqueConstraint(fields=["tag"], condition=~models.Q(tag=""), name="task_unique_tag"),
         ]
         indexes = [
             models.Index(fields=["session", "-created_at"], name="task_session_created"),
@@ -87,6 +91,14 @@ class Task(models.Model):
             models.Index(fields=["order_ticket"], name="task_order_ticket"),
             models.Index(fields=["position_ticket"], name="task_position_ticket"),
             models.Index(fields=["tag"], name="task_tag"),
+            # Ops (admin list, search, /metrics): newest-first paging, search by request id or deal,
+            # filters by kind/terminal in created order, incremental latency folding by finish time.
+            models.Index(fields=["created_at", "id"], name="task_created"),
+            models.Index(fields=["request_id"], name="task_request_id"),
+            models.Index(fields=["deal_ticket"], name="task_deal_ticket"),
+            models.Index(fields=["kind", "created_at"], name="task_kind_created"),
+            models.Index(fields=["terminal", "created_at"], name="task_terminal_created"),
+            models.Index(fields=["finished_at"], name="task_finished"),
         ]
 
     def __str__(self) -> str:
@@ -109,3 +121,46 @@ class TaskTransition(models.Model):
     class Meta:
         ordering = ["at", "id"]
         indexes = [models.Index(fields=["task", "at"], name="transition_task_at")]
+
+
+class RequestReceipt(models.Model):
+    """The idempotency record of a write that changed a task in place instead of creating one.
+
+    ``PATCH``/``DELETE /orders/{taskId}`` on a still-queued task edits or cancels that task: there is
+    no new task row to hold the request id, so this row does (same uniqueness as ``Task``; the
+    ledger checks both tables).
+    """
+
+    workspace = models.ForeignKey("bridge_sessions.Workspace", on_delete=models.CASCADE, related_name="receipts")
+    request_id = models.CharField(max_length=128)
+    fingerprint = models.CharField(max_length=64)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="receipts")
+    status_code = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "request_id"], name="receipt_unique_request_id"),
+        ]
+
+
+class UnownedOrder(models.Model):
+    """An order or deal at a terminal carrying a bridge tag that no task owns (found by reconciliation).
+
+    Should never happen; when it does, ops must see it (admin) rather than the bridge ignoring it.
+    """
+
+    terminal = models.ForeignKey("workers.Terminal", on_delete=models.CASCADE, related_name="unowned_orders")
+    source = models.CharField(max_length=16, help_text="orders, positions, history_orders or history_deals")
+    ticket = models.BigIntegerField()
+    tag = models.CharField(max_length=29)
+    comment = models.CharField(max_length=64, blank=True, default="")
+    symbol = models.CharField(max_length=64, blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["terminal", "source", "ticket"], name="unowned_unique_ticket"),
+        ]

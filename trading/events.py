@@ -1,0 +1,37 @@
+"""Hands every task state change to the event stream (``order`` channel) through the publisher seam.
+
+The stream itself (seq, replay, fan-out) is ``streams``'s; this module only builds the event body
+and makes sure a publishing failure never undoes or blocks the ledger, which is the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Task
+
+logger = logging.getLogger("bridge.trading.events")
+
+
+def order_event(task: Task) -> dict[str, Any]:
+    """The ``order`` event body of API.md: taskId, requestId, kind, state, result (+ attempts)."""
+    return {
+        "taskId": task.id,
+        "requestId": task.request_id,
+        "kind": task.kind,
+        "state": task.state,
+        "result": task.result,
+        "attempts": task.attempts,
+    }
+
+
+def publish_task_state(task: Task) -> None:
+    """Publish the task's current state to its session's stream; failures are logged, not raised."""
+    from streams.publisher import publish_session_event
+
+    try:
+        publish_session_event(task.session_id, "order", order_event(task))
+    except Exception:  # noqa: BLE001 - the ledger already holds the change; the stream is best effort
+        logger.exception("publishing the order event of task %s failed", task.id)

@@ -1,0 +1,93 @@
+"""The idempotency ledger: fingerprints, insert-or-replay, and the request-id lookups.
+
+A request id maps to at most one write per workspace: ``unique(workspace, request_id)`` on Task (and
+on RequestReceipt for in-place edits, which create no task). The fingerprint is SHA-256 of the
+canonical JSON of the operation, its target and the validated payload: the same request id with the
+same fingerprint is a replay (the same task, the same status code, ``Idempotent-Replayed: true``);
+with another one it is ``409 TaskConflict``. Concurrent identical requests race on the unique index:
+the database picks one inserter, the others find its row and replay it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from bridge_project.errors import Conflict
+
+from .models import RequestReceipt, Task
+
+
+def fingerprint(operation: str, target: str, payload: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of operation, target and payload."""
+    canonical = json.dumps({"op": operation, "target": target, "payload": payload},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Outcome:
+    """What a write answers: the task, its status code, and whether this was a replay."""
+
+    task: Task
+    status_code: int
+    replayed: bool
+
+
+def _conflict(request_id: str, task_id: str) -> Conflict:
+    return Conflict(f"request id {request_id!r} was used with a different payload", {"taskId": task_id})
+
+
+def find_previous(workspace_id: int, request_id: str, fp: str) -> Outcome | None:
+    """The earlier answer to this request id (a replay), None if unused; 409 if used differently."""
+    task = Task.objects.filter(workspace_id=workspace_id, request_id=request_id).first()
+    if task is not None:
+        if task.fingerprint != fp:
+            raise _conflict(request_id, task.id)
+        return Outcome(task, task.status_code, True)
+    receipt = (
+        RequestReceipt.objects.select_related("task")
+        .filter(workspace_id=workspace_id, request_id=request_id)
+        .first()
+    )
+    if receipt is not None:
+        if receipt.fingerprint != fp:
+            raise _conflict(request_id, receipt.task_id)
+        return Outcome(receipt.task, receipt.status_code, True)
+    return None
+
+
+def insert_or_replay(task: Task, after_insert: Callable[[Task], None]) -> Outcome:
+    """Insert ``task`` (request_id and fingerprint set) or replay/refuse the earlier one.
+
+    ``after_insert`` runs inside the inserting transaction (transition record, publish on commit).
+    """
+    previous = find_previous(task.workspace_id, task.request_id, task.fingerprint)
+    if previous is not None:
+        return previous
+    try:
+        with transaction.atomic():
+            task.save(force_insert=True)
+            after_insert(task)
+    except IntegrityError:
+        # Lost the race on (workspace, request_id) to a concurrent identical (or not) request; a
+        # tag collision (2^-50) also lands here and is answered by a retry with a new tag.
+        previous = find_previous(task.workspace_id, task.request_id, task.fingerprint)
+        if previous is not None:
+            return previous
+        raise
+    return Outcome(task, task.status_code, False)
+
+
+def record_receipt(workspace_id: int, request_id: str, fp: str, task: Task, status_code: int) -> Outcome:
+    """Keep the request id of an in-place edit (call inside the edit's transaction)."""
+    with transaction.atomic():
+        RequestReceipt.objects.create(
+            workspace_id=workspace_id, request_id=request_id, fingerprint=fp, task=task, status_code=status_code
+        )
+    return Outcome(task, status_code, False)

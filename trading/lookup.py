@@ -1,0 +1,200 @@
+"""Finding what a task did at the terminal, from the terminal's own state and history.
+
+Used before a redelivered task is sent again and by reconciliation. ``order.create`` and
+``position.close`` orders carry the task's tag at the start of their comment, so they are found in
+open orders, positions, history orders and history deals. Modifications and cancellations leave no
+order of their own; for those the question is whether the change is already in effect.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.gateway import GatewayError, TerminalGateway
+
+from . import mt5const as C
+from .models import Task, TaskKind
+
+DAY = 86400
+
+
+@dataclass
+class Trace:
+    """What the terminal shows of a task: the final state it implies and the result to record."""
+
+    state: str
+    result: dict[str, Any]
+    order_ticket: int | None = None
+    deal_ticket: int | None = None
+    position_ticket: int | None = None
+    found_in: list[str] = field(default_factory=list)
+
+
+def _tuple(gw: TerminalGateway, name: str, *args: Any, **kwargs: Any) -> tuple:
+    """A *_get call where "nothing" may come back as () or as None with (-4, Not found)/(1, Success)."""
+    try:
+        return tuple(gw.call(name, *args, **kwargs))
+    except GatewayError as exc:
+        if exc.code in (-4, 1):
+            return ()
+        raise
+
+
+def history_window(task: Task, utc_offset: int) -> tuple[int, int]:
+    """A generous [from, to] in trade-server seconds around the task's life."""
+    start = int(task.created_at.timestamp()) + utc_offset - DAY
+    return max(start, 1), int(time.time()) + utc_offset + DAY
+
+
+def _tagged(items: tuple, tag: str) -> list[Any]:
+    return [item for item in items if str(getattr(item, "comment", "")).startswith(tag)]
+
+
+def _result(retcode: int, *, order: Any = None, deals: list[Any] | None = None, comment: str = "") -> dict[str, Any]:
+    deals = deals or []
+    volume = sum(float(d.volume) for d in deals) if deals else float(getattr(order, "volume_initial", 0.0) or 0.0)
+    price = float(deals[0].price) if deals else float(getattr(order, "price_open", 0.0) or 0.0)
+    return {
+        "retcode": retcode,
+        "retcodeText": C.retcode_text(retcode),
+        "order": int(order.ticket) if order is not None else 0,
+        "deal": int(deals[0].ticket) if deals else 0,
+        "volume": volume,
+        "price": price,
+        "comment": comment,
+        "adopted": True,
+    }
+
+
+def _market_trace(order: Any, deals: list[Any], requested_volume: float, source: str) -> Trace:
+    filled = sum(float(d.volume) for d in deals)
+    state_code = int(order.state)
+    if deals and filled + 1e-9 >= requested_volume:
+        state, retcode = "filled", C.RETCODE_DONE
+    elif deals:
+        state, retcode = "partial", C.RETCODE_DONE_PARTIAL
+    elif state_code in (C.ORDER_STATE_FILLED,):
+        state, retcode = "filled", C.RETCODE_DONE
+    elif state_code in (C.ORDER_STATE_CANCELED, C.ORDER_STATE_REJECTED, C.ORDER_STATE_EXPIRED):
+        state, retcode = "rejected", 10006
+    else:
+        state, retcode = "filled", C.RETCODE_DONE
+    position_id = int(deals[0].position_id) if deals else int(getattr(order, "position_id", 0) or 0)
+    return Trace(state, _result(retcode, order=order, deals=deals, comment="found at the terminal"),
+                 order_ticket=int(order.ticket), deal_ticket=int(deals[0].ticket) if deals else None,
+                 position_ticket=position_id or None, found_in=[source])
+
+
+def find_order_create(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+    tag = task.tag
+    pending = task.request["type"] not in C.MARKET_TYPES
+    active = _tagged(_tuple(gw, "orders_get"), tag)
+    if active:
+        order = active[0]
+        return Trace("placed", _result(C.RETCODE_DONE, order=order, comment="found working at the terminal"),
+                     order_ticket=int(order.ticket), found_in=["orders"])
+    date_from, date_to = history_window(task, utc_offset)
+    history = _tagged(_tuple(gw, "history_orders_get", date_from, date_to), tag)
+    if history:
+        order = history[0]
+        deals = list(_tuple(gw, "history_deals_get", ticket=int(order.ticket)))
+        if pending:
+            # The task placed the order; what happened to it since (fill, expiry) is the order's life.
+            return Trace("placed", _result(C.RETCODE_DONE, order=order, comment="found in terminal history"),
+                         order_ticket=int(order.ticket), found_in=["history_orders"])
+        return _market_trace(order, deals, float(task.request["volume"]), "history_orders")
+    positions = _tagged(_tuple(gw, "positions_get"), tag)
+    if positions:
+        position = positions[0]
+        return Trace("filled", {**_result(C.RETCODE_DONE, comment="found as an open position"),
+                                "order": int(position.ticket), "volume": float(position.volume),
+                                "price": float(position.price_open)},
+                     order_ticket=int(position.ticket), position_ticket=int(position.ticket), found_in=["positions"])
+    deals = _tagged(_tuple(gw, "history_deals_get", date_from, date_to), tag)
+    if deals:
+        deal = deals[0]
+        return Trace("filled", {**_result(C.RETCODE_DONE, deals=deals, comment="found in deal history"),
+                                "order": int(deal.order)},
+                     order_ticket=int(deal.order), deal_ticket=int(deal.ticket),
+                     position_ticket=int(deal.position_id) or None, found_in=["history_deals"])
+    return None
+
+
+def find_position_close(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+    ticket = int(task.position_ticket or 0)
+    orders = _tagged(_tuple(gw, "history_orders_get", position=ticket), task.tag)
+    deals = _tagged(_tuple(gw, "history_deals_get", position=ticket), task.tag)
+    if not orders and not deals:
+        date_from, date_to = history_window(task, utc_offset)
+        orders = _tagged(_tuple(gw, "history_orders_get", date_from, date_to), task.tag)
+        deals = _tagged(_tuple(gw, "history_deals_get", date_from, date_to), task.tag)
+    if orders:
+        order = orders[0]
+        order_deals = [d for d in deals if int(d.order) == int(order.ticket)] or deals
+        requested = float(task.request.get("volume") or order.volume_initial)
+        trace = _market_trace(order, order_deals, requested, "history_orders")
+        trace.position_ticket = ticket
+        return trace
+    if deals:
+        deal = deals[0]
+        return Trace("filled", {**_result(C.RETCODE_DONE, deals=deals, comment="found in deal history"),
+                                "order": int(deal.order)},
+                     order_ticket=int(deal.order), deal_ticket=int(deal.ticket), position_ticket=ticket,
+                     found_in=["history_deals"])
+    return None
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(float(a) - float(b)) < 1e-9
+
+
+def find_position_modify(gw: TerminalGateway, task: Task) -> Trace | None:
+    positions = _tuple(gw, "positions_get", ticket=int(task.position_ticket or 0))
+    if not positions:
+        return None
+    position = positions[0]
+    wanted = task.request
+    if all(_close(getattr(position, name), wanted[name]) for name in ("sl", "tp") if name in wanted):
+        return Trace("filled", _result(C.RETCODE_DONE, comment="the stops are in effect at the terminal"),
+                     position_ticket=int(position.ticket), found_in=["positions"])
+    return None
+
+
+def find_order_modify(gw: TerminalGateway, task: Task) -> Trace | None:
+    orders = _tuple(gw, "orders_get", ticket=int(task.order_ticket or 0))
+    if not orders:
+        return None
+    order = orders[0]
+    fields = {"price": "price_open", "stoplimit": "price_stoplimit", "sl": "sl", "tp": "tp"}
+    if all(_close(getattr(order, attr), task.request[name]) for name, attr in fields.items() if name in task.request):
+        return Trace("filled", _result(C.RETCODE_DONE, order=order, comment="the change is in effect at the terminal"),
+                     order_ticket=int(order.ticket), found_in=["orders"])
+    return None
+
+
+def find_order_cancel(gw: TerminalGateway, task: Task) -> Trace | None:
+    ticket = int(task.order_ticket or 0)
+    if _tuple(gw, "orders_get", ticket=ticket):
+        return None
+    history = _tuple(gw, "history_orders_get", ticket=ticket)
+    if history and int(history[0].state) == C.ORDER_STATE_CANCELED:
+        return Trace("filled", _result(C.RETCODE_DONE, order=history[0], comment="the order is cancelled at the terminal"),
+                     order_ticket=ticket, found_in=["history_orders"])
+    return None
+
+
+def find_trace(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+    """What the terminal shows of ``task``, or None when it shows nothing of it (yet)."""
+    if task.kind == TaskKind.ORDER_CREATE:
+        return find_order_create(gw, task, utc_offset)
+    if task.kind == TaskKind.POSITION_CLOSE:
+        return find_position_close(gw, task, utc_offset)
+    if task.kind == TaskKind.POSITION_MODIFY:
+        return find_position_modify(gw, task)
+    if task.kind == TaskKind.ORDER_MODIFY:
+        return find_order_modify(gw, task)
+    if task.kind == TaskKind.ORDER_CANCEL:
+        return find_order_cancel(gw, task)
+    return None

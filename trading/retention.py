@@ -1,0 +1,24 @@
+"""Request-id retention: a request id is remembered (replayed or refused) for
+BRIDGE_REQUEST_ID_RETENTION_DAYS after its task finished; then the task, its transitions and its
+receipts are purged and the id may be used again (docs/orders.md)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from .conf import conf
+from .models import FINAL_STATES, RequestReceipt, Task
+
+
+def purge_expired_requests(now=None) -> int:  # noqa: ANN001
+    """Delete finished tasks (and receipts) older than the retention; returns how many tasks."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=conf("BRIDGE_REQUEST_ID_RETENTION_DAYS"))
+    # A task that still has a child within retention (a modify/cancel of its order) stays.
+    expired = Task.objects.filter(state__in=FINAL_STATES, finished_at__lt=cutoff).exclude(
+        children__finished_at__gte=cutoff).exclude(children__finished_at__isnull=True, children__isnull=False)
+    RequestReceipt.objects.filter(task__in=expired).delete()
+    _, per_model = Task.objects.filter(id__in=list(expired.values_list("id", flat=True))).delete()
+    return per_model.get("trading.Task", 0)

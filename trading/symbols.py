@@ -1,0 +1,100 @@
+"""Symbol specs for validating orders in the web tier, which never calls the terminal itself.
+
+The terminal's pinned worker publishes the specs of every symbol (``symbols_get``) to Redis after a
+session logs in, and again on demand; the web tier reads them to check volume limits/step, price
+digits and that the symbol exists *before* a task is created (DESIGN.md "Reads": the web tier never
+calls MetaTrader5). The cache is stamped with the session it was taken for, so a terminal that
+changed account never validates against the previous account's symbols.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from bridge_project.errors import BridgeUnavailable
+
+from .conf import conf
+
+SPEC_FIELDS = (
+    "name", "digits", "point", "trade_tick_size", "volume_min", "volume_max", "volume_step", "volume_limit",
+    "trade_mode", "trade_exemode", "filling_mode", "order_mode", "expiration_mode", "trade_stops_level",
+    "trade_freeze_level", "select", "visible",
+)
+META = "__meta__"
+
+
+@lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def redis_client() -> redis.Redis:
+    return _client(settings.REDIS_URL)
+
+
+def _key(terminal_name: str) -> str:
+    return f"bridge:symspec:{terminal_name}"
+
+
+def spec_of(symbol: Any) -> dict[str, Any]:
+    """The validation-relevant fields of one SymbolInfo (a struct or a dict)."""
+    data = symbol._asdict() if hasattr(symbol, "_asdict") else dict(symbol)
+    return {name: data.get(name) for name in SPEC_FIELDS}
+
+
+def store_specs(terminal_name: str, session_id: str, symbols: list[Any]) -> int:
+    """Replace the terminal's cached specs (worker side); returns how many symbols were stored."""
+    mapping = {spec["name"]: json.dumps(spec) for spec in map(spec_of, symbols)}
+    mapping[META] = json.dumps({"sessionId": session_id, "at": time.time(), "count": len(mapping)})
+    key = _key(terminal_name)
+    pipe = redis_client().pipeline()
+    pipe.delete(key)
+    pipe.hset(key, mapping=mapping)
+    pipe.execute()
+    return len(mapping) - 1
+
+
+def _meta(terminal_name: str) -> dict[str, Any] | None:
+    raw = redis_client().hget(_key(terminal_name), META)
+    return json.loads(raw) if raw else None
+
+
+def _request_refresh(terminal_name: str, session_id: str) -> None:
+    """Ask the pinned worker to publish specs (at most once per few seconds per terminal)."""
+    from .tasks import refresh_symbol_specs
+
+    if redis_client().set(f"bridge:symspec-req:{terminal_name}", session_id, nx=True, ex=5):
+        from bridge_project.celery import terminal_queue
+
+        refresh_symbol_specs.apply_async(args=[session_id], queue=terminal_queue(terminal_name))
+
+
+def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any] | None:
+    """The spec of ``symbol`` on the session's terminal; None when the terminal has no such symbol.
+
+    Raises BridgeUnavailable when the terminal's specs for this session are not (yet) known and the
+    worker did not publish them within BRIDGE_SYMBOL_SPEC_WAIT seconds.
+    """
+    try:
+        meta = _meta(terminal_name)
+        if meta is None or meta.get("sessionId") != session_id:
+            _request_refresh(terminal_name, session_id)
+            deadline = time.monotonic() + conf("BRIDGE_SYMBOL_SPEC_WAIT")
+            while (meta is None or meta.get("sessionId") != session_id) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                meta = _meta(terminal_name)
+            if meta is None or meta.get("sessionId") != session_id:
+                raise BridgeUnavailable(
+                    "the terminal did not publish its symbol specifications in time",
+                    {"terminal": terminal_name},
+                )
+        raw = redis_client().hget(_key(terminal_name), symbol)
+    except redis.RedisError as exc:
+        raise BridgeUnavailable("symbol specifications unavailable (Redis)", {"terminal": terminal_name}) from exc
+    return json.loads(raw) if raw else None

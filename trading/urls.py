@@ -1,0 +1,15 @@
+"""Write and task routes. Listed before the read routes: ``orders`` and ``positions/<ticket>`` are
+shared paths whose GET the views here hand to ``trading.reads``."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("orders", views.OrdersView.as_view(), name="orders"),
+    path("orders/<str:task_id>", views.OrderDetailView.as_view(), name="order-detail"),
+    path("positions/<int:ticket>", views.PositionView.as_view(), name="position-detail"),
+    path("positions/<int:ticket>/close", views.PositionCloseView.as_view(), name="position-close"),
+    path("tasks", views.TaskListView.as_view(), name="tasks"),
+    path("tasks/<str:task_id>", views.TaskDetailView.as_view(), name="task-detail"),
+]

@@ -1,0 +1,205 @@
+"""The write operations of the API: each validates, then inserts (or replays) a task.
+
+Views call these with the live session and the request id; nothing here talks to a terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from bridge_project.errors import Conflict, NotFound, ValidationFailed
+from sessions.models import BridgeSession
+
+from . import mt5const as C
+from .ledger import Outcome, find_previous, fingerprint, insert_or_replay, record_receipt
+from .models import Task, TaskKind, TaskState
+from .orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
+from .outbox import publish_task
+from .states import move, record_created
+from .symbols import get_spec
+
+
+def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, payload: dict[str, Any],
+              **fields: Any) -> Outcome:
+    """Insert the task (publishing it after commit) or replay the earlier answer to this request id."""
+    for _ in range(3):
+        task = Task(
+            workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
+            request_id=request_id, fingerprint=fp, kind=kind, request=payload, tag=new_tag(), **fields,
+        )
+
+        def after_insert(t: Task) -> None:
+            record_created(t)
+            transaction.on_commit(lambda: publish_task(t.id, session.terminal.name))
+
+        try:
+            return insert_or_replay(task, after_insert)
+        except IntegrityError:
+            continue  # a tag collision: try again with a new tag
+    raise IntegrityError("could not insert the task")
+
+
+def place_order(session: BridgeSession, request_id: str, data: dict[str, Any]) -> Outcome:
+    """POST /orders → an ``order.create`` task, validated against the symbol's spec first."""
+    fp = fingerprint("order.create", "", data)
+    previous = find_previous(session.workspace_id, request_id, fp)
+    if previous is not None:
+        return previous
+    spec = get_spec(session.terminal.name, session.id, data["symbol"])
+    validate_order_create(data, spec)
+    return _new_task(session, request_id, fp, TaskKind.ORDER_CREATE, data)
+
+
+def _in_place(session: BridgeSession, request_id: str, fp: str,
+              edit: Callable[[], Outcome | None]) -> Outcome | None:
+    """Run an in-place edit of a queued task in one transaction with its receipt; a concurrent
+    identical request that won the receipt is replayed instead."""
+    try:
+        with transaction.atomic():
+            return edit()
+    except IntegrityError:
+        previous = find_previous(session.workspace_id, request_id, fp)
+        if previous is None:
+            raise
+        return previous
+
+
+def _order_task(session: BridgeSession, task_id: str) -> Task:
+    task = Task.objects.filter(id=task_id, workspace_id=session.workspace_id).select_related("terminal").first()
+    if task is None:
+        raise NotFound("unknown task", {"taskId": task_id})
+    if task.kind != TaskKind.ORDER_CREATE:
+        raise Conflict(f"task {task_id} is a {task.kind} task, not an order", {"taskId": task_id})
+    return task
+
+
+def _working_pending(task: Task) -> bool:
+    """A pending order this task placed at the broker (it may have triggered or expired since)."""
+    return task.state == TaskState.PLACED and task.order_ticket is not None
+
+
+PENDING_MODIFIABLE = {"price", "stoplimit", "sl", "tp", "expiration", "type_time"}
+
+
+def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: dict[str, Any]) -> Outcome:
+    """PATCH /orders/{taskId}: edit a queued task in place (200), or modify the working pending order
+    at the broker through a new ``order.modify`` task (202); 409 otherwise."""
+    fp = fingerprint("order.patch", task_id, changes)
+    previous = find_previous(session.workspace_id, request_id, fp)
+    if previous is not None:
+        return previous
+    task = _order_task(session, task_id)
+    if task.state == TaskState.QUEUED:
+        spec = get_spec(session.terminal.name, session.id, task.request["symbol"])
+
+        def edit_in_place() -> Outcome | None:
+            locked = Task.objects.select_for_update().get(id=task.id)
+            if locked.state != TaskState.QUEUED:
+                return None
+            merged = {**locked.request, **changes}
+            validate_order_create(merged, spec)
+            locked.request = merged
+            locked.save(update_fields=["request", "updated_at"])
+            return record_receipt(session.workspace_id, request_id, fp, locked, 200)
+
+        outcome = _in_place(session, request_id, fp, edit_in_place)
+        if outcome is not None:
+            return outcome
+        task.refresh_from_db()
+    if _working_pending(task) and task.request["type"] not in C.MARKET_TYPES:
+        not_modifiable = sorted(set(changes) - PENDING_MODIFIABLE - {"deviation"})
+        if not_modifiable:
+            raise ValidationFailed(
+                "a working pending order's volume and comment cannot change",
+                {name: ["cannot change on an order at the broker"] for name in not_modifiable},
+            )
+        errors: dict[str, list[str]] = {}
+        spec = get_spec(session.terminal.name, session.id, task.request["symbol"])
+        if spec is not None:
+            check_prices(changes, spec, errors)
+        check_expiration(changes.get("type_time", task.request.get("type_time")),
+                         changes.get("expiration", task.request.get("expiration")), errors)
+        if task.request["type"] not in C.STOP_LIMIT_TYPES and changes.get("stoplimit"):
+            errors.setdefault("stoplimit", []).append("only for BUY_STOP_LIMIT and SELL_STOP_LIMIT orders")
+        if errors:
+            raise ValidationFailed("order modification failed validation", errors)
+        payload = {k: v for k, v in changes.items() if k in PENDING_MODIFIABLE}
+        return _new_task(session, request_id, fp, TaskKind.ORDER_MODIFY, payload, parent=task,
+                         order_ticket=task.order_ticket)
+    raise Conflict(f"task {task.id} is {task.state}: it can no longer be changed", {"taskId": task.id,
+                                                                                   "state": task.state})
+
+
+def cancel_order(session: BridgeSession, request_id: str, task_id: str) -> Outcome:
+    """DELETE /orders/{taskId}: cancel a queued task (200), or remove the working pending order at the
+    broker through a new ``order.cancel`` task (202); 409 otherwise."""
+    fp = fingerprint("order.delete", task_id, {})
+    previous = find_previous(session.workspace_id, request_id, fp)
+    if previous is not None:
+        return previous
+    task = _order_task(session, task_id)
+    if task.state == TaskState.QUEUED:
+
+        def cancel_in_place() -> Outcome | None:
+            cancelled = move(task.id, [TaskState.QUEUED], TaskState.CANCELLED, detail={"by": "client"})
+            if cancelled is None:
+                return None
+            return record_receipt(session.workspace_id, request_id, fp, cancelled, 200)
+
+        outcome = _in_place(session, request_id, fp, cancel_in_place)
+        if outcome is not None:
+            return outcome
+        task.refresh_from_db()
+    if _working_pending(task) and task.request["type"] not in C.MARKET_TYPES:
+        return _new_task(session, request_id, fp, TaskKind.ORDER_CANCEL, {}, parent=task,
+                         order_ticket=task.order_ticket)
+    raise Conflict(f"task {task.id} is {task.state}: it can no longer be cancelled", {"taskId": task.id,
+                                                                                     "state": task.state})
+
+
+def _position_symbol(session: BridgeSession, ticket: int) -> str | None:
+    """The symbol of a position this bridge opened (from the ledger), if known."""
+    row = (
+        Task.objects.filter(workspace_id=session.workspace_id, terminal_id=session.terminal_id,
+                            position_ticket=ticket, kind=TaskKind.ORDER_CREATE)
+        .values_list("request", flat=True)
+        .first()
+    )
+    return row.get("symbol") if row else None
+
+
+def close_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any]) -> Outcome:
+    """POST /positions/{ticket}/close → a ``position.close`` task (partial when volume is given)."""
+    fp = fingerprint("position.close", str(ticket), data)
+    previous = find_previous(session.workspace_id, request_id, fp)
+    if previous is not None:
+        return previous
+    if "volume" in data:
+        symbol = _position_symbol(session, ticket)
+        spec = get_spec(session.terminal.name, session.id, symbol) if symbol else None
+        if spec is not None:
+            errors: dict[str, list[str]] = {}
+            check_volume(data["volume"], spec, errors)
+            if errors:
+                raise ValidationFailed("close volume failed validation", errors)
+    return _new_task(session, request_id, fp, TaskKind.POSITION_CLOSE, data, position_ticket=ticket)
+
+
+def modify_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any]) -> Outcome:
+    """PATCH /positions/{ticket} → a ``position.modify`` task (SL/TP)."""
+    fp = fingerprint("position.modify", str(ticket), data)
+    previous = find_previous(session.workspace_id, request_id, fp)
+    if previous is not None:
+        return previous
+    symbol = _position_symbol(session, ticket)
+    spec = get_spec(session.terminal.name, session.id, symbol) if symbol else None
+    if spec is not None:
+        errors: dict[str, list[str]] = {}
+        check_prices(data, spec, errors)
+        if errors:
+            raise ValidationFailed("stop levels failed validation", errors)
+    return _new_task(session, request_id, fp, TaskKind.POSITION_MODIFY, data, position_ticket=ticket)
+
