@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import socket
 import threading
 from datetime import datetime
@@ -80,7 +81,7 @@ def _utf16_len(text: str) -> int:
 class _Connection:
     """One TCP connection to the terminal, owned by the process that opened it."""
 
-    __slots__ = ("sock", "reader", "pid", "next_id")
+    __slots__ = ("sock", "reader", "pid", "next_id", "poller")
 
     def __init__(self, host: str, port: int, connect_timeout: float, call_timeout: float | None) -> None:
         sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -90,6 +91,9 @@ class _Connection:
         self.reader = protocol.FrameReader(sock)
         self.pid = os.getpid()
         self.next_id = 0
+        self.poller = select.poll() if hasattr(select, "poll") else None
+        if self.poller is not None:
+            self.poller.register(sock, select.POLLIN)
 
     def close(self) -> None:
         try:
@@ -207,6 +211,9 @@ def _rpc(method: str, kwargs: dict) -> tuple[bool, Any]:
     terminal = _terminal
     with terminal.lock:
         conn = terminal.conn
+        if conn is not None and conn.pid == os.getpid() and _closed_by_peer(conn):
+            _drop_connection()  # the terminal went away between two calls: reconnect below
+            conn = None
         if conn is None or conn.pid != os.getpid():
             if conn is not None:  # inherited through fork without the at-fork hook
                 terminal.forget()
@@ -215,6 +222,18 @@ def _rpc(method: str, kwargs: dict) -> tuple[bool, Any]:
                 return False, None
             conn = terminal.conn
         return _exchange(conn, method, kwargs)
+
+
+def _closed_by_peer(conn: _Connection) -> bool:
+    """True when the terminal closed the connection since the last reply (a zero-timeout poll)."""
+    if conn.poller is None or conn.reader.buf or not conn.poller.poll(0):
+        return False
+    try:
+        return conn.sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except OSError:
+        return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 _LISTENING = re.compile(r"mt5sim listening on (\S+?):(\d+)\b")
 _logins = itertools.count(7_000_001)
+DEMO_PASSWORD = "demo-pass"  # password of the demo logins the ``mt5`` fixture opens
 
 
 def next_demo_login() -> int:
@@ -165,7 +166,7 @@ def mt5(sim_server: str) -> Iterator[Any]:
     from mt5sim.control import Control
 
     login = next_demo_login()
-    if not mt5sim.initialize(sim_server, login=login, password="demo-pass", server="MT5Sim-Demo"):
+    if not mt5sim.initialize(sim_server, login=login, password=DEMO_PASSWORD, server="MT5Sim-Demo"):
         pytest.fail(f"initialize({sim_server!r}) failed: {mt5sim.last_error()}")
     try:
         yield mt5sim

@@ -16,21 +16,25 @@ import pytest
 
 import mt5sim as mt5
 from mt5sim.control import Control
-from mt5sim.tests.conftest import ROOT, next_demo_login
+from mt5sim.tests.conftest import DEMO_PASSWORD, ROOT, next_demo_login
 
 PYTHON = sys.executable
 
 
-def client_process(address: str, body: str, *args: str) -> subprocess.Popen:
-    """A separate Python process running ``body`` with ``mt5`` initialized on ``address``."""
+def client_process(address: str, body: str, login: int, password: str = "pw") -> subprocess.Popen:
+    """A separate Python process running ``body`` with ``mt5`` initialized on ``address``.
+
+    A terminal is logged into one account at a time, shared by every process attached to it (as a
+    real MetaTrader 5 terminal): client processes of one test use the same login.
+    """
     code = textwrap.dedent("""
         import json, sys, time
         import mt5sim as mt5
-        ADDRESS, LOGIN = sys.argv[1], int(sys.argv[2])
-        assert mt5.initialize(ADDRESS, login=LOGIN, password="pw"), mt5.last_error()
+        ADDRESS, LOGIN, PASSWORD = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+        assert mt5.initialize(ADDRESS, login=LOGIN, password=PASSWORD), mt5.last_error()
     """) + textwrap.dedent(body)
-    return subprocess.Popen([PYTHON, "-c", code, address, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([PYTHON, "-c", code, address, str(login), password], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def buy(symbol: str = "EURUSD", volume: float = 0.1, **extra):
@@ -68,18 +72,20 @@ def test_several_client_processes_at_once(sim_factory, detached):
                                 "type": mt5.ORDER_TYPE_BUY, "price": tick.ask, "deviation": 50,
                                 "type_filling": mt5.ORDER_FILLING_IOC})
             ok += r is not None and r.retcode == mt5.TRADE_RETCODE_DONE
-        print(json.dumps({"ok": ok, "login": mt5.account_info().login, "positions": mt5.positions_total()}))
+        print(json.dumps({"ok": ok, "login": mt5.account_info().login}))
     """
-    logins = [next_demo_login() for _ in range(4)]
-    procs = [client_process(server.address, body, str(login)) for login in logins]
+    login = next_demo_login()
+    procs = [client_process(server.address, body, login) for _ in range(4)]
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         outputs.append(json.loads(out.strip().splitlines()[-1]))
     assert [o["ok"] for o in outputs] == [40] * 4
-    assert [o["login"] for o in outputs] == logins  # each process kept its own account
-    assert [o["positions"] for o in outputs] == [40] * 4
+    assert [o["login"] for o in outputs] == [login] * 4
+    assert mt5.initialize(server.address, login=login, password="pw")
+    positions = mt5.positions_get()
+    assert len(positions) == 160 and len({p.ticket for p in positions}) == 160
 
 
 def test_sigkill_of_a_client_mid_session_loses_nothing(sim_factory, detached):
@@ -97,7 +103,7 @@ def test_sigkill_of_a_client_mid_session_loses_nothing(sim_factory, detached):
         while True:
             mt5.symbol_info_tick("EURUSD")   # busy with the terminal when the kill lands
     """
-    proc = client_process(server.address, body, str(login))
+    proc = client_process(server.address, body, login)
     line = proc.stdout.readline()
     assert line, proc.stderr.read()
     before = json.loads(line)
@@ -199,7 +205,8 @@ def test_delay_holds_neither_the_engine_nor_other_connections(mt5, sim_server, s
         assert mt5.symbol_info_tick("EURUSD") is not None
         print(json.dumps({"elapsed": time.monotonic() - start}))
     """
-    procs = [client_process(sim_server, body, str(next_demo_login())) for _ in range(2)]
+    login = mt5.account_info().login
+    procs = [client_process(sim_server, body, login, DEMO_PASSWORD) for _ in range(2)]
     time.sleep(1.0)  # both are (very likely) waiting in their delay now
     started = time.monotonic()
     assert mt5.account_info() is not None and mt5.positions_get() is not None
@@ -229,12 +236,13 @@ def test_client_timeout_gives_ipc_timeout_and_the_link_recovers(sim_server, sim_
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_must_initialize_its_own_connection(mt5, sim_server):
     assert mt5.version() is not None
+    login = mt5.account_info().login
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
             report = {"before": [mt5.version(), list(mt5.last_error())]}
-            report["init"] = mt5.initialize(sim_server, login=next_demo_login(), password="pw")
+            report["init"] = mt5.initialize(sim_server, login=login, password=DEMO_PASSWORD)
             report["after"] = mt5.version() is not None
             os.write(write_end, json.dumps(report).encode())
         finally:
@@ -245,7 +253,7 @@ def test_forked_child_must_initialize_its_own_connection(mt5, sim_server):
     os.close(read_end)
     assert os.waitstatus_to_exitcode(status) == 0
     assert report == {"before": [None, [-10004, "No IPC connection"]], "init": True, "after": True}
-    assert mt5.version() is not None and mt5.account_info() is not None  # the parent's link is intact
+    assert mt5.version() is not None and mt5.account_info().login == login  # the parent's link is intact
 
 
 def test_control_cli(sim_server, mt5):
