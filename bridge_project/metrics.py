@@ -1,0 +1,176 @@
+"""Counters any bridge process can increment, kept in Redis so ``/metrics`` sees every process.
+
+The bridge runs as many processes on several machines (web, beat, one pinned worker, reader and
+poller per terminal, Windows VMs): an in-process ``prometheus_client`` counter in a worker would never
+reach the web process that serves ``/metrics``. So what only happens in a process (an event
+published, a reconciliation outcome, a request served) is counted here, in one Redis hash per metric;
+``workers.ops_metrics`` reads the hashes at scrape time. What can be computed from the database or the
+broker (tasks by state, queue depths, latency) is computed there instead and needs no call.
+
+Calling these never raises and costs one pipelined Redis round trip: metrics must not break or slow
+the caller. Callers::
+
+    from bridge_project import metrics
+    metrics.events_published("order")                 # streams, once per event handed to a stream
+    metrics.reconciliation_outcome("filled")          # trading reconciliation, once per decided task
+    metrics.broker_order_orphaned("sim-1")            # reconciliation, once per new unowned order
+    metrics.observe("bridge_http_request_seconds", 0.012, method="GET", route="orders")
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger("bridge.metrics")
+
+KEY_PREFIX = "bridge:metrics"
+_LABEL_VALUE_RE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()  # histograms only
+
+
+COUNTERS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("bridge_events_published", "Events handed to session streams, by channel", ("channel",)),
+        MetricSpec(
+            "bridge_reconciliation_outcomes",
+            "Tasks decided by reconciliation, by the state they were given (or 'unchanged')",
+            ("outcome",),
+        ),
+        MetricSpec(
+            "bridge_broker_orders_orphaned",
+            "Bridge-tagged broker orders/deals found that no task owns, by terminal",
+            ("terminal",),
+        ),
+        MetricSpec("bridge_tasks_republished", "Tasks re-published to their terminal queue, by reason", ("reason",)),
+    )
+}
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+HISTOGRAMS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec(
+            "bridge_http_request_seconds",
+            "Time to answer a client API request, by method and status class",
+            ("method", "status"),
+            LATENCY_BUCKETS,
+        ),
+    )
+}
+
+
+@lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def client() -> redis.Redis:
+    """The Redis holding the metric hashes (the bridge's own Redis)."""
+    return _client(settings.REDIS_URL)
+
+
+def counter_key(name: str) -> str:
+    return f"{KEY_PREFIX}:c:{name}"
+
+
+def histogram_key(name: str) -> str:
+    return f"{KEY_PREFIX}:h:{name}"
+
+
+def clean_label(value: object) -> str:
+    """Label values are kept short and plain so a bad caller cannot explode cardinality or the key."""
+    return _LABEL_VALUE_RE.sub("_", str(value))[:64] or "_"
+
+
+def label_field(spec: MetricSpec, labels: dict[str, object]) -> str:
+    """The hash field of one label set: values joined by '|' in the spec's label order."""
+    unknown = set(labels) - set(spec.labels)
+    if unknown:
+        raise ValueError(f"{spec.name}: unknown labels {sorted(unknown)}")
+    return "|".join(clean_label(labels.get(name, "")) for name in spec.labels)
+
+
+def inc(name: str, amount: float = 1, **labels: object) -> None:
+    """Add ``amount`` to counter ``name`` for these labels (never raises on Redis trouble)."""
+    spec = COUNTERS[name]
+    field = label_field(spec, labels)
+    try:
+        client().hincrbyfloat(counter_key(name), field, amount)
+    except redis.RedisError as exc:
+        logger.debug("metric %s not counted: %s", name, exc)
+
+
+def observe(name: str, value: float, **labels: object) -> None:
+    """Record one observation in histogram ``name`` (cumulative buckets, sum and count)."""
+    spec = HISTOGRAMS[name]
+    field = label_field(spec, labels)
+    try:
+        pipe = client().pipeline(transaction=False)
+        key = histogram_key(name)
+        for bound in spec.buckets:
+            if value <= bound:
+                pipe.hincrby(key, f"{field}#{bound}", 1)
+        pipe.hincrby(key, f"{field}#count", 1)
+        pipe.hincrbyfloat(key, f"{field}#sum", value)
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.debug("metric %s not observed: %s", name, exc)
+
+
+# -- the calls other parts of the bridge make ---------------------------------------------------------
+def events_published(channel: str, count: int = 1) -> None:
+    """An event was handed to a session stream. ``quote:EURUSD`` is counted as ``quote``."""
+    inc("bridge_events_published", count, channel=channel.split(":", 1)[0])
+
+
+def reconciliation_outcome(outcome: str) -> None:
+    """Reconciliation decided a task: ``outcome`` is the state it gave it, or ``unchanged``."""
+    inc("bridge_reconciliation_outcomes", 1, outcome=outcome)
+
+
+def broker_order_orphaned(terminal: str, count: int = 1) -> None:
+    """Reconciliation found a bridge-tagged order/deal at ``terminal`` that no task owns."""
+    inc("bridge_broker_orders_orphaned", count, terminal=terminal)
+
+
+def task_republished(reason: str, count: int = 1) -> None:
+    """A task was published again to its terminal queue (``sweeper``, ``admin``)."""
+    inc("bridge_tasks_republished", count, reason=reason)
+
+
+# -- reading (scrape time) ----------------------------------------------------------------------------
+def read_counter(name: str) -> dict[tuple[str, ...], float]:
+    """Every label set of counter ``name`` and its value (empty when Redis is unreachable)."""
+    spec = COUNTERS[name]
+    raw = client().hgetall(counter_key(name))
+    return {_split(spec, field.decode()): float(value) for field, value in raw.items()}
+
+
+def read_histogram(name: str) -> dict[tuple[str, ...], dict[str, float]]:
+    """Per label set: ``{"<bound>": cumulative count, ..., "count": n, "sum": s}``."""
+    spec = HISTOGRAMS[name]
+    result: dict[tuple[str, ...], dict[str, float]] = {}
+    for field, value in client().hgetall(histogram_key(name)).items():
+        labels, _, part = field.decode().rpartition("#")
+        result.setdefault(_split(spec, labels), {})[part] = float(value)
+    return result
+
+
+def _split(spec: MetricSpec, field: str) -> tuple[str, ...]:
+    values = tuple(field.split("|"))
+    return values if len(values) == len(spec.labels) else tuple("_" for _ in spec.labels)

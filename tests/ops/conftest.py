@@ -1,0 +1,85 @@
+"""Ops fixtures: the ops token, a staff browser session, task rows, clean metric and queue keys."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from bridge_project import metrics
+from sessions.models import BridgeSession, SessionStatus, Workspace
+from trading.models import Task, TaskState, TaskTransition
+from workers import ops
+from workers.models import Terminal
+
+OPS_TOKEN = "ops-token-for-tests-0123456789"
+_seq = itertools.count(1)
+
+
+@pytest.fixture
+def ops_token(settings) -> str:  # noqa: ANN001
+    settings.BRIDGE_OPS_TOKEN = OPS_TOKEN
+    return OPS_TOKEN
+
+
+@pytest.fixture
+def ops_client(ops_token: str) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {ops_token}")
+    return api
+
+
+@pytest.fixture
+def staff_client(db) -> Client:  # noqa: ANN001
+    user = get_user_model().objects.create_superuser("ops-admin", "ops@example.com", "pw-ops-admin-1")
+    browser = Client()
+    browser.force_login(user)
+    return browser
+
+
+@pytest.fixture
+def clean_metrics() -> Iterator[None]:
+    """Metric hashes in this test's Redis start empty (counters are cumulative across tests)."""
+    def wipe() -> None:
+        r = metrics.client()
+        keys = list(r.scan_iter(f"{metrics.KEY_PREFIX}:*"))
+        if keys:
+            r.delete(*keys)
+    wipe()
+    yield
+    wipe()
+
+
+def drain_queue(terminal_name: str) -> None:
+    """Remove any message left in a terminal's Celery queue by a test."""
+    ops.broker().delete(*ops.queue_keys(f"terminal.{terminal_name}"))
+
+
+def make_session(workspace: Workspace, terminal: Terminal, status: str = SessionStatus.ACTIVE) -> BridgeSession:
+    now = timezone.now()
+    return BridgeSession.objects.create(
+        workspace=workspace, terminal=terminal, account_id="acc", login=5000 + next(_seq), server="Demo",
+        password_encrypted=b"x", status=status, last_heartbeat_at=now, expires_at=now + timedelta(minutes=5),
+    )
+
+
+def make_task(session: BridgeSession, *, state: str = TaskState.QUEUED, kind: str = "order.create",
+              age: float = 0.0, **fields) -> Task:  # noqa: ANN003
+    """A ledger row as the API would insert it (with its first transition), ``age`` seconds old."""
+    n = next(_seq)
+    task = Task.objects.create(
+        workspace=session.workspace, session=session, terminal=session.terminal, request_id=f"req-ops-{n}",
+        fingerprint=f"{n:064d}", kind=kind, state=state,
+        request={"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "n": n}, **fields,
+    )
+    created = timezone.now() - timedelta(seconds=age)
+    Task.objects.filter(pk=task.pk).update(created_at=created)
+    TaskTransition.objects.create(task=task, from_state="", to_state=TaskState.QUEUED)
+    task.refresh_from_db()
+    return task

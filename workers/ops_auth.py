@@ -1,0 +1,91 @@
+"""Who may use the ops endpoints: a staff user (Django admin login) or the ops token.
+
+``Authorization: Bearer <BRIDGE_OPS_TOKEN>`` identifies an operator's tooling (Prometheus, scripts);
+a logged-in staff user (the admin's session cookie) identifies a person. Nothing else: no
+credentials or a wrong token is ``401``; a valid workspace API key or a non-staff user is ``403``
+(authenticated, but workspaces never see across workspaces).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from bridge_project.errors import error_body, exception_handler
+from sessions.auth import ApiKeyAuthentication, WorkspacePrincipal
+
+
+@dataclass
+class OpsPrincipal:
+    """The request's user when it presented the ops token."""
+
+    is_authenticated: bool = True
+    is_staff: bool = True
+    is_active: bool = True
+    pk: str = "ops-token"
+
+
+def ops_token_matches(token: str) -> bool:
+    expected = settings.BRIDGE_OPS_TOKEN
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+class OpsTokenAuthentication(BaseAuthentication):
+    """``Bearer <ops token>``; anything else is left to the next authenticator (API key, session)."""
+
+    def authenticate(self, request):  # noqa: ANN001, ANN201 - DRF signature
+        header = get_authorization_header(request).split()
+        if len(header) != 2 or header[0].lower() != b"bearer":
+            return None
+        try:
+            token = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if ops_token_matches(token):
+            return OpsPrincipal(), None
+        return None
+
+    def authenticate_header(self, request) -> str:  # noqa: ANN001
+        return "Bearer"
+
+
+OPS_AUTHENTICATION = [OpsTokenAuthentication, ApiKeyAuthentication, SessionAuthentication]
+
+
+def is_ops_user(user: object) -> bool:
+    if isinstance(user, OpsPrincipal):
+        return True
+    if user is None or isinstance(user, WorkspacePrincipal):
+        return False
+    return bool(getattr(user, "is_active", False) and getattr(user, "is_staff", False))
+
+
+class IsStaffOrOpsToken(BasePermission):
+    def has_permission(self, request, view) -> bool:  # noqa: ANN001
+        return is_ops_user(request.user)
+
+
+def ops_access_denied(request: HttpRequest) -> JsonResponse | None:
+    """For plain Django views (``/metrics``): None when allowed, else the 401/403 error response."""
+    drf_request = Request(request, authenticators=[cls() for cls in OPS_AUTHENTICATION])
+    try:
+        user = drf_request.user
+    except drf.APIException as exc:
+        response = exception_handler(exc, {"request": drf_request})
+        return JsonResponse(response.data, status=response.status_code, headers={"WWW-Authenticate": "Bearer"})
+    if is_ops_user(user):
+        return None
+    if user is None:
+        return JsonResponse(
+            error_body("Unauthorized", "a staff login or the ops token is required"),
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return JsonResponse(error_body("Forbidden", "ops endpoints need a staff user or the ops token"), status=403)
