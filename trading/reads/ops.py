@@ -164,18 +164,23 @@ class TerminalReads:
         return {"symbol": name, "book": self.book(name)}
 
     def book(self, name: str) -> list[dict[str, Any]]:
-        """The market book of an exact symbol name (subscribing once per process)."""
-        if name not in self.books:
-            if not self.call("market_book_add", name):
-                code, message = self.mt5.last_error()
-                raise ReadError("unavailable", f"market book of {name} unavailable: {message}",
-                                {"symbol": name, "code": code})
-            self.books.add(name)
-        try:
-            entries = self.call("market_book_get", name)
-        except GatewayError as exc:
-            raise ReadError("unavailable", f"market book of {name} unavailable: {exc.message}",
-                            {"symbol": name, "code": exc.code}) from exc
+        """The market book of an exact symbol name (subscribing once per connection)."""
+        for attempt in (1, 2):
+            if name not in self.books:
+                if not self.call("market_book_add", name):
+                    code, message = self.mt5.last_error()
+                    raise ReadError("unavailable", f"market book of {name} unavailable: {message}",
+                                    {"symbol": name, "code": code})
+                self.books.add(name)
+            try:
+                entries = self.call("market_book_get", name)
+                break
+            except GatewayError as exc:
+                # A reconnected terminal connection has lost its subscriptions: subscribe again once.
+                self.books.discard(name)
+                if attempt == 2:
+                    raise ReadError("unavailable", f"market book of {name} unavailable: {exc.message}",
+                                    {"symbol": name, "code": exc.code}) from exc
         return [{**as_dict(e), "side": BOOK_SIDES.get(e.type, str(e.type))} for e in entries]
 
     # -- bars ----------------------------------------------------------------------------------
@@ -201,6 +206,7 @@ class TerminalReads:
         else:
             b_from = broker_seconds(math.ceil(date_from), self.offset)
             b_to = broker_seconds(date_to, self.offset) if date_to is not None else self.now_broker()
+            self._check_depth(name, tf, seconds, b_from)
             array = self._copy_rates("copy_rates_range", name, tf, b_from, b_to)
             if len(array) > page:
                 result["next"] = {"from": int(array[page]["time"]) - self.offset}
@@ -219,10 +225,31 @@ class TerminalReads:
                                 ) from exc
             raise
 
+    def _check_depth(self, name: str, tf: int, seconds: int, b_from: int) -> None:
+        """Refuse a range that starts before the oldest bar the terminal keeps (its maxbars).
+
+        A terminal may answer such a range with only the bars it has (silently short at the old end);
+        the bridge says so instead. Only ranges old enough to possibly reach that far pay the extra call.
+        """
+        maxbars = self.maxbars()
+        if b_from >= self.now_broker() - maxbars * seconds:
+            return
+        try:
+            oldest = self.call("copy_rates_from_pos", name, tf, maxbars - 1, 1)
+        except GatewayError:
+            oldest = None
+        if oldest is None or not len(oldest) or b_from < int(oldest[0]["time"]):
+            details: dict[str, Any] = {"from": ["before the oldest bar the terminal keeps"], "maxbars": maxbars}
+            if oldest is not None and len(oldest):
+                details["oldest"] = int(oldest[0]["time"]) - self.offset
+            raise ReadError("invalid", f"the range starts before the terminal's oldest {name} bar "
+                            f"(it keeps {maxbars} bars); start later", details)
+
     def _rates_forward(self, name: str, tf: int, seconds: int, date_from: float, count: int) -> np.ndarray:
         """``count`` bars opening at or after ``date_from``: widen a range until it holds enough."""
         start = broker_seconds(math.ceil(date_from), self.offset)
         now = self.now_broker()
+        self._check_depth(name, tf, seconds, start)
         span = count * seconds * 2 + FORWARD_SLACK
         while True:
             end = min(start + span, now + seconds)

@@ -1,0 +1,151 @@
+"""Read rules: which reads come from the snapshot, which go over the read queue, and their answers.
+
+Snapshot-backed (``source: "snapshot"``): account, positions, pending orders and last ticks, served
+from the terminal poller's snapshot while it is fresh (younger than ``BRIDGE_SNAPSHOT_MAX_AGE``) and
+of the session's own account; otherwise the same read goes over the read queue (``source:
+"terminal"``), and fails 502 when that cannot answer either. Everything else always goes over the
+read queue. Every time on the way out is real UTC (the reader and the poller convert at the source).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from bridge_project.errors import BridgeUnavailable, NotFound
+from sessions.models import BridgeSession
+
+from . import conf
+from .ops import TIMEFRAME_SECONDS
+from .readqueue import call_reader, redis_client
+from .snapshots import TerminalSnapshot, load_snapshot, note_quote_interest
+
+logger = logging.getLogger("bridge.reads")
+
+
+def _terminal(session: BridgeSession) -> str:
+    return session.terminal.name
+
+
+def fresh_snapshot(session: BridgeSession) -> TerminalSnapshot | None:
+    """The terminal's snapshot if it is fresh and shows the session's account, else None."""
+    try:
+        snapshot = load_snapshot(redis_client(), _terminal(session))
+    except Exception:  # noqa: BLE001 - a corrupt or unreachable snapshot just means "ask the terminal"
+        logger.exception("cannot load the snapshot of %s", _terminal(session))
+        return None
+    if snapshot is None or snapshot.age() > conf.get("BRIDGE_SNAPSHOT_MAX_AGE"):
+        return None
+    if snapshot.account.get("login") != session.login:
+        return None
+    if not snapshot.connected:
+        raise BridgeUnavailable(
+            f"terminal {_terminal(session)} has no connection to the trade server",
+            {"terminal": _terminal(session), "reason": "broker_disconnected", "asOf": snapshot.taken_at},
+        )
+    return snapshot
+
+
+def _own_account(session: BridgeSession, account: dict[str, Any]) -> None:
+    if account.get("login") != session.login:
+        raise BridgeUnavailable(
+            f"terminal {_terminal(session)} is not logged in to this session's account",
+            {"terminal": _terminal(session), "reason": "account_mismatch"},
+        )
+
+
+def trading_state(session: BridgeSession) -> dict[str, Any]:
+    """Account, positions and pending orders with ``asOf`` and ``source``."""
+    snapshot = fresh_snapshot(session)
+    if snapshot is not None:
+        return {"account": snapshot.account, "positions": snapshot.positions, "orders": snapshot.orders,
+                "asOf": snapshot.taken_at, "source": "snapshot"}
+    state = call_reader(_terminal(session), "trading_state", {})
+    _own_account(session, state["account"])
+    return {**state, "source": "terminal"}
+
+
+def _of_symbol(items: list[dict[str, Any]], symbol: str | None) -> list[dict[str, Any]]:
+    if not symbol:
+        return items
+    return [i for i in items if i.get("symbol", "").lower() == symbol.lower()]
+
+
+def account(session: BridgeSession) -> dict[str, Any]:
+    state = trading_state(session)
+    return {**state["account"], "asOf": state["asOf"], "source": state["source"]}
+
+
+def positions(session: BridgeSession, symbol: str | None = None) -> dict[str, Any]:
+    state = trading_state(session)
+    return {"positions": _of_symbol(state["positions"], symbol), "orders": _of_symbol(state["orders"], symbol),
+            "asOf": state["asOf"], "source": state["source"]}
+
+
+def position(session: BridgeSession, ticket: int) -> dict[str, Any]:
+    state = trading_state(session)
+    for item in state["positions"]:
+        if item["ticket"] == ticket:
+            return {**item, "asOf": state["asOf"], "source": state["source"]}
+    raise NotFound(f"no open position {ticket}", {"ticket": ticket})
+
+
+def orders(session: BridgeSession, symbol: str | None = None) -> dict[str, Any]:
+    state = trading_state(session)
+    return {"orders": _of_symbol(state["orders"], symbol), "asOf": state["asOf"], "source": state["source"]}
+
+
+def quote(session: BridgeSession, symbol: str) -> dict[str, Any]:
+    """The last tick: from the snapshot when the poller keeps that symbol, else read now (and from then on
+    the poller keeps it for ``BRIDGE_QUOTE_INTEREST_TTL``)."""
+    snapshot = fresh_snapshot(session)
+    if snapshot is not None and symbol in snapshot.ticks:
+        note_quote_interest(redis_client(), _terminal(session), symbol)
+        return {**snapshot.ticks[symbol], "asOf": snapshot.taken_at, "source": "snapshot"}
+    asked = time.time()
+    tick = call_reader(_terminal(session), "tick", {"symbol": symbol})
+    note_quote_interest(redis_client(), _terminal(session), tick["symbol"])
+    return {**tick, "asOf": asked, "source": "terminal"}
+
+
+def symbols(session: BridgeSession, group: str | None = None) -> dict[str, Any]:
+    found = call_reader(_terminal(session), "symbols", {"group": group})
+    return {"symbols": found, "count": len(found)}
+
+
+def symbol_info(session: BridgeSession, symbol: str) -> dict[str, Any]:
+    return call_reader(_terminal(session), "symbol", {"symbol": symbol})
+
+
+def depth(session: BridgeSession, symbol: str) -> dict[str, Any]:
+    asked = time.time()
+    return {**call_reader(_terminal(session), "depth", {"symbol": symbol}), "asOf": asked}
+
+
+def _copy_timeout(size: int) -> float:
+    """Deadline of a copy: the base read timeout, plus time to serialize a large answer."""
+    return conf.get("BRIDGE_READ_TIMEOUT") + conf.get("BRIDGE_READ_TIMEOUT_PER_10K") * size / 10_000
+
+
+def bars(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
+    count = query.get("count")
+    if count is not None:
+        size = abs(count)
+    elif query.get("limit"):
+        size = query["limit"]
+    else:
+        end = query.get("date_to") or time.time()
+        size = min(int((end - query["date_from"]) / TIMEFRAME_SECONDS[query["timeframe"]]) + 1, 100_000)
+    return call_reader(_terminal(session), "rates", query, timeout=_copy_timeout(size))
+
+
+def ticks(session: BridgeSession, symbol: str, query: dict[str, Any]) -> dict[str, Any]:
+    size = abs(query["count"]) if query.get("count") is not None else query.get("limit") or conf.get(
+        "BRIDGE_READ_MAX_TICKS")
+    return call_reader(_terminal(session), "ticks", {"symbol": symbol, **query}, timeout=_copy_timeout(size))
+
+
+def history(session: BridgeSession, kind: str, query: dict[str, Any]) -> dict[str, Any]:
+    items = call_reader(_terminal(session), "history", {"kind": kind, **query})
+    return {kind: items, "count": len(items), "from": query.get("date_from"), "to": query.get("date_to")}
