@@ -70,15 +70,27 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_default_cache: dict | None = None
+
+
+def default_config() -> dict:
+    """The parsed default configuration (a fresh copy)."""
+    global _default_cache
+    if _default_cache is None:
+        with open(DEFAULT_CONFIG_PATH, encoding="utf-8") as f:
+            _default_cache = yaml.load(f, Loader=_Loader)  # noqa: S506 - a safe loader
+    return copy.deepcopy(_default_cache)
+
+
 def load_config(config: dict | str | None) -> dict:
     """The full configuration: defaults + the user's dict or YAML file."""
-    with open(DEFAULT_CONFIG_PATH, encoding="utf-8") as f:
-        base = yaml.safe_load(f)
+    base = default_config()
     if config is None:
         user: dict = {}
     elif isinstance(config, str | os.PathLike):
         with open(config, encoding="utf-8") as f:
-            user = yaml.safe_load(f) or {}
+            user = yaml.load(f, Loader=_Loader) or {}  # noqa: S506 - a safe loader
     else:
         user = copy.deepcopy(config)
     user_symbols = user.pop("symbols", None)
