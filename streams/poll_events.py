@@ -17,11 +17,15 @@ compared). Parts, in the shape the ``MetaTrader5`` functions return them (struct
 ``books``           ``{symbol: market_book_get(symbol)}`` for ``watched_symbols(...).depth``
 ``deals``           recent ``history_deals_get(...)`` (at least those since the previous snapshot): the
                     closing deal of a vanished position gives its reason (sl, tp, stop-out, client)
-``history_orders``  recent ``history_orders_get(...)``: the final state of a vanished pending order
-                    (filled, cancelled, expired, rejected)
+``history_orders``  optional, recent ``history_orders_get(...)``: the final state of a vanished pending
+                    order; without it: ``filled`` when a deal of the order is seen, ``expired`` when its
+                    expiration has passed, else ``cancelled``
 ``session_id``      optional: the session the snapshot was taken for (else the terminal's active one)
-``times_utc``       optional, default False: True when the poller already turned broker times into UTC
+``times_utc``       optional, default True (``workers.poller`` converts): False for raw broker times
 ==================  =====================================================================================
+
+A position that vanishes before its closing deal is seen waits up to ``CLOSE_DEAL_WAIT`` seconds for
+it (deals of the last cycles are remembered), then is published with ``reason: "unknown"``.
 
 Which events come out, to the session that is active on the terminal (and only when the terminal's
 account is that session's login, so a terminal still logged in to a previous account never leaks it):
@@ -42,6 +46,7 @@ account is that session's login, so a terminal still logged in to a previous acc
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +71,8 @@ DEAL_ENTRY_OUT, DEAL_ENTRY_INOUT, DEAL_ENTRY_OUT_BY = 1, 2, 3
 CLOSE_REASONS = {0: "client", 1: "client", 2: "client", 3: "client", 4: "sl", 5: "tp", 6: "stop-out"}
 ORDER_FINAL_STATES = {2: "cancelled", 3: "partial", 4: "filled", 5: "rejected", 6: "expired"}
 SESSION_CACHE_SECONDS = 1.0
+CLOSE_DEAL_WAIT = 3.0
+RECENT_DEALS = 1000
 
 
 def watched_symbols(terminal_name: str) -> WatchedSymbols:
@@ -124,6 +131,8 @@ class _TerminalState:
     profit: dict[str, Any] | None = None
     profit_at: float = 0.0
     books: dict[str, Any] = field(default_factory=dict)
+    recent_deals: deque = field(default_factory=lambda: deque(maxlen=RECENT_DEALS))
+    pending_closes: dict[int, tuple[dict, float]] = field(default_factory=dict)  # ticket -> (position, since)
 
 
 _states: dict[str, _TerminalState] = {}
@@ -148,7 +157,7 @@ def _active_session(terminal_name: str) -> tuple[str, int] | None:
 
 
 def _utc_offset(terminal_name: str, snapshot: Any) -> int:
-    if _part(snapshot, "times_utc", False):
+    if _part(snapshot, "times_utc", True):
         return 0
     from workers.config import get_terminal
 
@@ -180,11 +189,15 @@ def after_poll(terminal_name: str, previous: Any, current: Any) -> int:
     offset = _utc_offset(terminal_name, current)
     now = time.monotonic()
     events: list[Event] = []
-    events += quote_events(_part(previous, "ticks") or {}, _part(current, "ticks") or {}, offset)
-    events += depth_events(state, _part(current, "books") or {})
+    watched = watched_symbols(terminal_name)
+    ticks = {s: t for s, t in (_part(current, "ticks") or {}).items() if s in watched}
+    events += quote_events(_part(previous, "ticks") or {}, ticks, offset)
+    books = {s: b for s, b in (_part(current, "books") or {}).items() if s in watched.depth}
+    events += depth_events(state, books)
+    state.recent_deals.extend(_to_utc(d, offset) for d in (_plain(_part(current, "deals")) or []))
     if previous is not None:
-        events += position_events(previous, current, offset)
-        events += order_events(previous, current, offset)
+        events += position_events(state, previous, current, offset, now)
+        events += order_events(state, previous, current, offset)
     if account is not None:
         events += account_events(state, account, now)
     if _part(current, "positions") is not None:
@@ -231,12 +244,12 @@ def _position_data(position: dict) -> dict:
     return {k: position.get(k) for k in POSITION_FIELDS if k in position}
 
 
-def position_events(previous: Any, current: Any, offset: int) -> list[Event]:
+def position_events(state: _TerminalState, previous: Any, current: Any, offset: int, now: float) -> list[Event]:
     if _part(previous, "positions") is None or _part(current, "positions") is None:
         return []
     before = _by_ticket(_part(previous, "positions"))
     after = _by_ticket(_part(current, "positions"))
-    deals = [_to_utc(d, offset) for d in (_plain(_part(current, "deals")) or [])]
+    deals = list(state.recent_deals)
     events: list[Event] = []
     for ticket, position in after.items():
         position = _to_utc(dict(position), offset)
@@ -256,19 +269,20 @@ def position_events(previous: Any, current: Any, offset: int) -> list[Event]:
                     data["deal"] = deal
             events.append(("position", data, position.get("time_update_msc")))
     for ticket, old in before.items():
-        if ticket in after:
-            continue
-        old = _to_utc(dict(old), offset)
+        if ticket not in after and ticket not in state.pending_closes:
+            state.pending_closes[ticket] = (_to_utc(dict(old), offset), now)
+    for ticket, (old, since) in list(state.pending_closes.items()):
         deal = _closing_deal(deals, ticket)
+        if deal is None and now - since < CLOSE_DEAL_WAIT:
+            continue  # its closing deal may show up in history a cycle later
+        del state.pending_closes[ticket]
         data = {"event": "closed", **_position_data(old)}
         if deal is not None:
             data.update(reason=CLOSE_REASONS.get(deal.get("reason"), "other"), deal=deal,
                         price_close=deal.get("price"), profit=deal.get("profit"))
-            time_msc = deal.get("time_msc")
         else:
             data["reason"] = "unknown"
-            time_msc = None
-        events.append(("position", data, time_msc))
+        events.append(("position", data, deal.get("time_msc") if deal else None))
     return events
 
 
@@ -277,7 +291,7 @@ def _order_data(event: str, order: dict) -> dict:
             **{k: order.get(k) for k in ORDER_FIELDS if k in order}}
 
 
-def order_events(previous: Any, current: Any, offset: int) -> list[Event]:
+def order_events(state: _TerminalState, previous: Any, current: Any, offset: int) -> list[Event]:
     if _part(previous, "orders") is None or _part(current, "orders") is None:
         return []
     before = _by_ticket(_part(previous, "orders"))
@@ -302,8 +316,20 @@ def order_events(previous: Any, current: Any, offset: int) -> list[Event]:
             done = _to_utc(dict(done), offset)
             event = ORDER_FINAL_STATES.get(done.get("state"), "removed")
             events.append(("order", _order_data(event, done), done.get("time_done_msc")))
+            continue
+        old = _to_utc(dict(old), offset)
+        deal = next((d for d in state.recent_deals if d.get("order") == ticket), None)
+        expiry = old.get("time_expiration") or 0
+        if deal is not None:
+            event = "filled"
+        elif expiry and expiry <= time.time():
+            event = "expired"
         else:
-            events.append(("order", _order_data("removed", _to_utc(dict(old), offset)), None))
+            event = "cancelled"
+        data = _order_data(event, old)
+        if deal is not None:
+            data["deal"] = deal
+        events.append(("order", data, deal.get("time_msc") if deal else None))
     return events
 
 
