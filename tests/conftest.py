@@ -73,8 +73,13 @@ def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[S
     sims: dict[str, Proc] = {}
     addresses: dict[str, str] = {}
     try:
-        for i, (name, _offset) in enumerate(SIM_TERMINALS):
-            proc, address = start_sim(f"sim-{name}", stack_dir, stack_dir / f"state-{name}", seed=10 + i)
+        for i, (name, offset) in enumerate(SIM_TERMINALS):
+            # The emulator's broker clock must match the offset the terminals file declares for it.
+            config = stack_dir / f"sim-{name}.yaml"
+            config.write_text(yaml.safe_dump({"server": {"offset_seconds": offset}}))
+            proc, address = start_sim(
+                f"sim-{name}", stack_dir, stack_dir / f"state-{name}", seed=10 + i, config=config
+            )
             sims[name], addresses[name] = proc, address
         terminals_file = stack_dir / "terminals.yaml"
         terminals_file.write_text(
