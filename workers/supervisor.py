@@ -84,7 +84,7 @@ class Supervisor:
         child = Child(name, argv, self.env, self.log_dir / f"{name}.log")
         child.start()
         self.children.append(child)
-        _say(f"started {name} (pid {child.popen.pid}, log {child.log_path.relative_to(ROOT)})")
+        _say(f"started {name} (pid {child.popen.pid}, log {child.log_path})")
         return child
 
     def wait_port(self, name: str, host: str, port: int, timeout: float = 30.0) -> None:

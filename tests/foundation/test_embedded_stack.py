@@ -1,0 +1,130 @@
+"""The embedded stack as a user runs it: `manage.py run_bridge` on SQLite, real processes.
+
+Proves: it comes up (migrations, sim terminals, pinned workers, beat, daphne), a session opens over
+HTTP, SQLite survives concurrent writers (web threads + workers + beat) without "database is
+locked", and Ctrl-C stops every child (no orphans).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.procs import ROOT, free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _call(method: str, url: str, key: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {key}")
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True).stdout
+    rows = [tuple(int(x) for x in line.split()) for line in out.splitlines() if line.strip()]
+    found, frontier = set(), {pid}
+    while frontier:
+        nxt = {p for p, pp, _ in rows if pp in frontier and p not in found}
+        found |= nxt
+        frontier = nxt
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    terminals = tmp_path / "terminals.yaml"
+    terminals.write_text(
+        yaml.safe_dump(
+            {
+                "terminals": [
+                    {"name": "emb-1", "backend": "sim", "address": f"127.0.0.1:{free_port()}", "utc_offset": 7200},
+                    {"name": "emb-2", "backend": "sim", "address": f"127.0.0.1:{free_port()}", "utc_offset": 0},
+                ]
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # the embedded default: SQLite
+    env.update(
+        BRIDGE_VAR_DIR=str(tmp_path / "var"),
+        BRIDGE_TERMINALS_FILE=str(terminals),
+        BRIDGE_PORT=str(port),
+        BRIDGE_WORKER_HEARTBEAT_INTERVAL="0.5",  # workers write the database often, on purpose
+        BRIDGE_SESSION_EXPIRY_SWEEP="0.5",  # and so does beat's sweep
+    )
+    log = open(tmp_path / "run_bridge.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_bridge"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while "the bridge is up" not in (tmp_path / "run_bridge.log").read_text():
+            assert proc.poll() is None, (tmp_path / "run_bridge.log").read_text()
+            assert time.monotonic() < deadline, "run_bridge did not come up"
+            time.sleep(0.2)
+        children = _descendants(proc.pid)
+        assert len(children) >= 8  # 2 sims, 2x(worker, reader?, poller?), maintenance, beat, web
+
+        key = subprocess.run(
+            [sys.executable, "manage.py", "create_api_key", "--workspace", "emb"],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+        base = f"http://127.0.0.1:{port}/mt5/client"
+        body = {"accountId": "a", "server": "Demo", "login": 424242, "password": "pw-emb"}
+        status, session = _call("POST", f"{base}/session/open?wait=20", key, body)
+        assert status == 201 and session["status"] == "active", session
+        status, session2 = _call("POST", f"{base}/session/open?wait=20", key, {**body, "login": 434343})
+        assert status == 201 and session2["status"] == "active", session2
+
+        def hammer(i: int) -> list[int]:
+            sid = (session if i % 2 else session2)["sessionId"]
+            return [_call("POST", f"{base}/session/{sid}/heartbeat", key)[0] for _ in range(25)]
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = [s for batch in pool.map(hammer, range(8)) for s in batch]
+        assert statuses == [200] * 200
+        assert _call("GET", f"{base}/session/{session['sessionId']}", key)[1]["status"] == "active"
+        logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "var" / "log").glob("*.log"))
+        assert "database is locked" not in logs
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(60)
+        finally:
+            log.close()
+    output = (tmp_path / "run_bridge.log").read_text()
+    assert proc.returncode == 0, output
+    assert "stopped" in output
+    time.sleep(0.5)
+    orphans = [pid for pid in children if _alive(pid)]
+    assert orphans == [], f"processes left behind: {orphans}"
