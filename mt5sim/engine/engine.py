@@ -8,6 +8,7 @@ state dir, so a restarted terminal keeps the broker's accounts, orders, position
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -74,6 +75,7 @@ class Engine(TradeServer):
             self.symbols[spec["name"]] = spec
             self.feeds[spec["name"]] = SymbolFeed(spec, self.seed, self.always_open, self.history_start)
         self._static_rows = {name: self._static_symbol_row(spec) for name, spec in self.symbols.items()}
+        self._spec_originals = copy.deepcopy(self.symbols)
         self._lock = threading.RLock()
         self.clock_offset = 0.0
         self.clock_pinned: float | None = None
@@ -866,6 +868,8 @@ class Engine(TradeServer):
         return now // 1000
 
     def _ctl_reset(self, full=False):
+        """Prices, faults, clock, connection, terminal and symbol properties back to the configuration;
+        `full` also clears accounts, orders, positions and history (the logged-in login is recreated)."""
         for feed in self.feeds.values():
             feed.reset_overlays()
         self.fault_requote = 0
@@ -874,6 +878,10 @@ class Engine(TradeServer):
         self.clock_pinned = None
         self.clock_offset = 0.0
         self.terminal = dict(self.cfg["terminal"])
+        for name, original in self._spec_originals.items():
+            self.symbols[name].clear()
+            self.symbols[name].update(copy.deepcopy(original))
+            self._static_rows[name] = self._static_symbol_row(self.symbols[name])
         self._info_cache.clear()
         if full:
             login = self.current_login
