@@ -41,6 +41,7 @@ SYMBOL_EXTRA_DEFAULTS: dict[str, Any] = {
     "margin_rate": 1.0,
     "trade_ticks": False,      # generate Last/Volume (trade) ticks as well as Bid/Ask
     "no_prices": False,        # a symbol without quotes (order_send -> 10021)
+    "history_csv": None,       # replay ticks or bars from this CSV inside its time span
     "path_prefix": "",
 }
 

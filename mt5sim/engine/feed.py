@@ -113,6 +113,11 @@ class SymbolFeed:
         self._final_cache: OrderedDict[tuple[int, int], dict] = OrderedDict()
         self._day_summary: dict[int, tuple] = {}
         self._live: tuple[int, int, tuple | None] = (0, -1, None)   # (valid_from, valid_until, tick)
+        self.csv: dict | None = load_history_csv(spec["history_csv"], spec) if spec.get("history_csv") else None
+        if self.csv is not None:
+            t = self.csv["t"]
+            self.csv["ratio_before"] = float(self.csv["bid"][0]) / self.path_bid(int(t[0]))
+            self.csv["ratio_after"] = float(self.csv["bid"][-1]) / self.path_bid(int(t[-1]))
 
     # ----------------------------------------------------------------- generation
     def is_open_at(self, t_ms: int) -> bool:
@@ -160,14 +165,38 @@ class SymbolFeed:
         keep = self.open_mask[minute_of_week(buckets)] & (buckets * MINUTE_MS >= self.history_start_ms)
         buckets = buckets[keep]
         if self.no_prices or len(buckets) == 0:
-            res = {"t": np.zeros(0, np.int64), "bid": np.zeros(0), "ask": np.zeros(0), "last": np.zeros(0),
-                   "vol": np.zeros(0, np.uint64), "flags": np.zeros(0, np.uint32)}
+            res = _empty_ticks()
         else:
             res = self._generate(buckets)
+        if self.csv is not None:
+            res = self._merge_csv(day, res)
         self._base_cache[day] = res
         if len(self._base_cache) > 24:
             self._base_cache.popitem(last=False)
         return res
+
+    def _merge_csv(self, day: int, gen: dict) -> dict:
+        """Replayed ticks inside the CSV's time span; generated ones outside it, rescaled to join it."""
+        csv = self.csv
+        start, end = int(csv["t"][0]), int(csv["span_end"])
+        day_start, day_end = day * DAY_MS, (day + 1) * DAY_MS
+        t = gen["t"]
+        before, after = t < start, t > end
+        keep = before | after
+        out = {k: v[keep] for k, v in gen.items()}
+        spread = out["ask"] - out["bid"]
+        ratio = np.where(before[keep], csv["ratio_before"], csv["ratio_after"])
+        out["bid"] = np.round(out["bid"] * ratio, self.digits)
+        out["ask"] = np.round(out["bid"] + spread, self.digits)
+        out["last"] = np.where(out["last"] > 0, np.round(out["last"] * ratio, self.digits), 0.0)
+        a = int(np.searchsorted(csv["t"], day_start, side="left"))
+        b = int(np.searchsorted(csv["t"], day_end, side="left"))
+        if b > a:
+            for key in ("t", "bid", "ask", "last", "vol", "flags"):
+                out[key] = np.concatenate([out[key], csv[key][a:b]])
+            order = np.argsort(out["t"], kind="stable")
+            out = {k: v[order] for k, v in out.items()}
+        return out
 
     def _generate(self, buckets: np.ndarray) -> dict:
         n = 1 + (_hash(self.key ^ 0x1111, buckets) % _U64(2 * self.tpm - 1)).astype(np.int64)
@@ -423,6 +452,75 @@ class SymbolFeed:
         if (day + 1) * DAY_MS <= now_ms:
             self._day_summary[day] = res
         return res
+
+
+def _empty_ticks() -> dict:
+    return {"t": np.zeros(0, np.int64), "bid": np.zeros(0), "ask": np.zeros(0), "last": np.zeros(0),
+            "vol": np.zeros(0, np.uint64), "flags": np.zeros(0, np.uint32)}
+
+
+def _parse_time(value: str) -> int:
+    """A CSV time cell as broker milliseconds: epoch seconds, epoch milliseconds or an ISO date-time."""
+    value = value.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        import calendar
+        import datetime as _dt
+        when = _dt.datetime.fromisoformat(value.replace("Z", ""))
+        return calendar.timegm(when.timetuple()) * 1000 + when.microsecond // 1000
+    return int(number) if number > 1e11 else int(number * 1000)
+
+
+def load_history_csv(path: str, spec: dict) -> dict:
+    """Ticks (time|time_msc, bid, ask[, last, volume]) or bars (time, open, high, low, close[, spread]) from a CSV.
+
+    Bars become four ticks each (open, high/low in the bar's direction, close) spread across the bar."""
+    import csv as _csv
+
+    digits, point = int(spec["digits"]), float(spec["point"])
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(_csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    cols = {c.strip().lower(): c for c in rows[0]}
+    tcol = cols.get("time_msc") or cols.get("time") or cols.get("datetime") or cols.get("date")
+    if tcol is None:
+        raise ValueError(f"{path}: needs a time, time_msc or datetime column")
+    times = np.array([_parse_time(r[tcol]) for r in rows], dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    rows = [rows[i] for i in order]
+
+    def col(name: str, default: float = 0.0) -> np.ndarray:
+        key = cols.get(name)
+        return np.array([float(r[key]) if key and r[key] != "" else default for r in rows])
+
+    if "open" in cols:
+        o, hi, lo, c = col("open"), col("high"), col("low"), col("close")
+        spread = col("spread", float(spec["spread_points"])) * point
+        step = int(np.median(np.diff(times))) if len(times) > 1 else 60_000
+        step = max(4, min(step, DAY_MS))
+        up = c >= o
+        prices = np.stack([o, np.where(up, lo, hi), np.where(up, hi, lo), c], axis=1).ravel()
+        t = (times[:, None] + (np.arange(4) * (step // 4))[None, :]).ravel()
+        bid = np.round(prices, digits)
+        ask = np.round(bid + np.repeat(spread, 4), digits)
+        last = np.zeros(len(t))
+        vol = np.zeros(len(t), dtype=np.uint64)
+        span_end = int(times[-1]) + step - 1
+    else:
+        t = times
+        bid = np.round(col("bid"), digits)
+        ask = np.round(col("ask"), digits)
+        if np.any(ask <= 0):
+            ask = np.where(ask > 0, ask, np.round(bid + float(spec["spread_points"]) * point, digits))
+        last = np.round(col("last"), digits)
+        vol = col("volume").astype(np.uint64)
+        span_end = int(t[-1])
+    flags = np.where(last > 0, C.TICK_FLAG_LAST | C.TICK_FLAG_VOLUME, 0).astype(np.uint32)
+    return {"t": t.astype(np.int64), "bid": bid, "ask": ask, "last": last, "vol": vol, "flags": flags,
+            "span_end": span_end}
 
 
 def bar_open(tf: int, t: np.ndarray) -> np.ndarray:

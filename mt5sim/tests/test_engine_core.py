@@ -435,3 +435,45 @@ def test_unknown_control_and_bad_arguments(h):
     with pytest.raises(CallFailed):
         h.ctl("set_price", symbol="NOPE", bid=1.0, ask=1.1)
     assert request(volume=1)["volume"] == 1.0
+
+
+# ================================================================ CSV replay
+def test_replay_bars_from_csv(tmp_path):
+    start = utc(2024, 3, 13, 10, 0) + OFFSET
+    lines = ["time,open,high,low,close,spread"]
+    price = 1.2
+    for i in range(60):
+        o = round(price, 5)
+        c = round(price + (0.0003 if i % 3 else -0.0002), 5)
+        lines.append(f"{start + 60 * i},{o},{round(max(o, c) + 0.0001, 5)},{round(min(o, c) - 0.0001, 5)},{c},8")
+        price = c
+    path = tmp_path / "bars.csv"
+    path.write_text("\n".join(lines) + "\n")
+    h = Harness({"symbols": [{"name": "EURUSD", "history_csv": str(path)}]}, None)
+    try:
+        bars = h.call("copy_rates_range", symbol="EURUSD", timeframe=1, date_from=start, date_to=start + 3540)
+        assert len(bars) == 60
+        src = [line.split(",") for line in lines[1:]]
+        for bar, row in zip(bars, src, strict=True):
+            assert int(bar["time"]) == int(row[0])
+            assert (bar["open"], bar["high"], bar["low"], bar["close"]) == tuple(float(x) for x in row[1:5])
+            assert bar["spread"] == 8
+        # the generated walk joins the replayed prices at both ends
+        before = h.call("copy_ticks_range", symbol="EURUSD", date_from=start - 120, date_to=start - 1, flags=-1)
+        assert len(before) and abs(before[-1]["bid"] - 1.2) < 0.002
+    finally:
+        h.close()
+
+
+def test_replay_ticks_from_csv(tmp_path):
+    start = utc(2024, 3, 13, 11, 0) + OFFSET
+    path = tmp_path / "ticks.csv"
+    path.write_text("time_msc,bid,ask\n" + "".join(
+        f"{start * 1000 + 700 * i},{1.3 + i * 1e-5:.5f},{1.3001 + i * 1e-5:.5f}\n" for i in range(50)))
+    h = Harness({"symbols": [{"name": "EURUSD", "history_csv": str(path)}]}, None)
+    try:
+        ticks = h.call("copy_ticks_range", symbol="EURUSD", date_from=start, date_to=start + 34, flags=-1)
+        assert len(ticks) == 50 and ticks[0]["bid"] == 1.3 and ticks[-1]["bid"] == round(1.3 + 49e-5, 5)
+        assert int(ticks[1]["time_msc"]) == start * 1000 + 700
+    finally:
+        h.close()
