@@ -653,6 +653,9 @@ class Engine(TradeServer):
         frm = int(date_from) * 1000
         if flags == C.COPY_TICKS_ALL:
             return feed.ticks_between(frm, now, limit=int(count))
+        if flags == C.COPY_TICKS_TRADE and not feed.trade_ticks and feed.csv is None:
+            # only injected ticks with a Last price can be trade ticks here
+            frm = max(frm, min((x[0] for x in feed.injected if x[3] > 0), default=now + 1))
         out = []
         got = 0
         start = frm

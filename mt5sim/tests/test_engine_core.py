@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import time
 
 import numpy as np
 import pytest
@@ -420,7 +421,6 @@ def test_background_thread_triggers_sl_with_running_clock():
         e.feeds["EURUSD"].freeze(e.now_ms(), False)
         with e._lock:
             e.feeds["EURUSD"].set_price(e.now_ms() + 1, tick["bid"] - 0.002, tick["ask"] - 0.002, None)
-        import time
         deadline = time.time() + 3
         while time.time() < deadline and h.positions():
             time.sleep(0.05)
@@ -477,3 +477,9 @@ def test_replay_ticks_from_csv(tmp_path):
         assert int(ticks[1]["time_msc"]) == start * 1000 + 700
     finally:
         h.close()
+
+
+def test_copy_ticks_from_trade_flag_on_forex_is_quick_and_empty(h):
+    started = time.perf_counter()
+    ticks = h.call("copy_ticks_from", symbol="EURUSD", date_from=utc(2016, 1, 4), count=10, flags=C.COPY_TICKS_TRADE)
+    assert len(ticks) == 0 and time.perf_counter() - started < 2.0
