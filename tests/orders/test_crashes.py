@@ -1,0 +1,224 @@
+"""Crash tests that can fail: the pinned worker is SIGKILLed at the dangerous points of the execution
+path, and Redis is restarted under queued tasks. After recovery every task is final and has exactly
+one order at the broker, counted in mt5sim's own history (not in the bridge's records).
+
+(a)/(b) use the test-only crash points of trading.execution (BRIDGE_CRASH_AT, set only here); (c)
+kills the worker from outside while the emulator holds its order_send (mt5sim ``delay``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+import redis
+
+from tests.conftest import Stack
+from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
+from tests.procs import PYTHON, Proc, free_port, start_manage
+from trading.models import FINAL_STATES, Task, TaskTransition
+from trading.tasks import execute_task, reconcile_all_task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}
+TERMINAL = "sim-b"
+
+
+def _wait_dead(proc: Proc, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.alive():
+        assert time.monotonic() < deadline, f"{proc.name} did not die:\n{proc.log()[-2000:]}"
+        time.sleep(0.05)
+
+
+def _restart(stack: Stack, env: dict[str, str] | None = None) -> Proc:
+    stack.workers[TERMINAL].stop()
+    return stack.start_worker(TERMINAL, env)
+
+
+def _post(client, sid, rid, body=ORDER):  # noqa: ANN001, ANN202
+    r = client.post("/mt5/client/orders", body, format="json", HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid)
+    assert r.status_code == 202, r.content
+    return r.json()["taskId"]
+
+
+def _path(task: Task) -> list[str]:
+    return list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
+
+
+def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # noqa: ANN001
+    crashing = _restart(stack, {"BRIDGE_CRASH_AT": "after_claim"})
+    sid = open_session(client, TERMINAL)
+    task_id = _post(client, sid, "crash-a")
+    _wait_dead(crashing)
+    task = Task.objects.get(id=task_id)
+    assert task.state == "dispatched" and task.sent_at is None and task.attempts == 1
+    assert sim(TERMINAL).broker_orders_of(task) == []
+    stack.start_worker(TERMINAL)  # its start-up reconciliation settles the orphan
+    task = wait_final(task_id)
+    assert task.state == "filled" and task.attempts == 2, task.result
+    assert len(sim(TERMINAL).broker_orders_of(task)) == 1
+    # A late redelivery of the same message (what Redis does after the visibility timeout) is a no-op.
+    execute_task.apply_async(args=[task_id], queue=f"terminal.{TERMINAL}")
+    time.sleep(1.0)
+    assert Task.objects.get(id=task_id).state == "filled"
+    assert len(sim(TERMINAL).broker_orders_of(task)) == 1
+
+
+def test_b_killed_after_order_send_returned_before_the_result_was_stored(stack, client, sim) -> None:  # noqa: ANN001
+    crashing = _restart(stack, {"BRIDGE_CRASH_AT": "after_send"})
+    sid = open_session(client, TERMINAL)
+    task_id = _post(client, sid, "crash-b")
+    _wait_dead(crashing)
+    task = Task.objects.get(id=task_id)
+    assert task.state == "dispatched" and task.sent_at is not None and task.result is None
+    assert len(sim(TERMINAL).broker_orders_of(task)) == 1  # it did execute
+    stack.start_worker(TERMINAL)
+    task = wait_final(task_id)
+    assert task.state == "filled" and task.result["adopted"] is True and task.attempts == 1
+    [order] = sim(TERMINAL).broker_orders_of(task)
+    assert task.order_ticket == order.ticket and task.deal_ticket
+    assert _path(task) == ["queued", "dispatched", "filled"]
+
+
+def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, control, settings) -> None:  # noqa: ANN001
+    env = {"BRIDGE_INFLIGHT_BOUND": "30", "BRIDGE_RECONCILE_AFTER": "1"}
+    worker = _restart(stack, env)
+    sid = open_session(client, TERMINAL)
+    control(TERMINAL).delay(8.0, ["order_send"])
+    task_id = _post(client, sid, "crash-c")
+    deadline = time.monotonic() + 10
+    while Task.objects.get(id=task_id).sent_at is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    worker.kill(signal.SIGKILL)  # the order_send is in flight, held by the terminal
+    _wait_dead(worker)
+    stack.start_worker(TERMINAL, env)
+    task = Task.objects.get(id=task_id)
+    # Start-up reconciliation looked, found nothing yet, and did NOT resend: the outcome is unknown.
+    assert task.state == "unknown", (task.state, task.result)
+    assert sim(TERMINAL).broker_orders_of(task) == []
+    # The terminal executes the held request when its delay ends (the client is long gone).
+    deadline = time.monotonic() + 20
+    while not sim(TERMINAL).broker_orders_of(task):
+        assert time.monotonic() < deadline, "the delayed order never executed"
+        time.sleep(0.2)
+    settings.BRIDGE_RECONCILE_AFTER = 1
+    time.sleep(1.1)
+    assert reconcile_all_task.apply().get() == [TERMINAL]  # beat's job: fan out to the terminal's queue
+    task = wait_final(task_id)
+    assert task.state == "filled" and task.result["adopted"] is True, task.result
+    assert len(sim(TERMINAL).broker_orders_of(task)) == 1
+    assert _path(task) == ["queued", "dispatched", "unknown", "filled"]
+
+
+def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, sim, control, settings) -> None:  # noqa: ANN001
+    _restart(stack, {"BRIDGE_INFLIGHT_BOUND": "2", "BRIDGE_RECONCILE_AFTER": "1"})
+    sid = open_session(client, TERMINAL)
+    control(TERMINAL).ipc_timeout("order_send", 1, execute=False)
+    task = wait_final(_post(client, sid, "lost-1"), states=("unknown",))
+    assert task.result["error"]["code"] == "OutcomeUnknown" and task.result["error"]["mt5"] == -10005
+    time.sleep(2.5)
+    settings.BRIDGE_RECONCILE_AFTER = 1
+    assert reconcile_all_task.apply().get() == [TERMINAL]
+    task = wait_final(task.id)
+    assert task.state == "failed" and task.result["error"]["code"] == "NotExecuted"
+    assert sim(TERMINAL).broker_orders_of(task) == []
+
+
+@pytest.fixture
+def private_redis(stack: Stack):  # noqa: ANN201
+    """A redis-server of this test only (never the shared one), restartable on the same port."""
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    procs: list[Proc] = []
+
+    def start() -> Proc:
+        proc = Proc(f"redis-{port}-{len(procs)}", argv, dict(os.environ), stack.log_dir).start()
+        procs.append(proc)
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return proc
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+    start()
+    yield port, start, procs
+    for proc in procs:
+        proc.stop()
+
+
+def _http(method: str, url: str, body: dict | None, headers: dict[str, str]) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_redis_restart_while_tasks_are_queued(stack, api_key, sim, control, private_redis) -> None:  # noqa: ANN001
+    port, start_redis, procs = private_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**stack.env, "REDIS_URL": url, "CELERY_BROKER_URL": url, "BRIDGE_OUTBOX_REPUBLISH_AFTER": "2",
+           "BRIDGE_OUTBOX_SWEEP_INTERVAL": "1", "BRIDGE_RECONCILE_INTERVAL": "2", "BRIDGE_RECONCILE_AFTER": "2"}
+    stack.workers[TERMINAL].stop()
+    started: list[Proc] = []
+    try:
+        worker = start_manage(f"redis-worker-{port}", ["run_terminal_worker", TERMINAL], env, stack.log_dir)
+        started.append(worker)
+        worker.wait_log("ready", timeout=60)
+        web_port = free_port()
+        web = Proc(f"web-{web_port}", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
+                                       "--log-level", "warning", "bridge_project.asgi:application"],
+                   env, stack.log_dir).start()
+        started.append(web)
+        web.wait_for(lambda: _port_open(web_port), 30, "listening")
+        base = f"http://127.0.0.1:{web_port}/mt5/client"
+        auth = {"Authorization": f"Bearer {api_key}"}
+        status, body = _http("POST", f"{base}/session/open?wait=15", {"accountId": "r", "server": "Demo",
+                                                                       "login": LOGIN, "password": PASSWORD,
+                                                                       "terminal": TERMINAL}, auth)
+        assert status == 201 and body["status"] == "active", body
+        headers = {**auth, "x-session-id": body["sessionId"]}
+        control(TERMINAL).delay(1.5, ["order_send"])  # the worker drains slowly: tasks stay queued
+        ids = []
+        for i in range(6):
+            status, task = _http("POST", f"{base}/orders", ORDER, {**headers, "x-request-id": f"redis-{i}"})
+            assert status == 202, task
+            ids.append(task["taskId"])
+        assert redis.Redis(port=port).llen(f"terminal.{TERMINAL}") >= 3  # queued messages in Redis
+        procs[-1].kill(signal.SIGKILL)  # Redis dies without persistence: the queue is gone
+        _wait_dead(procs[-1])
+        start_redis()
+        assert redis.Redis(port=port).llen(f"terminal.{TERMINAL}") == 0
+        control(TERMINAL).delay(0)
+        # The outbox sweeper (beat on the maintenance worker) re-publishes what is still queued.
+        maintenance = start_manage(f"maintenance-{port}", ["run_maintenance_worker", "--beat"], env, stack.log_dir)
+        started.append(maintenance)
+        for task_id in ids:
+            task = wait_final(task_id, timeout=60)
+            assert task.state == "filled", (task.id, task.state, task.result)
+            assert len(sim(TERMINAL).broker_orders_of(task)) == 1, task.id
+        assert Task.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES).count() == 0
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
