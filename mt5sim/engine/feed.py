@@ -123,32 +123,36 @@ class SymbolFeed:
     def is_open_at(self, t_ms: int) -> bool:
         return bool(self.open_mask[minute_of_week(t_ms // MINUTE_MS)])
 
-    def _octave(self, k: int, t: np.ndarray) -> np.ndarray:
-        period, amp = _OCTAVES[k], self.amplitudes[k]
-        x = t / period
-        j = np.floor(x)
-        f = x - j
-        j = j.astype(np.int64)
+    def _knots(self, k: int, j: np.ndarray) -> np.ndarray:
+        """Value-noise knot values of octave k (zero mean, unit variance)."""
         key = self.key ^ (0x51ED270B27 * (k + 1))
-        v0 = _unit(_hash(key, j)) - 0.5
-        v1 = _unit(_hash(key, j + 1)) - 0.5
-        s = f * f * (3.0 - 2.0 * f)
-        return amp * _SQRT12 * (v0 + (v1 - v0) * s)
+        return (_unit(_hash(key, j)) - 0.5) * _SQRT12
 
     def _path(self, t_ms: np.ndarray) -> np.ndarray:
         """Smooth log-price offset at these times (value noise, smoothstep interpolation).
 
-        The two shortest octaves are evaluated at each tick; the slower ones once per minute
-        bucket (their change inside a minute is far below the tick jitter), which keeps a day of
-        history cheap to generate.
+        Knot values are hashed once per minute bucket (every octave's period is a whole number of
+        minutes), and the two fastest octaves are interpolated at each tick; the slower ones are
+        evaluated at the bucket's middle (their change inside a minute is far below the tick
+        jitter). This keeps a day of history cheap to generate.
         """
-        t = t_ms.astype(np.float64) / 1000.0
-        out = self._octave(0, t) + self._octave(1, t)
         buckets, inverse = np.unique(t_ms // MINUTE_MS, return_inverse=True)
+        t = t_ms.astype(np.float64) / 1000.0
+        out = np.zeros(len(t))
         mid = buckets.astype(np.float64) * 60.0 + 30.0
         slow = np.zeros(len(buckets))
-        for k in range(2, len(_OCTAVES)):
-            slow += self._octave(k, mid)
+        for k, (period, amp) in enumerate(zip(_OCTAVES, self.amplitudes, strict=True)):
+            jb = (buckets * 60) // int(period)
+            v0 = self._knots(k, jb)
+            v1 = self._knots(k, jb + 1)
+            if k < 2:
+                f = t / period - jb[inverse]
+                sm = f * f * (3.0 - 2.0 * f)
+                out += amp * (v0[inverse] + (v1 - v0)[inverse] * sm)
+            else:
+                f = mid / period - jb
+                sm = f * f * (3.0 - 2.0 * f)
+                slow += amp * (v0 + (v1 - v0) * sm)
         return out + slow[inverse]
 
     def path_bid(self, t_ms: int) -> float:
@@ -203,15 +207,18 @@ class SymbolFeed:
         total = int(n.sum())
         rep = np.repeat(buckets, n)
         idx = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-        offs = (_hash(self.key ^ 0x2222, rep, idx) % _U64(MINUTE_MS)).astype(np.int64)
+        h = _hash(self.key ^ 0x2222, rep, idx)          # one hash per tick, split into fields
+        offs = ((h & _U64(0xFFFFFFFF)) % _U64(MINUTE_MS)).astype(np.int64)
         t = rep * MINUTE_MS + offs
         order = np.argsort(t, kind="stable")
-        t, rep, idx = t[order], rep[order], idx[order]
-        jit = (_unit(_hash(self.key ^ 0x3333, rep, idx)) - 0.5) * _SQRT12 * self.jitter
+        t, rep, idx, h = t[order], rep[order], idx[order], h[order]
+        u_jit = ((h >> _U64(32)) & _U64(0xFFFFF)).astype(np.float64) * (1.0 / 1048576.0)
+        u_spread = (h >> _U64(52)).astype(np.float64) * (1.0 / 4096.0)
+        jit = (u_jit - 0.5) * _SQRT12 * self.jitter
         mid = self.base_price * np.exp(self._path(t) + jit)
         bid = np.round(mid, self.digits)
         if self.spread_float:
-            sp = np.maximum(1.0, np.round(self.spread_points * (0.6 + 0.8 * _unit(_hash(self.key ^ 0x4444, rep, idx)))))
+            sp = np.maximum(1.0, np.round(self.spread_points * (0.6 + 0.8 * u_spread)))
         else:
             sp = np.full(len(t), max(1.0, self.spread_points))
         ask = np.round(bid + sp * self.point, self.digits)
