@@ -109,7 +109,10 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "bridge:ch", "capacity": 1000, "expiry": 30},
+        # socket_timeout above channels-redis' 5 s BZPOPMIN: redis-py 8 defaults it to 5 s, and the two
+        # racing kill idle WebSocket consumers with "Timeout reading from redis" (close 1011).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "prefix": "bridge:ch",
+                   "capacity": 1000, "expiry": 30},
     }
 }
 

@@ -269,10 +269,13 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     continue
                 if upto is not None and seq > upto:
                     return delivered
-                self.last_seq = seq
                 if channel in self.subs:
+                    await self._room_for_replay()
+                    if self.closing:
+                        return delivered
                     self.outbox.put(text)
                     delivered += 1
+                self.last_seq = seq
             if self.last_seq >= target or not page.seqs:
                 if self.last_seq < target and page.resync_required:
                     self._reply({"type": "resync_required", "since": self.last_seq, "oldestSeq": page.oldest,
@@ -280,6 +283,16 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     self.last_seq = max(self.last_seq, page.current)
                 return delivered
             page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
+
+    async def _room_for_replay(self) -> None:
+        """Replay at the pace the client reads: never more than half the pending limit queued at once
+        (a replay is not a reason to close a socket; a client that stops reading still is)."""
+        low = self.outbox.max_pending // 2
+        while self.outbox.ordered_pending >= low and not self.closing:
+            if self.writer.done():  # the socket went away mid-replay
+                self.closing = True
+                return
+            await asyncio.sleep(0.005)
 
     async def _catch_up(self, upto: int) -> None:
         """A gap (a seq beyond the next one): fetch the missing events from the stream."""

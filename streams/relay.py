@@ -75,7 +75,7 @@ async def _forward_group(layer, group: str, messages: list[dict]) -> None:  # no
 
 
 async def _run() -> None:
-    client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, socket_timeout=None)
+    client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, socket_timeout=10)
     layer = get_channel_layer()
     consumer = f"{socket.gethostname()}:{os.getpid()}"
     await _ensure_group(client)

@@ -63,14 +63,20 @@ def start_daphne(log_dir: Path, extra_env: dict[str, str] | None = None, name: s
 
 
 @pytest.fixture(scope="session")
-def daphne_url(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker,  # noqa: ANN001
-               events_redis) -> Iterator[str]:  # noqa: ANN001
+def daphne(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker,  # noqa: ANN001
+           events_redis) -> Iterator[tuple[Proc, str]]:  # noqa: ANN001
+    """A daphne serving the bridge (its log: ``proc.log()``) and its ws:// base URL."""
     with django_db_blocker.unblock():
         proc, url = start_daphne(tmp_path_factory.mktemp("daphne"))
     try:
-        yield url
+        yield proc, url
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def daphne_url(daphne: tuple[Proc, str]) -> str:
+    return daphne[1]
 
 
 _names = itertools.count(1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import redis
-from django.conf import settings
 from rest_framework.test import APIClient
 
 from streams.keys import log_key, seq_key
