@@ -48,7 +48,8 @@ def test_account_info_of_a_new_demo_login(mt5):
     assert isinstance(account.trade_allowed, bool)
 
 
-def test_symbols(mt5):
+def test_symbols(mt5, sim_control):
+    sim_control.freeze_feed()  # prices must not move between the two symbols_get calls compared below
     total = mt5.symbols_total()
     assert isinstance(total, int) and total > 0
     every = mt5.symbols_get()
