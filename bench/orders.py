@@ -1,0 +1,229 @@
+"""Order path benchmark: one command, starts its own stack, prints the machine and the figures.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_orders REDIS_URL=redis://127.0.0.1:6379/2 \\
+        .venv/bin/python bench/orders.py [--seconds 5] [--latency-samples 200] [--drain 1000]
+
+It starts (free ports, stopped at the end): one mt5sim terminal (a large-balance demo account), its
+pinned worker, and the web tier as ONE uvicorn process (``bridge_project.asgi``); it migrates the
+database named by DATABASE_URL (PostgreSQL; SQLite works but is not what production runs) and makes
+a workspace, an API key and a session. Then it measures:
+
+1. accepted ``POST /orders`` per second with 1, 8 and 32 concurrent keep-alive clients (no request
+   id: every request is a new task; the worker drains at the same time, as in production);
+2. end-to-end latency from POST to the task's final state (client clock before the POST → the
+   task's ``finished_at``), one order at a time, p50/p99;
+3. replay latency (same request id and payload again), p50/p99;
+4. orders per second one pinned worker drains (tasks queued while the worker is stopped, then
+   first claim → last final state, from the ledger's own times), against the raw ``order_send`` rate
+   of the same mt5sim terminal measured in this process with the mt5sim client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import http_load, machine, pct  # noqa: E402
+
+PYTHON = sys.executable
+TERMINAL = "bench-1"
+ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.01}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+class Procs:
+    def __init__(self, log_dir: Path):
+        self.log_dir, self.procs = log_dir, {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def request(port: int, method: str, path: str, body: dict | None, headers: dict[str, str]) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each acceptance run")
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--drain", type=int, default=1000, help="tasks queued for the drain run")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-orders-"))
+    sim_port, web_port = free_port(), free_port()
+    (work / "sim.yaml").write_text("account_defaults:\n  balance: 1000000000.0\n  leverage: 500\n")
+    (work / "terminals.yaml").write_text(
+        f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: 127.0.0.1:{sim_port}\n    utc_offset: 0\n")
+    env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
+           "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING"}
+    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
+    procs = Procs(work)
+    try:
+        subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        from sessions.api_keys import create_api_key
+        from sessions.models import Workspace
+        from trading.models import Task
+
+        print(f"machine: {machine()}")
+        print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
+        print("web tier: 1 uvicorn process (bridge_project.asgi); 1 pinned worker (-P solo); 1 mt5sim terminal")
+        print("note: everything shares this machine's cores (load generator included)\n")
+
+        procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", f"127.0.0.1:{sim_port}",
+                            "--config", str(work / "sim.yaml"), "--seed", "3"], env)
+        wait_port(sim_port)
+        procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
+        procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
+                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
+        wait_port(web_port)
+        workspace, _ = Workspace.objects.get_or_create(name=f"bench-{int(time.time())}")
+        key = create_api_key(workspace)[1]
+        auth = {"Authorization": f"Bearer {key}"}
+        deadline = time.monotonic() + 60
+        while True:  # the worker needs a few seconds to start
+            status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
+                                      {"accountId": "bench", "server": "Demo", "login": 5001, "password": "pw",
+                                       "terminal": TERMINAL}, auth)
+            if status == 201 and session.get("status") == "active":
+                break
+            if status == 201:
+                request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"could not open a session: {status} {session}\n{procs.log('worker')[-2000:]}")
+            time.sleep(1)
+        headers = {**auth, "x-session-id": session["sessionId"], "Content-Type": "application/json"}
+        body = json.dumps(ORDER).encode()
+        # Warm-up (symbol specs, connections).
+        status, task = request(web_port, "POST", "/mt5/client/orders", ORDER, headers)
+        assert status == 202, task
+
+        print("1. accepted POST /orders (202), new task per request, worker draining meanwhile")
+        for clients in (1, 8, 32):
+            result = http_load("127.0.0.1", web_port, "POST", "/mt5/client/orders", headers, clients=clients,
+                               seconds=args.seconds, body=body, expect=(202,))
+            print("   " + result.line(f"{clients:>2} client(s)"))
+
+        print("   (waiting for the worker to drain the backlog ...)")
+        while Task.objects.filter(session_id=session["sessionId"], state__in=["queued", "dispatched"]).exists():
+            time.sleep(0.5)
+
+        print("2. POST -> final state, one order at a time")
+        latencies = []
+        for i in range(args.latency_samples):
+            t0 = time.time()
+            status, task = request(web_port, "POST", "/mt5/client/orders", ORDER, {**headers, "x-request-id": f"lat-{i}-{t0}"})
+            assert status == 202, task
+            while True:
+                row = Task.objects.filter(id=task["taskId"]).values_list("state", "finished_at").first()
+                if row[1] is not None:
+                    break
+                time.sleep(0.001)
+            assert row[0] == "filled", row
+            latencies.append((row[1].timestamp() - t0) * 1000)
+        print(f"   {len(latencies)} orders: p50 {pct(latencies, 50):.1f} ms   p99 {pct(latencies, 99):.1f} ms")
+
+        print("3. replay (same request id and payload)")
+        replay = http_load("127.0.0.1", web_port, "POST", "/mt5/client/orders", {**headers, "x-request-id": "lat-0-replay"},
+                           clients=1, seconds=args.seconds, body=body, expect=(202,))
+        print("   " + replay.line("1 client"))
+
+        print(f"4. drain: {args.drain} tasks queued with the worker stopped, then drained by one pinned worker")
+        procs.stop("worker")
+        from sessions.models import BridgeSession
+        from trading.writes import place_order
+
+        bridge_session = BridgeSession.objects.select_related("terminal").get(id=session["sessionId"])
+        ids = [place_order(bridge_session, f"drain-{i}-{time.time()}", dict(ORDER)).task.id for i in range(args.drain)]
+        procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
+        while Task.objects.filter(id__in=ids).exclude(finished_at__isnull=False).exists():
+            time.sleep(0.5)
+        rows = list(Task.objects.filter(id__in=ids).values_list("state", "dispatched_at", "finished_at"))
+        first = min(r[1] for r in rows)
+        last = max(r[2] for r in rows)
+        states = {s for s, _, _ in rows}
+        span = (last - first).total_seconds()
+        print(f"   {len(rows)} tasks in {span:.2f} s: {len(rows) / span:.0f} orders/s (final states: {sorted(states)})")
+
+        import mt5sim
+
+        assert mt5sim.initialize(f"127.0.0.1:{sim_port}")
+        n = args.drain
+        t0 = time.perf_counter()
+        for _ in range(n):
+            result = mt5sim.order_send({"action": 1, "symbol": "EURUSD", "volume": 0.01, "type": 0, "deviation": 50,
+                                        "type_filling": 0, "comment": "bench-raw"})
+            assert result is not None and result.retcode == 10009, (result, mt5sim.last_error())
+        raw = n / (time.perf_counter() - t0)
+        mt5sim.shutdown()
+        print(f"   raw mt5sim order_send, same terminal, one client in this process: {raw:.0f} orders/s")
+        print(f"   the pinned worker drains at {len(rows) / span / raw * 100:.0f}% of the raw order_send rate")
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    main()
