@@ -8,13 +8,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import mt5sim
 import pytest
 import redis
 from django.conf import settings as django_settings
-from mt5sim.control import Control
 from rest_framework.test import APIClient
 
+import mt5sim
+from mt5sim.control import Control
 from tests.conftest import SIM_TERMINALS, Stack
 from tests.procs import Proc, start_manage
 from trading.reads.readqueue import heartbeat_key
