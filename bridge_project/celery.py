@@ -6,8 +6,16 @@ Redelivery on the Redis transport, and why each setting is what it is:
   dies mid-task (SIGKILL, VM reset) leaves the message unacked and it is delivered again. Exactly
   once is then the task's job: the claim (``queued -> dispatched``) and the lookup-by-tag before
   ``order_send`` make a redelivery harmless.
-* ``task_reject_on_worker_lost``: with acks_late, a task whose worker process was lost is requeued
-  instead of being acked as failed.
+* ``task_reject_on_worker_lost``: with acks_late, a task whose *pool child* was lost is requeued
+  instead of being acked as failed. Pinned workers run ``-P solo`` (no child): when the worker
+  process itself is SIGKILLed nothing is acked at all, the message stays in kombu's ``unacked``
+  hash and is restored after ``visibility_timeout``. Recovery does not wait for that: a pinned
+  worker's start-up reconciliation (``trading.tasks``) settles its terminal's orphaned
+  ``dispatched`` tasks before it takes new messages, and the late redelivery then finds a final
+  task and does nothing. The setting stays for prefork workers (maintenance).
+* ``task_acks_on_failure_or_timeout`` (Celery's default, True, kept): a task that raised is acked,
+  not redelivered in a loop; the ledger row (``dispatched``/``unknown``) is what reconciliation
+  settles.
 * ``worker_prefetch_multiplier = 1``: a pinned worker reserves one message at a time, so nothing
   sits reserved (and invisible to the sweeper and to ops) behind a slow order.
 * ``visibility_timeout``: Redis redelivers an unacked message only after this long. It must exceed

@@ -181,4 +181,10 @@ LOGGING = {
 # --- Beat schedule (periodic maintenance; other apps add their entries here) ----------------------
 CELERY_BEAT_SCHEDULE = {
     "sessions.expire": {"task": "sessions.expire_sessions", "schedule": BRIDGE_SESSION_EXPIRY_SWEEP},
+    # trading (docs/orders.md): outbox re-publish, reconciliation fan-out, request-id retention.
+    "trading.sweep_outbox": {"task": "trading.sweep_outbox",
+                             "schedule": env.float("BRIDGE_OUTBOX_SWEEP_INTERVAL", default=5.0)},
+    "trading.reconcile_all": {"task": "trading.reconcile_all",
+                              "schedule": env.float("BRIDGE_RECONCILE_INTERVAL", default=30.0)},
+    "trading.purge_requests": {"task": "trading.purge_requests", "schedule": 3600.0},
 }

@@ -15,6 +15,7 @@ handler500 = "bridge_project.errors.json_500"
 
 client_api = [
     path("", include("sessions.urls")),
+    path("", include("trading.urls")),  # before read_urls: orders and positions/<ticket> are shared paths
     path("", include("trading.read_urls")),
     path("", include("streams.urls")),
     path("", include("workers.ops_urls")),
