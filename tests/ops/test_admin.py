@@ -162,3 +162,18 @@ def test_counts_stay_bounded(staff_client: Client, world: dict, monkeypatch: pyt
 
 def test_non_staff_cannot_open_the_tasks_admin(client) -> None:  # noqa: ANN001
     assert Client().get(CHANGELIST).status_code == 302  # to the admin login
+
+
+def test_terminals_admin_shows_worker_and_bound_session_without_n_plus_1(staff_client: Client, world: dict) -> None:
+    from django.utils import timezone
+
+    Terminal.objects.filter(pk=world["t1"].pk).update(worker_heartbeat_at=timezone.now(), worker_hostname="t1@vm")
+    response, first = _get(staff_client, "/admin/workers/terminal/")
+    body = response.content.decode()
+    assert world["s1"].id in body and world["s2"].id in body and "t1@vm" in body
+    rows = {t.name: t for t in response.context["cl"].result_list}
+    assert rows["ops-t1"].live_session_id == world["s1"].id
+    for i in range(10):
+        Terminal.objects.create(name=f"ops-x{i}", backend="sim", address="127.0.0.1:9")
+    _, more = _get(staff_client, "/admin/workers/terminal/")
+    assert more == first
