@@ -4,14 +4,14 @@ The bridge runs as many processes on several machines (web, beat, one pinned wor
 poller per terminal, Windows VMs): an in-process ``prometheus_client`` counter in a worker would never
 reach the web process that serves ``/metrics``. So what only happens in a process (an event
 published, a reconciliation outcome, a request served) is counted here, in one Redis hash per metric;
-``workers.ops_metrics`` reads the hashes at scrape time. What can be computed from the database or the
-broker (tasks by state, queue depths, latency) is computed there instead and needs no call.
+``workers.ops_metrics`` reads the hashes at scrape time. What can be computed from the database or
+Redis (tasks by state, queue depths, latency, events published: the event fan-out stream counts its
+own entries) is computed there instead and needs no call.
 
 Calling these never raises and costs one pipelined Redis round trip: metrics must not break or slow
 the caller. Callers::
 
     from bridge_project import metrics
-    metrics.events_published("order")                 # streams, once per event handed to a stream
     metrics.reconciliation_outcome("filled")          # trading reconciliation, once per decided task
     metrics.broker_order_orphaned("sim-1")            # reconciliation, once per new unowned order
     metrics.observe("bridge_http_request_seconds", 0.012, method="GET", route="orders")
@@ -44,7 +44,6 @@ class MetricSpec:
 COUNTERS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec("bridge_events_published", "Events handed to session streams, by channel", ("channel",)),
         MetricSpec(
             "bridge_reconciliation_outcomes",
             "Tasks decided by reconciliation, by the state they were given (or 'unchanged')",
@@ -82,6 +81,11 @@ def _client(url: str) -> redis.Redis:
 def client() -> redis.Redis:
     """The Redis holding the metric hashes (the bridge's own Redis)."""
     return _client(settings.REDIS_URL)
+
+
+def client_for(url: str) -> redis.Redis:
+    """A short-timeout client for another Redis URL (scrape-time reads)."""
+    return _client(url)
 
 
 def counter_key(name: str) -> str:
@@ -133,11 +137,6 @@ def observe(name: str, value: float, **labels: object) -> None:
 
 
 # -- the calls other parts of the bridge make ---------------------------------------------------------
-def events_published(channel: str, count: int = 1) -> None:
-    """An event was handed to a session stream. ``quote:EURUSD`` is counted as ``quote``."""
-    inc("bridge_events_published", count, channel=channel.split(":", 1)[0])
-
-
 def reconciliation_outcome(outcome: str) -> None:
     """Reconciliation decided a task: ``outcome`` is the state it gave it, or ``unchanged``."""
     inc("bridge_reconciliation_outcomes", 1, outcome=outcome)

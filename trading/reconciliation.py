@@ -17,6 +17,7 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
+from bridge_project import metrics
 from workers.config import get_terminal
 from workers.gateway import GatewayError
 from workers.models import Terminal
@@ -43,6 +44,7 @@ def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str
     for task in tasks.order_by("created_at")[:500]:
         outcome = recover(task, "startup" if startup else "reconciliation")
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        metrics.reconciliation_outcome(outcome)
     unowned = 0
     try:
         unowned = report_unowned(terminal_name)
@@ -84,6 +86,7 @@ def report_unowned(terminal_name: str) -> int:
                                  "magic": int(getattr(item, "magic", 0))}},
         )
         if created:
+            metrics.broker_order_orphaned(terminal_name)
             logger.error("terminal %s: %s ticket %s carries bridge tag %s but no task owns it", terminal_name, source,
                          item.ticket, tag)
     return count

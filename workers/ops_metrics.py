@@ -117,6 +117,7 @@ class BridgeCollector(Collector):
         yield from self._sessions()
         yield from self._orphans()
         yield from self._latency(now)
+        yield from self._events()
         yield from self._counters()
 
     def _tasks(self) -> Iterator:
@@ -194,6 +195,25 @@ class BridgeCollector(Collector):
             "Seconds from a task's acceptance to its final state (from the ledger's transitions)",
             ["kind"], data, LATENCY_BUCKETS,
         )
+
+    def _events(self) -> Iterator:
+        """Every event handed to the /events stream goes through one Redis stream (the fan-out the relays
+        read); Redis counts the entries ever added to it, trimming or not: no publisher call needed."""
+        try:
+            from streams import conf as streams_conf
+            from streams.keys import FANOUT_STREAM
+        except ImportError:
+            return
+        family = CounterMetricFamily("bridge_events_published", "Events published to session streams (all channels)")
+        try:
+            info = counters.client_for(streams_conf.redis_url()).xinfo_stream(FANOUT_STREAM)
+            family.add_metric([], float(info.get("entries-added", info.get("length", 0))))
+        except redis.ResponseError:
+            family.add_metric([], 0.0)  # no event published yet: the stream does not exist
+        except redis.RedisError as exc:
+            logger.warning("event count unavailable: %s", exc)
+            return
+        yield family
 
     def _counters(self) -> Iterator:
         try:
