@@ -70,7 +70,7 @@ TIME_MS_FIELDS = ("time_msc", "time_update_msc", "time_setup_msc", "time_done_ms
 DEAL_ENTRY_OUT, DEAL_ENTRY_INOUT, DEAL_ENTRY_OUT_BY = 1, 2, 3
 CLOSE_REASONS = {0: "client", 1: "client", 2: "client", 3: "client", 4: "sl", 5: "tp", 6: "stop-out"}
 ORDER_FINAL_STATES = {2: "cancelled", 3: "partial", 4: "filled", 5: "rejected", 6: "expired"}
-SESSION_CACHE_SECONDS = 1.0
+SESSION_CACHE_SECONDS = 0.0  # > 0 only to spare the database when polling very fast
 CLOSE_DEAL_WAIT = 3.0
 RECENT_DEALS = 1000
 
@@ -140,7 +140,8 @@ _sessions: dict[str, tuple[float, tuple[str, int] | None]] = {}
 
 
 def _active_session(terminal_name: str) -> tuple[str, int] | None:
-    """(session id, login) of the terminal's active session, cached for a second."""
+    """(session id, login) of the terminal's active session, read every cycle (one indexed query): a
+    cached id could send a new session's first events to the one that just closed."""
     from django.db import close_old_connections
 
     from sessions.models import BridgeSession, SessionStatus
@@ -183,9 +184,12 @@ def after_poll(terminal_name: str, previous: Any, current: Any) -> int:
     if account is not None and account.get("login") not in (None, login):
         return 0  # the terminal is still (or again) on another account: nothing of it may leak
     if state.session_id != session_id:
-        # A new session on this terminal: start from this snapshot (no diff against the previous one).
+        # A new session on this terminal. Against a previous snapshot of the same account, the diff is
+        # still right (what changed since then happened now); of another account it is meaningless.
         _states[terminal_name] = state = _TerminalState(session_id=session_id)
-        previous = None
+        before = _plain(_part(previous, "account"))
+        if before is None or before.get("login") != login:
+            previous = None
     offset = _utc_offset(terminal_name, current)
     now = time.monotonic()
     events: list[Event] = []

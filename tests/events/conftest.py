@@ -185,3 +185,30 @@ def ws(daphne_url: str) -> Iterator[Callable[..., WsClient]]:
             client.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+# -- the real stack: mt5sim terminals, pinned workers, pollers ------------------------------------------
+@pytest.fixture(scope="session")
+def event_pollers(bridge_stack) -> Iterator[dict[str, Proc]]:  # noqa: ANN001
+    """A fast poller (50 ms) per stack terminal, the process that turns terminal changes into events."""
+    from tests.procs import start_manage
+
+    procs: dict[str, Proc] = {}
+    try:
+        for name in bridge_stack.addresses:
+            proc = start_manage(f"events-poller-{name}-{int(time.time() * 1000)}",
+                                ["run_terminal_poller", name, "--interval", "0.05"], bridge_stack.env,
+                                bridge_stack.log_dir)
+            proc.wait_log("ready", timeout=60)
+            procs[name] = proc
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture
+def live_stack(stack, event_pollers, daphne_url):  # noqa: ANN001, ANN201
+    for name, proc in event_pollers.items():
+        assert proc.alive(), f"poller of {name} died:\n{proc.log()[-2000:]}"
+    return stack

@@ -142,3 +142,20 @@ def test_profit_events_are_throttled_not_lost(make_session, settings) -> None:  
     import json
 
     assert [json.loads(e[b"e"])["data"]["total"] for e in totals] == [1.0, 4.0]
+
+
+def test_a_new_session_on_the_terminal_gets_the_events_at_once_the_old_one_none(make_session) -> None:  # noqa: ANN001
+    from django.utils import timezone
+
+    from sessions.models import BridgeSession, SessionStatus
+
+    old = make_session()
+    after_poll(old.terminal, None, _snap())
+    BridgeSession.objects.filter(id=old.id).update(status=SessionStatus.CLOSED)
+    row = BridgeSession.objects.get(id=old.id)
+    new = BridgeSession.objects.create(workspace=row.workspace, terminal=row.terminal, account_id="acc", login=5001,
+                                       server="Demo", password_encrypted=b"x", status=SessionStatus.ACTIVE,
+                                       expires_at=timezone.now() + timezone.timedelta(hours=1))
+    after_poll(old.terminal, _snap(), _snap(positions=[_pos(77)]))  # right after the switch
+    assert [e["data"]["event"] for e in _events(new.id) if e["type"] == "position"] == ["opened"]
+    assert [e for e in _events(old.id) if e["type"] == "position"] == []

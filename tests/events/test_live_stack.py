@@ -1,0 +1,141 @@
+"""End to end: real mt5sim terminals, pinned workers, pollers, daphne, Redis and PostgreSQL.
+
+Prices are driven with mt5sim's control API; orders go through the REST API and the pinned worker;
+the socket must see what happened, in order, with the terminal's broker time turned into real UTC
+(sim-a runs at UTC+3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rest_framework.test import APIClient
+
+from mt5sim.control import Control
+from trading.models import FINAL_STATES, Task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BASE = "/mt5/client"
+
+
+def _open(client: APIClient, terminal: str, login: int) -> str:
+    r = client.post(f"{BASE}/session/open?wait=15", {"accountId": f"acc-{login}", "server": "Demo", "login": login,
+                                                     "password": "pw", "terminal": terminal}, format="json")
+    assert r.status_code == 201 and r.json()["status"] == "active", r.content
+    return r.json()["sessionId"]
+
+
+def _key(client: APIClient) -> str:
+    return client._credentials["HTTP_AUTHORIZATION"].split()[1]
+
+
+def _order(client: APIClient, sid: str, rid: str, **body) -> str:  # noqa: ANN003
+    r = client.post(f"{BASE}/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1, **body}, format="json",
+                    HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid)
+    assert r.status_code == 202, r.content
+    return r.json()["taskId"]
+
+
+def _wait_final(task_id: str, timeout: float = 20) -> Task:
+    deadline = time.monotonic() + timeout
+    while (task := Task.objects.get(id=task_id)).state not in FINAL_STATES:
+        assert time.monotonic() < deadline, f"{task_id} still {task.state}"
+        time.sleep(0.05)
+    return task
+
+
+class _Session:
+    def __init__(self, client: APIClient, sid: str):
+        self.key, self.id = _key(client), sid
+
+
+@pytest.fixture
+def eurusd_a(live_stack):  # noqa: ANN001, ANN201
+    ctl = Control(live_stack.addresses["sim-a"])
+    ctl.freeze_feed("EURUSD")
+    ctl.set_price("EURUSD", 1.10000, 1.10010)
+    yield ctl
+    ctl.freeze_feed("EURUSD", frozen=False)
+    ctl.close()
+
+
+@pytest.fixture
+def session_a(live_stack, client: APIClient):  # noqa: ANN001, ANN201
+    sid = _open(client, "sim-a", 5001)
+    yield _Session(client, sid)
+    client.delete(f"{BASE}/session/{sid}")
+
+
+def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eurusd_a, ws) -> None:  # noqa: ANN001
+    sock = ws(session_a)
+    sock.send({"type": "subscribe", "channels": ["quote:EURUSD", "order", "position", "account"],
+               "request_id": "s"})
+    sock.recv_until(lambda m: m.get("request_id") == "s")
+    time.sleep(0.3)  # the poller picks the new subscription up on its next cycle
+    # a price move at the terminal -> a quote event, its time in real UTC (sim-a is UTC+3)
+    eurusd_a.set_price("EURUSD", 1.10020, 1.10030)
+    quote, _ = sock.recv_until(lambda m: m["type"] == "quote:EURUSD" and m["data"]["bid"] == 1.1002, timeout=5)
+    assert quote["data"]["ask"] == 1.1003
+    assert abs(quote["data"]["time_msc"] - time.time() * 1000) < 5000, quote
+    # an order over REST -> order events through every state, then the position opened
+    task_id = _order(client, session_a.id, "ev-e2e-1", sl=1.0950)
+    states = []
+    while "filled" not in states:
+        message, _ = sock.recv_until(lambda m: m["type"] == "order" and m["data"].get("taskId") == task_id)
+        states.append(message["data"]["state"])
+    assert states == ["queued", "dispatched", "filled"], states
+    task = _wait_final(task_id)
+    opened, _ = sock.recv_until(lambda m: m["type"] == "position" and m["data"]["event"] == "opened")
+    assert opened["data"]["ticket"] == task.position_ticket and opened["data"]["sl"] == 1.095
+    # the price goes through the SL at the terminal -> position closed with reason sl
+    eurusd_a.set_price("EURUSD", 1.09400, 1.09410)
+    closed, before = sock.recv_until(lambda m: m["type"] == "position" and m["data"]["event"] == "closed",
+                                     timeout=10)
+    assert closed["data"]["ticket"] == task.position_ticket
+    assert closed["data"]["reason"] == "sl", closed
+    assert abs(closed["time_msc"] - time.time() * 1000) < 5000
+    # seq is gapless over what this socket got of order/position/account
+    account, _ = sock.recv_until(lambda m: m["type"] == "account", timeout=5)
+    assert account["data"]["balance"] < 100000 or account["data"]["balance"] > 0
+
+
+def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, session_a, eurusd_a, ws) -> None:  # noqa: ANN001
+    sock = ws(session_a)
+    sock.send({"type": "subscribe", "channels": ["order"], "request_id": "s"})
+    since = sock.recv_until(lambda m: m.get("request_id") == "s")[0]["seq"]
+    sock.close()
+    first = _order(client, session_a.id, "ev-e2e-gap-1")
+    second = _order(client, session_a.id, "ev-e2e-gap-2")
+    _wait_final(first), _wait_final(second)
+    time.sleep(0.3)  # the poller's position/account events too
+    again = ws(session_a, query=f"since={since}")
+    done, replayed = again.recv_until(lambda m: m["type"] == "resumed", timeout=10)
+    seqs = [m["seq"] for m in replayed]
+    assert seqs == list(range(since + 1, since + 1 + len(seqs))) and seqs[-1] == done["seq"]
+    orders = [(m["data"]["taskId"], m["data"]["state"]) for m in replayed
+              if m["type"] == "order" and m["data"].get("taskId") in (first, second)]
+    assert [s for t, s in orders if t == first] == ["queued", "dispatched", "filled"]
+    assert [s for t, s in orders if t == second] == ["queued", "dispatched", "filled"]
+    assert orders.index((first, "queued")) < orders.index((second, "queued"))
+    assert {m["type"] for m in replayed} >= {"order", "position"}, [(m["type"], m["data"]) for m in replayed if m["type"] != "order"]
+
+
+def test_another_workspace_on_another_terminal_receives_nothing(live_stack, client, other_client, session_a,  # noqa: ANN001
+                                                                eurusd_a, ws) -> None:
+    other_sid = _open(other_client, "sim-b", 6001)
+    try:
+        theirs = ws(_Session(other_client, other_sid))
+        theirs.send({"type": "subscribe", "channels": ["order", "position", "account", "profit", "quote:EURUSD"],
+                     "request_id": "s"})
+        theirs.recv_until(lambda m: m.get("request_id") == "s")
+        theirs.drain(1.0)  # their own account/profit baseline, if any
+        task_id = _order(client, session_a.id, "ev-e2e-iso-1")
+        _wait_final(task_id)
+        eurusd_a.set_price("EURUSD", 1.10100, 1.10110)
+        leaked = [m for m in theirs.drain(2.0) if m.get("sessionId") != other_sid or task_id in str(m)]
+        assert leaked == []
+        # and the socket of session_a cannot be opened with the other workspace's key
+        assert ws(_Session(other_client, session_a.id)).close_code() == 4401
+    finally:
+        other_client.delete(f"{BASE}/session/{other_sid}")
