@@ -207,3 +207,17 @@ def test_events_published_counts_what_the_publisher_sends(ops_client: APIClient)
     publish_session_event("sess_ops_metrics", "quote:EURUSD", {"symbol": "EURUSD", "bid": 1.1, "ask": 1.2})
     after = _metric(ops_client.get("/metrics").content.decode(), "bridge_events_published_total")
     assert after == before + 4
+
+
+def test_client_requests_are_timed_into_the_histogram(client: APIClient, ops_client: APIClient,
+                                                      clean_metrics: None) -> None:
+    for _ in range(3):
+        assert client.get("/mt5/client/session/sess_unknown").status_code == 404
+    assert client.post("/mt5/client/session/open", {}, format="json").status_code == 400
+    text = ops_client.get("/metrics").content.decode()
+    assert _metric(text, "bridge_http_request_seconds_count", method="GET", status="4xx") == 3.0
+    assert _metric(text, "bridge_http_request_seconds_count", method="POST", status="4xx") == 1.0
+    assert _metric(text, "bridge_http_request_seconds_bucket", method="GET", status="4xx", le="+Inf") == 3.0
+    assert _metric(text, "bridge_http_request_seconds_sum", method="GET", status="4xx") > 0
+    # /metrics and other non-client paths are not timed.
+    assert _metric(text, "bridge_http_request_seconds_count", method="GET", status="2xx") is None
