@@ -89,3 +89,16 @@ def ops_access_denied(request: HttpRequest) -> JsonResponse | None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     return JsonResponse(error_body("Forbidden", "ops endpoints need a staff user or the ops token"), status=403)
+
+
+try:  # the OpenAPI schema names the scheme (drf-spectacular finds extensions once imported)
+    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+    class OpsTokenScheme(OpenApiAuthenticationExtension):
+        target_class = "workers.ops_auth.OpsTokenAuthentication"
+        name = "opsToken"
+
+        def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+            return {"type": "http", "scheme": "bearer", "description": "BRIDGE_OPS_TOKEN (or a staff login)"}
+except ImportError:  # pragma: no cover
+    pass
