@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -117,10 +118,10 @@ class TerminalPoller:
             logger.exception("after_poll failed")
         return snapshot
 
-    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
+    def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         logger.info("poller for terminal %s ready (every %.3fs)", self.terminal.name, self.interval)
         if ready is not None:
-            ready.set()
+            ready()
         failing = False
         while not stop.is_set():
             started = time.monotonic()
@@ -142,6 +143,7 @@ class TerminalPoller:
         self.reads.gw.shutdown()
 
 
-def run_terminal_poller(name: str, stop: threading.Event, interval: float | None = None) -> None:
-    """Entry point of ``manage.py run_terminal_poller NAME``."""
-    TerminalPoller(get_terminal(name), interval=interval).run(stop)
+def run_terminal_poller(name: str, stop: threading.Event, interval: float | None = None,
+                        ready: Callable[[], None] | None = None) -> None:
+    """Entry point of ``manage.py run_terminal_poller NAME``; ``ready`` is called before the first cycle."""
+    TerminalPoller(get_terminal(name), interval=interval).run(stop, ready)

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -162,13 +163,13 @@ class TerminalReader:
         pipe.expire(reply_to, REPLY_TTL)
         pipe.execute()
 
-    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
+    def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
         self.probe()
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="reader-heartbeat", daemon=True)
         heartbeat.start()
         logger.info("reader for terminal %s ready (queue %s)", self.terminal.name, queue_key(self.terminal.name))
         if ready is not None:
-            ready.set()
+            ready()
         last_probe = time.monotonic()
         queue = queue_key(self.terminal.name)
         while not stop.is_set():
@@ -189,6 +190,6 @@ class TerminalReader:
         self.reads.gw.shutdown()
 
 
-def run_terminal_reader(name: str, stop: threading.Event) -> None:
-    """Entry point of ``manage.py run_terminal_reader NAME``."""
-    TerminalReader(get_terminal(name)).run(stop)
+def run_terminal_reader(name: str, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+    """Entry point of ``manage.py run_terminal_reader NAME``; ``ready`` is called once it serves."""
+    TerminalReader(get_terminal(name)).run(stop, ready)

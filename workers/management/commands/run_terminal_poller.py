@@ -32,4 +32,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         self.stdout.write(f"poller for terminal {name}")
         sys.stdout.flush()
-        run_terminal_poller(name, stop, interval)
+        run_terminal_poller(name, stop, interval, ready=lambda: self._say(f"poller for terminal {name} ready"))
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(text)
+        sys.stdout.flush()

@@ -29,4 +29,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         self.stdout.write(f"read process for terminal {name}: queue bridge:read:{name}")
         sys.stdout.flush()
-        run_terminal_reader(name, stop)
+        run_terminal_reader(name, stop, ready=lambda: self._say(f"reader for terminal {name} ready"))
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(text)
+        sys.stdout.flush()

@@ -1,0 +1,321 @@
+"""Read path benchmark: one command, starts its own stack, prints the machine and the figures.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_reads REDIS_URL=redis://127.0.0.1:6379/3 \\
+        .venv/bin/python bench/reads.py [--seconds 5] [--deals 300] [--gzip]
+
+It starts (free ports, stopped at the end): one mt5sim terminal, its pinned worker, its read process
+and its poller, and the web tier as ONE uvicorn process (``bridge_project.asgi``); it migrates the
+database named by DATABASE_URL and makes a workspace, an API key and a session; it makes ``--deals``
+deals at the terminal so /history/deals has something to carry. Then, with 1 and 16 concurrent
+keep-alive clients, it measures p50/p99 latency and requests per second of:
+
+* ``GET /account``                  (snapshot in Redis, kept by the poller)
+* ``GET /quotes/history`` 1,000 M1 bars (request/reply over the terminal's read queue)
+* ``GET /history/deals``             (request/reply; the last 7 days: every deal made above)
+
+and, in the same run, the same figures for a direct call of the mt5sim function the read stands for
+(``account_info``, ``copy_rates_from_pos(..., 1000)``, ``history_deals_get``) by 1 and 16 client
+processes, each with its own connection to the terminal (the MetaTrader5 module is one connection per
+process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import LoadResult, machine  # noqa: E402
+
+PYTHON = sys.executable
+TERMINAL = "bench-reads"
+OFFSET = 10800  # the terminal runs at UTC+3, as many brokers do: times are converted on every read
+CLIENTS = (1, 16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+class Procs:
+    """Child processes in their own process groups, logs in ``log_dir``, all stopped at the end."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir, self.procs = log_dir, {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def wait_log(self, name: str, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log(name):
+            if time.monotonic() > deadline or self.procs[name].poll() is not None:
+                raise SystemExit(f"{name} did not log {text!r}:\n{self.log(name)[-2000:]}")
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def request(port: int, method: str, path: str, body: dict | None, headers: dict[str, str]) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def http_load(port: int, path: str, headers: dict[str, str], clients: int, seconds: float) -> LoadResult:
+    """``clients`` threads with a keep-alive connection each; non-200 answers are kept (status, body)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures: list[tuple[int, bytes]] = []
+    start = threading.Barrier(clients + 1)
+    stop_at: list[float] = []
+
+    def run(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        start.wait()
+        while time.monotonic() < stop_at[0]:
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    failures.append((response.status, body[:300]))
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                failures.append((0, repr(exc).encode()))
+            latencies[i].append((time.perf_counter() - t0) * 1000)
+        conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop_at.append(time.monotonic() + seconds)
+    start.wait()
+    t0 = time.monotonic()
+    for thread in threads:
+        thread.join()
+    result = LoadResult(sum(map(len, latencies)), len(failures), time.monotonic() - t0,
+                        [x for per in latencies for x in per])
+    result.failures = failures  # type: ignore[attr-defined]
+    return result
+
+
+def _sizes(port: int, path: str, headers: dict[str, str]) -> tuple[int, int]:
+    """Body size of one answer, plain and gzipped."""
+    sizes = []
+    for extra in ({}, {"Accept-Encoding": "gzip"}):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", path, headers={**headers, **extra})
+        sizes.append(len(conn.getresponse().read()))
+        conn.close()
+    return sizes[0], sizes[1]
+
+
+# --- direct mt5sim calls, one process per client ---------------------------------------------------------
+def _direct_call(name: str):  # noqa: ANN202
+    import mt5sim
+
+    if name == "account_info":
+        return lambda: mt5sim.account_info()
+    if name == "copy_rates_from_pos":
+        return lambda: mt5sim.copy_rates_from_pos("EURUSD", mt5sim.TIMEFRAME_M1, 0, 1000)
+    now = int(time.time()) + OFFSET
+    return lambda: mt5sim.history_deals_get(now - 7 * 86400, now + 60)
+
+
+def _direct_worker(address: str, name: str, seconds: float, barrier, results) -> None:  # noqa: ANN001
+    import mt5sim
+
+    assert mt5sim.initialize(address), mt5sim.last_error()
+    call = _direct_call(name)
+    assert call() is not None, mt5sim.last_error()  # attached and warm before the clock starts
+    latencies = []
+    barrier.wait()
+    stop_at = time.monotonic() + seconds
+    while time.monotonic() < stop_at:
+        t0 = time.perf_counter()
+        assert call() is not None, mt5sim.last_error()
+        latencies.append((time.perf_counter() - t0) * 1000)
+    mt5sim.shutdown()
+    results.put(latencies)
+
+
+def direct_load(address: str, name: str, clients: int, seconds: float) -> LoadResult:
+    """``clients`` processes calling the mt5sim function as fast as they can, all starting together."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(clients + 1), ctx.Queue()
+    workers = [ctx.Process(target=_direct_worker, args=(address, name, seconds, barrier, results))
+               for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    barrier.wait(timeout=120)
+    t0 = time.monotonic()
+    runs = [results.get(timeout=seconds + 60) for _ in workers]
+    elapsed = time.monotonic() - t0
+    for worker in workers:
+        worker.join(10)
+    flat = [x for run in runs for x in run]
+    return LoadResult(len(flat), 0, elapsed, flat)
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--deals", type=int, default=300, help="deals made at the terminal before measuring")
+    parser.add_argument("--gzip", action="store_true", help="clients send Accept-Encoding: gzip")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-reads-"))
+    sim_port, web_port = free_port(), free_port()
+    address = f"127.0.0.1:{sim_port}"
+    (work / "sim.yaml").write_text(f"server:\n  offset_seconds: {OFFSET}\naccount_defaults:\n  balance: 100000000.0\n")
+    (work / "terminals.yaml").write_text(
+        f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {address}\n    utc_offset: {OFFSET}\n")
+    env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
+           "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING"}
+    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
+    procs = Procs(work)
+    try:
+        subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+        import django
+
+        django.setup()
+        from django.db import connection
+
+        from sessions.api_keys import create_api_key
+        from sessions.models import Workspace
+        from trading.reads import conf
+
+        print(f"machine: {machine()}")
+        print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
+        print("web tier: 1 uvicorn process (bridge_project.asgi); per terminal: pinned worker, read process, "
+              f"poller (every {conf.get('BRIDGE_POLL_INTERVAL')} s); 1 mt5sim terminal at UTC+3")
+        print(f"clients: keep-alive HTTP, {'gzip accepted' if args.gzip else 'no compression'}; "
+              "everything shares this machine's cores (load generator included)\n")
+
+        procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
+                            str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
+        wait_port(sim_port)
+        procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
+        procs.start("reader", [PYTHON, "manage.py", "run_terminal_reader", TERMINAL], env)
+        procs.start("poller", [PYTHON, "manage.py", "run_terminal_poller", TERMINAL], env)
+        procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
+                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
+        wait_port(web_port)
+        procs.wait_log("reader", "ready")
+        procs.wait_log("poller", "ready")
+        workspace, _ = Workspace.objects.get_or_create(name=f"bench-reads-{int(time.time())}")
+        auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
+        deadline = time.monotonic() + 90
+        while True:  # the pinned worker needs a few seconds to start
+            status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
+                                      {"accountId": "bench", "server": "Demo", "login": 5001, "password": "pw",
+                                       "terminal": TERMINAL}, auth)
+            if status == 201 and session.get("status") == "active":
+                break
+            if status == 201:
+                request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"could not open a session: {status} {session}\n{procs.log('worker')[-2000:]}")
+            time.sleep(1)
+
+        import mt5sim
+
+        assert mt5sim.initialize(address), mt5sim.last_error()
+        for i in range(args.deals):
+            result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.01,
+                                        "type": i % 2, "type_filling": mt5sim.ORDER_FILLING_IOC})
+            assert result is not None and result.retcode == mt5sim.TRADE_RETCODE_DONE, (result, mt5sim.last_error())
+        mt5sim.shutdown()
+
+        headers = {**auth, "x-session-id": session["sessionId"]}
+        if args.gzip:
+            headers["Accept-Encoding"] = "gzip"
+        reads = [
+            ("GET /account (snapshot)", "/mt5/client/account", "account_info"),
+            ("GET /quotes/history 1000 M1 bars", "/mt5/client/quotes/history?symbol=EURUSD&timeframe=M1&count=1000",
+             "copy_rates_from_pos"),
+            ("GET /history/deals (7 days)", "/mt5/client/history/deals", "history_deals_get"),
+        ]
+        for _label, path, _ in reads:  # warm-up, and a check that each read answers what it should
+            status, body = request(web_port, "GET", path, None, {**auth, "x-session-id": session["sessionId"]})
+            assert status == 200, (path, status, body)
+            if "bars" in body:
+                assert body["count"] == 1000
+            if "deals" in body:
+                assert body["count"] >= args.deals, body["count"]
+                deal_count = body["count"]
+            if "login" in body:
+                assert body["source"] == "snapshot", body
+        sizes = _sizes(web_port, reads[1][1], {**auth, "x-session-id": session["sessionId"]})
+        print(f"/history/deals carries {deal_count} deals; /quotes/history 1000 bars = {sizes[0] / 1024:.0f} KiB "
+              f"JSON, {sizes[1] / 1024:.0f} KiB gzipped\n")
+
+        print(f"{'':<44} {'throughput':>15}   {'latency':>14}")
+        for label, path, function in reads:
+            print(label)
+            for clients in CLIENTS:
+                result = http_load(web_port, path, headers, clients, args.seconds)
+                print("   " + result.line(f"bridge, {clients:>2} client(s)"))
+                if result.failures:
+                    statuses = sorted({status for status, _ in result.failures})
+                    print(f"      failed answers: statuses {statuses}, e.g. {result.failures[0][1][:200]!r}")
+            for clients in CLIENTS:
+                result = direct_load(address, function, clients, args.seconds)
+                print("   " + result.line(f"mt5sim.{function}, {clients:>2} process(es)"))
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    main()
