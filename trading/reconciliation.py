@@ -22,6 +22,7 @@ from workers.config import get_terminal
 from workers.gateway import GatewayError
 from workers.models import Terminal
 from workers.runtime import gateway
+from workers.terminals import sync_terminals
 
 from .conf import conf
 from .execution import RECOVERABLE, recover
@@ -72,11 +73,13 @@ def report_unowned(terminal_name: str) -> int:
         found.extend((source, item) for item in items if tag_of(str(getattr(item, "comment", ""))))
     tags = {tag_of(str(item.comment)) for _, item in found}
     owned = set(Task.objects.filter(tag__in=tags).values_list("tag", flat=True)) if tags else set()
-    terminal = Terminal.objects.get(name=terminal_name)
+    if found and tags - owned and not Terminal.objects.filter(name=terminal_name).exists():
+        sync_terminals(force=True)  # a fresh database: the worker may start before the row exists
+    terminal = Terminal.objects.filter(name=terminal_name).first()
     count = 0
     for source, item in found:
         tag = tag_of(str(item.comment))
-        if tag in owned:
+        if tag in owned or terminal is None:
             continue
         count += 1
         _, created = UnownedOrder.objects.update_or_create(

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import mt5sim
 import pytest
 from rest_framework.test import APIClient
 
+import mt5sim
 from mt5sim.control import Control
 from tests.conftest import Stack
 from trading.models import FINAL_STATES, Task
