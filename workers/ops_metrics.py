@@ -37,6 +37,7 @@ logger = logging.getLogger("bridge.ops.metrics")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LATENCY_KEY = f"{counters.KEY_PREFIX}:latency"
 LATENCY_LOCK = f"{counters.KEY_PREFIX}:latency:lock"
+FINISHED_FIELD = "finished"  # "finished#<state>#<kind>": tasks that reached that final state (counter)
 
 
 def settle_seconds() -> float:
@@ -67,7 +68,7 @@ def fold_latency(now: datetime | None = None) -> bool:
             }
             rows = (
                 window.annotate(latency=latency)
-                .values("kind")
+                .values("kind", "state")
                 .annotate(n=Count("id"), total=Sum("latency"), **buckets)
                 .order_by()
             )
@@ -78,6 +79,7 @@ def fold_latency(now: datetime | None = None) -> bool:
                     if row[f"le{i}"]:
                         pipe.hincrby(LATENCY_KEY, f"{kind}#{bound}", row[f"le{i}"])
                 pipe.hincrby(LATENCY_KEY, f"{kind}#count", row["n"])
+                pipe.hincrby(LATENCY_KEY, f"{FINISHED_FIELD}#{row['state']}#{kind}", row["n"])
                 total = row["total"]
                 seconds = total.total_seconds() if isinstance(total, timedelta) else float(total or 0) / 1e6
                 pipe.hincrbyfloat(LATENCY_KEY, f"{kind}#sum", seconds)
@@ -121,8 +123,12 @@ class BridgeCollector(Collector):
         yield from self._counters()
 
     def _tasks(self) -> Iterator:
-        family = GaugeMetricFamily("bridge_tasks", "Tasks in the ledger by state and kind", labels=["state", "kind"])
-        rows = Task.objects.values("state", "kind").annotate(n=Count("id")).order_by("state", "kind")
+        """In-flight tasks by state and kind (a gauge: one index range on (state, created_at), small).
+        Final states only grow, so they are a counter folded with the latency histogram below instead
+        of a GROUP BY over the whole ledger at every scrape."""
+        family = GaugeMetricFamily("bridge_tasks", "Tasks not yet final, by state and kind", labels=["state", "kind"])
+        rows = (Task.objects.filter(state__in=ops.IN_FLIGHT_STATES).values("state", "kind")
+                .annotate(n=Count("id")).order_by("state", "kind"))
         for row in rows:
             family.add_metric([row["state"], row["kind"]], row["n"])
         yield family
@@ -184,12 +190,20 @@ class BridgeCollector(Collector):
             raw = counters.client().hgetall(LATENCY_KEY)
         except redis.RedisError:
             return
-        for field, value in raw.items():
+        finished = CounterMetricFamily(
+            "bridge_tasks_finished", "Tasks that reached a final state, by state and kind", labels=["state", "kind"]
+        )
+        for field, value in sorted(raw.items()):
             key = field.decode()
             if key == "watermark":
                 continue
+            if key.startswith(f"{FINISHED_FIELD}#"):
+                _, state, kind = key.split("#", 2)
+                finished.add_metric([state, kind], float(value))
+                continue
             kind, _, part = key.rpartition("#")
             data.setdefault((kind,), {})[part] = float(value)
+        yield finished
         yield _histogram_family(
             "bridge_task_accept_to_final_seconds",
             "Seconds from a task's acceptance to its final state (from the ledger's transitions)",

@@ -148,7 +148,8 @@ def test_queued_task_age_grows_queue_depth_from_broker_then_drains(
         assert drained["queueDepth"] == 0 and drained["queuedTasks"] == 0 and drained["oldestQueuedTaskAge"] is None
 
         text = ops_client.get("/metrics").content.decode()
-        assert _metric(text, "bridge_tasks", state="filled", kind="order.create") == 1.0
+        assert _metric(text, "bridge_tasks_finished_total", state="filled", kind="order.create") == 1.0
+        assert _metric(text, "bridge_tasks", state="queued", kind="order.create") is None
         assert _metric(text, "bridge_task_accept_to_final_seconds_count", kind="order.create") == 1.0
         assert _metric(text, "bridge_task_accept_to_final_seconds_bucket", kind="order.create", le="0.5") == 0.0
         assert _metric(text, "bridge_task_accept_to_final_seconds_bucket", kind="order.create", le="+Inf") == 1.0
