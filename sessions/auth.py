@@ -56,3 +56,20 @@ class IsWorkspace(BasePermission):
 
     def has_permission(self, request, view) -> bool:  # noqa: ANN001
         return isinstance(request.user, WorkspacePrincipal)
+
+
+try:  # OpenAPI: describe the API key as a bearer scheme (drf-spectacular extension, auto-registered)
+    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+    class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+        target_class = "sessions.auth.ApiKeyAuthentication"
+        name = "ApiKey"
+
+        def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+            return {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Workspace API key: `Authorization: Bearer mt5b_<prefix>_<secret>`",
+            }
+except ImportError:  # pragma: no cover - drf-spectacular is a pinned requirement
+    pass
