@@ -44,6 +44,7 @@ SYMBOL_SUMMARY_FIELDS = (
 )
 SYMBOL_TRADE_MODE_DISABLED = 0
 NAMES_TTL = 60.0  # seconds the symbol name list is trusted for name resolution
+RESOLVED_TTL = 10.0  # seconds a resolved, selected symbol is trusted (skips symbol_info on hot paths)
 TERMINAL_INFO_TTL = 30.0
 FORWARD_SLACK = 7 * 86400  # closed sessions and weekends inside a forward bar window
 TICKS_LOOKBACK_MAX = 31 * 86400  # how far back "the last N ticks" / "N ticks before" looks
@@ -73,6 +74,7 @@ class TerminalReads:
         self._info: dict[str, Any] = {}
         self._info_at = 0.0
         self.books: set[str] = set()
+        self._resolved: dict[str, tuple[str, float]] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -138,6 +140,20 @@ class TerminalReads:
             info = as_dict(self.call("symbol_info", info["name"]))
         return info
 
+    def name_of(self, requested: str) -> str:
+        """The broker's name of a symbol known to be selected (cached briefly: bars, ticks, quotes, depth)."""
+        cached = self._resolved.get(requested)
+        if cached is not None and time.monotonic() - cached[1] < RESOLVED_TTL:
+            return cached[0]
+        name = self.selected(requested)["name"]
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[requested] = (name, time.monotonic())
+        return name
+
+    def forget_symbol(self, requested: str) -> None:
+        self._resolved.pop(requested, None)
+
     def symbols(self, group: str | None = None) -> list[dict[str, Any]]:
         found = self.call("symbols_get", group) if group else self.call("symbols_get")
         result = []
@@ -152,15 +168,20 @@ class TerminalReads:
         return record_to_utc(self.selected(symbol), self.offset)
 
     def tick(self, symbol: str) -> dict[str, Any]:
-        name = self.selected(symbol)["name"]
+        name = self.name_of(symbol)
         try:
             tick = as_dict(self.call("symbol_info_tick", name))
-        except GatewayError as exc:
-            raise ReadError("unavailable", f"no tick for {name}: {exc.message}", {"symbol": name}) from exc
+        except GatewayError:
+            self.forget_symbol(symbol)  # taken out of Market Watch meanwhile? select it again, once
+            name = self.name_of(symbol)
+            try:
+                tick = as_dict(self.call("symbol_info_tick", name))
+            except GatewayError as exc:
+                raise ReadError("unavailable", f"no tick for {name}: {exc.message}", {"symbol": name}) from exc
         return {"symbol": name, **record_to_utc(tick, self.offset)}
 
     def depth(self, symbol: str) -> dict[str, Any]:
-        name = self.selected(symbol)["name"]
+        name = self.name_of(symbol)
         return {"symbol": name, "book": self.book(name)}
 
     def book(self, name: str) -> list[dict[str, Any]]:
@@ -187,7 +208,7 @@ class TerminalReads:
     def rates(self, symbol: str, timeframe: str, count: int | None = None, date_from: float | None = None,
               date_to: float | None = None, limit: int | None = None) -> dict[str, Any]:
         """Bars by the signed count model (see docs/reads.md); times are real UTC."""
-        name = self.selected(symbol)["name"]
+        name = self.name_of(symbol)
         tf = getattr(self.mt5, f"TIMEFRAME_{timeframe}")
         seconds = TIMEFRAME_SECONDS[timeframe]
         maxbars = self.maxbars()
@@ -262,7 +283,7 @@ class TerminalReads:
     def ticks(self, symbol: str, flags: str = "ALL", count: int | None = None, date_from: float | None = None,
               date_to: float | None = None, limit: int | None = None) -> dict[str, Any]:
         """Ticks by the signed count model; a from/to range pages at ``limit`` (never splits a millisecond)."""
-        name = self.selected(symbol)["name"]
+        name = self.name_of(symbol)
         flag = getattr(self.mt5, TICK_FLAGS[flags])
         max_ticks = conf.get("BRIDGE_READ_MAX_TICKS")
         if count is not None and abs(count) > max_ticks:

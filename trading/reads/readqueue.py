@@ -90,6 +90,14 @@ def _reply_error(terminal: str, reply: dict[str, Any]) -> Exception:
 
 def call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
     """Run one read at the terminal's read process; its value, or the mapped API error."""
+    try:
+        return _call_reader(terminal, op, args, timeout)
+    except redis.RedisError as exc:
+        raise BridgeUnavailable("the bridge's Redis cannot be reached", {"terminal": terminal, "reason": "redis_down"}
+                                ) from exc
+
+
+def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None) -> Any:
     client = redis_client()
     raise_if_unavailable(terminal, reader_status(client, terminal))
     timeout = timeout if timeout is not None else conf.get("BRIDGE_READ_TIMEOUT")

@@ -13,6 +13,8 @@ import logging
 import time
 from typing import Any
 
+import redis
+
 from bridge_project.errors import BridgeUnavailable, NotFound
 from sessions.models import BridgeSession
 
@@ -101,12 +103,19 @@ def quote(session: BridgeSession, symbol: str) -> dict[str, Any]:
     the poller keeps it for ``BRIDGE_QUOTE_INTEREST_TTL``)."""
     snapshot = fresh_snapshot(session)
     if snapshot is not None and symbol in snapshot.ticks:
-        note_quote_interest(redis_client(), _terminal(session), symbol)
+        _note_interest(session, symbol)
         return {**snapshot.ticks[symbol], "asOf": snapshot.taken_at, "source": "snapshot"}
     asked = time.time()
     tick = call_reader(_terminal(session), "tick", {"symbol": symbol})
-    note_quote_interest(redis_client(), _terminal(session), tick["symbol"])
+    _note_interest(session, tick["symbol"])
     return {**tick, "asOf": asked, "source": "terminal"}
+
+
+def _note_interest(session: BridgeSession, symbol: str) -> None:
+    try:
+        note_quote_interest(redis_client(), _terminal(session), symbol)
+    except redis.RedisError:  # only an optimisation: the quote itself was answered
+        logger.warning("cannot note quote interest in %s", symbol)
 
 
 def symbols(session: BridgeSession, group: str | None = None) -> dict[str, Any]:
