@@ -7,7 +7,8 @@ snapshots to ``streams.poll_events.after_poll`` (the events work turns the diffe
 
 Ticks are kept for the symbols the events work watches (``watched_symbols``), the symbols of open
 positions and pending orders, and the symbols clients asked a quote of recently; books for the
-watched symbols. ``deals`` holds the history deals that appeared since the previous cycle.
+watched symbols (``watched_symbols(...).depth`` when the events work names that subset). ``deals`` holds
+the history deals that appeared since the previous cycle.
 """
 
 from __future__ import annotations
@@ -56,13 +57,16 @@ class TerminalPoller:
     def _symbols_to_watch(self, positions: list[dict], orders: list[dict]) -> tuple[set[str], set[str]]:
         """(symbols to keep ticks of, symbols to keep books of)."""
         try:
-            watched = set(_poll_events().watched_symbols(self.terminal.name) or ())
+            found = _poll_events().watched_symbols(self.terminal.name) or ()
+            watched = set(found)
+            # The events work may name the subset that needs books (``.depth``); else every watched symbol.
+            depth = set(getattr(found, "depth", watched))
         except Exception:  # noqa: BLE001 - the events work's bug must not stop snapshots
             logger.exception("watched_symbols failed")
-            watched = set()
+            watched, depth = set(), set()
         wanted = wanted_quote_symbols(self.redis, self.terminal.name, conf.get("BRIDGE_QUOTE_INTEREST_TTL"))
         held = {p["symbol"] for p in positions} | {o["symbol"] for o in orders}
-        return watched | wanted | held, watched
+        return watched | wanted | held, depth
 
     def _tick(self, symbol: str) -> dict[str, Any] | None:
         try:

@@ -289,3 +289,41 @@ def test_large_responses_are_gzipped_when_accepted(session_a):
     assert zipped.status_code == 200 and zipped["Content-Encoding"] == "gzip"
     body = json.loads(gzip.decompress(zipped.content))
     assert body["count"] == 2000 and len(zipped.content) < len(plain.content) / 3
+
+
+def test_from_alone_runs_to_now(session_a, terminal_a):
+    start = int(time.time()) - 30 * 60
+    bars = session_a.get("/mt5/client/quotes/history", {"symbol": "EURUSD", "timeframe": "M1", "from": start}).json()
+    times = [b["time"] for b in bars["bars"]]
+    assert times[0] == start - start % 60 + (60 if start % 60 else 0)
+    assert time.time() - 60 <= times[-1] <= time.time()  # up to the current bar
+    assert times == list(range(times[0], times[-1] + 60, 60))
+    ticks = session_a.get("/mt5/client/ticks/EURUSD", {"from": time.time() - 600}).json()
+    assert ticks["count"] > 0 and ticks["next"] is None
+    assert time.time() - 600 <= ticks["ticks"][0]["time_msc"] / 1000 and ticks["ticks"][-1]["time_msc"] / 1000 <= time.time()
+    last = session_a.get("/mt5/client/ticks/EURUSD", {"count": -5}).json()  # no from: the last 5 either way
+    assert last["count"] == 5 and time.time() - last["ticks"][-1]["time_msc"] / 1000 < 120
+
+
+def test_history_of_a_position_within_a_window(session_a, terminal_a):
+    opened = terminal_a.buy("USDCAD", 0.1)
+    time.sleep(1.1)
+    mt5 = terminal_a.mt5
+    closed = mt5.order_send({"action": mt5.TRADE_ACTION_DEAL, "symbol": "USDCAD", "volume": 0.1,
+                             "type": mt5.ORDER_TYPE_SELL, "position": opened.order, "type_filling": mt5.ORDER_FILLING_IOC})
+    assert closed.retcode == mt5.TRADE_RETCODE_DONE
+    deals = session_a.get("/mt5/client/history/deals", {"position": opened.order}).json()["deals"]
+    closing_time = next(d["time_msc"] for d in deals if d["ticket"] == closed.deal) / 1000
+    later = session_a.get("/mt5/client/history/deals", {"position": opened.order, "from": closing_time - 0.001}).json()
+    assert [d["ticket"] for d in later["deals"]] == [closed.deal]
+    wrong_symbol = session_a.get("/mt5/client/history/deals", {"position": opened.order, "symbol": "EURUSD"}).json()
+    assert wrong_symbol["deals"] == []
+
+
+def test_redis_unreachable_is_502_not_500(session_a, settings):
+    from tests.procs import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/3"  # nothing listens there
+    for path in ("/mt5/client/account", "/mt5/client/symbols/EURUSD", "/mt5/client/quotes/EURUSD"):
+        r = session_a.get(path)
+        assert r.status_code == 502 and r.json()["error"]["code"] == "BridgeUnavailable", (path, r.content)

@@ -369,7 +369,7 @@ class TerminalReads:
                 found = self.call(function, position=position)
             else:
                 b_from = broker_seconds(date_from, self.offset)
-                b_to = broker_seconds(date_to, self.offset)
+                b_to = broker_seconds(math.ceil(date_to), self.offset)
                 found = self.call(function, b_from, b_to, group=symbol) if symbol else self.call(
                     function, b_from, b_to)
         except GatewayError as exc:
@@ -377,14 +377,15 @@ class TerminalReads:
                 return []
             raise
         items = records_to_utc(as_dict(found), self.offset)
-        if position is not None:
-            if symbol:
-                items = [i for i in items if i.get("symbol", "").lower() == symbol.lower()]
-            time_field = "time" if kind == "deals" else "time_setup"
-            if date_from is not None:
-                items = [i for i in items if i[time_field] >= date_from]
-            if date_to is not None:
-                items = [i for i in items if i[time_field] <= date_to]
+        if position is not None and symbol:
+            items = [i for i in items if i.get("symbol", "").lower() == symbol.lower()]
+        # The terminal filters by whole seconds; from/to may carry milliseconds. Orders are in a window by
+        # when they entered history (time_done), deals by their time.
+        msc_field = "time_msc" if kind == "deals" else "time_done_msc"
+        if date_from is not None:
+            items = [i for i in items if i[msc_field] >= round(date_from * 1000)]
+        if date_to is not None:
+            items = [i for i in items if i[msc_field] <= round(date_to * 1000)]
         return items
 
     def new_deals_since(self, seen: dict[int, int], window: int = 120) -> list[dict[str, Any]]:
