@@ -53,6 +53,7 @@ class TerminalPoller:
         self.deals_primed = False
         self.selected: set[str] = set()
         self.cycles = 0
+        self.last_good: float | None = None
 
     def _symbols_to_watch(self, positions: list[dict], orders: list[dict]) -> tuple[set[str], set[str]]:
         """(symbols to keep ticks of, symbols to keep books of)."""
@@ -105,7 +106,9 @@ class TerminalPoller:
                     raise
             except GatewayError:
                 continue
-        deals = self.reads.new_deals_since(self.seen_deals)
+        # Look back past the last good cycle, so a poller that was stuck or down misses no deal.
+        window = 120 if self.last_good is None else int(min(max(120, time.time() - self.last_good + 60), 7 * 86400))
+        deals = self.reads.new_deals_since(self.seen_deals, window)
         if not self.deals_primed:  # the first cycle learns what already exists; nothing is "new"
             deals, self.deals_primed = [], True
         snapshot = TerminalSnapshot(
@@ -116,6 +119,7 @@ class TerminalPoller:
         store_snapshot(self.redis, self.terminal.name, snapshot)
         previous, self.previous = self.previous, snapshot
         self.cycles += 1
+        self.last_good = taken_at
         try:
             _poll_events().after_poll(self.terminal.name, previous, snapshot)
         except Exception:  # noqa: BLE001

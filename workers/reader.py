@@ -24,7 +24,7 @@ from django.conf import settings
 
 from trading.reads import conf
 from trading.reads.ops import ReadError, TerminalReads
-from trading.reads.readqueue import REPLY_TTL, heartbeat_key, queue_key
+from trading.reads.readqueue import REPLY_TTL, RedisClock, heartbeat_key, queue_key
 
 from .config import TerminalConfig, get_terminal
 from .gateway import GatewayError, TerminalGateway
@@ -72,6 +72,7 @@ class TerminalReader:
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
         self.reads = TerminalReads(gateway or TerminalGateway(terminal))
         self.state = ReaderState()
+        self.clock = RedisClock()
         self.identity = f"{terminal.name}@{socket.gethostname()}:{os.getpid()}"
         self.handlers = {
             "ping": lambda: {"pong": True},
@@ -132,7 +133,7 @@ class TerminalReader:
         except GatewayError as exc:
             logger.warning("read %s failed at the terminal: %s", request.get("op"), exc)
             return ReadError("unavailable", f"the terminal failed the read: {exc.message}",
-                             {"code": exc.code}).as_reply()
+                             {"code": exc.code, "reason": "terminal_error"}).as_reply()
         except (TypeError, ValueError, KeyError) as exc:
             logger.exception("bad read request %s", request.get("op"))
             return ReadError("invalid", f"bad read request: {exc}").as_reply()
@@ -145,7 +146,7 @@ class TerminalReader:
         except (ValueError, KeyError, TypeError):
             logger.error("dropping malformed read request %r", raw[:200])
             return
-        if time.time() > float(request.get("deadline") or 0):
+        if self.clock.now(self.redis) > float(request.get("deadline") or 0):
             with self.state.lock:
                 self.state.expired += 1
             return  # the caller has already answered 502: doing the read would only delay the next one

@@ -86,7 +86,7 @@ class TerminalReads:
         except GatewayError as exc:
             if exc.ipc_failure or exc.call == "initialize":
                 raise ReadError("unavailable", f"terminal cannot be reached: {exc.message}",
-                                {"code": exc.code}) from exc
+                                {"code": exc.code, "reason": "terminal_down"}) from exc
             raise
 
     def now_broker(self) -> int:

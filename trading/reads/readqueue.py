@@ -1,6 +1,7 @@
 """Request/reply over a terminal's read queue in Redis (the web tier's side, and the shared keys).
 
-The web tier LPUSHes ``{"id", "op", "args", "reply", "deadline"}`` onto ``bridge:read:<terminal>`` and
+The web tier LPUSHes ``{"id", "op", "args", "reply", "deadline"}`` (``deadline``: unix seconds by the Redis
+server's clock, see RedisClock) onto ``bridge:read:<terminal>`` and
 BLPOPs the reply key; the terminal's read process (workers/reader.py) BRPOPs requests in order,
 calls the terminal through its own gateway and LPUSHes ``{"ok": true, "value"}`` or
 ``{"ok": false, "kind", "message", "details"}``. The reader keeps a heartbeat key with a short TTL:
@@ -28,6 +29,31 @@ HEARTBEAT_KEY = "bridge:reader:{terminal}"
 REPLY_TTL = 30  # seconds a reply nobody collected stays in Redis
 
 _clients: dict[str, redis.Redis] = {}
+CLOCK_REFRESH = 30.0  # seconds between two readings of the Redis server's clock
+
+
+class RedisClock:
+    """Unix time as the Redis server's clock tells it, read at most every CLOCK_REFRESH seconds.
+
+    Request deadlines are written by the web tier and checked by a reader that may run on another
+    machine (the Windows VM) whose clock drifts: both sides use Redis's clock, not their own.
+    """
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+        self.read_at = float("-inf")
+
+    def now(self, client: redis.Redis) -> float:
+        if time.monotonic() - self.read_at > CLOCK_REFRESH:
+            before = time.time()
+            seconds, micros = client.time()
+            after = time.time()
+            self.skew = seconds + micros / 1e6 - (before + after) / 2
+            self.read_at = time.monotonic()
+        return time.time() + self.skew
+
+
+_clock = RedisClock()
 
 
 def redis_client() -> redis.Redis:
@@ -104,7 +130,7 @@ def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | 
     request_id = uuid.uuid4().hex
     reply = reply_key(request_id)
     started = time.monotonic()
-    deadline = time.time() + timeout
+    deadline = _clock.now(client) + timeout
     payload = json.dumps({"id": request_id, "op": op, "args": args, "reply": reply, "deadline": deadline})
     client.lpush(queue_key(terminal), payload)
     while True:
