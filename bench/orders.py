@@ -89,6 +89,15 @@ class Procs:
             self.stop(name)
 
 
+def wait_drained(tasks, timeout: float) -> None:  # noqa: ANN001 - a Task queryset
+    deadline = time.monotonic() + timeout
+    while tasks.filter(state__in=["queued", "dispatched", "unknown"]).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("tasks not final in time: " + str(
+                list(tasks.values_list("state", flat=True).distinct())))
+        time.sleep(0.5)
+
+
 def request(port: int, method: str, path: str, body: dict | None, headers: dict[str, str]) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -114,6 +123,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: 127.0.0.1:{sim_port}\n    utc_offset: 0\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
            "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING"}
+    # Sync Django views run in asgiref's thread pool and each thread keeps its own database
+    # connection: bound the pool, or 32 clients exhaust PostgreSQL's max_connections.
+    web_env = {**env, "ASGI_THREADS": os.environ.get("ASGI_THREADS", "8")}
     os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
     procs = Procs(work)
@@ -130,7 +142,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 
         print(f"machine: {machine()}")
         print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
-        print("web tier: 1 uvicorn process (bridge_project.asgi); 1 pinned worker (-P solo); 1 mt5sim terminal")
+        print("web tier: 1 uvicorn process (bridge_project.asgi, ASGI_THREADS=8); 1 pinned worker (-P solo); "
+              "beat + maintenance worker; 1 mt5sim terminal")
         print("note: everything shares this machine's cores (load generator included)\n")
 
         procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", f"127.0.0.1:{sim_port}",
@@ -138,8 +151,15 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         wait_port(sim_port)
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
         procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
-                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
+                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], web_env)
+        # Beat + maintenance worker, as in production: the outbox sweeper and reconciliation fan-out.
+        procs.start("maintenance", [PYTHON, "manage.py", "run_maintenance_worker", "--beat", "--loglevel", "WARNING"],
+                    env)
         wait_port(web_port)
+        from sessions.models import LIVE_STATUSES, BridgeSession
+
+        # The bench terminal is the bench's own: a session left live by an interrupted run is closed.
+        BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-{int(time.time())}")
         key = create_api_key(workspace)[1]
         auth = {"Authorization": f"Bearer {key}"}
@@ -168,8 +188,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             print("   " + result.line(f"{clients:>2} client(s)"))
 
         print("   (waiting for the worker to drain the backlog ...)")
-        while Task.objects.filter(session_id=session["sessionId"], state__in=["queued", "dispatched"]).exists():
-            time.sleep(0.5)
+        wait_drained(Task.objects.filter(session_id=session["sessionId"]), 900)
 
         print("2. POST -> final state, one order at a time")
         latencies = []
@@ -199,8 +218,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         bridge_session = BridgeSession.objects.select_related("terminal").get(id=session["sessionId"])
         ids = [place_order(bridge_session, f"drain-{i}-{time.time()}", dict(ORDER)).task.id for i in range(args.drain)]
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
-        while Task.objects.filter(id__in=ids).exclude(finished_at__isnull=False).exists():
-            time.sleep(0.5)
+        wait_drained(Task.objects.filter(id__in=ids), 900)
         rows = list(Task.objects.filter(id__in=ids).values_list("state", "dispatched_at", "finished_at"))
         first = min(r[1] for r in rows)
         last = max(r[2] for r in rows)
@@ -220,7 +238,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         raw = n / (time.perf_counter() - t0)
         mt5sim.shutdown()
         print(f"   raw mt5sim order_send, same terminal, one client in this process: {raw:.0f} orders/s")
-        print(f"   the pinned worker drains at {len(rows) / span / raw * 100:.0f}% of the raw order_send rate")
+        print(f"   the pinned worker drains at {len(rows) / span / raw * 100:.1f}% of the raw order_send rate")
+        request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
     finally:
         procs.stop_all()
 
