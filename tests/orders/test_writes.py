@@ -179,3 +179,39 @@ def test_ipc_timeout_after_execution_becomes_unknown_then_adopted_never_resent(s
     path = list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
     assert path == ["queued", "dispatched", "unknown", "filled"]
     assert len(sim("sim-a").broker_orders_of(task)) == 1 and task.order_ticket
+
+
+def test_stop_limit_and_day_orders_carry_every_field(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+    sid = open_session(client, "sim-a")
+    body = {"symbol": "EURUSD", "type": "BUY_STOP_LIMIT", "volume": 0.1, "price": 1.11, "stoplimit": 1.105,
+            "sl": 1.09, "tp": 1.13, "type_time": "DAY", "magic": 7, "comment": "sl-day"}
+    task = wait_final(_post(client, sid, "/orders", body, "w-sl-1").json()["taskId"])
+    assert task.state == "placed", task.result
+    [order] = [o for o in sim("sim-a").orders() if o.ticket == task.order_ticket]
+    assert (order.type, order.price_open, order.price_stoplimit, order.sl, order.tp, order.type_time, order.magic) == (
+        6, 1.11, 1.105, 1.09, 1.13, 1, 7)
+    assert order.comment == f"{task.tag}|sl-day"
+
+
+def test_reconciliation_reports_a_tagged_order_no_task_owns(stack, client, sim) -> None:  # noqa: ANN001
+    import time
+
+    import mt5sim
+    from trading.models import UnownedOrder
+    from trading.tasks import reconcile_terminal_task
+
+    open_session(client, "sim-a")
+    stray = "b:zzstray" + str(int(time.time()) % 1000).zfill(3)
+    assert mt5sim.initialize(stack.addresses["sim-a"])
+    try:
+        result = mt5sim.order_send({"action": 1, "symbol": "EURUSD", "volume": 0.01, "type": 0, "comment": stray})
+        assert result is not None and result.retcode == 10009, mt5sim.last_error()
+    finally:
+        mt5sim.shutdown()
+    reconcile_terminal_task.apply_async(kwargs={"startup": True}, queue="terminal.sim-a")
+    deadline = time.monotonic() + 20
+    while not UnownedOrder.objects.filter(tag=stray).exists():
+        assert time.monotonic() < deadline, "the stray tagged order was not reported"
+        time.sleep(0.2)
+    sources = set(UnownedOrder.objects.filter(tag=stray).values_list("source", flat=True))
+    assert {"history_orders", "positions"} <= sources
