@@ -13,6 +13,8 @@ keep-alive clients, it measures p50/p99 latency and requests per second of:
 * ``GET /quotes/history`` 1,000 M1 bars (request/reply over the terminal's read queue)
 * ``GET /history/deals``             (request/reply; the last 7 days: every deal made above)
 
+next to the web tier's own floor (``GET /session/{id}``: API-key auth and one session row) and the same
+reads called in this process through Django's test client (no HTTP server: the read path's own cost);
 and, in the same run, the same figures for a direct call of the mt5sim function the read stands for
 (``account_info``, ``copy_rates_from_pos(..., 1000)``, ``history_deals_get``) by 1 and 16 client
 processes, each with its own connection to the terminal (the MetaTrader5 module is one connection per
@@ -148,6 +150,24 @@ def http_load(port: int, path: str, headers: dict[str, str], clients: int, secon
     return result
 
 
+def inprocess_load(path: str, headers: dict[str, str], seconds: float) -> LoadResult:
+    """One client calling the Django app in this process (no HTTP server, one persistent DB connection):
+    the cost of the read path itself, apart from the web server and its per-request DB connections."""
+    from django.test import Client
+
+    meta = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
+    client = Client(**meta)
+    latencies, failures = [], 0
+    stop_at = time.monotonic() + seconds
+    t0 = time.monotonic()
+    while time.monotonic() < stop_at:
+        started = time.perf_counter()
+        response = client.get(path)
+        latencies.append((time.perf_counter() - started) * 1000)
+        failures += response.status_code != 200
+    return LoadResult(len(latencies), failures, time.monotonic() - t0, latencies)
+
+
 def _sizes(port: int, path: str, headers: dict[str, str]) -> tuple[int, int]:
     """Body size of one answer, plain and gzipped."""
     sizes = []
@@ -254,6 +274,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         wait_port(web_port)
         procs.wait_log("reader", "ready")
         procs.wait_log("poller", "ready")
+        from sessions.models import LIVE_STATUSES, BridgeSession
+
+        # An earlier, interrupted run may have left its session live on the bench terminal.
+        BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-reads-{int(time.time())}")
         auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
         deadline = time.monotonic() + 90
@@ -302,6 +326,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
               f"JSON, {sizes[1] / 1024:.0f} KiB gzipped\n")
 
         print(f"{'':<44} {'throughput':>15}   {'latency':>14}")
+        # The web tier's own floor: API-key auth and the session lookup, no terminal involved.
+        print("GET /session/{id} (web tier only: auth + session row, for reference)")
+        for clients in CLIENTS:
+            result = http_load(web_port, f"/mt5/client/session/{session['sessionId']}", headers, clients, args.seconds)
+            print("   " + result.line(f"bridge, {clients:>2} client(s)"))
+        result = inprocess_load(f"/mt5/client/session/{session['sessionId']}", headers, args.seconds)
+        print("   " + result.line("in-process Django, 1 client"))
         for label, path, function in reads:
             print(label)
             for clients in CLIENTS:
@@ -310,6 +341,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                 if result.failures:
                     statuses = sorted({status for status, _ in result.failures})
                     print(f"      failed answers: statuses {statuses}, e.g. {result.failures[0][1][:200]!r}")
+            result = inprocess_load(path, headers, args.seconds)
+            print("   " + result.line("in-process Django, 1 client"))
             for clients in CLIENTS:
                 result = direct_load(address, function, clients, args.seconds)
                 print("   " + result.line(f"mt5sim.{function}, {clients:>2} process(es)"))
