@@ -479,7 +479,6 @@ def test_replay_ticks_from_csv(tmp_path):
         h.close()
 
 
-def test_copy_ticks_from_trade_flag_on_forex_is_quick_and_empty(h):
-    started = time.perf_counter()
+def test_copy_ticks_from_trade_flag_on_forex_is_empty(h):
     ticks = h.call("copy_ticks_from", symbol="EURUSD", date_from=utc(2016, 1, 4), count=10, flags=C.COPY_TICKS_TRADE)
-    assert len(ticks) == 0 and time.perf_counter() - started < 2.0
+    assert len(ticks) == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from mt5sim.engine import _const as C
@@ -591,13 +589,3 @@ def test_orders_and_positions_filters(h):
     h.send(action=5, symbol="EURUSD", volume=0.1, type=2, price=1.09, type_filling=2)
     assert h.call("orders_total") == 1 and len(h.orders(group="EURUSD")) == 1 and h.orders(group="GBP*") == []
 
-
-# ---------------------------------------------------------------- speed
-def test_order_send_is_fast(h):
-    n = 600
-    start = time.perf_counter()
-    for _ in range(n // 2):
-        pos = h.buy("EURUSD", 0.01)["order"]
-        h.sell("EURUSD", 0.01, position=pos)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 0.0003, f"engine order_send took {per_call * 1e6:.0f} us"

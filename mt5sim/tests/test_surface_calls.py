@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -264,8 +263,8 @@ def test_shutdown_then_calls_fail(mt5):
     assert mt5.positions_get() is None
 
 
-def test_round_trip_is_fast_enough_for_bots(mt5):
-    started = time.perf_counter()
-    for _ in range(500):
-        assert mt5.symbol_info_tick("EURUSD") is not None
-    assert time.perf_counter() - started < 2.5  # >= 200 calls/s even on a loaded CI box
+def test_repeated_round_trips_on_one_connection(mt5):
+    # Speed is measured by bench/mt5sim_bench.py, not asserted here.
+    ticks = [mt5.symbol_info_tick("EURUSD") for _ in range(500)]
+    assert all(t is not None and t.ask > t.bid for t in ticks)
+    assert mt5.last_error() == SUCCESS
