@@ -24,7 +24,7 @@ from django.conf import settings
 
 from trading.reads import conf
 from trading.reads.ops import ReadError, TerminalReads
-from trading.reads.readqueue import REPLY_TTL, RedisClock, heartbeat_key, queue_key
+from trading.reads.readqueue import RAW_MARK, REPLY_TTL, RedisClock, heartbeat_key, queue_key
 
 from .config import TerminalConfig, get_terminal
 from .gateway import GatewayError, TerminalGateway
@@ -86,7 +86,7 @@ class TerminalReader:
             "depth": self.reads.depth,
             "rates": self.reads.rates,
             "ticks": self.reads.ticks,
-            "history": self.reads.history,
+            "history": self.reads.history_page,
         }
 
     # -- heartbeat -----------------------------------------------------------------------------
@@ -158,7 +158,15 @@ class TerminalReader:
             with self.state.lock:
                 self.state.busy_with = None
                 self.state.served += 1
-        body = json.dumps(reply, separators=(",", ":"))
+        try:  # strict JSON: a NaN or an infinity from the terminal must not reach a client as bad JSON
+            if reply["ok"] and request.get("raw"):
+                body = RAW_MARK + json.dumps(reply["value"], separators=(",", ":"), allow_nan=False).encode()
+            else:
+                body = json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            logger.error("read %s: answer is not JSON: %s", request.get("op"), exc)
+            body = json.dumps(ReadError("unavailable", "the terminal answered a value that is not JSON",
+                                        {"reason": "terminal_error"}).as_reply()).encode()
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(reply_to, body)
         pipe.expire(reply_to, REPLY_TTL)

@@ -360,6 +360,12 @@ class TerminalReads:
                 "asOf": time.time()}
 
     # -- history -------------------------------------------------------------------------------
+    def history_page(self, kind: str, date_from: float | None = None, date_to: float | None = None,
+                     symbol: str | None = None, position: int | None = None) -> dict[str, Any]:
+        """The /history/{orders,deals} answer: ``{kind: [...], count, from, to}``."""
+        items = self.history(kind, date_from, date_to, symbol, position)
+        return {kind: items, "count": len(items), "from": date_from, "to": date_to}
+
     def history(self, kind: str, date_from: float | None = None, date_to: float | None = None,
                 symbol: str | None = None, position: int | None = None) -> list[dict[str, Any]]:
         """History orders or deals (``kind`` orders|deals) in [from, to], of a symbol and/or a position."""

@@ -114,16 +114,34 @@ def _reply_error(terminal: str, reply: dict[str, Any]) -> Exception:
     return BridgeUnavailable(message, {"terminal": terminal, **details})
 
 
-def call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
-    """Run one read at the terminal's read process; its value, or the mapped API error."""
+RAW_MARK = b"R"  # a reply that starts with this is the value's JSON text itself (no envelope)
+
+
+class RawJSON:
+    """A read's answer as the JSON text the reader made: sent to the client as is, never parsed here
+    (large bar, tick and history answers skip a decode and a re-encode in the web tier)."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def value(self) -> Any:
+        return json.loads(self.body)
+
+
+def call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None = None,
+                raw: bool = False) -> Any:
+    """Run one read at the terminal's read process; its value (a RawJSON with ``raw``), or the mapped
+    API error."""
     try:
-        return _call_reader(terminal, op, args, timeout)
+        return _call_reader(terminal, op, args, timeout, raw)
     except redis.RedisError as exc:
         raise BridgeUnavailable("the bridge's Redis cannot be reached", {"terminal": terminal, "reason": "redis_down"}
                                 ) from exc
 
 
-def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None) -> Any:
+def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None, raw: bool) -> Any:
     client = redis_client()
     raise_if_unavailable(terminal, reader_status(client, terminal))
     timeout = timeout if timeout is not None else conf.get("BRIDGE_READ_TIMEOUT")
@@ -131,7 +149,8 @@ def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | 
     reply = reply_key(request_id)
     started = time.monotonic()
     deadline = _clock.now(client) + timeout
-    payload = json.dumps({"id": request_id, "op": op, "args": args, "reply": reply, "deadline": deadline})
+    payload = json.dumps({"id": request_id, "op": op, "args": args, "reply": reply, "deadline": deadline,
+                          "raw": raw})
     client.lpush(queue_key(terminal), payload)
     while True:
         remaining = timeout - (time.monotonic() - started)
@@ -139,6 +158,8 @@ def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | 
             break
         item = client.blpop([reply], timeout=min(0.5, remaining))
         if item is not None:
+            if item[1][:1] == RAW_MARK:
+                return RawJSON(item[1][1:])
             answer = json.loads(item[1])
             if answer.get("ok"):
                 return answer.get("value")

@@ -20,7 +20,7 @@ from sessions.models import BridgeSession
 
 from . import conf
 from .ops import TIMEFRAME_SECONDS
-from .readqueue import call_reader, redis_client
+from .readqueue import RawJSON, call_reader, redis_client
 from .snapshots import TerminalSnapshot, load_snapshot, note_quote_interest
 
 logger = logging.getLogger("bridge.reads")
@@ -137,7 +137,7 @@ def _copy_timeout(size: int) -> float:
     return conf.get("BRIDGE_READ_TIMEOUT") + conf.get("BRIDGE_READ_TIMEOUT_PER_10K") * size / 10_000
 
 
-def bars(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
+def bars(session: BridgeSession, query: dict[str, Any]) -> RawJSON:
     count = query.get("count")
     if count is not None:
         size = abs(count)
@@ -146,15 +146,16 @@ def bars(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
     else:
         end = query.get("date_to") or time.time()
         size = min(int((end - query["date_from"]) / TIMEFRAME_SECONDS[query["timeframe"]]) + 1, 100_000)
-    return call_reader(_terminal(session), "rates", query, timeout=_copy_timeout(size))
+    return call_reader(_terminal(session), "rates", query, timeout=_copy_timeout(size), raw=True)
 
 
-def ticks(session: BridgeSession, symbol: str, query: dict[str, Any]) -> dict[str, Any]:
+def ticks(session: BridgeSession, symbol: str, query: dict[str, Any]) -> RawJSON:
     size = abs(query["count"]) if query.get("count") is not None else query.get("limit") or conf.get(
         "BRIDGE_READ_MAX_TICKS")
-    return call_reader(_terminal(session), "ticks", {"symbol": symbol, **query}, timeout=_copy_timeout(size))
+    return call_reader(_terminal(session), "ticks", {"symbol": symbol, **query}, timeout=_copy_timeout(size),
+                       raw=True)
 
 
-def history(session: BridgeSession, kind: str, query: dict[str, Any]) -> dict[str, Any]:
-    items = call_reader(_terminal(session), "history", {"kind": kind, **query})
-    return {kind: items, "count": len(items), "from": query.get("date_from"), "to": query.get("date_to")}
+def history(session: BridgeSession, kind: str, query: dict[str, Any]) -> RawJSON:
+    """``{orders|deals: [...], count, from, to}`` as the reader wrote it."""
+    return call_reader(_terminal(session), "history", {"kind": kind, **query}, raw=True)

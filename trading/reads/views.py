@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -12,6 +13,7 @@ from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, error
 from sessions.services import require_live_session
 
 from . import services
+from .readqueue import RawJSON
 from .serializers import (
     BarsQuery,
     HistoryQuery,
@@ -47,6 +49,11 @@ COUNT_PARAMS = [
                      "maxbars; ticks: at most BRIDGE_READ_MAX_TICKS). A longer range answers one page and "
                      "`next: {from}` to continue; `next` is null on the last page."),
 ]
+
+
+def _raw(answer: RawJSON) -> HttpResponse:
+    """A large answer as the read process serialized it (see readqueue.RawJSON)."""
+    return HttpResponse(answer.body, content_type="application/json")
 
 
 def _symbol_filter(request: Request) -> str | None:
@@ -139,7 +146,7 @@ class BarsView(APIView):
                     "is a 400; a range over one page answers a page and `next`.")
     def get(self, request: Request) -> Response:
         session = require_live_session(request)
-        return Response(services.bars(session, validated(BarsQuery, request.query_params)))
+        return _raw(services.bars(session, validated(BarsQuery, request.query_params)))
 
 
 class TicksView(APIView):
@@ -150,7 +157,7 @@ class TicksView(APIView):
     def get(self, request: Request, symbol: str) -> Response:
         session = require_live_session(request)
         symbol = validate_symbol(symbol)
-        return Response(services.ticks(session, symbol, validated(TicksQuery, request.query_params)))
+        return _raw(services.ticks(session, symbol, validated(TicksQuery, request.query_params)))
 
 
 class DepthView(APIView):
@@ -173,7 +180,7 @@ class HistoryView(APIView):
         description="History orders or deals in [from, to] (default: the last 7 days), real-UTC times.")
     def get(self, request: Request) -> Response:
         session = require_live_session(request)
-        return Response(services.history(session, self.kind, validated(HistoryQuery, request.query_params)))
+        return _raw(services.history(session, self.kind, validated(HistoryQuery, request.query_params)))
 
 
 class HistoryOrdersView(HistoryView):
