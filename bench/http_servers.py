@@ -68,7 +68,14 @@ SERVERS = {
     "uvicorn (2 workers)": lambda port: [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
                                          "--workers", "2", "--no-access-log", "--log-level", "warning",
                                          "bridge_project.asgi:application"],
+    "gunicorn WSGI (2 sync workers)": lambda port: [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}",
+                                                    "-w", "2", "-k", "sync", "bridge_project.wsgi:application"],
+    "gunicorn WSGI (2 workers x 4 threads)": lambda port: [sys.executable, "-m", "gunicorn", "-b",
+                                                           f"127.0.0.1:{port}", "-w", "2", "--threads", "4",
+                                                           "bridge_project.wsgi:application"],
 }
+# WSGI workers keep their database connection between requests (one thread each, reused).
+PERSISTENT_DB = {"gunicorn WSGI (2 sync workers)", "gunicorn WSGI (2 workers x 4 threads)"}
 
 
 def main() -> None:
@@ -84,7 +91,9 @@ def main() -> None:
         path = f"/mt5/client/session/{session_id}"
         for name, argv in SERVERS.items():
             port = free_port()
-            proc = subprocess.Popen(argv(port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server_env = {**env, "DB_CONN_MAX_AGE": "60"} if name in PERSISTENT_DB else env
+            proc = subprocess.Popen(argv(port), cwd=ROOT, env=server_env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
             try:
                 wait_port(port)
                 http_load("127.0.0.1", port, "GET", path, headers, clients=2, seconds=1.0)  # warm-up

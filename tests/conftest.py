@@ -22,6 +22,30 @@ from sessions.api_keys import create_api_key
 from sessions.models import Workspace
 from tests.procs import Proc, start_manage, start_sim
 
+@pytest.fixture(scope="session", autouse=True)
+def _flush_survives_busy_workers() -> Iterator[None]:
+    """Between transactional tests Django TRUNCATEs every table while the test's worker processes
+    may still hold a row lock (a task finishing): PostgreSQL can pick the TRUNCATE as a deadlock
+    victim. Retry it: the workers' transactions are short. (Test harness only.)"""
+    from django.db import OperationalError
+    from django.test import TransactionTestCase
+
+    original = TransactionTestCase._fixture_teardown
+
+    def teardown_with_retry(self) -> None:  # noqa: ANN001
+        for attempt in range(5):
+            try:
+                return original(self)
+            except OperationalError as exc:
+                if "deadlock" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    TransactionTestCase._fixture_teardown = teardown_with_retry
+    yield
+    TransactionTestCase._fixture_teardown = original
+
+
 SIM_TERMINALS = (("sim-a", 10800), ("sim-b", 0))  # (name, broker UTC offset in seconds)
 
 

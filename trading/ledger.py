@@ -66,10 +66,9 @@ def insert_or_replay(task: Task, after_insert: Callable[[Task], None]) -> Outcom
     """Insert ``task`` (request_id and fingerprint set) or replay/refuse the earlier one.
 
     ``after_insert`` runs inside the inserting transaction (transition record, publish on commit).
+    Callers look the request id up first (``find_previous``) so a replay is answered before any
+    validation; here the insert itself is the arbiter, and a lost race is answered from the winner.
     """
-    previous = find_previous(task.workspace_id, task.request_id, task.fingerprint)
-    if previous is not None:
-        return previous
     try:
         with transaction.atomic():
             task.save(force_insert=True)
