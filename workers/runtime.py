@@ -60,3 +60,13 @@ def start_heartbeat(stop: threading.Event | None = None) -> threading.Event:
         hostname = f"{name}@{socket.gethostname()}:{os.getpid()}"
         threading.Thread(target=_heartbeat_loop, args=(name, hostname, stop), daemon=True, name="heartbeat").start()
     return stop
+
+
+def keep_db_connections(max_age: int = 300) -> None:
+    """Long-running single-threaded processes (pinned worker, reader, poller, maintenance) reuse
+    their database connection: the ASGI-safe default (0: a connection per request) would cost a
+    connect per task. Celery's Django fixup still drops a connection that errored or expired."""
+    from django.db import connections
+
+    for alias in connections:
+        connections[alias].settings_dict["CONN_MAX_AGE"] = max_age

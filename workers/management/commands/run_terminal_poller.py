@@ -27,6 +27,9 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if interval is not None and not 0.01 <= interval <= 60:
             raise CommandError("--interval must be between 0.01 and 60 seconds")
+        from workers.runtime import keep_db_connections
+
+        keep_db_connections()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -24,6 +24,9 @@ class Command(BaseCommand):
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
+        from workers.runtime import keep_db_connections
+
+        keep_db_connections()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -37,6 +37,9 @@ class Command(BaseCommand):
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
+        from workers.runtime import keep_db_connections
+
+        keep_db_connections()
         os.environ[TERMINAL_ENV] = name
         from bridge_project.celery import app
 
