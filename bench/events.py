@@ -59,7 +59,7 @@ async def _client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.E
         if out["connected"] == out["target"]:
             ready.set()
         ticks, seqs, orders = set(), [], 0
-        while not stop.is_set():
+        while not (stop.is_set() and (orders >= out["expected"] or time.monotonic() > out["drain_deadline"])):
             try:
                 raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
             except TimeoutError:
@@ -68,6 +68,8 @@ async def _client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.E
             message = json.loads(raw)
             kind = message.get("type")
             if kind == "quote:EURUSD":
+                if stop.is_set():
+                    continue  # the phase is over: only order events are still awaited
                 if message["data"]["time_msc"] >= out["phase_start_ms"]:  # not the initial latest value
                     ticks.add(message["data"]["bid"])
                     out["delays"].append(now_ms - message["data"]["time_msc"])
@@ -84,12 +86,12 @@ async def _client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.E
         out["per_client_orders"].append(orders)
 
 
-def client_process(url: str, headers: dict, count: int, conn, control, start_ms: float) -> None:  # noqa: ANN001
+def client_process(url: str, headers: dict, count: int, conn, control, expected, start_ms: float) -> None:  # noqa: ANN001
     """Open ``count`` sockets, report ready, record until told to stop, send the figures back."""
 
     async def main() -> None:
         out = {"target": count, "connected": 0, "delays": [], "quotes": 0, "orders": 0, "others": 0, "seq_gaps": 0,
-               "phase_start_ms": start_ms, "errors": [],
+               "phase_start_ms": start_ms, "errors": [], "expected": 1 << 30, "drain_deadline": 0.0,
                "per_client_ticks": [], "per_client_orders": []}
         ready, stop = asyncio.Event(), asyncio.Event()
         sem = asyncio.Semaphore(50)
@@ -101,13 +103,21 @@ def client_process(url: str, headers: dict, count: int, conn, control, start_ms:
                 await _client(url, headers, ready, stop, out)
             except Exception as exc:  # noqa: BLE001 - counted and shown, not hidden
                 out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
+                out["target"] -= 1  # a socket that failed is not waited for
+                if out["connected"] >= out["target"]:
+                    ready.set()
 
         tasks = [asyncio.create_task(one()) for _ in range(count)]
         await asyncio.wait_for(ready.wait(), timeout=300)
         conn.send("ready")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, control.wait)  # the driver sets it when the phase is over
-        await asyncio.sleep(2.0)  # let the last events arrive
+        # Quotes count only until now + 2 s; order events are awaited until each client has all of them
+        # (or 60 s): a late order event is late, not lost.
+        out["expected"] = expected.value
+        out["drain_deadline"] = time.monotonic() + 60
+        await asyncio.sleep(2.0)
+        out["quotes_closed_at"] = time.time() * 1000
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         conn.send(out)
@@ -120,13 +130,15 @@ def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, 
     procs = 1 if clients < 50 else 2
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Event()
+    expected = ctx.Value("i", 0)
     pipes, children = [], []
     start_ms = time.time() * 1000  # ticks from here on count (not the latest value a socket gets first)
     headers = {**auth, "x-session-id": sid}
     for i in range(procs):
         parent, child = ctx.Pipe()
         share = clients // procs + (1 if i < clients % procs else 0)
-        p = ctx.Process(target=client_process, args=(f"{url}/events", headers, share, child, done, start_ms))
+        p = ctx.Process(target=client_process, args=(f"{url}/events", headers, share, child, done, expected,
+                                                             start_ms))
         p.start()
         pipes.append(parent)
         children.append(p)
@@ -153,6 +165,7 @@ def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, 
             next_order += 1.0
     elapsed = time.monotonic() - started
     time.sleep(1.5)  # the last orders finish
+    expected.value = 3 * orders
     done.set()
     outs = [parent.recv() for parent in pipes]
     for p in children:
@@ -207,7 +220,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         print(f"stack: 1 daphne process; per terminal: pinned worker, poller (every {args.poll} s); "
               "1 mt5sim terminal at UTC+3; clients in 1-2 separate processes; all on this machine's cores")
         print(f"load: EURUSD set_price at {args.rate:g} ticks/s for {args.seconds:g} s, 1 market order/s over REST; "
-              "every client subscribed to quote:EURUSD and order\n")
+              "every client subscribed to quote:EURUSD, order, position, account\n")
         procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
                             str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
         wait_port(sim_port)
@@ -218,6 +231,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                             "bridge_project.asgi:application"], env)
         wait_port(web_port)
         procs.wait_log("poller", "ready")
+        from sessions.models import LIVE_STATUSES, BridgeSession
+
+        # a previous run that was interrupted may have left its session open on the bench's terminal
+        BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-events-{int(time.time())}")
         auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
         deadline = time.monotonic() + 90

@@ -25,7 +25,7 @@ from . import conf, subscriptions
 from .keys import REPLAYABLE, group_for, parse_channel, replay_group
 from .outbox import Outbox
 from .publisher import dumps
-from .relay import async_redis, ensure_relay
+from .relay import async_redis, ensure_relay, redis_slot
 from .replay import acurrent_seq, aread_since
 
 logger = logging.getLogger("bridge.events")
@@ -133,10 +133,11 @@ class EventsConsumer(AsyncWebsocketConsumer):
         for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None)):
             if task is not None:
                 task.cancel()
-        for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
         try:
-            await subscriptions.unregister(self.redis, self.terminal, self.socket_id)
+            async with redis_slot():
+                for group in self.groups_joined:
+                    await self.channel_layer.group_discard(group, self.channel_name)
+                await subscriptions.unregister(self.redis, self.terminal, self.socket_id)
         except Exception:  # noqa: BLE001 - the record expires by itself
             logger.warning("could not remove subscriptions of socket %s", self.socket_id)
 
@@ -199,7 +200,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
                                {"channels": ["too many"]}, request_id))
             return
         if any(c in REPLAYABLE for c in channels) and not self.tracking:
-            self.last_seq = await acurrent_seq(self.redis, self.session_id)
+            async with redis_slot():
+                self.last_seq = await acurrent_seq(self.redis, self.session_id)
             self.tracking = True
         for channel in channels:
             if channel not in REPLAYABLE:
@@ -248,7 +250,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
         """
         self.subs.update(channels)
         self.tracking = True
-        page = await aread_since(self.redis, self.session_id, since, REPLAY_PAGE)
+        async with redis_slot():
+            page = await aread_since(self.redis, self.session_id, since, REPLAY_PAGE)
         if page.resync_required:
             self.last_seq = page.current
             self._reply(_with_rid({"type": "resync_required", "since": since, "oldestSeq": page.oldest,
@@ -282,7 +285,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
                                  "seq": page.current})
                     self.last_seq = max(self.last_seq, page.current)
                 return delivered
-            page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
+            async with redis_slot():
+                page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
 
     async def _room_for_replay(self) -> None:
         """Replay at the pace the client reads: never more than half the pending limit queued at once
@@ -296,7 +300,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
 
     async def _catch_up(self, upto: int) -> None:
         """A gap (a seq beyond the next one): fetch the missing events from the stream."""
-        page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
+        async with redis_slot():
+            page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
         if page.resync_required:
             self._reply({"type": "resync_required", "since": self.last_seq, "oldestSeq": page.oldest,
                          "seq": page.current})
@@ -379,30 +384,39 @@ class EventsConsumer(AsyncWebsocketConsumer):
     # -- groups, subscriptions, housekeeping ------------------------------------------------------------
     async def _join(self, group: str) -> None:
         if group not in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+            async with redis_slot():
+                await self.channel_layer.group_add(group, self.channel_name)
             self.groups_joined.add(group)
 
     async def _leave(self, group: str) -> None:
         if group in self.groups_joined and group != replay_group(self.session_id):
-            await self.channel_layer.group_discard(group, self.channel_name)
+            async with redis_slot():
+                await self.channel_layer.group_discard(group, self.channel_name)
             self.groups_joined.discard(group)
 
     async def _publish_watch(self) -> None:
         quotes = {c.split(":", 1)[1] for c in self.subs if c.startswith("quote:")}
         depth = {c.split(":", 1)[1] for c in self.subs if c.startswith("depth:")}
-        await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth)
+        async with redis_slot():
+            await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth)
 
     async def _housekeeping(self) -> None:
         """Refresh the subscription record, catch a lost last event, re-check the session, keep groups."""
         last_refresh = last_session = last_groups = time.monotonic()
+        checked_seq = -1
         while True:
             await asyncio.sleep(GAP_CHECK_SECONDS)
             now = time.monotonic()
             try:
                 if self.tracking:
-                    current = await acurrent_seq(self.redis, self.session_id)
-                    if current > self.last_seq:
-                        await self.channel_layer.send(self.channel_name, {"type": "bridge.check", "s": current})
+                    async with redis_slot():
+                        current = await acurrent_seq(self.redis, self.session_id)
+                    # Behind and no progress since the last round: a lost last event (a socket that is
+                    # merely busy catching up moves on by itself and is not asked to read the stream).
+                    if current > self.last_seq and self.last_seq == checked_seq:
+                        async with redis_slot():
+                            await self.channel_layer.send(self.channel_name, {"type": "bridge.check", "s": current})
+                    checked_seq = self.last_seq
                 if now - last_refresh >= subscriptions.SUBSCRIPTION_TTL / 3 and self.subs:
                     await self._publish_watch()
                     last_refresh = now
@@ -416,8 +430,9 @@ class EventsConsumer(AsyncWebsocketConsumer):
                         return
                 if now - last_groups >= GROUP_REFRESH_SECONDS:
                     last_groups = now
-                    for group in self.groups_joined:
-                        await self.channel_layer.group_add(group, self.channel_name)
+                    async with redis_slot():
+                        for group in self.groups_joined:
+                            await self.channel_layer.group_add(group, self.channel_name)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - housekeeping retries next round

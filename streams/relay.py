@@ -49,6 +49,20 @@ def async_redis() -> aioredis.Redis:
     return client
 
 
+_slots: dict[int, asyncio.Semaphore] = {}
+REDIS_SLOTS = 48  # redis-py 8's asyncio pools hold at most 100 connections and raise beyond
+
+
+def redis_slot() -> asyncio.Semaphore:
+    """Bounds this loop's concurrent Redis/channel-layer calls made by sockets (a burst of 1,000 connects
+    would otherwise exhaust the pools with MaxConnectionsError)."""
+    loop = asyncio.get_running_loop()
+    slot = _slots.get(id(loop))
+    if slot is None:
+        slot = _slots[id(loop)] = asyncio.Semaphore(REDIS_SLOTS)
+    return slot
+
+
 def ensure_relay() -> None:
     """Start this process's relay on the running loop unless it is already running."""
     loop = asyncio.get_running_loop()

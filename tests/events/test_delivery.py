@@ -47,7 +47,7 @@ def test_a_dropped_last_event_is_found_by_the_periodic_check(ws, make_session) -
     client = ws(session)
     _subscribe(client, ["order"])
     lost = _lose_one_live_message(session.id, {"taskId": "tsk_last", "state": "filled"})
-    got = client.recv_until(lambda m: m["type"] == "order", timeout=12)[0]  # gap check every 5 s
+    got = client.recv_until(lambda m: m["type"] == "order", timeout=20)[0]  # 2 gap checks without progress: 10 s
     assert got["seq"] == lost and got["data"]["taskId"] == "tsk_last"
 
 
