@@ -298,9 +298,10 @@ def test_from_alone_runs_to_now(session_a, terminal_a):
     assert times[0] == start - start % 60 + (60 if start % 60 else 0)
     assert time.time() - 60 <= times[-1] <= time.time()  # up to the current bar
     assert times == list(range(times[0], times[-1] + 60, 60))
-    ticks = session_a.get("/mt5/client/ticks/EURUSD", {"from": time.time() - 600}).json()
+    since = time.time() - 600
+    ticks = session_a.get("/mt5/client/ticks/EURUSD", {"from": since}).json()
     assert ticks["count"] > 0 and ticks["next"] is None
-    assert time.time() - 600 <= ticks["ticks"][0]["time_msc"] / 1000 and ticks["ticks"][-1]["time_msc"] / 1000 <= time.time()
+    assert since <= ticks["ticks"][0]["time_msc"] / 1000 and ticks["ticks"][-1]["time_msc"] / 1000 <= time.time()
     last = session_a.get("/mt5/client/ticks/EURUSD", {"count": -5}).json()  # no from: the last 5 either way
     assert last["count"] == 5 and time.time() - last["ticks"][-1]["time_msc"] / 1000 < 120
 
