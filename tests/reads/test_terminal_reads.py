@@ -301,7 +301,7 @@ def test_from_alone_runs_to_now(session_a, terminal_a):
     since = time.time() - 600
     ticks = session_a.get("/mt5/client/ticks/EURUSD", {"from": since}).json()
     assert ticks["count"] > 0 and ticks["next"] is None
-    assert since <= ticks["ticks"][0]["time_msc"] / 1000 and ticks["ticks"][-1]["time_msc"] / 1000 <= time.time()
+    assert round(since * 1000) <= ticks["ticks"][0]["time_msc"] and ticks["ticks"][-1]["time_msc"] / 1000 <= time.time()
     last = session_a.get("/mt5/client/ticks/EURUSD", {"count": -5}).json()  # no from: the last 5 either way
     assert last["count"] == 5 and time.time() - last["ticks"][-1]["time_msc"] / 1000 < 120
 
