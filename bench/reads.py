@@ -1,10 +1,11 @@
 """Read path benchmark: one command, starts its own stack, prints the machine and the figures.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_reads REDIS_URL=redis://127.0.0.1:6379/3 \\
-        .venv/bin/python bench/reads.py [--seconds 5] [--deals 300] [--gzip]
+        .venv/bin/python bench/reads.py [--seconds 5] [--deals 300] [--gzip] [--server gunicorn|uvicorn]
 
 It starts (free ports, stopped at the end): one mt5sim terminal, its pinned worker, its read process
-and its poller, and the web tier as ONE uvicorn process (``bridge_project.asgi``); it migrates the
+and its poller, and the REST tier as deployed (gunicorn, 4 sync WSGI workers; ``--server uvicorn`` for one
+ASGI process instead); it migrates the
 database named by DATABASE_URL and makes a workspace, an API key and a session; it makes ``--deals``
 deals at the terminal so /history/deals has something to carry. Then, with 1 and 16 concurrent
 keep-alive clients, it measures p50/p99 latency and requests per second of:
@@ -232,6 +233,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--deals", type=int, default=300, help="deals made at the terminal before measuring")
     parser.add_argument("--gzip", action="store_true", help="clients send Accept-Encoding: gzip")
+    parser.add_argument("--server", choices=["gunicorn", "uvicorn"], default="gunicorn",
+                        help="REST server: gunicorn sync workers (as deployed) or one uvicorn process")
+    parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers (docker-compose: 4)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-reads-"))
@@ -258,7 +262,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 
         print(f"machine: {machine()}")
         print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
-        print("web tier: 1 uvicorn process (bridge_project.asgi); per terminal: pinned worker, read process, "
+        web = (f"gunicorn, {args.web_workers} sync workers (bridge_project.wsgi)" if args.server == "gunicorn"
+               else "1 uvicorn process (bridge_project.asgi)")
+        print(f"web tier: {web}; per terminal: pinned worker, read process, "
               f"poller (every {conf.get('BRIDGE_POLL_INTERVAL')} s); 1 mt5sim terminal at UTC+3")
         print(f"clients: keep-alive HTTP, {'gzip accepted' if args.gzip else 'no compression'}; "
               "everything shares this machine's cores (load generator included)\n")
@@ -269,8 +275,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
         procs.start("reader", [PYTHON, "manage.py", "run_terminal_reader", TERMINAL], env)
         procs.start("poller", [PYTHON, "manage.py", "run_terminal_poller", TERMINAL], env)
-        procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
-                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
+        if args.server == "gunicorn":  # the REST tier of docker-compose: sync WSGI workers
+            procs.start("web", [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers),
+                                "-k", "sync", "--log-level", "warning", "bridge_project.wsgi:application"], env)
+        else:
+            procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
+                                "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
         wait_port(web_port)
         procs.wait_log("reader", "ready")
         procs.wait_log("poller", "ready")
