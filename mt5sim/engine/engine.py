@@ -73,7 +73,8 @@ class Engine(TradeServer):
             spec = build_symbol(entry, self.cfg.get("templates", {}))
             spec["tick_value_cfg"] = float(entry.get("trade_tick_value", 0.0) or 0.0)
             self.symbols[spec["name"]] = spec
-            self.feeds[spec["name"]] = SymbolFeed(spec, self.seed, self.always_open, self.history_start)
+            self.feeds[spec["name"]] = SymbolFeed(spec, self.seed, self.always_open, self.history_start,
+                                                   self.server_offset)
         self._static_rows = {name: self._static_symbol_row(spec) for name, spec in self.symbols.items()}
         self._spec_originals = copy.deepcopy(self.symbols)
         self._lock = threading.RLock()

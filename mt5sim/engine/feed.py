@@ -2,10 +2,15 @@
 
 Why this shape: the live tick, copy_ticks_* and copy_rates_* must agree for any window, be the
 same for a given seed, and cost nothing to keep. So there is no stored walk: ticks are a pure
-function of (seed, symbol, minute bucket). Each open minute gets 1..2*tpm-1 ticks at hashed
+function of (seed, symbol, real-UTC minute bucket). Each open minute gets 1..2*tpm-1 ticks at hashed
 millisecond offsets; the mid price is base_price * exp(sum of value-noise octaves from 1 minute
 to ~2 years), so it wanders like a random walk without drifting away. Bars are aggregated from
 these same ticks, and the live tick is simply the last tick at or before "now".
+
+Clocks: a real market does not depend on a broker's clock setting, so the path is generated in real
+UTC (t_utc = t_broker - server offset), and two terminals with the same seed show the same prices at
+the same real moment whatever their offsets. Everything else is broker time, as in real MT5: the
+times of ticks and bars, the days that ticks are cached and summarised by, sessions and weekends.
 
 Test control sits on top as overlays: a set_price injects a tick and shifts the path by a delta
 from that moment on; freeze_feed drops generated ticks while frozen, and unfreezing shifts the
@@ -86,8 +91,9 @@ def session_mask(table: dict[int, list[tuple[int, int]]], always_open: bool) -> 
 class SymbolFeed:
     """Ticks and bars of one symbol."""
 
-    def __init__(self, spec: dict, seed: int, always_open: bool, history_start_s: int):
+    def __init__(self, spec: dict, seed: int, always_open: bool, history_start_s: int, server_offset_s: int = 0):
         self.name = spec["name"]
+        self.offset_ms = int(server_offset_s) * 1000   # broker time - UTC
         self.digits = int(spec["digits"])
         self.point = float(spec["point"])
         self.base_price = float(spec["base_price"])
@@ -156,22 +162,47 @@ class SymbolFeed:
         return out + slow[inverse]
 
     def path_bid(self, t_ms: int) -> float:
-        """The generator's bid at an instant, without the per-tick jitter (anchor for overlays)."""
-        return self.base_price * math.exp(float(self._path(np.array([t_ms], dtype=np.int64))[0]))
+        """The generator's bid at a broker-time instant, without the per-tick jitter (anchor for overlays)."""
+        t_utc = np.array([t_ms - self.offset_ms], dtype=np.int64)
+        return self.base_price * math.exp(float(self._path(t_utc)[0]))
 
     def _base_day(self, day: int) -> dict:
-        """Generated ticks of one broker day (before overlays), cached."""
+        """Generated ticks of one broker day (before overlays), in broker time, cached.
+
+        The UTC minute buckets covering the broker day are generated, then shifted to broker time;
+        sessions and history_start are applied on the broker clock. With a whole-minute offset
+        (every real one) a UTC bucket is exactly one broker minute and the filter stays per bucket.
+        """
         cached = self._base_cache.get(day)
         if cached is not None:
             self._base_cache.move_to_end(day)
             return cached
-        buckets = np.arange(day * 1440, (day + 1) * 1440, dtype=np.int64)
-        keep = self.open_mask[minute_of_week(buckets)] & (buckets * MINUTE_MS >= self.history_start_ms)
+        off = self.offset_ms
+        day_start, day_end = day * DAY_MS, (day + 1) * DAY_MS
+        aligned = off % MINUTE_MS == 0
+        first = (day_start - off) // MINUTE_MS
+        last = -((off - day_end) // MINUTE_MS)          # ceil((day_end - off) / MINUTE_MS)
+        buckets = np.arange(first, last, dtype=np.int64)  # UTC minute buckets
+        broker_start = buckets * MINUTE_MS + off
+        if aligned:
+            keep = (self.open_mask[minute_of_week(broker_start // MINUTE_MS)]
+                    & (broker_start >= self.history_start_ms))
+        else:                                             # a bucket straddles two broker minutes
+            broker_end = broker_start + (MINUTE_MS - 1)
+            keep = ((self.open_mask[minute_of_week(broker_start // MINUTE_MS)]
+                     | self.open_mask[minute_of_week(broker_end // MINUTE_MS)])
+                    & (broker_end >= self.history_start_ms))
         buckets = buckets[keep]
         if self.no_prices or len(buckets) == 0:
             res = _empty_ticks()
         else:
             res = self._generate(buckets)
+            res["t"] = res["t"] + off
+            if not aligned:
+                t = res["t"]
+                inside = ((t >= day_start) & (t < day_end) & (t >= self.history_start_ms)
+                          & self.open_mask[minute_of_week(t // MINUTE_MS)])
+                res = {k: v[inside] for k, v in res.items()}
         if self.csv is not None:
             res = self._merge_csv(day, res)
         self._base_cache[day] = res
@@ -203,6 +234,7 @@ class SymbolFeed:
         return out
 
     def _generate(self, buckets: np.ndarray) -> dict:
+        """Ticks of these UTC minute buckets, with UTC times (the caller shifts them to broker time)."""
         n = 1 + (_hash(self.key ^ 0x1111, buckets) % _U64(2 * self.tpm - 1)).astype(np.int64)
         total = int(n.sum())
         rep = np.repeat(buckets, n)
