@@ -137,6 +137,9 @@ BRIDGE_WORKER_HEARTBEAT_INTERVAL = env.float("BRIDGE_WORKER_HEARTBEAT_INTERVAL",
 BRIDGE_REQUIRE_REQUEST_ID = env.bool("BRIDGE_REQUIRE_REQUEST_ID", default=False)
 BRIDGE_THROTTLE_RATE = env.str("BRIDGE_THROTTLE_RATE", default="6000/min")
 BRIDGE_OPS_TOKEN = env.str("BRIDGE_OPS_TOKEN", default="")
+# The read process and the poller give up on a hung terminal after this long (ms) and reconnect;
+# the order worker keeps MT5's default (a slow order must not be abandoned mid-call).
+BRIDGE_READ_TERMINAL_TIMEOUT_MS = env.int("BRIDGE_READ_TERMINAL_TIMEOUT_MS", default=5000)
 
 # --- REST --------------------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("BRIDGE_MAX_BODY_BYTES", default=64 * 1024)

@@ -52,9 +52,12 @@ def as_dict(value: Any) -> Any:
 class TerminalGateway:
     """One process's connection to one terminal."""
 
-    def __init__(self, terminal: TerminalConfig, module: ModuleType | None = None):
+    def __init__(self, terminal: TerminalConfig, module: ModuleType | None = None, timeout_ms: int | None = None):
+        """``timeout_ms`` is ``initialize``'s timeout: for the real module the connect timeout, for
+        mt5sim also each call's deadline (a hung terminal then fails with IPC timeout, -10005)."""
         self.terminal = terminal
         self.mt5 = module or load_backend(terminal.backend)
+        self.timeout_ms = timeout_ms
         self.connected = False
 
     # -- connection -------------------------------------------------------------------------
@@ -64,7 +67,8 @@ class TerminalGateway:
 
     def connect(self) -> None:
         """Attach to the terminal (no login: the terminal keeps its current account)."""
-        if not self.mt5.initialize(self.terminal.address):
+        kwargs = {"timeout": int(self.timeout_ms)} if self.timeout_ms else {}
+        if not self.mt5.initialize(self.terminal.address, **kwargs):
             raise self._fail("initialize")
         self.connected = True
 

@@ -46,7 +46,7 @@ class TerminalPoller:
                  gateway: TerminalGateway | None = None, interval: float | None = None):
         self.terminal = terminal
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
-        self.reads = TerminalReads(gateway or TerminalGateway(terminal))
+        self.reads = TerminalReads(gateway or TerminalGateway(terminal, timeout_ms=settings.BRIDGE_READ_TERMINAL_TIMEOUT_MS))
         self.interval = interval if interval is not None else conf.get("BRIDGE_POLL_INTERVAL")
         self.previous: TerminalSnapshot | None = None
         self.seen_deals: dict[int, int] = {}

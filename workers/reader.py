@@ -70,7 +70,7 @@ class TerminalReader:
                  gateway: TerminalGateway | None = None):
         self.terminal = terminal
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
-        self.reads = TerminalReads(gateway or TerminalGateway(terminal))
+        self.reads = TerminalReads(gateway or TerminalGateway(terminal, timeout_ms=settings.BRIDGE_READ_TERMINAL_TIMEOUT_MS))
         self.state = ReaderState()
         self.clock = RedisClock()
         self.identity = f"{terminal.name}@{socket.gethostname()}:{os.getpid()}"
