@@ -1,10 +1,12 @@
 """Order path benchmark: one command, starts its own stack, prints the machine and the figures.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_orders REDIS_URL=redis://127.0.0.1:6379/2 \\
-        .venv/bin/python bench/orders.py [--seconds 5] [--latency-samples 200] [--drain 1000]
+        .venv/bin/python bench/orders.py [--seconds 5] [--latency-samples 200] [--drain 1000] \\
+            [--server gunicorn|uvicorn] [--web-workers 4]
 
 It starts (free ports, stopped at the end): one mt5sim terminal (a large-balance demo account), its
-pinned worker, and the web tier as ONE uvicorn process (``bridge_project.asgi``); it migrates the
+pinned worker, and the REST tier as deployed (docker-compose ``web``: gunicorn, 4 sync WSGI workers,
+``DB_CONN_MAX_AGE=60``; ``--server uvicorn`` for one uvicorn process on ``bridge_project.asgi``); it migrates the
 database named by DATABASE_URL (PostgreSQL; SQLite works but is not what production runs) and makes
 a workspace, an API key and a session. Then it measures:
 
@@ -114,6 +116,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each acceptance run")
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--drain", type=int, default=1000, help="tasks queued for the drain run")
+    parser.add_argument("--server", choices=["gunicorn", "uvicorn"], default="gunicorn",
+                        help="REST server: gunicorn sync workers (as deployed) or one uvicorn process")
+    parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers (docker-compose: 4)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-orders-"))
@@ -123,9 +128,19 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: 127.0.0.1:{sim_port}\n    utc_offset: 0\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
            "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING"}
-    # Sync Django views run in asgiref's thread pool and each thread keeps its own database
-    # connection: bound the pool, or 32 clients exhaust PostgreSQL's max_connections.
-    web_env = {**env, "ASGI_THREADS": os.environ.get("ASGI_THREADS", "8")}
+    if args.server == "gunicorn":
+        # docker-compose's web service: each sync worker keeps its one database connection.
+        web_env = {**env, "DB_CONN_MAX_AGE": "60"}
+        web_argv = [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers),
+                    "-k", "sync", "--log-level", "warning", "bridge_project.wsgi:application"]
+        web_label = f"gunicorn, {args.web_workers} sync workers (bridge_project.wsgi, DB_CONN_MAX_AGE=60)"
+    else:
+        # Sync Django views run in asgiref's thread pool and each thread keeps its own database
+        # connection: bound the pool, or 32 clients exhaust PostgreSQL's max_connections.
+        web_env = {**env, "ASGI_THREADS": os.environ.get("ASGI_THREADS", "8")}
+        web_argv = [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port), "--log-level", "warning",
+                    "--no-access-log", "bridge_project.asgi:application"]
+        web_label = f"1 uvicorn process (bridge_project.asgi, ASGI_THREADS={web_env['ASGI_THREADS']})"
     os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
     procs = Procs(work)
@@ -142,16 +157,14 @@ def main() -> None:  # noqa: PLR0915 - one linear script
 
         print(f"machine: {machine()}")
         print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
-        print("web tier: 1 uvicorn process (bridge_project.asgi, ASGI_THREADS=8); 1 pinned worker (-P solo); "
-              "beat + maintenance worker; 1 mt5sim terminal")
+        print(f"web tier: {web_label}; 1 pinned worker (-P solo); beat + maintenance worker; 1 mt5sim terminal")
         print("note: everything shares this machine's cores (load generator included)\n")
 
         procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", f"127.0.0.1:{sim_port}",
                             "--config", str(work / "sim.yaml"), "--seed", "3"], env)
         wait_port(sim_port)
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
-        procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
-                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], web_env)
+        procs.start("web", web_argv, web_env)
         # Beat + maintenance worker, as in production: the outbox sweeper and reconciliation fan-out.
         procs.start("maintenance", [PYTHON, "manage.py", "run_maintenance_worker", "--beat", "--loglevel", "WARNING"],
                     env)
