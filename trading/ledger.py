@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from bridge_project.errors import Conflict
 
 from .models import RequestReceipt, Task
+from .states import create
 
 
 def fingerprint(operation: str, target: str, payload: dict[str, Any]) -> str:
@@ -43,36 +44,41 @@ def _conflict(request_id: str, task_id: str) -> Conflict:
     return Conflict(f"request id {request_id!r} was used with a different payload", {"taskId": task_id})
 
 
+def _previous_sql() -> str:
+    """One query for both places a request id can live: its task, else the receipt of an in-place
+    edit (with the edited task). Raw SQL: this runs on every write, and the ORM's compilation of two
+    queries cost more than the database did."""
+    task, receipt = Task._meta.db_table, RequestReceipt._meta.db_table
+    return (
+        f"SELECT t.*, 0 AS previous_source, t.fingerprint AS previous_fingerprint, t.status_code AS previous_status "
+        f"FROM {task} t WHERE t.workspace_id = %s AND t.request_id = %s "
+        f"UNION ALL SELECT t.*, 1, r.fingerprint, r.status_code "
+        f"FROM {receipt} r JOIN {task} t ON t.id = r.task_id WHERE r.workspace_id = %s AND r.request_id = %s "
+        "ORDER BY previous_source LIMIT 1"
+    )
+
+
 def find_previous(workspace_id: int, request_id: str, fp: str) -> Outcome | None:
     """The earlier answer to this request id (a replay), None if unused; 409 if used differently."""
-    task = Task.objects.filter(workspace_id=workspace_id, request_id=request_id).first()
-    if task is not None:
-        if task.fingerprint != fp:
-            raise _conflict(request_id, task.id)
-        return Outcome(task, task.status_code, True)
-    receipt = (
-        RequestReceipt.objects.select_related("task")
-        .filter(workspace_id=workspace_id, request_id=request_id)
-        .first()
-    )
-    if receipt is not None:
-        if receipt.fingerprint != fp:
-            raise _conflict(request_id, receipt.task_id)
-        return Outcome(receipt.task, receipt.status_code, True)
-    return None
+    rows = list(Task.objects.raw(_previous_sql(), [workspace_id, request_id, workspace_id, request_id]))
+    if not rows:
+        return None
+    task = rows[0]
+    if task.previous_fingerprint != fp:
+        raise _conflict(request_id, task.id)
+    return Outcome(task, int(task.previous_status), True)
 
 
 def insert_or_replay(task: Task, after_insert: Callable[[Task], None]) -> Outcome:
     """Insert ``task`` (request_id and fingerprint set) or replay/refuse the earlier one.
 
-    ``after_insert`` runs inside the inserting transaction (transition record, publish on commit).
+    The task and its first transition are inserted together (``states.create``); ``after_insert``
+    then registers what must follow the commit (the publish to the terminal's queue).
     Callers look the request id up first (``find_previous``) so a replay is answered before any
     validation; here the insert itself is the arbiter, and a lost race is answered from the winner.
     """
     try:
-        with transaction.atomic():
-            task.save(force_insert=True)
-            after_insert(task)
+        create(task)
     except IntegrityError:
         # Lost the race on (workspace, request_id) to a concurrent identical (or not) request; a
         # tag collision (2^-50) also lands here and is answered by a retry with a new tag.
@@ -80,6 +86,7 @@ def insert_or_replay(task: Task, after_insert: Callable[[Task], None]) -> Outcom
         if previous is not None:
             return previous
         raise
+    after_insert(task)
     return Outcome(task, task.status_code, False)
 
 

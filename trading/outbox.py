@@ -26,8 +26,16 @@ logger = logging.getLogger("bridge.trading.outbox")
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def publish_task(task_id: str, terminal_name: str) -> bool:
-    """Send the task id to ``terminal.<name>``; True when the broker took it. Never raises."""
+def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> bool:
+    """Send the task id to ``terminal.<name>``; True when the broker took it. Never raises.
+
+    ``published_at`` is the time of the last publish (the sweeper's clock). A new task is inserted
+    with it already set (``stamped``: its first publish follows its commit), which saves an UPDATE
+    and a commit per write; if that publish fails it is cleared again, exactly as if never published.
+    A crash between commit and publish leaves it set to the insert time: the sweeper then re-publishes
+    once that is older than BRIDGE_OUTBOX_REPUBLISH_AFTER, as it would for a NULL (``created_at`` is
+    the same instant).
+    """
     from .tasks import execute_task
 
     try:
@@ -36,8 +44,11 @@ def publish_task(task_id: str, terminal_name: str) -> bool:
     except Exception:  # noqa: BLE001 - the sweeper re-publishes; the accepted write stands
         logger.warning("publishing task %s to %s failed; the outbox sweeper will retry", task_id, terminal_name,
                        exc_info=True)
+        if stamped:
+            Task.objects.filter(id=task_id, state=TaskState.QUEUED).update(published_at=None)
         return False
-    Task.objects.filter(id=task_id).update(published_at=timezone.now())
+    if not stamped:
+        Task.objects.filter(id=task_id).update(published_at=timezone.now())
     return True
 
 

@@ -43,6 +43,11 @@ def _answer(outcome: Outcome) -> Response:
     return response
 
 
+def _fresh(request: Request) -> bool:
+    """The client sent no request id: the bridge made a new one (nothing to replay)."""
+    return not request._request.bridge_request_id_given
+
+
 def _body(serializer_class: type, request: Request) -> dict:
     body = serializer_class(data=request.data)
     body.is_valid(raise_exception=True)
@@ -82,7 +87,8 @@ class OrdersView(APIView):
     def post(self, request: Request) -> Response:
         session = require_live_session(request)
         data = _body(OrderCreateSerializer, request)
-        return _answer(writes.place_order(session, request._request.bridge_request_id, data))
+        return _answer(writes.place_order(session, request._request.bridge_request_id, data,
+                                       fresh_id=_fresh(request)))
 
     @extend_schema(operation_id="orders_list_pending", parameters=[SESSION_HEADER],
                    responses={200: OpenApiTypes.OBJECT}, description="Pending orders (the read endpoints).")
@@ -102,7 +108,8 @@ class OrderDetailView(APIView):
     def patch(self, request: Request, task_id: str) -> Response:
         session = require_live_session(request)
         data = _body(OrderPatchSerializer, request)
-        return _answer(writes.patch_order(session, request._request.bridge_request_id, task_id, data))
+        return _answer(writes.patch_order(session, request._request.bridge_request_id, task_id, data,
+                                       fresh_id=_fresh(request)))
 
     @extend_schema(operation_id="order_cancel", request=None, parameters=[SESSION_HEADER, REQUEST_ID_HEADER],
                    responses={200: OpenApiResponse(TaskSerializer, description="queued task cancelled"),
@@ -112,7 +119,8 @@ class OrderDetailView(APIView):
                    "`order.cancel` task (202). Otherwise 409." + REPLAY_NOTE)
     def delete(self, request: Request, task_id: str) -> Response:
         session = require_live_session(request)
-        return _answer(writes.cancel_order(session, request._request.bridge_request_id, task_id))
+        return _answer(writes.cancel_order(session, request._request.bridge_request_id, task_id,
+                                       fresh_id=_fresh(request)))
 
 
 class PositionView(APIView):
@@ -131,7 +139,8 @@ class PositionView(APIView):
     def patch(self, request: Request, ticket: int) -> Response:
         session = require_live_session(request)
         data = _body(PositionModifySerializer, request)
-        return _answer(writes.modify_position(session, request._request.bridge_request_id, _ticket(ticket), data))
+        return _answer(writes.modify_position(session, request._request.bridge_request_id, _ticket(ticket), data,
+                                       fresh_id=_fresh(request)))
 
 
 class PositionCloseView(APIView):
@@ -144,7 +153,8 @@ class PositionCloseView(APIView):
     def post(self, request: Request, ticket: int) -> Response:
         session = require_live_session(request)
         data = _body(PositionCloseSerializer, request)
-        return _answer(writes.close_position(session, request._request.bridge_request_id, _ticket(ticket), data))
+        return _answer(writes.close_position(session, request._request.bridge_request_id, _ticket(ticket), data,
+                                       fresh_id=_fresh(request)))
 
 
 class TaskDetailView(APIView):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from bridge_project.errors import Conflict, NotFound, ValidationFailed
 from sessions.models import BridgeSession
@@ -18,7 +19,7 @@ from .ledger import Outcome, find_previous, fingerprint, insert_or_replay, recor
 from .models import Task, TaskKind, TaskState
 from .orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
 from .outbox import publish_task
-from .states import move, record_created
+from .states import move
 from .symbols import get_spec
 
 
@@ -28,12 +29,12 @@ def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, paylo
     for _ in range(3):
         task = Task(
             workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
-            request_id=request_id, fingerprint=fp, kind=kind, request=payload, tag=new_tag(), **fields,
+            request_id=request_id, fingerprint=fp, kind=kind, request=payload, tag=new_tag(),
+            published_at=timezone.now(), **fields,
         )
 
         def after_insert(t: Task) -> None:
-            record_created(t)
-            transaction.on_commit(lambda: publish_task(t.id, session.terminal.name))
+            transaction.on_commit(lambda: publish_task(t.id, session.terminal.name, stamped=True))
 
         try:
             return insert_or_replay(task, after_insert)
@@ -42,10 +43,17 @@ def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, paylo
     raise IntegrityError("could not insert the task")
 
 
-def place_order(session: BridgeSession, request_id: str, data: dict[str, Any]) -> Outcome:
+def _previous(session: BridgeSession, request_id: str, fp: str, fresh_id: bool) -> Outcome | None:
+    """The earlier answer to this request id; none to look for when the bridge just made the id
+    (the client sent none: a fresh random id cannot have been used, and the unique index would
+    still arbitrate)."""
+    return None if fresh_id else find_previous(session.workspace_id, request_id, fp)
+
+
+def place_order(session: BridgeSession, request_id: str, data: dict[str, Any], *, fresh_id: bool = False) -> Outcome:
     """POST /orders → an ``order.create`` task, validated against the symbol's spec first."""
     fp = fingerprint("order.create", "", data)
-    previous = find_previous(session.workspace_id, request_id, fp)
+    previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
     spec = get_spec(session.terminal.name, session.id, data["symbol"])
@@ -84,11 +92,12 @@ def _working_pending(task: Task) -> bool:
 PENDING_MODIFIABLE = {"price", "stoplimit", "sl", "tp", "expiration", "type_time"}
 
 
-def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: dict[str, Any]) -> Outcome:
+def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: dict[str, Any], *,
+        fresh_id: bool = False) -> Outcome:
     """PATCH /orders/{taskId}: edit a queued task in place (200), or modify the working pending order
     at the broker through a new ``order.modify`` task (202); 409 otherwise."""
     fp = fingerprint("order.patch", task_id, changes)
-    previous = find_previous(session.workspace_id, request_id, fp)
+    previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
     task = _order_task(session, task_id)
@@ -133,11 +142,12 @@ def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: 
                                                                                    "state": task.state})
 
 
-def cancel_order(session: BridgeSession, request_id: str, task_id: str) -> Outcome:
+def cancel_order(session: BridgeSession, request_id: str, task_id: str, *,
+        fresh_id: bool = False) -> Outcome:
     """DELETE /orders/{taskId}: cancel a queued task (200), or remove the working pending order at the
     broker through a new ``order.cancel`` task (202); 409 otherwise."""
     fp = fingerprint("order.delete", task_id, {})
-    previous = find_previous(session.workspace_id, request_id, fp)
+    previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
     task = _order_task(session, task_id)
@@ -171,10 +181,11 @@ def _position_symbol(session: BridgeSession, ticket: int) -> str | None:
     return row.get("symbol") if row else None
 
 
-def close_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any]) -> Outcome:
+def close_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any], *,
+        fresh_id: bool = False) -> Outcome:
     """POST /positions/{ticket}/close → a ``position.close`` task (partial when volume is given)."""
     fp = fingerprint("position.close", str(ticket), data)
-    previous = find_previous(session.workspace_id, request_id, fp)
+    previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
     if "volume" in data:
@@ -188,10 +199,11 @@ def close_position(session: BridgeSession, request_id: str, ticket: int, data: d
     return _new_task(session, request_id, fp, TaskKind.POSITION_CLOSE, data, position_ticket=ticket)
 
 
-def modify_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any]) -> Outcome:
+def modify_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any], *,
+        fresh_id: bool = False) -> Outcome:
     """PATCH /positions/{ticket} → a ``position.modify`` task (SL/TP)."""
     fp = fingerprint("position.modify", str(ticket), data)
-    previous = find_previous(session.workspace_id, request_id, fp)
+    previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
     symbol = _position_symbol(session, ticket)
