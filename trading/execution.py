@@ -29,8 +29,10 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
+from sessions.models import BridgeSession
 from workers.config import get_terminal
 from workers.gateway import GatewayError, TerminalGateway, as_dict
+from workers.models import Terminal
 from workers.runtime import gateway, pinned_terminal
 
 from . import mt5const as C
@@ -38,7 +40,7 @@ from . import orders
 from .conf import conf
 from .lookup import Trace, find_trace
 from .models import Task, TaskKind, TaskState
-from .states import move
+from .states import claim, move
 
 logger = logging.getLogger("bridge.trading.execution")
 
@@ -71,8 +73,34 @@ def _utc_offset(task: Task) -> int:
     return int(get_terminal(task.terminal.name).utc_offset)
 
 
+# Per-process caches of the pinned worker (one terminal, one thread): rows and specs that do not
+# change between tasks, so a task costs no extra query or terminal round trip for them.
+_terminal_rows: dict[str, Terminal] = {}
+_margin_modes: dict[str, int] = {}
+_symbol_infos: dict[tuple[str, str], tuple[float, Any]] = {}
+SYMBOL_INFO_TTL = 60.0  # s: filling modes and point size change rarely (and a stale one is refused, not wrong)
+CACHE_LIMIT = 1000
+
+
+def _terminal_row(name: str) -> Terminal | None:
+    row = _terminal_rows.get(name)
+    if row is None:
+        row = Terminal.objects.filter(name=name).first()
+        if row is not None:
+            _terminal_rows[name] = row
+    return row
+
+
 def run_task(task_id: str) -> str:
     """Entry point of a delivery of ``task_id`` on the pinned worker; returns what it did."""
+    terminal = _terminal_row(pinned_terminal() or "")
+    if terminal is not None:
+        # The common case in one statement: claim (and record) a queued task of this terminal.
+        claimed = claim(task_id, terminal.id)
+        if claimed is not None:
+            claimed.terminal = terminal
+            crash_point("after_claim")
+            return send(claimed)
     task = Task.objects.select_related("terminal", "session").filter(id=task_id).first()
     if task is None:
         return "missing"
@@ -81,11 +109,12 @@ def run_task(task_id: str) -> str:
                      pinned_terminal())
         return "wrong-terminal"
     if task.state == TaskState.QUEUED:
-        claimed = move(task_id, [TaskState.QUEUED], TaskState.DISPATCHED, detail={"attempt": task.attempts + 1},
-                       attempts=lambda t: t.attempts + 1, dispatched_at=timezone.now())
+        # This terminal's row is not the one cached (it was re-created): claim with the row's id.
+        _terminal_rows[task.terminal.name] = task.terminal
+        claimed = claim(task_id, task.terminal_id)
         if claimed is None:
             return "not-queued"
-        claimed.terminal, claimed.session = task.terminal, task.session
+        claimed.terminal = task.terminal
         crash_point("after_claim")
         return send(claimed)
     if task.state == TaskState.DISPATCHED:
@@ -142,12 +171,25 @@ def adopt(task: Task, trace: Trace, reason: str) -> Task | None:
 
 # --- sending ---------------------------------------------------------------------------------------
 
+def _symbol_info(gw: TerminalGateway, task: Task, symbol: str) -> Any:
+    """``symbol_info`` (filling modes, point) of the session's account, cached for SYMBOL_INFO_TTL."""
+    key, now = (task.session_id, symbol), time.monotonic()
+    cached = _symbol_infos.get(key)
+    if cached is not None and now - cached[0] < SYMBOL_INFO_TTL:
+        return cached[1]
+    info = gw.call("symbol_info", symbol)
+    if len(_symbol_infos) >= CACHE_LIMIT:
+        _symbol_infos.clear()
+    _symbol_infos[key] = (now, info)
+    return info
+
+
 def _build(gw: TerminalGateway, task: Task) -> tuple[dict[str, Any], Any]:
     """The order_send request of the task (terminal reads included) and the symbol info used."""
     offset = _utc_offset(task)
     req = task.request
     if task.kind == TaskKind.ORDER_CREATE:
-        info = gw.call("symbol_info", req["symbol"])
+        info = _symbol_info(gw, task, req["symbol"])
         tick = None
         if req["type"] in C.MARKET_TYPES and not req.get("price"):
             tick = gw.call("symbol_info_tick", req["symbol"])
@@ -159,7 +201,7 @@ def _build(gw: TerminalGateway, task: Task) -> tuple[dict[str, Any], Any]:
         position = positions[0]
         if task.kind == TaskKind.POSITION_MODIFY:
             return orders.position_modify_request(req, position), None
-        info = gw.call("symbol_info", position.symbol)
+        info = _symbol_info(gw, task, position.symbol)
         tick = gw.call("symbol_info_tick", position.symbol)
         return orders.position_close_request(req, task.tag, position, info, tick), info
     if task.kind == TaskKind.ORDER_MODIFY:
@@ -244,7 +286,7 @@ def send(task: Task) -> str:
             if fresh is not None and orders.within_deviation(reference, fresh, int(request.get("deviation", 0)), point):
                 retries += 1
                 request = {**request, "price": fresh}
-                Task.objects.filter(id=task.id).update(attempts=F("attempts") + 1)
+                Task.objects.filter(id=task.id).update(attempts=F("attempts") + 1)  # committed before resending
                 task.attempts += 1
                 logger.info("task %s: retcode %s, retry %d at %s", task.id, retcode, retries, fresh)
                 if retcode == C.RETCODE_PRICE_OFF:
@@ -282,10 +324,23 @@ def _store_result(task: Task, request: dict[str, Any], result: Any, retries: int
     return state
 
 
+def _margin_mode(session_id: str) -> int | None:
+    """The session's account margin mode (set once, at login), cached per process."""
+    mode = _margin_modes.get(session_id)
+    if mode is None:
+        broker = BridgeSession.objects.filter(id=session_id).values_list("broker", flat=True).first()
+        mode = (broker or {}).get("marginMode")
+        if mode is not None:
+            if len(_margin_modes) >= CACHE_LIMIT:
+                _margin_modes.clear()
+            _margin_modes[session_id] = mode
+    return mode
+
+
 def _position_of(task: Task, order_ticket: int, deal_ticket: int) -> int:
     """The position a filled order opened or changed: the order ticket on hedging accounts (MT5's
     rule), else asked from the deal (netting keeps one position per symbol)."""
-    if (task.session.broker or {}).get("marginMode") == 2:
+    if _margin_mode(task.session_id) == 2:
         return order_ticket
     try:
         deals = tuple(gateway().call("history_deals_get", ticket=order_ticket))
@@ -309,7 +364,7 @@ def _store_unknown_or_failed(task: Task, request: dict[str, Any], error: tuple[i
     unknown = move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN, detail={"mt5": code, "message": message},
                    result=failure, mt5_request=request)
     if unknown is not None:
-        unknown.terminal, unknown.session = task.terminal, task.session
+        unknown.terminal = task.terminal
         try:
             trace = find_trace(gateway(), unknown, _utc_offset(unknown))
         except (GatewayError, OSError):
