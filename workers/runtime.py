@@ -62,11 +62,30 @@ def start_heartbeat(stop: threading.Event | None = None) -> threading.Event:
     return stop
 
 
+# Celery's Django fixup closes every database connection before and after each task (a reconnect per
+# task: the largest single cost of an order on the pinned worker) unless CELERY_DB_REUSE_MAX is set;
+# then it closes them only every that-many tasks. Set it out of reach and run Django's own
+# close_old_connections around each task instead: it closes a connection that errored, is in a
+# broken transaction state or is older than CONN_MAX_AGE, exactly as between two web requests.
+NEVER_RECYCLE = 2**62
+
+
+def _close_old_db_connections(**_: object) -> None:
+    close_old_connections()
+
+
 def keep_db_connections(max_age: int = 300) -> None:
     """Long-running single-threaded processes (pinned worker, reader, poller, maintenance) reuse
     their database connection: the ASGI-safe default (0: a connection per request) would cost a
-    connect per task. Celery's Django fixup still drops a connection that errored or expired."""
+    connect per task. In a Celery worker, Django's close_old_connections runs around each task (it
+    drops a connection that errored or expired) in place of the fixup's unconditional close."""
+    from celery.signals import task_postrun, task_prerun
     from django.db import connections
+
+    from bridge_project.celery import app
 
     for alias in connections:
         connections[alias].settings_dict["CONN_MAX_AGE"] = max_age
+    app.conf.update(CELERY_DB_REUSE_MAX=NEVER_RECYCLE)
+    task_prerun.connect(_close_old_db_connections, weak=False, dispatch_uid="bridge.db.prerun")
+    task_postrun.connect(_close_old_db_connections, weak=False, dispatch_uid="bridge.db.postrun")
