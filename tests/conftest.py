@@ -22,11 +22,13 @@ from sessions.api_keys import create_api_key
 from sessions.models import Workspace
 from tests.procs import Proc, start_manage, start_sim
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _flush_survives_busy_workers() -> Iterator[None]:
     """Between transactional tests Django TRUNCATEs every table while the test's worker processes
     may still hold a row lock (a task finishing): PostgreSQL can pick the TRUNCATE as a deadlock
     victim. Retry it: the workers' transactions are short. (Test harness only.)"""
+    from django.core.management.base import CommandError
     from django.db import OperationalError
     from django.test import TransactionTestCase
 
@@ -36,8 +38,8 @@ def _flush_survives_busy_workers() -> Iterator[None]:
         for attempt in range(5):
             try:
                 return original(self)
-            except OperationalError as exc:
-                if "deadlock" not in str(exc) or attempt == 4:
+            except (OperationalError, CommandError) as exc:  # flush wraps the deadlock in CommandError
+                if "deadlock" not in f"{exc} {exc.__cause__}" or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
