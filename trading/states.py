@@ -62,12 +62,27 @@ def _one_statement_move(task_id: str, from_state: str, to_state: str, detail_sql
         "SELECT * FROM moved"
     )
     params += [from_state, to_state, timezone.now(), *detail_params]
-    rows = list(Task.objects.raw(sql, params))
-    if not rows:
-        return None
-    task = rows[0]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        columns = [column.name for column in cursor.description]
+    task = _task_of_row(dict(zip(columns, row, strict=True)))
     transaction.on_commit(lambda: publish_task_state(task))
     return task
+
+
+def _task_of_row(row: dict[str, Any]) -> Task:
+    """A Task from a ``RETURNING *`` row (column name → value), JSON columns decoded as the ORM does."""
+    fields = Task._meta.concrete_fields
+    values = []
+    for field in fields:
+        value = row[field.column]
+        if hasattr(field, "from_db_value"):
+            value = field.from_db_value(value, None, connection)
+        values.append(value)
+    return Task.from_db(connection.alias, [field.attname for field in fields], values)
 
 
 def _json(value: dict[str, Any]) -> Any:

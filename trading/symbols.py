@@ -82,7 +82,9 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
     worker did not publish them within BRIDGE_SYMBOL_SPEC_WAIT seconds.
     """
     try:
-        meta = _meta(terminal_name)
+        # The stamp and the symbol in one round trip (the common case: specs already published).
+        raw_meta, raw = redis_client().hmget(_key(terminal_name), [META, symbol])
+        meta = json.loads(raw_meta) if raw_meta else None
         if meta is None or meta.get("sessionId") != session_id:
             _request_refresh(terminal_name, session_id)
             deadline = time.monotonic() + conf("BRIDGE_SYMBOL_SPEC_WAIT")
@@ -94,7 +96,7 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
                     "the terminal did not publish its symbol specifications in time",
                     {"terminal": terminal_name},
                 )
-        raw = redis_client().hget(_key(terminal_name), symbol)
+            raw = redis_client().hget(_key(terminal_name), symbol)
     except redis.RedisError as exc:
         raise BridgeUnavailable("symbol specifications unavailable (Redis)", {"terminal": terminal_name}) from exc
     return json.loads(raw) if raw else None
