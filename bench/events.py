@@ -200,8 +200,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     (work / "terminals.yaml").write_text(
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {address}\n    utc_offset: {OFFSET}\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
-           "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING"}
-    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
+           "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING", "BRIDGE_SESSION_TTL": "3600"}
+    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE",
+                                           "BRIDGE_SESSION_TTL")})
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
     procs = Procs(work)
     try:
