@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import yaml
 from django.conf import settings
 
 from .config import TerminalConfig, load_terminals
@@ -123,9 +124,13 @@ class Supervisor:
             else:
                 state = Path(settings.VAR_DIR) / "sim" / terminal.name
                 state.mkdir(parents=True, exist_ok=True)
+                # The emulator's broker clock must be the offset the terminals file declares for it.
+                config = state.parent / f"{terminal.name}.yaml"
+                config.write_text(yaml.safe_dump({"server": {"offset_seconds": terminal.utc_offset}}))
                 self.spawn(
                     f"sim-{terminal.name}",
-                    [sys.executable, "-m", "mt5sim", "serve", "--address", terminal.address, "--state", str(state)],
+                    [sys.executable, "-m", "mt5sim", "serve", "--address", terminal.address, "--state", str(state),
+                     "--config", str(config)],
                 )
                 self.wait_port(f"sim-{terminal.name}", host, int(port))
         else:

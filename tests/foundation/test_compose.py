@@ -23,6 +23,9 @@ def test_compose_has_every_role_of_every_terminal_with_the_same_command() -> Non
         host, _, port = terminal.address.rpartition(":")
         sim = services[host]
         assert f"0.0.0.0:{port}" in sim["command"]  # the emulator listens where the file says
+        sim_config = sim["command"][sim["command"].index("--config") + 1].removeprefix("/app/")
+        # and its broker clock is the offset the terminals file declares
+        assert yaml.safe_load((ROOT / sim_config).read_text())["server"]["offset_seconds"] == terminal.utc_offset
         for role, argv in terminal_process_argvs(terminal.name).items():
             service = services[f"{role}-{terminal.name}"]
             assert service["command"] == argv

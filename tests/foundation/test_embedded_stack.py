@@ -93,6 +93,16 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
             assert time.monotonic() < deadline, "run_bridge did not come up"
             time.sleep(0.2)
         children = _descendants(proc.pid)
+        import mt5sim
+
+        for entry in yaml.safe_load(terminals.read_text())["terminals"]:  # each sim runs the declared offset
+            assert mt5sim.initialize(entry["address"]), mt5sim.last_error()
+            try:
+                mt5sim.symbol_select("BTCUSD", True)
+                tick = mt5sim.symbol_info_tick("BTCUSD")  # trades all week: always a fresh tick
+                assert abs(tick.time - time.time() - entry["utc_offset"]) < 60, (entry, tick)
+            finally:
+                mt5sim.shutdown()
         assert len(children) >= 8  # 2 sims, 2x(worker, reader?, poller?), maintenance, beat, web
 
         key = subprocess.run(
