@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import (
+    PermissionDenied as DjangoPermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+)
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions as drf
-from rest_framework import status
+from rest_framework import exceptions as drf, status
 from rest_framework.response import Response
 
 logger = logging.getLogger("bridge.errors")

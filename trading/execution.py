@@ -35,8 +35,7 @@ from workers.gateway import GatewayError, TerminalGateway, as_dict
 from workers.models import Terminal
 from workers.runtime import gateway, pinned_terminal
 
-from . import mt5const as C
-from . import orders
+from . import mt5const as C, orders
 from .conf import conf
 from .lookup import Trace, find_trace
 from .models import Task, TaskKind, TaskState

@@ -1,10 +1,35 @@
-"""The MetaTrader5 constants the order path needs (values are MT5's own; no terminal import here).
+"""The MetaTrader5 constants and enum names the order path needs.
 
-The web tier must not import the terminal module (it never talks to a terminal), so the handful of
-enums it validates and builds requests with are spelled out here.
+The web tier never talks to a terminal, so it does not import the terminal module; the values come
+from ``mt5sim.constants``, the project's own copy of the MetaTrader5 package's constants (checked
+against the official wheel by mt5sim's tests). Bridge-side groupings and names are defined here.
 """
 
 from __future__ import annotations
+
+# The real MetaTrader5 values, re-exported (a plain module: importing it touches no terminal).
+from mt5sim.constants import (
+    ORDER_STATE_CANCELED as ORDER_STATE_CANCELED,
+    ORDER_STATE_EXPIRED as ORDER_STATE_EXPIRED,
+    ORDER_STATE_FILLED as ORDER_STATE_FILLED,
+    ORDER_STATE_PARTIAL as ORDER_STATE_PARTIAL,
+    ORDER_STATE_PLACED as ORDER_STATE_PLACED,
+    ORDER_STATE_REJECTED as ORDER_STATE_REJECTED,
+    ORDER_STATE_REQUEST_ADD as ORDER_STATE_REQUEST_ADD,
+    ORDER_STATE_REQUEST_CANCEL as ORDER_STATE_REQUEST_CANCEL,
+    ORDER_STATE_REQUEST_MODIFY as ORDER_STATE_REQUEST_MODIFY,
+    ORDER_STATE_STARTED as ORDER_STATE_STARTED,
+    ORDER_TYPE_BUY as ORDER_TYPE_BUY,
+    ORDER_TYPE_SELL as ORDER_TYPE_SELL,
+    POSITION_TYPE_BUY as POSITION_TYPE_BUY,
+    SYMBOL_TRADE_EXECUTION_INSTANT as SYMBOL_TRADE_EXECUTION_INSTANT,
+    SYMBOL_TRADE_EXECUTION_REQUEST as SYMBOL_TRADE_EXECUTION_REQUEST,
+    TRADE_ACTION_DEAL as TRADE_ACTION_DEAL,
+    TRADE_ACTION_MODIFY as TRADE_ACTION_MODIFY,
+    TRADE_ACTION_PENDING as TRADE_ACTION_PENDING,
+    TRADE_ACTION_REMOVE as TRADE_ACTION_REMOVE,
+    TRADE_ACTION_SLTP as TRADE_ACTION_SLTP,
+)
 
 ORDER_TYPES = {
     "BUY": 0, "SELL": 1, "BUY_LIMIT": 2, "SELL_LIMIT": 3, "BUY_STOP": 4, "SELL_STOP": 5,
@@ -17,29 +42,7 @@ FILLING_TYPES = {"FOK": 0, "IOC": 1, "RETURN": 2}
 TIME_TYPES = {"GTC": 0, "DAY": 1, "SPECIFIED": 2, "SPECIFIED_DAY": 3}
 EXPIRING_TIME_TYPES = ("SPECIFIED", "SPECIFIED_DAY")
 
-TRADE_ACTION_DEAL = 1
-TRADE_ACTION_PENDING = 5
-TRADE_ACTION_SLTP = 6
-TRADE_ACTION_MODIFY = 7
-TRADE_ACTION_REMOVE = 8
 
-POSITION_TYPE_BUY = 0
-ORDER_TYPE_BUY = 0
-ORDER_TYPE_SELL = 1
-
-ORDER_STATE_STARTED = 0
-ORDER_STATE_PLACED = 1
-ORDER_STATE_CANCELED = 2
-ORDER_STATE_PARTIAL = 3
-ORDER_STATE_FILLED = 4
-ORDER_STATE_REJECTED = 5
-ORDER_STATE_EXPIRED = 6
-ORDER_STATE_REQUEST_ADD = 7
-ORDER_STATE_REQUEST_MODIFY = 8
-ORDER_STATE_REQUEST_CANCEL = 9
-
-SYMBOL_TRADE_EXECUTION_REQUEST = 0
-SYMBOL_TRADE_EXECUTION_INSTANT = 1
 SYMBOL_FILLING_FOK = 1  # SymbolInfo.filling_mode bits (not in the Python package)
 SYMBOL_FILLING_IOC = 2
 

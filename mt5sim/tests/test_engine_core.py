@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from mt5sim.engine import Engine
-from mt5sim.engine import _const as C
+from mt5sim.engine import Engine, _const as C
 from mt5sim.engine.fields import SYMBOL_INFO_FIELDS
 from mt5sim.engine.journal import StateDirLocked
 from mt5sim.engine.testing import WEDNESDAY_NOON_UTC, CallFailed, Harness, request
