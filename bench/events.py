@@ -35,8 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, pct  # noqa: E402
-from bench.reads import Procs, free_port, request, wait_port  # noqa: E402
+from bench.common import Procs, free_port, machine, pct, request, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-events"

@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import multiprocessing
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,75 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import LoadResult, machine  # noqa: E402
+from bench.common import LoadResult, Procs, free_port, machine, request, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-reads"
 OFFSET = 10800  # the terminal runs at UTC+3, as many brokers do: times are converted on every read
 CLIENTS = (1, 16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} not listening")
-
-
-class Procs:
-    """Child processes in their own process groups, logs in ``log_dir``, all stopped at the end."""
-
-    def __init__(self, log_dir: Path):
-        self.log_dir, self.procs = log_dir, {}
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def wait_log(self, name: str, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log(name):
-            if time.monotonic() > deadline or self.procs[name].poll() is not None:
-                raise SystemExit(f"{name} did not log {text!r}:\n{self.log(name)[-2000:]}")
-            time.sleep(0.1)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-
-
-def request(port: int, method: str, path: str, body: dict | None, headers: dict[str, str]) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                     headers={"Content-Type": "application/json", **headers})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
-    finally:
-        conn.close()
 
 
 def http_load(port: int, path: str, headers: dict[str, str], clients: int, seconds: float) -> LoadResult:
