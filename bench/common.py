@@ -180,3 +180,18 @@ def request(port: int, method: str, path: str, body: dict | None, headers: dict[
         return resp.status, json.loads(resp.read() or b"{}")
     finally:
         conn.close()
+
+
+def setup_django(env: dict[str, str], exported: tuple[str, ...]) -> None:
+    """Migrate the bench database and set Django up in this process (for fixtures and ledger reads),
+    with ``exported`` keys of ``env`` visible here too; prints the machine and the database."""
+    os.environ.update({k: env[k] for k in exported})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    print(f"machine: {machine()}")
+    print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")

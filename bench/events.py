@@ -26,7 +26,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, machine, pct, request, wait_port  # noqa: E402
+from bench.common import Procs, free_port, pct, request, setup_django, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-events"
@@ -200,23 +199,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {address}\n    utc_offset: {OFFSET}\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
            "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING", "BRIDGE_SESSION_TTL": "3600"}
-    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE",
-                                           "BRIDGE_SESSION_TTL")})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
     procs = Procs(work)
     try:
-        subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        import django
-
-        django.setup()
-        from django.db import connection
-
+        setup_django(env, ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE", "BRIDGE_SESSION_TTL"))
         from mt5sim.control import Control
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
 
-        print(f"machine: {machine()}")
-        print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
         print(f"stack: 1 daphne process; per terminal: pinned worker, poller (every {args.poll} s); "
               "1 mt5sim terminal at UTC+3; clients in 1-2 separate processes; all on this machine's cores")
         print(f"load: EURUSD set_price at {args.rate:g} ticks/s for {args.seconds:g} s, 1 market order/s over REST; "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, http_load, machine, pct, request, wait_port  # noqa: E402
+from bench.common import Procs, free_port, http_load, pct, request, setup_django, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-1"
@@ -80,22 +79,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         web_argv = [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port), "--log-level", "warning",
                     "--no-access-log", "bridge_project.asgi:application"]
         web_label = f"1 uvicorn process (bridge_project.asgi, ASGI_THREADS={web_env['ASGI_THREADS']})"
-    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
     procs = Procs(work)
     try:
-        subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        import django
-
-        django.setup()
-        from django.db import connection
-
+        setup_django(env, ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE"))
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
         from trading.models import Task
 
-        print(f"machine: {machine()}")
-        print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
         print(f"web tier: {web_label}; 1 pinned worker (-P solo); beat + maintenance worker; 1 mt5sim terminal")
         print("note: everything shares this machine's cores (load generator included)\n")
 

@@ -28,7 +28,6 @@ import argparse
 import http.client
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import LoadResult, Procs, free_port, machine, request, wait_port  # noqa: E402
+from bench.common import LoadResult, Procs, free_port, request, setup_django, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-reads"
@@ -180,22 +179,13 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {address}\n    utc_offset: {OFFSET}\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
            "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING"}
-    os.environ.update({k: env[k] for k in ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE")})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
     procs = Procs(work)
     try:
-        subprocess.run([PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        import django
-
-        django.setup()
-        from django.db import connection
-
+        setup_django(env, ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE"))
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
         from trading.reads import conf
 
-        print(f"machine: {machine()}")
-        print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
         web = (f"gunicorn, {args.web_workers} sync workers (bridge_project.wsgi)" if args.server == "gunicorn"
                else "1 uvicorn process (bridge_project.asgi)")
         print(f"web tier: {web}; per terminal: pinned worker, read process, "
