@@ -557,8 +557,11 @@ class Engine(TradeServer):
         return max(self.history_start, now_s - span)
 
     def _bars_back(self, feed: SymbolFeed, tf: int, end_s: int, count: int, now_ms: int) -> np.ndarray:
-        """Up to `count` bars with open time <= end_s, oldest first."""
-        floor_s = self._oldest_allowed(tf, now_ms // 1000)
+        """Up to `count` bars with open time <= end_s, oldest first.
+
+        The terminal keeps maxbars *bars*: until the current bar's first tick arrives the newest bar
+        is the previous one, so the time floor gets one bar of slack (count is capped by maxbars)."""
+        floor_s = self._oldest_allowed(tf, now_ms // 1000) - C.TIMEFRAMES_SECONDS[tf]
         end_day = min(end_s, now_ms // 1000) // 86400
         if tf == C.TIMEFRAME_W1:
             end_day = int(bar_open(tf, np.array([end_s]))[0]) // 86400 + 6

@@ -485,3 +485,17 @@ def test_replay_ticks_from_csv(tmp_path):
 def test_copy_ticks_from_trade_flag_on_forex_is_empty(h):
     ticks = h.call("copy_ticks_from", symbol="EURUSD", date_from=utc(2016, 1, 4), count=10, flags=C.COPY_TICKS_TRADE)
     assert len(ticks) == 0
+
+
+def test_exactly_maxbars_bars_at_every_second_of_a_minute():
+    """The terminal keeps maxbars bars: copy_rates_from_pos(0, maxbars) is complete whether or not
+    the current minute's first tick has arrived yet."""
+    h = Harness({"terminal": {"maxbars": 500}}, None)
+    try:
+        base = WEDNESDAY_NOON_UTC - WEDNESDAY_NOON_UTC % 60
+        for second in (0, 0.001, 1, 30, 59.9):
+            h.ctl("set_clock", at=base + second)
+            bars = h.call("copy_rates_from_pos", symbol="EURUSD", timeframe=1, start_pos=0, count=500)
+            assert len(bars) == 500, (second, len(bars))
+    finally:
+        h.close()
