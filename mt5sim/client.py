@@ -623,89 +623,49 @@ def market_book_release(*args: Any, **kwargs: Any) -> bool | None:
 # price history (numpy)
 
 
-def _copy_call(name: str, kwargs: dict) -> Any:
-    ok, value = _rpc(name, kwargs)
+def _copy_call(name: str, args: tuple, kwargs: dict, fields: tuple[str, ...], fmt: str) -> Any:
+    """The five copy_* functions parse alike: positional only, ``fmt`` as in the C module's
+    PyArg_ParseTuple ("i" a C int, "O" the symbol or a date). Ints are converted first (a bad one
+    raises as the real module does), then the symbol and dates are checked (a bad one: None with
+    'Invalid arguments')."""
+    global _last_error
+    _no_keywords(name, kwargs)
+    _last_error = _SUCCESS
+    _fmt_count(name, args, len(fields))
+    values = {field: (_fmt_i(name, value, pos) if kind == "i" else value)
+              for pos, (field, kind, value) in enumerate(zip(fields, fmt, args, strict=True), start=1)}
+    for field in fields:
+        if field.startswith("date_"):
+            values[field] = _date(values[field])
+    if not _symbol_str(values["symbol"]) or any(v is None for v in values.values()):
+        return _fail(None, _INVALID_ARGS)
+    ok, value = _rpc(name, values)
     return value if ok else None
 
 
 def copy_rates_from(*args: Any, **kwargs: Any) -> Any:
     """copy_rates_from(symbol, timeframe, date_from, count, /) -> numpy array ("OiOi")."""
-    global _last_error
-    name = "copy_rates_from"
-    _no_keywords(name, kwargs)
-    _last_error = _SUCCESS
-    _fmt_count(name, args, 4)
-    symbol, timeframe, date_from, count = args
-    timeframe = _fmt_i(name, timeframe, 2)
-    count = _fmt_i(name, count, 4)
-    date_from = _date(date_from)
-    if not _symbol_str(symbol) or date_from is None:
-        return _fail(None, _INVALID_ARGS)
-    return _copy_call(name, {"symbol": symbol, "timeframe": timeframe, "date_from": date_from, "count": count})
+    return _copy_call("copy_rates_from", args, kwargs, ("symbol", "timeframe", "date_from", "count"), "OiOi")
 
 
 def copy_rates_from_pos(*args: Any, **kwargs: Any) -> Any:
     """copy_rates_from_pos(symbol, timeframe, start_pos, count, /) -> numpy array ("Oiii")."""
-    global _last_error
-    name = "copy_rates_from_pos"
-    _no_keywords(name, kwargs)
-    _last_error = _SUCCESS
-    _fmt_count(name, args, 4)
-    symbol, timeframe, start_pos, count = args
-    timeframe = _fmt_i(name, timeframe, 2)
-    start_pos = _fmt_i(name, start_pos, 3)
-    count = _fmt_i(name, count, 4)
-    if not _symbol_str(symbol):
-        return _fail(None, _INVALID_ARGS)
-    return _copy_call(name, {"symbol": symbol, "timeframe": timeframe, "start_pos": start_pos, "count": count})
+    return _copy_call("copy_rates_from_pos", args, kwargs, ("symbol", "timeframe", "start_pos", "count"), "Oiii")
 
 
 def copy_rates_range(*args: Any, **kwargs: Any) -> Any:
     """copy_rates_range(symbol, timeframe, date_from, date_to, /) -> numpy array ("OiOO")."""
-    global _last_error
-    name = "copy_rates_range"
-    _no_keywords(name, kwargs)
-    _last_error = _SUCCESS
-    _fmt_count(name, args, 4)
-    symbol, timeframe, date_from, date_to = args
-    timeframe = _fmt_i(name, timeframe, 2)
-    date_from = _date(date_from)
-    date_to = _date(date_to)
-    if not _symbol_str(symbol) or date_from is None or date_to is None:
-        return _fail(None, _INVALID_ARGS)
-    return _copy_call(name, {"symbol": symbol, "timeframe": timeframe, "date_from": date_from, "date_to": date_to})
+    return _copy_call("copy_rates_range", args, kwargs, ("symbol", "timeframe", "date_from", "date_to"), "OiOO")
 
 
 def copy_ticks_from(*args: Any, **kwargs: Any) -> Any:
     """copy_ticks_from(symbol, date_from, count, flags, /) -> numpy array ("OOii")."""
-    global _last_error
-    name = "copy_ticks_from"
-    _no_keywords(name, kwargs)
-    _last_error = _SUCCESS
-    _fmt_count(name, args, 4)
-    symbol, date_from, count, flags = args
-    count = _fmt_i(name, count, 3)
-    flags = _fmt_i(name, flags, 4)
-    date_from = _date(date_from)
-    if not _symbol_str(symbol) or date_from is None:
-        return _fail(None, _INVALID_ARGS)
-    return _copy_call(name, {"symbol": symbol, "date_from": date_from, "count": count, "flags": flags})
+    return _copy_call("copy_ticks_from", args, kwargs, ("symbol", "date_from", "count", "flags"), "OOii")
 
 
 def copy_ticks_range(*args: Any, **kwargs: Any) -> Any:
     """copy_ticks_range(symbol, date_from, date_to, flags, /) -> numpy array ("OOOi")."""
-    global _last_error
-    name = "copy_ticks_range"
-    _no_keywords(name, kwargs)
-    _last_error = _SUCCESS
-    _fmt_count(name, args, 4)
-    symbol, date_from, date_to, flags = args
-    flags = _fmt_i(name, flags, 4)
-    date_from = _date(date_from)
-    date_to = _date(date_to)
-    if not _symbol_str(symbol) or date_from is None or date_to is None:
-        return _fail(None, _INVALID_ARGS)
-    return _copy_call(name, {"symbol": symbol, "date_from": date_from, "date_to": date_to, "flags": flags})
+    return _copy_call("copy_ticks_range", args, kwargs, ("symbol", "date_from", "date_to", "flags"), "OOOi")
 
 
 # --------------------------------------------------------------------------------------------------
