@@ -51,20 +51,16 @@ def test_a_dropped_last_event_is_found_by_the_periodic_check(ws, make_session) -
     assert got["seq"] == lost and got["data"]["taskId"] == "tsk_last"
 
 
-def test_slow_client_is_closed_with_4429_others_get_everything_and_resume_loses_nothing(
-        ws, make_session, daphne) -> None:  # noqa: ANN001
-    session = make_session()
-    fast = ws(session)
-    slow = ws(session)
-    slow.conn.max_queue = 1  # stop reading: its TCP window fills, then the server's buffer grows
-    base = _subscribe(fast, ["order", "quote:EURUSD"])
-    _subscribe(slow, ["order", "quote:EURUSD"])
-    blob = "x" * 100_000
-    count = 400
+BLOB = "x" * 100_000
+COUNT = 400
+
+
+def _deliver(session, fast) -> tuple[list[int], float]:  # noqa: ANN001
+    """Publish COUNT large order events (and quotes) and read them on ``fast``: (seqs, seconds)."""
     seqs: list[int] = []
 
     def read_fast() -> None:
-        while len(seqs) < count:
+        while len(seqs) < COUNT:
             message = fast.recv(timeout=30)
             if message["type"] == "order":
                 seqs.append(message["seq"])
@@ -72,11 +68,30 @@ def test_slow_client_is_closed_with_4429_others_get_everything_and_resume_loses_
     reader = threading.Thread(target=read_fast, daemon=True)
     reader.start()
     started = time.monotonic()
-    for n in range(count):
-        publish_session_event(session.id, "order", {"taskId": f"tsk_{n}", "state": "filled", "pad": blob})
+    for n in range(COUNT):
+        publish_session_event(session.id, "order", {"taskId": f"tsk_{n}", "state": "filled", "pad": BLOB})
         publish_session_event(session.id, "quote:EURUSD", {"symbol": "EURUSD", "bid": n})
     reader.join(60)
-    fast_seconds = time.monotonic() - started
+    return seqs, time.monotonic() - started
+
+
+def test_slow_client_is_closed_with_4429_others_get_everything_and_resume_loses_nothing(
+        ws, make_session, daphne) -> None:  # noqa: ANN001
+    # Baseline on this machine, now: the same load to one client with nobody slow beside it.
+    alone_session = make_session()
+    alone = ws(alone_session)
+    alone_base = _subscribe(alone, ["order", "quote:EURUSD"])
+    alone_seqs, alone_seconds = _deliver(alone_session, alone)
+    assert alone_seqs == list(range(alone_base + 1, alone_base + COUNT + 1))
+
+    session = make_session()
+    fast = ws(session)
+    slow = ws(session)
+    slow.conn.max_queue = 1  # stop reading: its TCP window fills, then the server's buffer grows
+    base = _subscribe(fast, ["order", "quote:EURUSD"])
+    _subscribe(slow, ["order", "quote:EURUSD"])
+    count = COUNT
+    seqs, fast_seconds = _deliver(session, fast)
     assert seqs == list(range(base + 1, base + count + 1))
     # the slow one: what it had buffered, then a 4429 close
     got = []
@@ -99,4 +114,6 @@ def test_slow_client_is_closed_with_4429_others_get_everything_and_resume_loses_
     back = ws(session, query=f"since={got[-1] if got else base}")
     done, replayed = back.recv_until(lambda m: m["type"] == "resumed", timeout=30)
     assert [m["seq"] for m in replayed] == list(range((got[-1] if got else base) + 1, base + count + 1))
-    assert fast_seconds < 20
+    # The slow client did not hold the fast one back: same load, same machine, about the same time
+    # (an absolute bound measured this machine's speed, not the guarantee).
+    assert fast_seconds < 1.5 * alone_seconds + 3, (fast_seconds, alone_seconds)
