@@ -134,6 +134,13 @@ BRIDGE_SESSION_TTL = env.int("BRIDGE_SESSION_TTL", default=120)
 BRIDGE_SESSION_EXPIRY_SWEEP = env.float("BRIDGE_SESSION_EXPIRY_SWEEP", default=10.0)
 BRIDGE_SESSION_OPEN_MAX_WAIT = env.float("BRIDGE_SESSION_OPEN_MAX_WAIT", default=30.0)
 BRIDGE_WORKER_HEARTBEAT_INTERVAL = env.float("BRIDGE_WORKER_HEARTBEAT_INTERVAL", default=5.0)
+# The login outbox (sessions.services): a login not finished this long after its last publish is
+# published again (to a live worker); a session still opening after the timeout ends login_failed.
+BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER = env.float("BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER", default=15.0)
+BRIDGE_SESSION_LOGIN_TIMEOUT = env.float("BRIDGE_SESSION_LOGIN_TIMEOUT", default=90.0)
+# The terminal ownership lease (workers/lease.py): renewed every heartbeat; a worker that has not
+# renewed it for this long loses it to a waiting one.
+BRIDGE_WORKER_LEASE_TTL = env.float("BRIDGE_WORKER_LEASE_TTL", default=3 * BRIDGE_WORKER_HEARTBEAT_INTERVAL)
 BRIDGE_REQUIRE_REQUEST_ID = env.bool("BRIDGE_REQUIRE_REQUEST_ID", default=False)
 BRIDGE_THROTTLE_RATE = env.str("BRIDGE_THROTTLE_RATE", default="6000/min")
 BRIDGE_OPS_TOKEN = env.str("BRIDGE_OPS_TOKEN", default="")
@@ -187,6 +194,7 @@ LOGGING = {
 # --- Beat schedule (periodic maintenance; other apps add their entries here) ----------------------
 CELERY_BEAT_SCHEDULE = {
     "sessions.expire": {"task": "sessions.expire_sessions", "schedule": BRIDGE_SESSION_EXPIRY_SWEEP},
+    "sessions.redrive_logins": {"task": "sessions.redrive_logins", "schedule": BRIDGE_SESSION_EXPIRY_SWEEP},
     # trading (docs/orders.md): outbox re-publish, reconciliation fan-out, request-id retention.
     "trading.sweep_outbox": {"task": "trading.sweep_outbox",
                              "schedule": env.float("BRIDGE_OUTBOX_SWEEP_INTERVAL", default=5.0)},

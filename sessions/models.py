@@ -50,6 +50,7 @@ class SessionStatus(models.TextChoices):
 
 
 LIVE_STATUSES = (SessionStatus.OPENING, SessionStatus.ACTIVE)
+END_STATUSES = (SessionStatus.CLOSED, SessionStatus.EXPIRED, SessionStatus.LOGIN_FAILED)
 
 
 def new_session_id() -> str:
@@ -78,6 +79,9 @@ class BridgeSession(models.Model):
     last_heartbeat_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
+    login_published_at = models.DateTimeField(
+        null=True, blank=True, help_text="last publish of the login to the terminal's queue (the login outbox)"
+    )
 
     class Meta:
         constraints = [
@@ -98,3 +102,17 @@ class BridgeSession(models.Model):
     @property
     def live(self) -> bool:
         return self.status in LIVE_STATUSES
+
+
+class SessionTransition(models.Model):
+    """Every status change of a session, with its time and why (written by ``session_transition`` only)."""
+
+    session = models.ForeignKey(BridgeSession, on_delete=models.CASCADE, related_name="transitions")
+    from_status = models.CharField(max_length=16, blank=True, default="")
+    to_status = models.CharField(max_length=16)
+    at = models.DateTimeField(auto_now_add=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["session", "at"], name="session_transition_at")]

@@ -1,21 +1,38 @@
-"""Bridge sessions: open (pin a terminal, queue the login), heartbeat, close, expire, resolve."""
+"""Bridge sessions: one state machine, ``opening → active → closed | expired | login_failed``.
+
+Every status change goes through ``session_transition``: a conditional UPDATE (so two actors, e.g. a
+close and a login finishing, can never both win), the ``SessionTransition`` row in the same
+transaction, and after commit the ``session`` event on the session's stream. Ending a session also
+clears the terminal's account binding, wipes the encrypted password and sends ``session_ended`` (the
+trading app cancels the session's queued tasks on it).
+
+Only ``active`` sessions may write or read from the terminal (``require_active_session``); a session
+still ``opening`` answers ``409 SessionNotReady``. Logins have an outbox: ``login_published_at`` is
+stamped at each publish, and ``sessions_redrive_logins`` (beat) re-publishes a login that no worker
+has finished, then fails the session (``LoginTimeout``) after ``BRIDGE_SESSION_LOGIN_TIMEOUT``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bridge_project.errors import BridgeError, NotFound, SessionExpired, Unauthorized
+from workers.binding import terminal_bind, terminal_unbind
+from workers.dispatch import publish_login
+from workers.lease import Lease
 from workers.models import Terminal
 from workers.terminals import sync_terminals
 
 from .crypto import encrypt_secret
-from .models import LIVE_STATUSES, BridgeSession, SessionStatus, Workspace
+from .models import END_STATUSES, LIVE_STATUSES, BridgeSession, SessionStatus, SessionTransition, Workspace
+from .signals import session_ended
 
 logger = logging.getLogger("bridge.sessions")
 
@@ -26,6 +43,78 @@ class TerminalBusy(BridgeError):
     status_code = 409
     code = "TerminalBusy"
 
+
+class SessionNotReady(BridgeError):
+    """The session is still ``opening``: nothing can be written or read at its terminal yet."""
+
+    status_code = 409
+    code = "SessionNotReady"
+
+
+# --- the state machine ------------------------------------------------------------------------------
+
+def _session_event(session: BridgeSession, previous: str, detail: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"sessionId": session.id, "status": session.status, "from": previous}
+    if session.error_code is not None or session.error_message:
+        data["error"] = {"code": session.error_code, "message": session.error_message}
+    if detail.get("reason"):
+        data["reason"] = detail["reason"]
+    return data
+
+
+def _publish_session_event(session_id: str, data: dict[str, Any]) -> None:
+    from streams.publisher import publish_session_event
+
+    try:
+        publish_session_event(session_id, "session", data)
+    except Exception:  # noqa: BLE001 - the database holds the change; the stream is best effort
+        logger.exception("publishing the session event of %s failed", session_id)
+
+
+def session_transition(
+    *,
+    session_id: str,
+    from_statuses: tuple[str, ...],
+    to_status: str,
+    detail: dict[str, Any] | None = None,
+    lease: Lease | None = None,
+    **fields: Any,
+) -> BridgeSession | None:
+    """Move a session from one of ``from_statuses`` to ``to_status`` (setting ``fields``), or None
+    when it was in none of them. Writes the transition, ends what an end must end, and emits the
+    ``session`` event after commit. ``to_status == active`` needs the worker's ``lease``: the
+    terminal is bound to the session in the same transaction, or nothing changes."""
+    detail = detail or {}
+    now = timezone.now()
+    if to_status in END_STATUSES:
+        fields.setdefault("ended_at", now)
+        fields["password_encrypted"] = b""
+    with transaction.atomic():
+        session = (BridgeSession.objects.select_for_update().select_related("terminal")
+                   .filter(id=session_id, status__in=from_statuses).first())
+        if session is None:
+            return None
+        previous = session.status
+        if to_status == SessionStatus.ACTIVE:
+            broker = fields.get("broker") or {}
+            if lease is None or not terminal_bind(lease=lease, session_id=session.id, login=session.login,
+                                                  server=str(broker.get("server") or "")):
+                return None
+        for name, value in fields.items():
+            setattr(session, name, value)
+        session.status = to_status
+        session.save(update_fields=[*fields, "status", "updated_at"])
+        SessionTransition.objects.create(session=session, from_status=previous, to_status=to_status, detail=detail)
+        if to_status in END_STATUSES:
+            terminal_unbind(session_id=session.id)
+            session_ended.send(sender=BridgeSession, session=session, reason=detail.get("reason", to_status))
+        event = _session_event(session, previous, detail)
+        transaction.on_commit(lambda: _publish_session_event(session_id, event))
+    logger.info("session %s: %s -> %s %s", session_id, previous, to_status, detail or "")
+    return session
+
+
+# --- open, login outcome, close, expiry -----------------------------------------------------------
 
 def _candidate_terminals(requested: str | None) -> list[Terminal]:
     sync_terminals()
@@ -43,16 +132,21 @@ def _candidate_terminals(requested: str | None) -> list[Terminal]:
     return free
 
 
-def open_session(
-    workspace: Workspace, *, account_id: str, server: str, login: int, password: str, terminal: str | None
+def _publish_login(session: BridgeSession) -> None:
+    """Publish the login to the terminal's queue and stamp the login outbox (the sweeper's clock)."""
+    if publish_login(session) is not False:  # None: a publisher that does not report
+        BridgeSession.objects.filter(id=session.id, status=SessionStatus.OPENING).update(
+            login_published_at=timezone.now())
+
+
+def session_open(
+    *, workspace: Workspace, account_id: str, server: str, login: int, password: str, terminal: str | None
 ) -> BridgeSession:
     """Pin a free terminal (or the one asked for), store the password encrypted, queue the login.
 
     The database constraint ``one_live_session_per_terminal`` arbitrates concurrent opens: the
     loser of a race on one terminal moves on to the next free one.
     """
-    from workers.dispatch import publish_login
-
     ttl = timedelta(seconds=settings.BRIDGE_SESSION_TTL)
     for candidate in _candidate_terminals(terminal):
         now = timezone.now()
@@ -69,7 +163,8 @@ def open_session(
         try:
             with transaction.atomic():
                 session.save(force_insert=True)
-                transaction.on_commit(lambda s=session: publish_login(s))
+                SessionTransition.objects.create(session=session, from_status="", to_status=SessionStatus.OPENING)
+                transaction.on_commit(lambda s=session: _publish_login(s))
         except IntegrityError:
             continue
         logger.info("session %s opened on terminal %s (login %s)", session.id, candidate.name, login)
@@ -79,55 +174,84 @@ def open_session(
     raise TerminalBusy("no free terminal: every terminal has a live session", {})
 
 
-def wait_for_outcome(session: BridgeSession, seconds: float) -> BridgeSession:
-    """Poll until the session leaves ``opening`` or ``seconds`` pass (for ``?wait=``)."""
-    deadline = time.monotonic() + min(seconds, settings.BRIDGE_SESSION_OPEN_MAX_WAIT)
-    while session.status == SessionStatus.OPENING and time.monotonic() < deadline:
-        time.sleep(0.05)
+def session_activate(*, session_id: str, broker: dict[str, Any], lease: Lease) -> BridgeSession | None:
+    """The login succeeded on the lease holder's terminal: ``opening → active``, terminal bound."""
+    return session_transition(session_id=session_id, from_statuses=(SessionStatus.OPENING,),
+                              to_status=SessionStatus.ACTIVE, lease=lease, broker=broker,
+                              detail={"server": broker.get("server")})
+
+
+def session_fail_login(*, session_id: str, code: int | None, message: str, reason: str = "") -> BridgeSession | None:
+    """The login failed (MT5's error, or the bridge's ``reason``): ``opening → login_failed``."""
+    return session_transition(session_id=session_id, from_statuses=(SessionStatus.OPENING,),
+                              to_status=SessionStatus.LOGIN_FAILED, error_code=code, error_message=message[:500],
+                              detail={"reason": reason or "login_failed", "mt5": code})
+
+
+def session_close(*, session: BridgeSession) -> BridgeSession:
+    """Close a session and free its terminal; its queued tasks end ``cancelled``."""
+    closed = session_transition(session_id=session.id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.CLOSED,
+                                detail={"reason": "closed"})
+    if closed is None:
         session.refresh_from_db()
-    return session
+        return session
+    return closed
 
 
-def get_session(workspace: Workspace, session_id: str) -> BridgeSession:
-    """A session of this workspace, whatever its status; another workspace's is NotFound."""
-    session = (
-        BridgeSession.objects.select_related("terminal").filter(id=session_id, workspace=workspace).first()
-    )
-    if session is None:
-        raise NotFound("unknown session", {"sessionId": session_id})
-    return _expire_if_due(session)
-
-
-def _expire_if_due(session: BridgeSession) -> BridgeSession:
+def session_expire_if_due(*, session: BridgeSession) -> BridgeSession:
+    """Expire the session now if its heartbeat deadline has passed (requests see expiry at once)."""
     if session.live and session.expires_at <= timezone.now():
-        BridgeSession.objects.filter(id=session.id, status__in=LIVE_STATUSES).update(
-            status=SessionStatus.EXPIRED, ended_at=timezone.now()
-        )
-        session.refresh_from_db()
+        expired = session_transition(session_id=session.id, from_statuses=LIVE_STATUSES,
+                                     to_status=SessionStatus.EXPIRED, detail={"reason": "expired"})
+        if expired is None:
+            session.refresh_from_db()
+            return session
+        return expired
     return session
 
 
-def require_live_session(request) -> BridgeSession:  # noqa: ANN001 - DRF request
-    """The live session named by ``x-session-id`` for this workspace, else 401.
-
-    Missing or unknown (including another workspace's) → ``Unauthorized``; closed, expired or
-    failed → ``SessionExpired``.
-    """
-    session_id = request.META.get(SESSION_HEADER)
-    if not session_id:
-        raise Unauthorized("x-session-id header is required", {"x-session-id": ["required"]})
-    try:
-        session = get_session(request.user.workspace, session_id)
-    except NotFound as exc:
-        raise Unauthorized("unknown session", {"x-session-id": ["unknown"]}) from exc
-    if not session.live:
-        raise SessionExpired(f"session is {session.status}", {"sessionId": session.id, "status": session.status})
-    return session
+def sessions_expire_due(*, now: datetime | None = None) -> int:
+    """Expire every live session past its expiry (beat); returns how many, freeing their terminals."""
+    now = now or timezone.now()
+    due = BridgeSession.objects.filter(status__in=LIVE_STATUSES, expires_at__lte=now).values_list("id", flat=True)
+    count = 0
+    for session_id in list(due):
+        if session_transition(session_id=session_id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.EXPIRED,
+                              detail={"reason": "expired"}):
+            count += 1
+    if count:
+        logger.info("expired %d session(s)", count)
+    return count
 
 
-def heartbeat(session: BridgeSession) -> BridgeSession:
+def sessions_redrive_logins(*, now: datetime | None = None) -> dict[str, int]:
+    """The login outbox sweep (beat): re-publish logins of sessions still ``opening`` whose last
+    publish is older than BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER (a lost message, a worker that died
+    mid-login) to a terminal whose worker is alive; fail those opening for longer than
+    BRIDGE_SESSION_LOGIN_TIMEOUT with ``LoginTimeout``. A re-published login that meets a session no
+    longer ``opening`` does nothing, so a slow login that finishes first is not repeated."""
+    now = now or timezone.now()
+    timeout = timedelta(seconds=settings.BRIDGE_SESSION_LOGIN_TIMEOUT)
+    republish = now - timedelta(seconds=settings.BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER)
+    failed = republished = 0
+    opening = BridgeSession.objects.select_related("terminal").filter(status=SessionStatus.OPENING)
+    for session in opening.filter(created_at__lte=now - timeout):
+        if session_fail_login(session_id=session.id, code=None, reason="LoginTimeout",
+                              message=f"the login did not complete within {int(timeout.total_seconds())} s"):
+            failed += 1
+    stale = opening.filter(created_at__gt=now - timeout, created_at__lte=republish)
+    for session in stale.exclude(login_published_at__gt=republish):
+        if session.terminal.worker_alive(now):
+            _publish_login(session)
+            republished += 1
+    if failed or republished:
+        logger.info("login outbox: %d re-published, %d failed (LoginTimeout)", republished, failed)
+    return {"republished": republished, "failed": failed}
+
+
+def session_heartbeat(*, session: BridgeSession) -> BridgeSession:
     """Extend a live session's expiry by its TTL."""
-    session = _expire_if_due(session)
+    session = session_expire_if_due(session=session)
     if not session.live:
         raise SessionExpired(f"session is {session.status}", {"sessionId": session.id, "status": session.status})
     now = timezone.now()
@@ -142,23 +266,61 @@ def heartbeat(session: BridgeSession) -> BridgeSession:
     return session
 
 
-def close_session(session: BridgeSession) -> BridgeSession:
-    """Close a session and free its terminal. Tasks already accepted still finish."""
-    if session.live:
-        BridgeSession.objects.filter(id=session.id, status__in=LIVE_STATUSES).update(
-            status=SessionStatus.CLOSED, ended_at=timezone.now()
-        )
+# --- reads of sessions --------------------------------------------------------------------------
+
+def session_wait_for_outcome(*, session: BridgeSession, seconds: float) -> BridgeSession:
+    """Poll until the session leaves ``opening`` or ``seconds`` pass (for ``?wait=``)."""
+    deadline = time.monotonic() + min(seconds, settings.BRIDGE_SESSION_OPEN_MAX_WAIT)
+    while session.status == SessionStatus.OPENING and time.monotonic() < deadline:
+        time.sleep(0.05)
         session.refresh_from_db()
-        logger.info("session %s closed", session.id)
     return session
 
 
-def expire_sessions(now=None) -> int:  # noqa: ANN001
-    """Expire every live session past its expiry (beat); returns how many, freeing their terminals."""
-    now = now or timezone.now()
-    count = BridgeSession.objects.filter(status__in=LIVE_STATUSES, expires_at__lte=now).update(
-        status=SessionStatus.EXPIRED, ended_at=now
+def session_get(*, workspace: Workspace, session_id: str) -> BridgeSession:
+    """A session of this workspace, whatever its status; another workspace's is NotFound."""
+    session = (
+        BridgeSession.objects.select_related("terminal").filter(id=session_id, workspace=workspace).first()
     )
-    if count:
-        logger.info("expired %d session(s)", count)
-    return count
+    if session is None:
+        raise NotFound("unknown session", {"sessionId": session_id})
+    return session_expire_if_due(session=session)
+
+
+def require_live_session(request) -> BridgeSession:  # noqa: ANN001 - DRF request
+    """The live (opening or active) session named by ``x-session-id`` for this workspace, else 401.
+
+    Missing or unknown (including another workspace's) → ``Unauthorized``; closed, expired or
+    failed → ``SessionExpired``.
+    """
+    session_id = request.META.get(SESSION_HEADER)
+    if not session_id:
+        raise Unauthorized("x-session-id header is required", {"x-session-id": ["required"]})
+    try:
+        session = session_get(workspace=request.user.workspace, session_id=session_id)
+    except NotFound as exc:
+        raise Unauthorized("unknown session", {"x-session-id": ["unknown"]}) from exc
+    if not session.live:
+        raise SessionExpired(f"session is {session.status}", {"sessionId": session.id, "status": session.status})
+    return session
+
+
+def require_active_session(request) -> BridgeSession:  # noqa: ANN001 - DRF request
+    """The ``active`` session of ``x-session-id``: what writes and terminal reads need. Still
+    ``opening`` → ``409 SessionNotReady`` (nothing is queued or read); ended → 401 as above."""
+    session = require_live_session(request)
+    if session.status != SessionStatus.ACTIVE:
+        raise SessionNotReady(
+            f"session is {session.status}: wait for it to become active (?wait= on open, or its session event)",
+            {"sessionId": session.id, "status": session.status},
+        )
+    return session
+
+
+# Names the event socket (streams.consumers) calls.
+def get_session(workspace: Workspace, session_id: str) -> BridgeSession:
+    return session_get(workspace=workspace, session_id=session_id)
+
+
+def _expire_if_due(session: BridgeSession) -> BridgeSession:
+    return session_expire_if_due(session=session)

@@ -2,9 +2,14 @@
 
 from celery import shared_task
 
-from .services import expire_sessions
+from .services import sessions_expire_due, sessions_redrive_logins
 
 
 @shared_task(name="sessions.expire_sessions")
 def expire_sessions_task() -> int:
-    return expire_sessions()
+    return sessions_expire_due()
+
+
+@shared_task(name="sessions.redrive_logins")
+def redrive_logins_task() -> dict[str, int]:
+    return sessions_redrive_logins()

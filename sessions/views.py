@@ -51,8 +51,8 @@ class SessionOpenView(APIView):
         body = SessionOpenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        session = services.open_session(
-            request.user.workspace,
+        session = services.session_open(
+            workspace=request.user.workspace,
             account_id=data["accountId"],
             server=data["server"],
             login=data["login"],
@@ -60,24 +60,26 @@ class SessionOpenView(APIView):
             terminal=data.get("terminal"),
         )
         if wait:
-            session = services.wait_for_outcome(session, wait)
+            session = services.session_wait_for_outcome(session=session, seconds=wait)
         return Response(session_payload(session), status=status.HTTP_201_CREATED)
 
 
 class SessionDetailView(APIView):
     @extend_schema(operation_id="session_get", responses={200: SessionSerializer, 404: error("NotFound")})
     def get(self, request: Request, session_id: str) -> Response:
-        return Response(session_payload(services.get_session(request.user.workspace, session_id)))
+        return Response(session_payload(services.session_get(workspace=request.user.workspace, session_id=session_id)))
 
     @extend_schema(
         operation_id="session_close",
         request=None,
         responses={200: SessionSerializer, 404: error("NotFound")},
-        description="Closes the session, revokes its id and frees the terminal. Accepted tasks still finish.",
+        description="Closes the session, revokes its id and frees the terminal (its account binding is "
+        "cleared: the terminal serves nothing of that account until the next login). Tasks still `queued` end "
+        "`cancelled` with `result.error.code` `SessionEnded`; a task already executing finishes.",
     )
     def delete(self, request: Request, session_id: str) -> Response:
-        session = services.get_session(request.user.workspace, session_id)
-        return Response(session_payload(services.close_session(session)))
+        session = services.session_get(workspace=request.user.workspace, session_id=session_id)
+        return Response(session_payload(services.session_close(session=session)))
 
 
 class SessionHeartbeatView(APIView):
@@ -87,5 +89,5 @@ class SessionHeartbeatView(APIView):
         responses={200: SessionSerializer, 401: error("SessionExpired"), 404: error("NotFound")},
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session = services.get_session(request.user.workspace, session_id)
-        return Response(session_payload(services.heartbeat(session)))
+        session = services.session_get(workspace=request.user.workspace, session_id=session_id)
+        return Response(session_payload(services.session_heartbeat(session=session)))

@@ -7,3 +7,10 @@ class TradingConfig(AppConfig):
     name = "trading"
     verbose_name = "Trading"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from sessions.signals import session_ended
+
+        from .writes import on_session_ended
+
+        session_ended.connect(on_session_ended, dispatch_uid="trading.cancel_queued_of_ended_session")

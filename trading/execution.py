@@ -8,11 +8,21 @@ The order of steps is the guarantee:
    ``dispatched`` without it never reached the terminal and may be sent; with it, it may have.
 3. **order_send**, then the result and the final state are stored in one transaction.
 
+Ownership (docs/orders.md "Terminal ownership"): the claim and the send mark are fenced by the
+worker's lease token (a stale second worker's writes are refused), the send mark also requires that
+the task's session is ``active`` and is the terminal's bound owner, and before the first terminal
+call the terminal must show the session's account (``account_info``: login and server). A task that
+fails these ends ``cancelled`` with a bridge reason code (``SessionEnded``, ``TerminalNotBound``,
+``AccountMismatch``) and nothing sent.
+
 A task found ``dispatched`` (a redelivery after a crash, or the worker's start-up reconciliation) is
 first looked up at the terminal by its tag and adopted when found. Not found and never sent: it is
-sent now. Not found but sent: ``unknown`` until it shows up or BRIDGE_INFLIGHT_BOUND has passed
-since it was sent (then ``failed``: it never executed). An outcome that cannot be known (IPC timeout,
-``None`` without a definite error, a dropped connection) is ``unknown``, never resent blindly.
+sent now. Not found but sent: ``unknown``. It becomes ``failed`` only with evidence that it never
+executed (``_never_executed``): BRIDGE_INFLIGHT_BOUND has passed since the send, the terminal is
+connected, on the task's account, and its history is synced (every position opened since the send
+has its deal in history). Otherwise it stays ``unknown`` (ops and metrics show it). An outcome that
+cannot be known (IPC timeout, ``None`` without a definite error, a dropped connection, retcodes
+10010/10011/10012, or 10008 for a market order) is ``unknown`` and looked up, never resent blindly.
 
 Only requote, price changed and price off are retried (MT5 executed nothing), with a fresh price
 within the request's deviation, at most BRIDGE_ORDER_RETRIES times.
@@ -26,24 +36,32 @@ import signal
 import time
 from typing import Any
 
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from sessions.models import BridgeSession
+from sessions.models import BridgeSession, SessionStatus
 from workers.config import get_terminal
 from workers.gateway import GatewayError, TerminalGateway, as_dict
+from workers.lease import Lease, fence_condition
 from workers.models import Terminal
-from workers.runtime import gateway, pinned_terminal
+from workers.runtime import gateway, held_lease, pinned_terminal, refresh_lease
 
 from . import mt5const as C, orders
 from .conf import conf
-from .lookup import Trace, find_trace
+from .lookup import INFLIGHT, Trace, find_trace, history_synced
 from .models import Task, TaskKind, TaskState
 from .states import claim, move
 
 logger = logging.getLogger("bridge.trading.execution")
 
 RECOVERABLE = (TaskState.DISPATCHED, TaskState.UNKNOWN)
+# Answers after which the order may have executed although the retcode does not say so: the task
+# goes through the lookup instead of being final from the retcode alone.
+AMBIGUOUS_RETCODES = {
+    C.RETCODE_DONE_PARTIAL,  # 10010: part filled; the rest may still work or fill
+    10011,  # TRADE_RETCODE_ERROR: request processing error (it may have executed)
+    10012,  # TRADE_RETCODE_TIMEOUT: the request timed out at the trade server
+}
 # last_error codes after which order_send certainly did not reach the trade server.
 NOT_SENT_CODES = {
     -2,  # invalid params (refused by the module or the terminal before trading)
@@ -77,6 +95,7 @@ def _utc_offset(task: Task) -> int:
 _terminal_rows: dict[str, Terminal] = {}
 _margin_modes: dict[str, int] = {}
 _symbol_infos: dict[tuple[str, str], tuple[float, Any]] = {}
+_session_accounts: dict[str, tuple[int, str]] = {}
 SYMBOL_INFO_TTL = 60.0  # s: filling modes and point size change rarely (and a stale one is refused, not wrong)
 CACHE_LIMIT = 1000
 
@@ -93,9 +112,14 @@ def _terminal_row(name: str) -> Terminal | None:
 def run_task(task_id: str) -> str:
     """Entry point of a delivery of ``task_id`` on the pinned worker; returns what it did."""
     terminal = _terminal_row(pinned_terminal() or "")
-    if terminal is not None:
-        # The common case in one statement: claim (and record) a queued task of this terminal.
-        claimed = claim(task_id, terminal.id)
+    lease = held_lease()
+    if terminal is not None and terminal.id != lease.terminal_id:
+        _terminal_rows.pop(terminal.name, None)  # the row was re-created since it was cached
+        terminal = _terminal_row(terminal.name)
+    if terminal is not None and terminal.id == lease.terminal_id:
+        # The common case in one statement: claim (and record) a queued task of this terminal,
+        # fenced by this worker's lease token.
+        claimed = claim(task_id, lease)
         if claimed is not None:
             claimed.terminal = terminal
             crash_point("after_claim")
@@ -110,7 +134,11 @@ def run_task(task_id: str) -> str:
     if task.state == TaskState.QUEUED:
         # This terminal's row is not the one cached (it was re-created): claim with the row's id.
         _terminal_rows[task.terminal.name] = task.terminal
-        claimed = claim(task_id, task.terminal_id)
+        claimed = claim(task_id, lease)
+        if claimed is None:
+            # The fence refused it: the lease row was re-created or moved. Renew or retake it (a worker
+            # whose lease another holds exits here), then claim once more.
+            claimed = claim(task_id, refresh_lease())
         if claimed is None:
             return "not-queued"
         claimed.terminal = task.terminal
@@ -121,50 +149,135 @@ def run_task(task_id: str) -> str:
     return f"skipped-{task.state}"
 
 
+def _session_account(session_id: str) -> tuple[int, str] | None:
+    """(login, server) of the account the session logged in to (server as the terminal reported it)."""
+    account = _session_accounts.get(session_id)
+    if account is None:
+        row = BridgeSession.objects.filter(id=session_id).values_list("login", "broker").first()
+        if row is None or not (row[1] or {}).get("server"):
+            return None  # never logged in: no account of it can be at the terminal
+        account = (int(row[0]), str(row[1]["server"]))
+        if len(_session_accounts) >= CACHE_LIMIT:
+            _session_accounts.clear()
+        _session_accounts[session_id] = account
+    return account
+
+
+def _account_refusal(gw: TerminalGateway, task: Task) -> str | None:
+    """None when the terminal shows the task's account now; else why not (nothing may be sent)."""
+    expected = _session_account(task.session_id)
+    if expected is None:
+        return "the task's session never logged in"
+    shown = gw.account_info()
+    if (shown.get("login"), str(shown.get("server") or "")) != expected:
+        return (f"the terminal is logged in to {shown.get('login')}@{shown.get('server')}, not the session's "
+                f"{expected[0]}@{expected[1]}")
+    return None
+
+
+def _cancel_unsent(task: Task, code: str, message: str) -> str:
+    """End a task that was never sent (ownership refused it): ``cancelled`` with the bridge reason."""
+    move(task.id, [TaskState.DISPATCHED], TaskState.CANCELLED, detail={"reason": code, "bridge": message},
+         result={"error": {"code": code, "message": message}, "source": "bridge"})
+    logger.warning("task %s not sent: %s (%s)", task.id, code, message)
+    return f"cancelled-{code}"
+
+
+def _ownership_refusal(task: Task, lease: Lease) -> tuple[str, str] | None:
+    """Why the task's session may not use the terminal now (the send mark was refused), or None."""
+    terminal = Terminal.objects.filter(id=task.terminal_id).values("lease_token", "bound_session_id").first()
+    if terminal is None or terminal["lease_token"] != lease.token:
+        return ("LeaseLost", "this worker no longer holds the terminal's lease")
+    status = BridgeSession.objects.filter(id=task.session_id).values_list("status", flat=True).first()
+    if status != SessionStatus.ACTIVE:
+        return ("SessionEnded", f"the task's session is {status}")
+    if terminal["bound_session_id"] != task.session_id:
+        return ("TerminalNotBound", "the terminal is not logged in for the task's session")
+    return None
+
+
+def _never_executed(gw: TerminalGateway, task: Task) -> str | None:
+    """None when the terminal proves a sent task never executed; else what is missing for that proof."""
+    if not bool(gw.terminal_info().get("connected")):
+        return "terminal_disconnected"
+    if _account_refusal(gw, task) is not None:
+        return "account_mismatch"
+    if not history_synced(gw, task, _utc_offset(task)):
+        return "history_not_synced"
+    return None
+
+
 def recover(task: Task, reason: str) -> str:
     """Settle a ``dispatched`` or ``unknown`` task nobody is executing: adopt, send, wait or fail."""
     gw = gateway()
+    lease = held_lease()
     try:
+        gw.ensure_connected()
+        if task.state == TaskState.DISPATCHED and task.sent_at is None:
+            # Claimed but the send mark was never committed: nothing reached the terminal. Send it now
+            # if its session still owns the terminal (fenced: only the lease holder counts an attempt).
+            refusal = _ownership_refusal(task, lease)
+            if refusal is not None:
+                if refusal[0] == "LeaseLost":
+                    return "lease-lost"
+                return _cancel_unsent(task, *refusal)
+            resent = (Task.objects.filter(id=task.id, state=TaskState.DISPATCHED, sent_at__isnull=True)
+                      .filter(fence_condition(lease)).update(attempts=F("attempts") + 1))
+            if not resent:
+                return "raced"
+            task.refresh_from_db()
+            logger.info("task %s (%s): claimed but never sent; sending now", task.id, reason)
+            return send(task)
+        account_refusal = _account_refusal(gw, task)
+        if account_refusal is not None:
+            # Another account is logged in: its history says nothing of this task. Wait for the task's
+            # account to be back (a new session of it) rather than guess.
+            if task.state == TaskState.DISPATCHED:
+                move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN,
+                     detail={"reason": reason, "lookup": "account_mismatch", "bridge": account_refusal})
+            return "unknown-account-mismatch"
         trace = find_trace(gw, task, _utc_offset(task))
     except (GatewayError, OSError) as exc:
         logger.warning("lookup of task %s failed: %s", task.id, exc)
         return "lookup-failed"
-    if trace is not None:
+    if trace is not None and trace.state != INFLIGHT:
         adopt(task, trace, reason)
         return f"adopted-{trace.state}"
-    if task.state == TaskState.DISPATCHED and task.sent_at is None:
-        # Claimed but the send mark was never committed: nothing reached the terminal.
-        resent = Task.objects.filter(id=task.id, state=TaskState.DISPATCHED, sent_at__isnull=True).update(
-            attempts=F("attempts") + 1
-        )
-        if not resent:
-            return "raced"
-        task.refresh_from_db()
-        logger.info("task %s (%s): claimed but never sent; sending now", task.id, reason)
-        return send(task)
     sent_at = task.sent_at or task.dispatched_at or task.created_at
     age = (timezone.now() - sent_at).total_seconds()
-    if age >= conf("BRIDGE_INFLIGHT_BOUND"):
+    missing = "in_flight_at_terminal" if trace is not None else None
+    if missing is None and age < conf("BRIDGE_INFLIGHT_BOUND"):
+        missing = "within_inflight_bound"
+    if missing is None:
+        try:
+            missing = _never_executed(gw, task)
+        except (GatewayError, OSError) as exc:
+            missing = f"terminal_unreachable: {exc}"
+    if missing is None:
         move(task.id, RECOVERABLE, TaskState.FAILED,
              detail={"reason": reason, "lookup": "not found", "sentAgo": round(age, 3)},
              result={**(task.result or {}), "error": {
                  "code": "NotExecuted",
-                 "message": "sent, but not found at the terminal after the in-flight bound: it never executed"}})
+                 "message": "sent, but not found at the terminal after the in-flight bound, with the terminal "
+                            "connected on the task's account and its history synced: it never executed"}})
         return "failed-not-found"
     if task.state == TaskState.DISPATCHED:
         move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN,
-             detail={"reason": reason, "lookup": "not found yet", "sentAgo": round(age, 3)})
-    return "unknown"
+             detail={"reason": reason, "lookup": missing, "sentAgo": round(age, 3)})
+    else:
+        Task.objects.filter(id=task.id, state=TaskState.UNKNOWN).update(updated_at=timezone.now())
+    return f"unknown-{missing.split(':')[0]}"
 
 
-def adopt(task: Task, trace: Trace, reason: str) -> Task | None:
-    """Record what the terminal shows as the task's final outcome."""
+def adopt(task: Task, trace: Trace, reason: str, from_states: tuple[str, ...] = RECOVERABLE) -> Task | None:
+    """Record what the terminal shows as the task's outcome (from ``from_states``: late adoption of a
+    tagged order that surfaced after the task was settled passes the final states it may correct)."""
     fields: dict[str, Any] = {"result": trace.result}
     for name in ("order_ticket", "deal_ticket", "position_ticket"):
         value = getattr(trace, name)
         if value:
             fields[name] = value
-    return move(task.id, RECOVERABLE, trace.state, detail={"reason": reason, "adoptedFrom": trace.found_in},
+    return move(task.id, from_states, trace.state, detail={"reason": reason, "adoptedFrom": trace.found_in},
                 **fields)
 
 
@@ -236,8 +349,13 @@ def _final_state(task: Task, retcode: int, mt5_request: dict[str, Any]) -> str:
     return TaskState.REJECTED
 
 
-def _mark_sent(task: Task, request: dict[str, Any]) -> bool:
-    return bool(Task.objects.filter(id=task.id, state=TaskState.DISPATCHED).update(
+def _mark_sent(task: Task, request: dict[str, Any], lease: Lease) -> bool:
+    """Commit the send mark: only while this worker holds the lease (fence) and the task's session is
+    ``active`` and the terminal's bound owner. One statement, right before ``order_send``."""
+    owner = Exists(Terminal.objects.filter(id=OuterRef("terminal_id"), lease_token=lease.token,
+                                           bound_session_id=OuterRef("session_id")))
+    active = Exists(BridgeSession.objects.filter(id=OuterRef("session_id"), status=SessionStatus.ACTIVE))
+    return bool(Task.objects.filter(id=task.id, state=TaskState.DISPATCHED).filter(owner, active).update(
         sent_at=timezone.now(), mt5_request=request, updated_at=timezone.now()))
 
 
@@ -253,8 +371,12 @@ def _fresh_price(gw: TerminalGateway, request: dict[str, Any]) -> float | None:
 def send(task: Task) -> str:
     """Build, mark sent, order_send, retry what is safe, store the outcome. Task is ``dispatched``."""
     gw = gateway()
+    lease = held_lease()
     try:
         gw.ensure_connected()
+        refusal = _account_refusal(gw, task)
+        if refusal is not None:
+            return _cancel_unsent(task, "AccountMismatch", refusal)
         request, info = _build(gw, task)
     except Rejected as exc:
         move(task.id, [TaskState.DISPATCHED], TaskState.REJECTED, detail={"bridge": exc.comment},
@@ -270,8 +392,13 @@ def send(task: Task) -> str:
     reference = float(request.get("price") or 0.0)
     retries = 0
     while True:
-        if not _mark_sent(task, request):
-            return "raced"
+        if not _mark_sent(task, request, lease):
+            refusal = _ownership_refusal(task, lease)
+            if refusal is None:
+                return "raced"
+            if refusal[0] == "LeaseLost":
+                return "lease-lost"
+            return _cancel_unsent(task, *refusal)
         result, error = _order_send(gw, request)
         crash_point("after_send")
         if result is None:
@@ -291,6 +418,8 @@ def send(task: Task) -> str:
                 if retcode == C.RETCODE_PRICE_OFF:
                     time.sleep(0.05)
                 continue
+        if retcode in AMBIGUOUS_RETCODES or (retcode == C.RETCODE_PLACED and request["action"] == C.TRADE_ACTION_DEAL):
+            return _store_unknown_or_failed(task, request, None, result=_result_dict(result, retries))
         return _store_result(task, request, result, retries)
 
 
@@ -351,10 +480,18 @@ def _position_of(task: Task, order_ticket: int, deal_ticket: int) -> int:
     return int(deals[0].position_id) if deals else order_ticket
 
 
-def _store_unknown_or_failed(task: Task, request: dict[str, Any], error: tuple[int, str] | None) -> str:
-    code, message = error or (-1, "order_send returned None")
-    failure = {"error": {"code": "TerminalError", "message": message, "mt5": code}}
-    if code in NOT_SENT_CODES:
+def _store_unknown_or_failed(task: Task, request: dict[str, Any], error: tuple[int, str] | None,
+                             result: dict[str, Any] | None = None) -> str:
+    """order_send gave no definite outcome (``error``: it returned None; ``result``: an ambiguous
+    retcode): ``failed`` when the call certainly never reached the trade server, else ``unknown``
+    and looked up at once (adopted when the terminal already shows what it did)."""
+    if result is not None:
+        code, message = int(result["retcode"]), f"retcode {result['retcode']}: {result.get('retcodeText', '')}"
+        failure: dict[str, Any] = {**result, "error": {"code": "OutcomeUnknown", "message": message, "mt5": code}}
+    else:
+        code, message = error or (-1, "order_send returned None")
+        failure = {"error": {"code": "TerminalError", "message": message, "mt5": code}}
+    if result is None and code in NOT_SENT_CODES:
         move(task.id, [TaskState.DISPATCHED], TaskState.FAILED, detail={"mt5": code, "message": message},
              result=failure, mt5_request=request)
         return "failed"
@@ -368,7 +505,7 @@ def _store_unknown_or_failed(task: Task, request: dict[str, Any], error: tuple[i
             trace = find_trace(gateway(), unknown, _utc_offset(unknown))
         except (GatewayError, OSError):
             trace = None
-        if trace is not None:
+        if trace is not None and trace.state != INFLIGHT:
             adopt(unknown, trace, "unknown-outcome")
             return f"adopted-{trace.state}"
     return "unknown"

@@ -2,7 +2,7 @@
 
 A request id maps to at most one write per workspace: ``unique(workspace, request_id)`` on Task (and
 on RequestReceipt for in-place edits, which create no task). The fingerprint is SHA-256 of the
-canonical JSON of the operation, its target and the validated payload: the same request id with the
+canonical JSON of the operation, its target, the validated payload and the account: the same request id with the
 same fingerprint is a replay (the same task, the same status code, ``Idempotent-Replayed: true``);
 with another one it is ``409 TaskConflict``. Concurrent identical requests race on the unique index:
 the database picks one inserter, the others find its row and replay it.
@@ -24,9 +24,11 @@ from .models import RequestReceipt, Task
 from .states import create
 
 
-def fingerprint(operation: str, target: str, payload: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no spaces) of operation, target and payload."""
-    canonical = json.dumps({"op": operation, "target": target, "payload": payload},
+def fingerprint(operation: str, target: str, payload: dict[str, Any], *, account: str) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of operation, target, payload and the
+    account (``login@server``): the same request id and body under a session of another account is a
+    conflict, never a replay of the first account's task."""
+    canonical = json.dumps({"op": operation, "target": target, "payload": payload, "account": account},
                            sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -4,6 +4,14 @@ Used before a redelivered task is sent again and by reconciliation. ``order.crea
 ``position.close`` orders carry the task's tag at the start of their comment, so they are found in
 open orders, positions, history orders and history deals. Modifications and cancellations leave no
 order of their own; for those the question is whether the change is already in effect.
+
+Brokers may rewrite or cut comments. When the tag is not found, an order is matched by what the
+task sent (``mt5_request``: symbol, type, volume, magic; position for a close) among the orders set
+up since the send that no task owns; it is adopted only when exactly one matches and no other
+unsettled task of the terminal could claim it (otherwise the task stays ``unknown`` for ops).
+
+A market order the terminal shows as still being processed (an in-flight order in ``orders_get``)
+is ``INFLIGHT``: not an outcome yet, never a reason to fail.
 """
 
 from __future__ import annotations
@@ -16,8 +24,12 @@ from workers.gateway import GatewayError, TerminalGateway
 
 from . import mt5const as C
 from .models import Task, TaskKind
+from .orders import tag_of
 
 DAY = 86400
+INFLIGHT = "inflight"  # a Trace state: the terminal shows the request still being processed
+SEND_SLACK_MSC = 5000  # an order matched without its tag was set up at most this long before the send mark
+IN_FLIGHT_ORDER_STATES = (C.ORDER_STATE_STARTED, C.ORDER_STATE_REQUEST_ADD)
 
 
 @dataclass
@@ -93,6 +105,9 @@ def find_order_create(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace
     active = _tagged(_tuple(gw, "orders_get"), tag)
     if active:
         order = active[0]
+        if not pending or int(order.state) in IN_FLIGHT_ORDER_STATES:
+            # A market order (or a pending one being accepted) still in the server's hands.
+            return Trace(INFLIGHT, {}, order_ticket=int(order.ticket), found_in=["orders:in-flight"])
         return Trace("placed", _result(C.RETCODE_DONE, order=order, comment="found working at the terminal"),
                      order_ticket=int(order.ticket), found_in=["orders"])
     date_from, date_to = history_window(task, utc_offset)
@@ -119,7 +134,7 @@ def find_order_create(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace
                                 "order": int(deal.order)},
                      order_ticket=int(deal.order), deal_ticket=int(deal.ticket),
                      position_ticket=int(deal.position_id) or None, found_in=["history_deals"])
-    return None
+    return find_untagged(gw, task, utc_offset)
 
 
 def find_position_close(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
@@ -143,7 +158,7 @@ def find_position_close(gw: TerminalGateway, task: Task, utc_offset: int) -> Tra
                                 "order": int(deal.order)},
                      order_ticket=int(deal.order), deal_ticket=int(deal.ticket), position_ticket=ticket,
                      found_in=["history_deals"])
-    return None
+    return find_untagged(gw, task, utc_offset)
 
 
 def _close(a: float, b: float) -> bool:
@@ -198,3 +213,81 @@ def find_trace(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None
     if task.kind == TaskKind.ORDER_CANCEL:
         return find_order_cancel(gw, task)
     return None
+
+
+# --- orders whose comment the broker rewrote ----------------------------------------------------------
+
+def _sent_msc(task: Task, utc_offset: int) -> int:
+    """The send mark in trade-server milliseconds, less the slack of clocks and of MT5's setup time."""
+    sent = task.sent_at or task.dispatched_at or task.created_at
+    return int((sent.timestamp() + utc_offset) * 1000) - SEND_SLACK_MSC
+
+
+def _matches(order: Any, request: dict[str, Any]) -> bool:
+    return (str(order.symbol) == str(request.get("symbol"))
+            and int(order.type) == int(request.get("type", -1))
+            and abs(float(order.volume_initial) - float(request.get("volume", -1))) < 1e-9
+            and int(order.magic) == int(request.get("magic", 0))
+            and (not request.get("position") or int(order.position_id) == int(request["position"])))
+
+
+def _rival_tasks(task: Task) -> int:
+    """Other unsettled tasks of the terminal that sent the same kind of request (they could own a match)."""
+    request = task.mt5_request or {}
+    rivals = Task.objects.filter(terminal_id=task.terminal_id, state__in=["dispatched", "unknown"],
+                                 mt5_request__symbol=request.get("symbol"), mt5_request__type=request.get("type"),
+                                 sent_at__isnull=False).exclude(id=task.id)
+    return rivals.count()
+
+
+def find_untagged(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+    """The task's order when its comment no longer carries the tag (a broker rewrote or cut it): the
+    one order set up since the send that matches the request and that no task owns, else None."""
+    request = task.mt5_request
+    if not request or task.sent_at is None or request.get("action") not in (C.TRADE_ACTION_DEAL, C.TRADE_ACTION_PENDING):
+        return None
+    since = _sent_msc(task, utc_offset)
+    date_from, date_to = history_window(task, utc_offset)
+    candidates = [o for o in (*_tuple(gw, "orders_get"), *_tuple(gw, "history_orders_get", date_from, date_to))
+                  if int(o.time_setup_msc) >= since and _matches(o, request) and not tag_of(str(o.comment))]
+    if not candidates:
+        return None
+    owned = set(Task.objects.filter(order_ticket__in=[int(o.ticket) for o in candidates])
+                .values_list("order_ticket", flat=True))
+    free = {int(o.ticket): o for o in candidates if int(o.ticket) not in owned}
+    if len(free) != 1 or _rival_tasks(task):
+        return None  # none, or ambiguous: stays unknown for ops to decide
+    order = next(iter(free.values()))
+    if int(order.state) in IN_FLIGHT_ORDER_STATES:
+        return Trace(INFLIGHT, {}, order_ticket=int(order.ticket), found_in=["orders:in-flight:matched"])
+    deals = [d for d in _tuple(gw, "history_deals_get", ticket=int(order.ticket))]
+    if request["action"] == C.TRADE_ACTION_PENDING and not deals:
+        return Trace("placed", _result(C.RETCODE_DONE, order=order, comment="matched at the terminal (comment "
+                                       "rewritten by the broker)"), order_ticket=int(order.ticket),
+                     found_in=["orders:matched"])
+    trace = _market_trace(order, deals, float(request["volume"]), "history_orders:matched")
+    trace.result["comment"] = "matched at the terminal (comment rewritten by the broker)"
+    if request.get("position"):
+        trace.position_ticket = int(request["position"])
+    return trace
+
+
+# --- is the history complete? -------------------------------------------------------------------------
+
+def history_synced(gw: TerminalGateway, task: Task, utc_offset: int) -> bool:
+    """Does the terminal's history cover the time since the task's send? Every position opened since
+    then has its entry deal in history, and a position a close task targets, if gone, has its exit
+    deal there. A terminal still loading history after a (re)connect fails this, so a negative
+    lookup is not taken as proof that the order never executed."""
+    since = _sent_msc(task, utc_offset)
+    for position in _tuple(gw, "positions_get"):
+        if int(position.time_msc) >= since and not _tuple(gw, "history_deals_get", position=int(position.ticket)):
+            return False
+    if task.kind == TaskKind.POSITION_CLOSE and task.position_ticket:
+        ticket = int(task.position_ticket)
+        if not _tuple(gw, "positions_get", ticket=ticket):
+            exits = [d for d in _tuple(gw, "history_deals_get", position=ticket)
+                     if int(d.entry) in (C.DEAL_ENTRY_OUT, C.DEAL_ENTRY_INOUT, C.DEAL_ENTRY_OUT_BY)]
+            if not exits:
+                return False
+    return True

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 # The real MetaTrader5 values, re-exported (a plain module: importing it touches no terminal).
 from mt5sim.constants import (
+    DEAL_ENTRY_INOUT as DEAL_ENTRY_INOUT,
+    DEAL_ENTRY_OUT as DEAL_ENTRY_OUT,
+    DEAL_ENTRY_OUT_BY as DEAL_ENTRY_OUT_BY,
     ORDER_STATE_CANCELED as ORDER_STATE_CANCELED,
     ORDER_STATE_EXPIRED as ORDER_STATE_EXPIRED,
     ORDER_STATE_FILLED as ORDER_STATE_FILLED,

@@ -25,10 +25,15 @@ from workers.runtime import gateway
 from workers.terminals import sync_terminals
 
 from .conf import conf
-from .execution import RECOVERABLE, recover
-from .lookup import _tuple
-from .models import Task, UnownedOrder
+from .execution import RECOVERABLE, adopt, recover
+from .lookup import _tuple, find_trace
+from .models import Task, TaskState, UnownedOrder
 from .orders import tag_of
+
+# Settled states a tagged order that surfaces later corrects (e.g. an execution later than the
+# in-flight bound): the task is adopted whatever it was, with its transition and event.
+LATE_ADOPTABLE = (TaskState.FAILED, TaskState.CANCELLED, TaskState.REJECTED)
+EXECUTED_STATES = (TaskState.FILLED, TaskState.PARTIAL, TaskState.PLACED)
 
 logger = logging.getLogger("bridge.trading.reconciliation")
 
@@ -46,19 +51,35 @@ def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str
         outcome = recover(task, "startup" if startup else "reconciliation")
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         metrics.reconciliation_outcome(outcome)
-    unowned = 0
+    unowned = adopted = 0
     try:
-        unowned = report_unowned(terminal_name)
+        unowned, adopted = report_unowned(terminal_name)
     except (GatewayError, OSError) as exc:
         logger.warning("unowned-order scan of %s failed: %s", terminal_name, exc)
-    if outcomes or unowned:
-        logger.info("reconciled %s (startup=%s): %s; unowned tagged orders: %d", terminal_name, startup, outcomes,
-                    unowned)
-    return {"tasks": outcomes, "unowned": unowned}
+    if outcomes or unowned or adopted:
+        logger.info("reconciled %s (startup=%s): %s; late adoptions: %d; unowned tagged orders: %d", terminal_name,
+                    startup, outcomes, adopted, unowned)
+    return {"tasks": outcomes, "unowned": unowned, "lateAdopted": adopted}
 
 
-def report_unowned(terminal_name: str) -> int:
-    """Record every bridge-tagged order/deal/position at the terminal whose tag no task has."""
+def adopt_late(tasks: list[Task]) -> int:
+    """Adopt the tagged orders of settled tasks that the terminal shows executed after all."""
+    gw, count = gateway(), 0
+    for task in tasks:
+        trace = find_trace(gw, task, int(get_terminal(task.terminal.name).utc_offset))
+        if trace is None or trace.state not in EXECUTED_STATES:
+            continue
+        if adopt(task, trace, "late-execution", from_states=LATE_ADOPTABLE) is not None:
+            count += 1
+            metrics.reconciliation_outcome("late-adopted")
+            logger.error("task %s was %s but its order %s executed at the terminal: adopted as %s", task.id,
+                         task.state, trace.order_ticket, trace.state)
+    return count
+
+
+def report_unowned(terminal_name: str) -> tuple[int, int]:
+    """Record every bridge-tagged order/deal/position at the terminal whose tag no task has, and adopt
+    those whose task was settled as not executed. Returns (unowned, adopted late)."""
     gw = gateway()
     offset = int(get_terminal(terminal_name).utc_offset)
     now = int(time.time()) + offset
@@ -73,6 +94,9 @@ def report_unowned(terminal_name: str) -> int:
         found.extend((source, item) for item in items if tag_of(str(getattr(item, "comment", ""))))
     tags = {tag_of(str(item.comment)) for _, item in found}
     owned = set(Task.objects.filter(tag__in=tags).values_list("tag", flat=True)) if tags else set()
+    settled = list(Task.objects.select_related("terminal").filter(tag__in=owned, state__in=LATE_ADOPTABLE)
+                   .exclude(kind__in=["order.modify", "order.cancel", "position.modify"])) if owned else []
+    adopted = adopt_late(settled) if settled else 0
     if found and tags - owned and not Terminal.objects.filter(name=terminal_name).exists():
         sync_terminals(force=True)  # a fresh database: the worker may start before the row exists
     terminal = Terminal.objects.filter(name=terminal_name).first()
@@ -92,4 +116,4 @@ def report_unowned(terminal_name: str) -> int:
             metrics.broker_order_orphaned(terminal_name)
             logger.error("terminal %s: %s ticket %s carries bridge tag %s but no task owns it", terminal_name, source,
                          item.ticket, tag)
-    return count
+    return count, adopted

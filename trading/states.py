@@ -22,6 +22,9 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from workers.lease import Lease
+from workers.models import Terminal
+
 from .events import publish_task_state
 from .models import FINAL_STATES, Task, TaskState, TaskTransition
 
@@ -34,7 +37,7 @@ class Increment:
 
 
 def _one_statement_move(task_id: str, from_state: str, to_state: str, detail_sql: str, detail_params: list[Any],
-                        fields: dict[str, Any], extra_where: dict[str, Any]) -> Task | None:
+                        fields: dict[str, Any], extra_where: dict[str, Any], fence: Lease | None = None) -> Task | None:
     """UPDATE the task from ``from_state`` and INSERT its transition in one statement (PostgreSQL)."""
     opts = Task._meta
     sets, params = [], []
@@ -53,6 +56,10 @@ def _one_statement_move(task_id: str, from_state: str, to_state: str, detail_sql
         field = opts.get_field(name)
         where.append(f"{connection.ops.quote_name(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
+    if fence is not None:
+        where.append(f"EXISTS (SELECT 1 FROM {connection.ops.quote_name(Terminal._meta.db_table)} lease "
+                     "WHERE lease.id = %s AND lease.lease_token = %s)")
+        params += [fence.terminal_id, fence.token]
     transitions = connection.ops.quote_name(TaskTransition._meta.db_table)
     sql = (
         f"WITH moved AS (UPDATE {connection.ops.quote_name(opts.db_table)} SET {', '.join(sets)} "
@@ -109,11 +116,13 @@ def move(
 
 
 def _locked_move(task_id: str, from_states: list[str], to_state: str, detail: dict[str, Any] | None,
-                 fields: dict[str, Any]) -> Task | None:
-    """The portable move: lock the row, check its state, update it, record the transition."""
+                 fields: dict[str, Any], fence: Lease | None = None) -> Task | None:
+    """The portable move: lock the row, check its state (and the fence), update it, record the transition."""
     with transaction.atomic():
         task = Task.objects.select_for_update().filter(id=task_id, state__in=from_states).first()
         if task is None:
+            return None
+        if fence is not None and not Terminal.objects.filter(id=fence.terminal_id, lease_token=fence.token).exists():
             return None
         previous = task.state
         for name, value in fields.items():
@@ -125,20 +134,21 @@ def _locked_move(task_id: str, from_states: list[str], to_state: str, detail: di
     return task
 
 
-def claim(task_id: str, terminal_id: int) -> Task | None:
-    """The pinned worker's claim: ``queued → dispatched`` for a task of its own terminal, one attempt
-    counted, the transition's detail ``{"attempt": n}``; committed when this returns (call it outside
-    any transaction). None when the task is not queued or belongs to another terminal."""
+def claim(task_id: str, lease: Lease) -> Task | None:
+    """The pinned worker's claim: ``queued → dispatched`` for a task of the terminal whose ``lease``
+    it holds, fenced by the lease's token (a stale worker's claim is refused), one attempt counted,
+    the transition's detail ``{"attempt": n}``; committed when this returns (call it outside any
+    transaction). None when the task is not queued, belongs to another terminal or the lease moved."""
     if connection.vendor == "postgresql":
         return _one_statement_move(task_id, TaskState.QUEUED, TaskState.DISPATCHED,
                                    "jsonb_build_object('attempt', attempts)", [],
                                    {"attempts": Increment(), "dispatched_at": timezone.now()},
-                                   {"terminal_id": terminal_id})
-    task = Task.objects.filter(id=task_id, terminal_id=terminal_id).only("attempts").first()
+                                   {"terminal_id": lease.terminal_id}, fence=lease)
+    task = Task.objects.filter(id=task_id, terminal_id=lease.terminal_id).only("attempts").first()
     if task is None:
         return None
     return _locked_move(task_id, [TaskState.QUEUED], TaskState.DISPATCHED, {"attempt": task.attempts + 1},
-                        {"attempts": Increment(), "dispatched_at": timezone.now()})
+                        {"attempts": Increment(), "dispatched_at": timezone.now()}, fence=lease)
 
 
 def record_created(task: Task) -> None:

@@ -68,11 +68,16 @@ def sweep_outbox_task() -> int:
 
 @shared_task(name="trading.reconcile_all")
 def reconcile_all_task() -> list[str]:
-    """Ask each terminal's worker to reconcile when it has dispatched/unknown tasks past the threshold."""
-    cutoff = timezone.now() - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
+    """Ask each terminal's worker to reconcile when it has dispatched/unknown tasks past the threshold,
+    or tasks failed within the unowned-scan window (a tagged order that executes late is adopted)."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
+    recent = now - timedelta(days=conf("BRIDGE_UNOWNED_SCAN_DAYS"))
     names = sorted(set(
-        Task.objects.filter(state__in=[TaskState.DISPATCHED, TaskState.UNKNOWN])
-        .filter(Q(dispatched_at__lte=cutoff) | Q(dispatched_at__isnull=True))
+        Task.objects.filter(
+            (Q(state__in=[TaskState.DISPATCHED, TaskState.UNKNOWN])
+             & (Q(dispatched_at__lte=cutoff) | Q(dispatched_at__isnull=True)))
+            | Q(state=TaskState.FAILED, sent_at__isnull=False, finished_at__gte=recent))
         .values_list("terminal__name", flat=True)
     ))
     for name in names:

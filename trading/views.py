@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from bridge_project.errors import NotFound, Unauthorized
 from bridge_project.schema import COMMON_ERRORS, REQUEST_ID_HEADER, SESSION_HEADER, error
-from sessions.services import get_session, require_live_session
+from sessions.services import get_session, require_active_session
 
 from . import writes
 from .ledger import Outcome
@@ -30,7 +30,8 @@ REPLAY_NOTE = (" A replay of the same request id and payload answers the same ta
 WRITE_ERRORS = {
     **COMMON_ERRORS,
     401: error("Unauthorized / SessionExpired"),
-    409: error("TaskConflict: request id reused with another payload, or the task can no longer change"),
+    409: error("TaskConflict: request id reused with another payload (or for another account), or the task can "
+               "no longer change / SessionNotReady: the session is still `opening`, nothing was queued"),
     502: error("BridgeUnavailable: the terminal's symbol specs could not be obtained"),
 }
 TASK_ACCEPTED = OpenApiResponse(TaskSerializer, description="accepted: the task (state queued), or its replay")
@@ -85,7 +86,7 @@ class OrdersView(APIView):
                    "worker. Validated against the symbol's volume limits/step and digits first. `comment`: at "
                    "most 16 characters (the bridge tag takes the rest of MT5's 29)." + REPLAY_NOTE)
     def post(self, request: Request) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         data = _body(OrderCreateSerializer, request)
         return _answer(writes.place_order(session, request._request.bridge_request_id, data,
                                        fresh_id=_fresh(request)))
@@ -106,7 +107,7 @@ class OrderDetailView(APIView):
                    "broker: a new `order.modify` task (202; volume and comment cannot change there). "
                    "Otherwise 409." + REPLAY_NOTE)
     def patch(self, request: Request, task_id: str) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         data = _body(OrderPatchSerializer, request)
         return _answer(writes.patch_order(session, request._request.bridge_request_id, task_id, data,
                                        fresh_id=_fresh(request)))
@@ -118,7 +119,7 @@ class OrderDetailView(APIView):
                    description="Still queued: cancelled (200). A pending order at the broker: a new "
                    "`order.cancel` task (202). Otherwise 409." + REPLAY_NOTE)
     def delete(self, request: Request, task_id: str) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         return _answer(writes.cancel_order(session, request._request.bridge_request_id, task_id,
                                        fresh_id=_fresh(request)))
 
@@ -137,7 +138,7 @@ class PositionView(APIView):
                    description="Sets the position's SL and/or TP (0 removes one): a `position.modify` task. "
                    "A level not given keeps its current value." + REPLAY_NOTE)
     def patch(self, request: Request, ticket: int) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         data = _body(PositionModifySerializer, request)
         return _answer(writes.modify_position(session, request._request.bridge_request_id, _ticket(ticket), data,
                                        fresh_id=_fresh(request)))
@@ -151,7 +152,7 @@ class PositionCloseView(APIView):
                    "`position.close` task; a position the terminal does not have ends `rejected` (10036)."
                    + REPLAY_NOTE)
     def post(self, request: Request, ticket: int) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         data = _body(PositionCloseSerializer, request)
         return _answer(writes.close_position(session, request._request.bridge_request_id, _ticket(ticket), data,
                                        fresh_id=_fresh(request)))

@@ -43,6 +43,11 @@ def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, paylo
     raise IntegrityError("could not insert the task")
 
 
+def _account(session: BridgeSession) -> str:
+    """The account a write is for, as the fingerprint includes it."""
+    return f"{session.login}@{session.server}"
+
+
 def _previous(session: BridgeSession, request_id: str, fp: str, fresh_id: bool) -> Outcome | None:
     """The earlier answer to this request id; none to look for when the bridge just made the id
     (the client sent none: a fresh random id cannot have been used, and the unique index would
@@ -52,7 +57,7 @@ def _previous(session: BridgeSession, request_id: str, fp: str, fresh_id: bool) 
 
 def place_order(session: BridgeSession, request_id: str, data: dict[str, Any], *, fresh_id: bool = False) -> Outcome:
     """POST /orders → an ``order.create`` task, validated against the symbol's spec first."""
-    fp = fingerprint("order.create", "", data)
+    fp = fingerprint("order.create", "", data, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
@@ -96,7 +101,7 @@ def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: 
         fresh_id: bool = False) -> Outcome:
     """PATCH /orders/{taskId}: edit a queued task in place (200), or modify the working pending order
     at the broker through a new ``order.modify`` task (202); 409 otherwise."""
-    fp = fingerprint("order.patch", task_id, changes)
+    fp = fingerprint("order.patch", task_id, changes, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
@@ -146,7 +151,7 @@ def cancel_order(session: BridgeSession, request_id: str, task_id: str, *,
         fresh_id: bool = False) -> Outcome:
     """DELETE /orders/{taskId}: cancel a queued task (200), or remove the working pending order at the
     broker through a new ``order.cancel`` task (202); 409 otherwise."""
-    fp = fingerprint("order.delete", task_id, {})
+    fp = fingerprint("order.delete", task_id, {}, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
@@ -184,7 +189,7 @@ def _position_symbol(session: BridgeSession, ticket: int) -> str | None:
 def close_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any], *,
         fresh_id: bool = False) -> Outcome:
     """POST /positions/{ticket}/close → a ``position.close`` task (partial when volume is given)."""
-    fp = fingerprint("position.close", str(ticket), data)
+    fp = fingerprint("position.close", str(ticket), data, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
@@ -202,7 +207,7 @@ def close_position(session: BridgeSession, request_id: str, ticket: int, data: d
 def modify_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any], *,
         fresh_id: bool = False) -> Outcome:
     """PATCH /positions/{ticket} → a ``position.modify`` task (SL/TP)."""
-    fp = fingerprint("position.modify", str(ticket), data)
+    fp = fingerprint("position.modify", str(ticket), data, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
@@ -215,3 +220,22 @@ def modify_position(session: BridgeSession, request_id: str, ticket: int, data: 
             raise ValidationFailed("stop levels failed validation", errors)
     return _new_task(session, request_id, fp, TaskKind.POSITION_MODIFY, data, position_ticket=ticket)
 
+
+
+def tasks_cancel_of_ended_session(*, session_id: str, reason: str) -> int:
+    """A session ended: its tasks still ``queued`` end ``cancelled`` (``SessionEnded``), each with its
+    transition and ``order`` event. Tasks already claimed by the worker finish there (the worker's
+    ownership check refuses to send one whose session is no longer the terminal's owner)."""
+    cancelled = 0
+    queued = Task.objects.filter(session_id=session_id, state=TaskState.QUEUED).values_list("id", flat=True)
+    for task_id in list(queued):
+        if move(task_id, [TaskState.QUEUED], TaskState.CANCELLED, detail={"by": "session", "reason": reason},
+                result={"error": {"code": "SessionEnded", "message": f"the session ended ({reason}) before the "
+                                  "task ran: nothing was sent"}, "source": "bridge"}):
+            cancelled += 1
+    return cancelled
+
+
+def on_session_ended(sender: object, *, session: BridgeSession, reason: str, **_: object) -> None:
+    """Receiver of ``sessions.signals.session_ended`` (connected in ``TradingConfig.ready``)."""
+    tasks_cancel_of_ended_session(session_id=session.id, reason=reason)

@@ -19,6 +19,19 @@ class Terminal(models.Model):
     enabled = models.BooleanField(default=True, help_text="false once the terminal left the config file")
     worker_heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker_hostname = models.CharField(max_length=255, blank=True, default="")
+    # The ownership lease (workers/lease.py): one pinned worker at a time executes this terminal's
+    # tasks. ``lease_token`` is the fencing token: it grows by one at every acquisition, and every
+    # claim and sent-mark of a task carries the holder's token, so a stale worker's write is refused.
+    lease_token = models.BigIntegerField(default=0)
+    lease_holder = models.CharField(max_length=255, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The account binding (workers/binding.py): the session the terminal is logged in for, and the
+    # account (login + server, as the terminal reported them at login). Empty: the terminal serves
+    # nothing for any session until the next successful login.
+    bound_session_id = models.CharField(max_length=40, blank=True, default="")
+    bound_login = models.BigIntegerField(null=True, blank=True)
+    bound_server = models.CharField(max_length=200, blank=True, default="")
+    bound_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

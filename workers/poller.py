@@ -21,12 +21,14 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 
 from trading.reads import conf
 from trading.reads.ops import ReadError, TerminalReads
 from trading.reads.snapshots import TerminalSnapshot, store_snapshot, wanted_quote_symbols
 from trading.reads.timeutil import record_to_utc
 
+from .binding import terminal_binding
 from .config import TerminalConfig, get_terminal
 from .gateway import GatewayError, TerminalGateway, as_dict
 
@@ -84,6 +86,18 @@ class TerminalPoller:
             return None
         return {"symbol": symbol, **record_to_utc(tick, self.reads.offset)}
 
+    def _owner(self, account: dict[str, Any]) -> str:
+        """The session this cycle's data may be served to: the terminal's bound session, if the
+        terminal shows its account; else "" (nobody: e.g. a login switched the account by hand)."""
+        try:
+            binding = terminal_binding(terminal_name=self.terminal.name)
+        except DatabaseError:
+            logger.warning("poller of %s cannot read the terminal's binding: snapshot served to nobody",
+                           self.terminal.name)
+            close_old_connections()
+            return ""
+        return binding.session_id if binding is not None and binding.shows(account) else ""
+
     def poll_once(self) -> TerminalSnapshot:
         """One cycle: read the terminal, store the snapshot, call after_poll."""
         taken_at = time.time()
@@ -113,7 +127,7 @@ class TerminalPoller:
             deals, self.deals_primed = [], True
         snapshot = TerminalSnapshot(
             account=account, positions=positions, orders=orders, ticks=ticks, books=books, deals=deals,
-            taken_at=taken_at, connected=bool(info.get("connected")),
+            taken_at=taken_at, connected=bool(info.get("connected")), session_id=self._owner(account),
             extra={"poller_cycle_ms": round((time.time() - taken_at) * 1000, 2)},
         )
         store_snapshot(self.redis, self.terminal.name, snapshot)

@@ -21,11 +21,13 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 
 from trading.reads import conf
 from trading.reads.ops import ReadError, TerminalReads
 from trading.reads.readqueue import RAW_MARK, REPLY_TTL, RedisClock, heartbeat_key, queue_key
 
+from .binding import terminal_binding
 from .config import TerminalConfig, get_terminal
 from .gateway import GatewayError, TerminalGateway
 
@@ -119,12 +121,34 @@ class TerminalReader:
             self.reads.gw.connected = False
 
     # -- serving -------------------------------------------------------------------------------
+    def owner_refusal(self, session_id: str | None) -> ReadError | None:
+        """None when the terminal is bound to ``session_id`` and shows the binding's account (read
+        right before serving); else the error to answer: nothing of any account is served."""
+        try:
+            binding = terminal_binding(terminal_name=self.terminal.name)
+        except DatabaseError as exc:
+            close_old_connections()
+            return ReadError("unavailable", f"the terminal's owner cannot be checked: {exc}",
+                             {"reason": "database_unavailable"})
+        if not session_id or binding is None or binding.session_id != session_id:
+            return ReadError("unavailable", "the terminal is not logged in for this session",
+                             {"reason": "account_mismatch"})
+        if not binding.shows(self.reads.gw.account_info()):
+            return ReadError("unavailable", "the terminal is logged in to another account than this session's",
+                             {"reason": "account_mismatch"})
+        return None
+
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request's reply document (never raises)."""
-        handler = self.handlers.get(request.get("op", ""))
+        op = request.get("op", "")
+        handler = self.handlers.get(op)
         if handler is None:
             return ReadError("invalid", f"unknown read {request.get('op')!r}").as_reply()
         try:
+            if op != "ping":
+                refusal = self.owner_refusal(request.get("session"))
+                if refusal is not None:
+                    return refusal.as_reply()
             value = handler(**(request.get("args") or {}))
         except ReadError as exc:
             if exc.kind == "unavailable" and "code" in exc.details and exc.details["code"] <= -10000:

@@ -12,12 +12,75 @@ from django.db import close_old_connections
 
 from .config import get_terminal
 from .gateway import TerminalGateway
+from .lease import Lease, lease_acquire, lease_holder_name, lease_release, lease_renew
 
 logger = logging.getLogger("bridge.worker")
 
 TERMINAL_ENV = "BRIDGE_WORKER_TERMINAL"
 _gateway: TerminalGateway | None = None
 _heartbeat_started = threading.Event()
+_lease: Lease | None = None
+LEASE_LOST_EXIT = 75  # the exit status of a worker that lost its terminal's lease to another
+
+
+def held_lease() -> Lease:
+    """The ownership lease this pinned worker holds; every claim and sent-mark is fenced by it."""
+    if _lease is None:
+        raise RuntimeError("this process holds no terminal lease: only the terminal's lease holder may trade")
+    return _lease
+
+
+def hold_lease(name: str, *, wait: bool = True, say=print) -> Lease:  # noqa: ANN001 - a print-like callable
+    """Acquire the lease of terminal ``name`` for this process, waiting while another worker holds it."""
+    global _lease
+    from .terminals import sync_terminals
+
+    sync_terminals()
+    holder, waited = lease_holder_name(name), False
+    while True:
+        lease = lease_acquire(terminal_name=name, holder=holder, ttl=settings.BRIDGE_WORKER_LEASE_TTL)
+        if lease is not None:
+            _lease = lease
+            return lease
+        if not wait:
+            raise RuntimeError(f"terminal {name} is held by another worker")
+        if not waited:
+            say(f"terminal {name}: another worker holds the lease; waiting for it to be released or to expire")
+            waited = True
+        close_old_connections()
+        threading.Event().wait(1.0)
+
+
+def give_up_lease() -> None:
+    """Release the lease at a clean stop (the next worker need not wait for it to expire)."""
+    global _lease
+    if _lease is not None:
+        try:
+            lease_release(lease=_lease)
+        finally:
+            _lease = None
+
+
+def refresh_lease() -> Lease:
+    """Renew the lease, or take it again when it is free (its row was re-created, or it expired with
+    nobody taking it); a worker whose lease another holds stops at once: it is stale."""
+    global _lease
+    lease = held_lease()
+    ttl = settings.BRIDGE_WORKER_LEASE_TTL
+    if lease_renew(lease=lease, ttl=ttl):
+        return lease
+    again = lease_acquire(terminal_name=lease.terminal_name, holder=lease.holder, ttl=ttl)
+    if again is None:
+        logger.error("terminal %s: lease token %s is no longer current (another worker took over): exiting",
+                     lease.terminal_name, lease.token)
+        os._exit(LEASE_LOST_EXIT)
+    _lease = again
+    return again
+
+
+def _renew_or_exit() -> None:
+    if _lease is not None:
+        refresh_lease()
 
 
 def pinned_terminal() -> str | None:
@@ -43,6 +106,7 @@ def _heartbeat_loop(name: str, hostname: str, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             sync_terminals()
+            _renew_or_exit()
             record_worker_heartbeat(name, hostname)
         except Exception:  # noqa: BLE001 - a failed beat must not kill the worker; next one retries
             logger.exception("heartbeat failed")

@@ -6,10 +6,10 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_ready
-from django.utils import timezone
 
+from .binding import terminal_unbind_all
 from .gateway import GatewayError
-from .runtime import gateway, pinned_terminal, start_heartbeat
+from .runtime import gateway, held_lease, pinned_terminal, refresh_lease, start_heartbeat
 
 logger = logging.getLogger("bridge.worker")
 
@@ -23,9 +23,14 @@ def _on_worker_ready(**_: object) -> None:
 
 @shared_task(name="workers.login_session")
 def login_session(session_id: str) -> str:
-    """Log the session's terminal in to its account; ``opening`` → ``active`` or ``login_failed``."""
+    """Log the session's terminal in to its account; ``opening`` → ``active`` or ``login_failed``.
+
+    The terminal's binding is cleared first (whatever account it was on serves nobody while it logs
+    in) and set again, fenced by this worker's lease, in the same transaction as ``→ active``.
+    """
     from sessions.crypto import decrypt_secret
     from sessions.models import BridgeSession, SessionStatus
+    from sessions.services import session_activate, session_fail_login
 
     session = BridgeSession.objects.select_related("terminal").filter(id=session_id).first()
     if session is None or session.status != SessionStatus.OPENING:
@@ -34,20 +39,17 @@ def login_session(session_id: str) -> str:
         # Routing guarantees this never happens; refuse rather than touch another terminal.
         logger.error("login for %s reached the worker of %s", session.terminal.name, pinned_terminal())
         return "wrong-terminal"
+    lease = held_lease()
+    terminal_unbind_all(lease=lease)
     password = decrypt_secret(session.password_encrypted, session.id)
     gw = gateway()
     try:
         account = gw.login(session.login, password, session.server)
         terminal = gw.terminal_info()
     except GatewayError as exc:
-        updated = BridgeSession.objects.filter(id=session_id, status=SessionStatus.OPENING).update(
-            status=SessionStatus.LOGIN_FAILED,
-            error_code=exc.code,
-            error_message=exc.message[:500],
-            ended_at=timezone.now(),
-        )
+        failed = session_fail_login(session_id=session_id, code=exc.code, message=exc.message)
         logger.info("session %s login failed: (%s, %s)", session_id, exc.code, exc.message)
-        return "login_failed" if updated else "skipped"
+        return "login_failed" if failed else "skipped"
     broker = {
         "company": account.get("company"),
         "server": account.get("server"),
@@ -58,8 +60,12 @@ def login_session(session_id: str) -> str:
         "connected": bool(terminal.get("connected")),
         "terminalBuild": terminal.get("build"),
     }
-    BridgeSession.objects.filter(id=session_id, status=SessionStatus.OPENING).update(
-        status=SessionStatus.ACTIVE, broker=broker
-    )
+    activated = session_activate(session_id=session_id, broker=broker, lease=lease)
+    if activated is None:
+        # The fence may have refused it (the lease row re-created or expired): retake and try once more.
+        activated = session_activate(session_id=session_id, broker=broker, lease=refresh_lease())
+    if activated is None:
+        logger.info("session %s ended (or the lease moved) while it logged in: not activated", session_id)
+        return "skipped"
     logger.info("session %s active on %s", session_id, session.terminal.name)
     return "active"

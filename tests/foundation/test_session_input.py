@@ -132,7 +132,7 @@ def test_unexpected_exception_is_500_in_shape_without_internals(client: APIClien
     def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(services, "open_session", boom)
+    monkeypatch.setattr(services, "session_open", boom)
     response = client.post(OPEN, GOOD, format="json", HTTP_X_REQUEST_ID="req-500")
     error = _assert_error(response, 500, "InternalError")
     assert "secret internals" not in response.content.decode()

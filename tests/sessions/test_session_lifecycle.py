@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 import mt5sim
 from sessions.crypto import decrypt_secret
 from sessions.models import BridgeSession
-from sessions.services import expire_sessions
+from sessions.services import sessions_expire_due
 from tests.conftest import Stack
 from tests.procs import start_manage
 
@@ -105,9 +105,9 @@ def test_session_without_heartbeat_expires_by_beat_and_frees_terminal(stack: Sta
 
 def test_expire_service_marks_only_overdue_live_sessions(stack: Stack, client: APIClient) -> None:
     body = _open(client, 70007, terminal="sim-a")
-    assert expire_sessions() == 0
+    assert sessions_expire_due() == 0
     BridgeSession.objects.filter(id=body["sessionId"]).update(expires_at="2000-01-01T00:00:00Z")
-    assert expire_sessions() == 1
+    assert sessions_expire_due() == 1
     assert BridgeSession.objects.get(id=body["sessionId"]).status == "expired"
 
 

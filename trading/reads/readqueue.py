@@ -1,6 +1,6 @@
 """Request/reply over a terminal's read queue in Redis (the web tier's side, and the shared keys).
 
-The web tier LPUSHes ``{"id", "op", "args", "reply", "deadline"}`` (``deadline``: unix seconds by the Redis
+The web tier LPUSHes ``{"id", "op", "args", "reply", "deadline", "session"}`` (``deadline``: unix seconds by the Redis
 server's clock, see RedisClock) onto ``bridge:read:<terminal>`` and
 BLPOPs the reply key; the terminal's read process (workers/reader.py) BRPOPs requests in order,
 calls the terminal through its own gateway and LPUSHes ``{"ok": true, "value"}`` or
@@ -131,17 +131,19 @@ class RawJSON:
 
 
 def call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None = None,
-                raw: bool = False) -> Any:
-    """Run one read at the terminal's read process; its value (a RawJSON with ``raw``), or the mapped
-    API error."""
+                raw: bool = False, *, session: str) -> Any:
+    """Run one read at the terminal's read process for ``session`` (the reader serves it only while
+    the terminal is bound to that session and shows its account); its value (a RawJSON with
+    ``raw``), or the mapped API error."""
     try:
-        return _call_reader(terminal, op, args, timeout, raw)
+        return _call_reader(terminal, op, args, timeout, raw, session)
     except redis.RedisError as exc:
         raise BridgeUnavailable("the bridge's Redis cannot be reached", {"terminal": terminal, "reason": "redis_down"}
                                 ) from exc
 
 
-def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None, raw: bool) -> Any:
+def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None, raw: bool,
+                 session: str) -> Any:
     client = redis_client()
     raise_if_unavailable(terminal, reader_status(client, terminal))
     timeout = timeout if timeout is not None else conf.get("BRIDGE_READ_TIMEOUT")
@@ -150,7 +152,7 @@ def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | 
     started = time.monotonic()
     deadline = _clock.now(client) + timeout
     payload = json.dumps({"id": request_id, "op": op, "args": args, "reply": reply, "deadline": deadline,
-                          "raw": raw})
+                          "raw": raw, "session": session})
     client.lpush(queue_key(terminal), payload)
     while True:
         remaining = timeout - (time.monotonic() - started)

@@ -31,7 +31,8 @@ def _terminal(session: BridgeSession) -> str:
 
 
 def fresh_snapshot(session: BridgeSession) -> TerminalSnapshot | None:
-    """The terminal's snapshot if it is fresh and shows the session's account, else None."""
+    """The terminal's snapshot if it is fresh and was taken for this session (the poller stamps it with
+    the terminal's bound session only while the terminal shows that session's account), else None."""
     try:
         snapshot = load_snapshot(redis_client(), _terminal(session))
     except Exception:  # noqa: BLE001 - a corrupt or unreachable snapshot just means "ask the terminal"
@@ -39,8 +40,8 @@ def fresh_snapshot(session: BridgeSession) -> TerminalSnapshot | None:
         return None
     if snapshot is None or snapshot.age() > conf.get("BRIDGE_SNAPSHOT_MAX_AGE"):
         return None
-    if snapshot.account.get("login") != session.login:
-        return None
+    if snapshot.session_id != session.id or snapshot.account.get("login") != session.login:
+        return None  # taken for another session (or for none): never served to this one
     if not snapshot.connected:
         raise BridgeUnavailable(
             f"terminal {_terminal(session)} has no connection to the trade server",
@@ -63,7 +64,7 @@ def trading_state(session: BridgeSession) -> dict[str, Any]:
     if snapshot is not None:
         return {"account": snapshot.account, "positions": snapshot.positions, "orders": snapshot.orders,
                 "asOf": snapshot.taken_at, "source": "snapshot"}
-    state = call_reader(_terminal(session), "trading_state", {})
+    state = call_reader(_terminal(session), "trading_state", {}, session=session.id)
     _own_account(session, state["account"])
     return {**state, "source": "terminal"}
 
@@ -106,7 +107,7 @@ def quote(session: BridgeSession, symbol: str) -> dict[str, Any]:
         _note_interest(session, symbol)
         return {**snapshot.ticks[symbol], "asOf": snapshot.taken_at, "source": "snapshot"}
     asked = time.time()
-    tick = call_reader(_terminal(session), "tick", {"symbol": symbol})
+    tick = call_reader(_terminal(session), "tick", {"symbol": symbol}, session=session.id)
     _note_interest(session, tick["symbol"])
     return {**tick, "asOf": asked, "source": "terminal"}
 
@@ -119,17 +120,17 @@ def _note_interest(session: BridgeSession, symbol: str) -> None:
 
 
 def symbols(session: BridgeSession, group: str | None = None) -> dict[str, Any]:
-    found = call_reader(_terminal(session), "symbols", {"group": group})
+    found = call_reader(_terminal(session), "symbols", {"group": group}, session=session.id)
     return {"symbols": found, "count": len(found)}
 
 
 def symbol_info(session: BridgeSession, symbol: str) -> dict[str, Any]:
-    return call_reader(_terminal(session), "symbol", {"symbol": symbol})
+    return call_reader(_terminal(session), "symbol", {"symbol": symbol}, session=session.id)
 
 
 def depth(session: BridgeSession, symbol: str) -> dict[str, Any]:
     asked = time.time()
-    return {**call_reader(_terminal(session), "depth", {"symbol": symbol}), "asOf": asked}
+    return {**call_reader(_terminal(session), "depth", {"symbol": symbol}, session=session.id), "asOf": asked}
 
 
 def _copy_timeout(size: int) -> float:
@@ -146,16 +147,16 @@ def bars(session: BridgeSession, query: dict[str, Any]) -> RawJSON:
     else:
         end = query.get("date_to") or time.time()
         size = min(int((end - query["date_from"]) / TIMEFRAME_SECONDS[query["timeframe"]]) + 1, 100_000)
-    return call_reader(_terminal(session), "rates", query, timeout=_copy_timeout(size), raw=True)
+    return call_reader(_terminal(session), "rates", query, timeout=_copy_timeout(size), raw=True, session=session.id)
 
 
 def ticks(session: BridgeSession, symbol: str, query: dict[str, Any]) -> RawJSON:
     size = abs(query["count"]) if query.get("count") is not None else query.get("limit") or conf.get(
         "BRIDGE_READ_MAX_TICKS")
     return call_reader(_terminal(session), "ticks", {"symbol": symbol, **query}, timeout=_copy_timeout(size),
-                       raw=True)
+                       raw=True, session=session.id)
 
 
 def history(session: BridgeSession, kind: str, query: dict[str, Any]) -> RawJSON:
     """``{orders|deals: [...], count, from, to}`` as the reader wrote it."""
-    return call_reader(_terminal(session), "history", {"kind": kind, **query}, raw=True)
+    return call_reader(_terminal(session), "history", {"kind": kind, **query}, raw=True, session=session.id)

@@ -29,6 +29,9 @@ class TerminalSnapshot:
     deals: list[dict[str, Any]]  # history deals that appeared since the previous cycle
     taken_at: float  # unix seconds (real UTC) when the cycle started
     connected: bool = True  # the terminal's link to the trade server (terminal_info().connected)
+    # The session the terminal was bound to when the snapshot was taken, "" when it was bound to none
+    # or showed another account than the binding's: such a snapshot is served to no session.
+    session_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def age(self, now: float | None = None) -> float:

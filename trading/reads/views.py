@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, error
-from sessions.services import require_live_session
+from sessions.services import require_active_session
 
 from . import services
 from .readqueue import RawJSON
@@ -27,6 +27,8 @@ from .serializers import (
 READ_ERRORS = {
     **{k: v for k, v in COMMON_ERRORS.items() if k != 413},
     401: error("Unauthorized / SessionExpired: API key or x-session-id missing, unknown, closed or expired"),
+    409: error("SessionNotReady: the session is still `opening` (its login has not succeeded): nothing of any "
+               "account is read before it is `active`"),
     502: error("BridgeUnavailable: the terminal, its read process or poller, or the broker cannot be reached "
                "(answered within about BRIDGE_READ_TIMEOUT seconds, at once when the reader is known down)"),
 }
@@ -34,7 +36,8 @@ NOT_FOUND = {404: error("NotFound: unknown symbol (or ambiguous broker suffix: d
 SNAPSHOT_NOTE = (
     " Served from the terminal poller's snapshot (`source: snapshot`, `asOf` = when it was taken, real-UTC "
     "unix seconds; fresh within BRIDGE_POLL_INTERVAL, default 0.25 s), or read from the terminal when the "
-    "snapshot is missing or older than BRIDGE_SNAPSHOT_MAX_AGE (`source: terminal`)."
+    "snapshot is missing or older than BRIDGE_SNAPSHOT_MAX_AGE (`source: terminal`). Served only while the "
+    "terminal is bound to this session and shows its account: otherwise 502 `account_mismatch`."
 )
 SYMBOL_QUERY = OpenApiParameter("symbol", str, description="only this symbol (exact broker name, case-insensitive)")
 TIME_PARAMS = [
@@ -68,7 +71,7 @@ class AccountView(APIView):
     @extend_schema(operation_id="account_get", parameters=[SESSION_HEADER], responses={200: OpenApiTypes.OBJECT,
                    **READ_ERRORS}, description="AccountInfo fields of the session's account." + SNAPSHOT_NOTE)
     def get(self, request: Request) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         _no_query(request)
         return Response(services.account(session))
 
@@ -78,20 +81,20 @@ class PositionsView(APIView):
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
                    description="`{positions: [...], orders: [...]}`: open positions and pending orders." + SNAPSHOT_NOTE)
     def get(self, request: Request) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         return Response(services.positions(session, _symbol_filter(request)))
 
 
 def position_detail(request: Request, ticket: int) -> Response:
     """GET /positions/{ticket}: one open position (called by trading's PositionView.get)."""
-    session = require_live_session(request)
+    session = require_active_session(request)
     _no_query(request)
     return Response(services.position(session, int(ticket)))
 
 
 def orders_list(request: Request) -> Response:
     """GET /orders: pending orders (for a view that also serves POST /orders to call from its get())."""
-    session = require_live_session(request)
+    session = require_active_session(request)
     return Response(services.orders(session, _symbol_filter(request)))
 
 
@@ -110,7 +113,7 @@ class SymbolsView(APIView):
         description="Enabled symbols (trade mode not disabled) with digits, point, volume limits and trade mode; "
                     "`select` says whether it is in Market Watch.")
     def get(self, request: Request) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         query = validated(SymbolsQuery, request.query_params)
         return Response(services.symbols(session, query.get("group")))
 
@@ -121,7 +124,7 @@ class SymbolDetailView(APIView):
                    description="Full SymbolInfo. A known symbol not in Market Watch is selected first. "
                                "`name` is the broker's exact name (suffixes resolved, see docs/reads.md).")
     def get(self, request: Request, symbol: str) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         _no_query(request)
         return Response(services.symbol_info(session, validate_symbol(symbol)))
 
@@ -132,7 +135,7 @@ class QuoteView(APIView):
                    description="The last tick (`time` and `time_msc` real UTC)." + SNAPSHOT_NOTE + " A symbol asked "
                                "for here is kept in the snapshot for BRIDGE_QUOTE_INTEREST_TTL seconds.")
     def get(self, request: Request, symbol: str) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         _no_query(request)
         return Response(services.quote(session, validate_symbol(symbol)))
 
@@ -145,7 +148,7 @@ class BarsView(APIView):
         description="OHLC bars, oldest first, `time` = bar open in real UTC. `count` over the terminal's maxbars "
                     "is a 400; a range over one page answers a page and `next`.")
     def get(self, request: Request) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         return _raw(services.bars(session, validated(BarsQuery, request.query_params)))
 
 
@@ -155,7 +158,7 @@ class TicksView(APIView):
         *COUNT_PARAMS], responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
         description="Ticks, oldest first, real-UTC `time`/`time_msc`, by the same count/from/to model as bars.")
     def get(self, request: Request, symbol: str) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         symbol = validate_symbol(symbol)
         return _raw(services.ticks(session, symbol, validated(TicksQuery, request.query_params)))
 
@@ -166,7 +169,7 @@ class DepthView(APIView):
                    description="The market book: `{symbol, book: [{type, side, price, volume, volume_dbl}]}`, sell "
                                "rows first by descending price, then buy rows (MT5's order).")
     def get(self, request: Request, symbol: str) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         _no_query(request)
         return Response(services.depth(session, validate_symbol(symbol)))
 
@@ -179,7 +182,7 @@ class HistoryView(APIView):
         responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
         description="History orders or deals in [from, to] (default: the last 7 days), real-UTC times.")
     def get(self, request: Request) -> Response:
-        session = require_live_session(request)
+        session = require_active_session(request)
         return _raw(services.history(session, self.kind, validated(HistoryQuery, request.query_params)))
 
 

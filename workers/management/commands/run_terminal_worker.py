@@ -42,7 +42,17 @@ class Command(BaseCommand):
         keep_db_connections()
         os.environ[TERMINAL_ENV] = name
         from bridge_project.celery import app
+        from workers.runtime import give_up_lease, hold_lease
 
-        self.stdout.write(f"pinned worker for terminal {name}: queue terminal.{name}, pool solo")
-        sys.stdout.flush()
-        app.worker_main(worker_argv(name, loglevel)[3:])  # drop 'celery -A bridge_project'
+        def say(text: str) -> None:
+            self.stdout.write(text)
+            sys.stdout.flush()
+
+        # One worker per terminal: the lease is taken before the queue is consumed (a second worker
+        # waits here), and every claim and sent-mark carries its fencing token.
+        lease = hold_lease(name, say=say)
+        say(f"pinned worker for terminal {name}: queue terminal.{name}, pool solo, lease token {lease.token}")
+        try:
+            app.worker_main(worker_argv(name, loglevel)[3:])  # drop 'celery -A bridge_project'
+        finally:
+            give_up_lease()
