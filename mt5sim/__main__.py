@@ -109,6 +109,16 @@ def cmd_control(args: argparse.Namespace) -> int:
             result = ctl.delay(args.seconds, args.methods or None)
         elif action == "ipc-timeout":
             result = ctl.ipc_timeout(args.method, args.count, execute=not args.no_execute)
+        elif action == "comment-fault":
+            result = ctl.comment_fault(None if args.mode == "off" else args.mode, args.length, args.text, args.count)
+        elif action == "history-delay":
+            result = ctl.history_delay(args.seconds)
+        elif action == "retcode-fault":
+            result = ctl.retcode_fault(args.retcode, args.count, execute=args.execute)
+        elif action == "slow-execution":
+            result = ctl.slow_execution(args.seconds, args.count, visible=not args.invisible, answer=args.answer)
+        elif action == "switch-account":
+            result = ctl.switch_account(args.login, args.password, args.server)
         elif action == "reset":
             result = ctl.reset(full=args.full)
         elif action == "state":
@@ -173,6 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="order_send")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--no-execute", action="store_true", help="the call is not executed either")
+    p = actions.add_parser("comment-fault")
+    p.add_argument("mode", choices=["cut", "rewrite", "off"])
+    p.add_argument("--length", type=int, default=0, help="cut: characters kept")
+    p.add_argument("--text", default="", help="rewrite: the new comment")
+    p.add_argument("--count", type=int, default=0, help="0: until turned off")
+    p = actions.add_parser("history-delay")
+    p.add_argument("seconds", type=float)
+    p = actions.add_parser("retcode-fault")
+    p.add_argument("retcode", type=int)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--execute", action="store_true", help="execute the request all the same")
+    p = actions.add_parser("slow-execution")
+    p.add_argument("seconds", type=float)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--invisible", action="store_true", help="no STARTED order while it waits")
+    p.add_argument("--answer", choices=["ipc_timeout", "timeout"], default="ipc_timeout")
+    p = actions.add_parser("switch-account")
+    p.add_argument("login", type=int)
+    p.add_argument("--password")
+    p.add_argument("--server")
     p = actions.add_parser("reset")
     p.add_argument("--full", action="store_true")
     actions.add_parser("state")

@@ -125,6 +125,42 @@ class Control:
             kwargs["at"] = float(at)
         return self.call("set_clock", **kwargs)
 
+    # -- outcome faults: answers that do not tell what happened at the broker -------------------
+
+    def comment_fault(self, mode: str | None, length: int = 0, text: str = "", count: int = 0) -> Any:
+        """The broker rewrites the comment of the orders, deals and positions it creates from requests.
+
+        ``mode="cut"`` keeps the first ``length`` characters of the request's comment, ``mode="rewrite"``
+        replaces it by ``text``; ``None`` turns it off. ``count`` = 0: until turned off, else for the
+        next ``count`` trade requests (order_send calls).
+        """
+        return self.call("comment_fault", mode=mode, length=int(length), text=str(text), count=int(count))
+
+    def history_delay(self, seconds: float) -> Any:
+        """History calls do not show orders/deals younger than ``seconds`` of real time; 0 turns it off."""
+        return self.call("history_delay", seconds=float(seconds))
+
+    def retcode_fault(self, retcode: int, count: int = 1, execute: bool = False) -> Any:
+        """The next ``count`` order_send calls answer ``retcode`` with order=0 and deal=0.
+
+        With ``execute=True`` the request is executed all the same (the broker has the deal).
+        """
+        return self.call("retcode_fault", retcode=int(retcode), count=int(count), execute=bool(execute))
+
+    def slow_execution(self, seconds: float, count: int = 1, visible: bool = True,
+                       answer: str = "ipc_timeout") -> Any:
+        """The next ``count`` order_send calls fail now and are executed ``seconds`` later.
+
+        ``answer="ipc_timeout"``: None with (-10005, 'IPC timeout'); ``answer="timeout"``: retcode 10012.
+        ``visible=True``: meanwhile the request shows in orders_get() as an ORDER_STATE_STARTED order.
+        """
+        return self.call("slow_execution", seconds=float(seconds), count=int(count), visible=bool(visible),
+                         answer=str(answer))
+
+    def switch_account(self, login: int, password: str | None = None, server: str | None = None) -> Any:
+        """The terminal logs into ``login`` as by hand in its window: every attached client sees that account."""
+        return self.call("switch_account", login=int(login), password=password, server=server)
+
     def reset(self, full: bool = False) -> Any:
         """Clear prices and faults (IPC faults too); ``full`` also wipes accounts and history."""
         return self.call("reset", full=bool(full))

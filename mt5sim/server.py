@@ -220,6 +220,8 @@ class TerminalServer:
                 return protocol.STATUS_ERR, list(_CALL_FAILED)
         if status == "err":
             return protocol.STATUS_ERR, [int(value[0]), str(value[1])]
+        if status == protocol.STATUS_IPC_TIMEOUT:  # the engine's own "no answer in time" (ctl.slow_execution)
+            return protocol.STATUS_IPC_TIMEOUT, None
         return protocol.STATUS_OK, value
 
     def _control(self, name: str, kwargs: dict) -> tuple[str, Any]:

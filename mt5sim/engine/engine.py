@@ -23,6 +23,7 @@ from .fields import SYMBOL_INFO_FIELDS
 from .groups import group_matches
 from .journal import Journal
 from .model import Deal, Order, Position
+from .outcomes import IpcTimeoutAnswer, OutcomeFaults
 from .trading import TradeServer, is_buy
 
 ERR_NOT_FOUND = (-4, "Terminal: Not found")
@@ -55,7 +56,7 @@ class Session:
         self.books: set[str] = set()
 
 
-class Engine(TradeServer):
+class Engine(OutcomeFaults, TradeServer):
     """Terminal state and trade server; see INTERNALS.md for the contract."""
 
     def __init__(self, config: dict | str | None = None, state_dir: str | None = None, seed: int = 0,
@@ -121,6 +122,7 @@ class Engine(TradeServer):
         self.fault_reject = [0, C.TRADE_RETCODE_REJECT]
         self._last_check_figures = None
         self._info_cache: dict[str, tuple] = {}
+        self._reset_outcome_state()
 
     def _log(self, kind: str, payload: Any) -> None:
         if self._journal is not None:
@@ -287,9 +289,13 @@ class Engine(TradeServer):
             try:
                 if not sess.initialized and method != "initialize":
                     return ("err", ERR_NO_IPC)
+                if self._deferred:
+                    self._run_deferred()
                 return ("ok", fn(self, sess, **kwargs))
             except EngineError as exc:
                 return ("err", exc.err)
+            except IpcTimeoutAnswer:
+                return ("ipc_timeout", None)
             finally:
                 if self._journal is not None:
                     self._journal.flush()
@@ -332,7 +338,8 @@ class Engine(TradeServer):
                         self._journal.flush()
 
     def _events(self) -> None:
-        """Process the ticks since the last pass: pending triggers, SL/TP, expiry, stop-out."""
+        """Process the ticks since the last pass: pending triggers, SL/TP, expiry, stop-out; slow requests due."""
+        self._run_deferred()
         now = self.now_ms()
         watched = {n for n, s in self._watch_orders.items() if s} | {n for n, s in self._watch_pos.items() if s}
         for aggs in self._agg.values():
@@ -708,11 +715,12 @@ class Engine(TradeServer):
 
     def _orders_total(self, sess: Session):
         self._account()
-        return len(self._orders_by_login.get(self.current_login, {}))
+        return len(self._orders_by_login.get(self.current_login, {})) + len(self._inflight_orders(self.current_login))
 
     def _orders_get(self, sess: Session, symbol=None, group=None, ticket=None):
         self._account()
-        items = sorted(self._orders_by_login.get(self.current_login, {}).values(), key=lambda o: o.ticket)
+        items = [*self._orders_by_login.get(self.current_login, {}).values(), *self._inflight_orders(self.current_login)]
+        items.sort(key=lambda o: o.ticket)
         return [self._order_row(o) for o in self._select(items, symbol, group, ticket)]
 
     def _positions_total(self, sess: Session):
@@ -727,11 +735,13 @@ class Engine(TradeServer):
     # ================================================================ history
     def _hist_orders(self, date_from, date_to) -> list[Order]:
         lo, hi = int(date_from), int(date_to)
-        return [o for o in self._hist_by_login.get(self.current_login, []) if lo <= o.time_done <= hi]
+        items = [o for o in self._hist_by_login.get(self.current_login, []) if lo <= o.time_done <= hi]
+        return self._visible_history(items, "o")
 
     def _hist_deals(self, date_from, date_to) -> list[Deal]:
         lo, hi = int(date_from), int(date_to)
-        return [d for d in self._deals_by_login.get(self.current_login, []) if lo <= d.time <= hi]
+        items = [d for d in self._deals_by_login.get(self.current_login, []) if lo <= d.time <= hi]
+        return self._visible_history(items, "d")
 
     def _history_orders_total(self, sess: Session, date_from=None, date_to=None):
         self._account()
@@ -746,9 +756,9 @@ class Engine(TradeServer):
         self._account()
         items = self._hist_by_login.get(self.current_login, [])
         if ticket is not None:
-            sel = [o for o in items if o.ticket == ticket]
+            sel = self._visible_history([o for o in items if o.ticket == ticket], "o")
         elif position is not None:
-            sel = [o for o in items if o.position_id == position]
+            sel = self._visible_history([o for o in items if o.position_id == position], "o")
         else:
             if date_from is None or date_to is None:
                 raise EngineError(ERR_INVALID_PARAMS)
@@ -762,9 +772,9 @@ class Engine(TradeServer):
         self._account()
         items = self._deals_by_login.get(self.current_login, [])
         if ticket is not None:
-            sel = [d for d in items if d.order == ticket]
+            sel = self._visible_history([d for d in items if d.order == ticket], "d")
         elif position is not None:
-            sel = [d for d in items if d.position_id == position]
+            sel = self._visible_history([d for d in items if d.position_id == position], "d")
         else:
             if date_from is None or date_to is None:
                 raise EngineError(ERR_INVALID_PARAMS)
@@ -801,7 +811,10 @@ class Engine(TradeServer):
         if self.terminal.get("tradeapi_disabled"):
             raise EngineError(ERR_API_DISABLED)
         self._last_check_figures = None
-        result = self.order_send(dict(request or {}))
+        req = dict(request or {})
+        result = self._outcome_fault_send(req)
+        if result is None:
+            result = self.order_send(req)
         self._last_check_figures = None
         return result
 
@@ -881,6 +894,7 @@ class Engine(TradeServer):
             feed.reset_overlays()
         self.fault_requote = 0
         self.fault_reject = [0, C.TRADE_RETCODE_REJECT]
+        self._reset_outcome_faults()
         self.connected = True
         self.clock_pinned = None
         self.clock_offset = 0.0
@@ -926,7 +940,7 @@ class Engine(TradeServer):
             "accounts": accounts, "orders": len(self.orders), "positions": len(self.positions),
             "deals": sum(len(v) for v in self._deals_by_login.values()),
             "history_orders": len(self.hist_orders), "request_id": self.request_id,
-            "faults": {"requote": self.fault_requote, "reject": list(self.fault_reject)},
+            "faults": {"requote": self.fault_requote, "reject": list(self.fault_reject), **self._outcome_state()},
             "frozen": sorted(n for n, f in self.feeds.items() if f.is_frozen(self.now_ms())),
         }
 
@@ -1010,4 +1024,9 @@ _CONTROLS = {
     "set_terminal": Engine._ctl_set_terminal,
     "set_symbol": Engine._ctl_set_symbol,
     "set_account": Engine._ctl_set_account,
+    "comment_fault": Engine._ctl_comment_fault,
+    "history_delay": Engine._ctl_history_delay,
+    "retcode_fault": Engine._ctl_retcode_fault,
+    "slow_execution": Engine._ctl_slow_execution,
+    "switch_account": Engine._ctl_switch_account,
 }

@@ -287,6 +287,10 @@ class TradeServer:
         self._log("D", deal.dump())
 
     def _new_order_ticket(self) -> int:
+        preset = self._preset_order_ticket
+        if preset:  # a slow request executes under the ticket its in-flight order showed
+            self._preset_order_ticket = None
+            return preset
         self.next_order += 1
         return self.next_order
 
@@ -304,13 +308,20 @@ class TradeServer:
     def order_check(self, req: dict) -> list:
         return self._process(req, check=True)
 
-    def _process(self, req: dict, check: bool) -> list:
+    def _rewrite_comment(self, req: dict) -> dict:
+        """The request as the broker stores it (Engine overrides it for ctl.comment_fault)."""
+        return req
+
+    def _process(self, req: dict, check: bool, login: int | None = None) -> list:
+        """Check or execute one request for ``login`` (default: the account the terminal is logged into)."""
         echo = self._request_tuple(req)
-        login = self.current_login
+        if login is None:
+            login = self.current_login
         request_id = 0
         if not check:
             self.request_id += 1
             request_id = self.request_id
+            req = self._rewrite_comment(req)
         try:
             if not self.connected:
                 raise Reject(C.TRADE_RETCODE_CONNECTION)
