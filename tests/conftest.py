@@ -73,6 +73,15 @@ class Stack:
         self.workers[name] = proc
         return proc
 
+    def start_worker_waiting(self, name: str, extra_env: dict[str, str] | None = None) -> Proc:
+        """Start one more pinned worker of ``name`` without waiting for it (it may wait for the lease)."""
+        return start_manage(
+            f"worker-{name}-extra-{int(time.time() * 1000)}",
+            ["run_terminal_worker", name, "--loglevel", "INFO"],
+            {**self.env, **(extra_env or {})},
+            self.log_dir,
+        )
+
 
 def _db_env() -> dict[str, str]:
     """Environment that points a subprocess at this test run's database."""
