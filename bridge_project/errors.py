@@ -4,13 +4,23 @@ DRF's own errors (validation, parse, authentication, permission, 404, throttling
 (oversized body, unknown URL) and unexpected exceptions all leave here in that shape with the
 status of API.md's table. Unexpected exceptions are logged with the request id and answered as a
 500 without internals.
+
+A dependency of the bridge itself that cannot be reached (Redis as cache, broker or store: a
+``redis`` connection/timeout error or kombu's ``OperationalError`` from a Celery publish) is not a
+bug: it is answered ``503 Unavailable`` with ``Retry-After``, and the client retries with the same
+request id (the ledger makes that safe). Code that knows it cannot go on without Redis raises
+``Unavailable`` itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+import kombu.exceptions
+import redis
+from django.conf import settings
 from django.core.exceptions import (
     PermissionDenied as DjangoPermissionDenied,
     RequestDataTooBig,
@@ -19,6 +29,8 @@ from django.core.exceptions import (
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf, status
 from rest_framework.response import Response
+
+from . import metrics
 
 logger = logging.getLogger("bridge.errors")
 
@@ -67,6 +79,53 @@ class BridgeUnavailable(BridgeError):
     code = "BridgeUnavailable"
 
 
+class Unavailable(BridgeError):
+    """A dependency of the bridge itself (Redis, the database) is down: 503 with ``Retry-After``."""
+
+    status_code = 503
+    code = "Unavailable"
+
+
+def retry_after_unavailable() -> int:
+    """Seconds a client is told to wait after a 503 (``BRIDGE_UNAVAILABLE_RETRY_AFTER``: Django
+    setting, else environment; default 5)."""
+    value = getattr(settings, "BRIDGE_UNAVAILABLE_RETRY_AFTER", None)
+    if value is None:
+        value = os.environ.get("BRIDGE_UNAVAILABLE_RETRY_AFTER", 5)
+    return max(1, int(float(value)))
+
+
+# What a Redis outage looks like when it reaches a view: redis-py's connection and timeout errors
+# (cache, specs, streams, read queue) and kombu's OperationalError (a Celery publish that could not
+# reach the broker after its retries). BusyLoadingError (Redis still loading its data) is a
+# ConnectionError; ReadOnlyError is a replica that has not been promoted yet.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    kombu.exceptions.OperationalError,
+    kombu.exceptions.ConnectionError,
+)
+
+
+def dependency_outage(exc: BaseException) -> BaseException | None:
+    """The Redis/broker connection error behind ``exc`` (itself or an explicit ``raise ... from``)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        if isinstance(current, DEPENDENCY_ERRORS):
+            return current
+        current, seen = current.__cause__, seen + 1
+    return None
+
+
+def unavailable_response(message: str, details: dict[str, Any] | None = None) -> Response:
+    """The 503 answer: standard error body, ``Retry-After`` header (also in ``details``)."""
+    wait = retry_after_unavailable()
+    return Response(error_body("Unavailable", message, {**(details or {}), "retryAfter": wait}), status=503,
+                    headers={"Retry-After": str(wait)})
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -90,8 +149,19 @@ def _request_id(context: dict[str, Any]) -> str:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF EXCEPTION_HANDLER: map every exception to the API's error body and status."""
     headers: dict[str, str] = {}
+    if isinstance(exc, Unavailable):
+        logger.warning("503 Unavailable (request id %s): %s", _request_id(context), exc.message)
+        _count_outage("request")
+        return unavailable_response(exc.message, exc.details)
     if isinstance(exc, BridgeError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    outage = dependency_outage(exc)
+    if outage is not None:
+        logger.warning("503 Unavailable (request id %s): Redis unreachable: %s: %s", _request_id(context),
+                       type(outage).__name__, outage)
+        _count_outage("request")
+        return unavailable_response("a dependency of the bridge (Redis) cannot be reached; retry with the "
+                                    "same request id", {"dependency": "redis"})
     if isinstance(exc, drf.ValidationError):
         details = _field_details(exc.detail)
         if not isinstance(details, dict):
@@ -131,6 +201,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     return Response(
         error_body("InternalError", "internal error", {"requestId": _request_id(context)}), status=500
     )
+
+
+def _count_outage(where: str) -> None:
+    metrics.redis_unavailable(where)
 
 
 def json_404(request, exception=None) -> JsonResponse:  # noqa: ANN001 - Django handler signature

@@ -9,18 +9,24 @@ Redis (tasks by state, queue depths, latency, events published: the event fan-ou
 own entries) is computed there instead and needs no call.
 
 Calling these never raises and costs one pipelined Redis round trip: metrics must not break or slow
-the caller. Callers::
+the caller. While Redis cannot be reached, increments are kept in the process (a few fields: bounded by
+the label sets) and added with the next call that reaches Redis again; for ``HOLD_OFF_SECONDS`` after
+a failure no call even tries, so an outage costs callers no connection attempts. A process that exits
+during the outage loses what it held. Callers::
 
     from bridge_project import metrics
     metrics.reconciliation_outcome("filled")          # trading reconciliation, once per decided task
     metrics.broker_order_orphaned("sim-1")            # reconciliation, once per new unowned order
     metrics.observe("bridge_http_request_seconds", 0.012, method="GET", route="orders")
+    metrics.redis_unavailable("throttle")            # a request let through unthrottled: Redis down
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -55,6 +61,13 @@ COUNTERS: dict[str, MetricSpec] = {
             ("terminal",),
         ),
         MetricSpec("bridge_tasks_republished", "Tasks re-published to their terminal queue, by reason", ("reason",)),
+        MetricSpec(
+            "bridge_redis_unavailable",
+            "Times a bridge process could not reach Redis and degraded instead of failing, by where "
+            "(throttle: request let through unthrottled; request: answered 503 Unavailable; publish: task "
+            "left to the outbox sweeper; login: session left opening; sweeper: sweep of a terminal skipped)",
+            ("where",),
+        ),
     )
 }
 
@@ -109,31 +122,58 @@ def label_field(spec: MetricSpec, labels: dict[str, object]) -> str:
     return "|".join(clean_label(labels.get(name, "")) for name in spec.labels)
 
 
+# Seconds after a failed write during which no metric call tries Redis (the increments are held).
+HOLD_OFF_SECONDS = 1.0
+
+# (key, field, integer?) -> amount not yet written: the process's increments while Redis was away.
+_held: dict[tuple[str, str, bool], float] = {}
+_held_lock = threading.Lock()
+_down_until = 0.0
+
+
+def _write(increments: list[tuple[str, str, bool, float]]) -> None:
+    """Apply increments (with any held ones) in one pipelined round trip; hold them on failure."""
+    global _down_until
+    with _held_lock:
+        for key, field, integer, amount in increments:
+            _held[(key, field, integer)] = _held.get((key, field, integer), 0) + amount
+        if time.monotonic() < _down_until:
+            return
+        batch = dict(_held)
+        _held.clear()
+    try:
+        pipe = client().pipeline(transaction=False)
+        for (key, field, integer), amount in batch.items():
+            if integer:
+                pipe.hincrby(key, field, int(amount))
+            else:
+                pipe.hincrbyfloat(key, field, amount)
+        pipe.execute()
+    except redis.RedisError as exc:
+        # A pipeline that failed mid-way may have applied part of the batch; over-counting a few
+        # increments once beats losing the outage's counts.
+        logger.debug("metrics held until Redis is back: %s", exc)
+        with _held_lock:
+            for slot, amount in batch.items():
+                _held[slot] = _held.get(slot, 0) + amount
+            _down_until = time.monotonic() + HOLD_OFF_SECONDS
+
+
 def inc(name: str, amount: float = 1, **labels: object) -> None:
     """Add ``amount`` to counter ``name`` for these labels (never raises on Redis trouble)."""
     spec = COUNTERS[name]
-    field = label_field(spec, labels)
-    try:
-        client().hincrbyfloat(counter_key(name), field, amount)
-    except redis.RedisError as exc:
-        logger.debug("metric %s not counted: %s", name, exc)
+    _write([(counter_key(name), label_field(spec, labels), False, amount)])
 
 
 def observe(name: str, value: float, **labels: object) -> None:
     """Record one observation in histogram ``name`` (cumulative buckets, sum and count)."""
     spec = HISTOGRAMS[name]
     field = label_field(spec, labels)
-    try:
-        pipe = client().pipeline(transaction=False)
-        key = histogram_key(name)
-        for bound in spec.buckets:
-            if value <= bound:
-                pipe.hincrby(key, f"{field}#{bound}", 1)
-        pipe.hincrby(key, f"{field}#count", 1)
-        pipe.hincrbyfloat(key, f"{field}#sum", value)
-        pipe.execute()
-    except redis.RedisError as exc:
-        logger.debug("metric %s not observed: %s", name, exc)
+    key = histogram_key(name)
+    increments = [(key, f"{field}#{bound}", True, 1) for bound in spec.buckets if value <= bound]
+    increments.append((key, f"{field}#count", True, 1))
+    increments.append((key, f"{field}#sum", False, value))
+    _write(increments)
 
 
 # -- the calls other parts of the bridge make ---------------------------------------------------------
@@ -150,6 +190,12 @@ def broker_order_orphaned(terminal: str, count: int = 1) -> None:
 def task_republished(reason: str, count: int = 1) -> None:
     """A task was published again to its terminal queue (``sweeper``, ``admin``)."""
     inc("bridge_tasks_republished", count, reason=reason)
+
+
+def redis_unavailable(where: str) -> None:
+    """A process met an unreachable Redis and degraded (``throttle``, ``request``, ``publish``, ``login``,
+    ``sweeper``); counted once Redis is back (see the module docstring)."""
+    inc("bridge_redis_unavailable", 1, where=where)
 
 
 # -- reading (scrape time) ----------------------------------------------------------------------------

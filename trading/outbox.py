@@ -5,17 +5,36 @@ The task row is the outbox: a task is published once its insert committed; if th
 ``queued`` and the sweeper (beat, on the maintenance worker) publishes it again once it is older
 than BRIDGE_OUTBOX_REPUBLISH_AFTER. A task published twice is harmless: only one delivery can
 claim it (``queued → dispatched`` is conditional).
+
+The sweeper re-publishes only where it helps (docs/operations.md "Outbox sweeper"):
+
+* only to a terminal whose pinned worker is alive (``Terminal.worker_alive``): a dead worker's queue
+  would just pile up copies that all arrive at once when it comes back; the task is re-published
+  at the first sweep after its worker is alive again (if its message is gone by then);
+* only when the terminal's queue does not already hold a message for the task: the Celery queue in
+  the broker (``terminal.<name>`` and kombu's priority lists) and kombu's ``unacked`` hash
+  (delivered to a worker, not yet acknowledged: kombu restores those itself after the visibility
+  timeout) are read in one MULTI/EXEC and every ``trading.execute`` message is decoded for its task
+  id. The broker is read, never trusted from the ledger: a Redis restart without persistence loses
+  the queue and everything in it is re-published.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+from collections import defaultdict
 from datetime import timedelta
+from functools import lru_cache
+from typing import Any
 
+import redis
 from django.db.models import Q
 from django.utils import timezone
 
-from bridge_project.celery import terminal_queue
+from bridge_project import metrics
+from bridge_project.celery import app, terminal_queue
 
 from .conf import conf
 from .models import Task, TaskState
@@ -24,6 +43,13 @@ logger = logging.getLogger("bridge.trading.outbox")
 
 # Publishing must fail fast when Redis is away: the sweeper retries, the client is not held.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+
+EXECUTE_TASK_NAME = "trading.execute"
+# kombu's Redis transport: a queue with priorities is the queue's own list (priority 0) plus
+# "<queue>\x06\x16<step>" lists; delivered-but-unacked messages wait in one hash for every queue.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+KOMBU_UNACKED_KEY = "unacked"
 
 
 def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> bool:
@@ -44,29 +70,138 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
     except Exception:  # noqa: BLE001 - the sweeper re-publishes; the accepted write stands
         logger.warning("publishing task %s to %s failed; the outbox sweeper will retry", task_id, terminal_name,
                        exc_info=True)
-        if stamped:
-            Task.objects.filter(id=task_id, state=TaskState.QUEUED).update(published_at=None)
+        metrics.redis_unavailable("publish")
+        try:
+            if stamped:
+                Task.objects.filter(id=task_id, state=TaskState.QUEUED).update(published_at=None)
+        except Exception:  # noqa: BLE001 - the insert time then stands as the last publish: swept later
+            logger.exception("clearing published_at of task %s failed", task_id)
         return False
     if not stamped:
-        Task.objects.filter(id=task_id).update(published_at=timezone.now())
+        try:
+            Task.objects.filter(id=task_id).update(published_at=timezone.now())
+        except Exception:  # noqa: BLE001 - the message is out; at worst the sweeper looks again
+            logger.exception("stamping published_at of task %s failed", task_id)
     return True
 
 
+# -- what the broker holds ------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _broker_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+
+
+def broker_client() -> redis.Redis | None:
+    """A Redis client on the Celery broker (where the messages really are); None for another broker."""
+    url = str(app.conf.broker_url or "").split(";")[0]
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return _broker_client(url)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of one Celery queue (kombu's default priority steps)."""
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in KOMBU_PRIORITY_STEPS]
+
+
+def _args_of(message: dict[str, Any]) -> list[Any] | None:
+    """The positional args of a ``trading.execute`` Celery message (protocol 2 or 1), else None."""
+    headers = message.get("headers") or {}
+    body = message.get("body")
+    if isinstance(body, str) and (message.get("properties") or {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    decoded = json.loads(body) if isinstance(body, bytes | str) else body
+    if headers.get("task") == EXECUTE_TASK_NAME:  # protocol 2: body = [args, kwargs, embed]
+        return list(decoded[0]) if isinstance(decoded, list) and decoded else None
+    if isinstance(decoded, dict) and decoded.get("task") == EXECUTE_TASK_NAME:  # protocol 1
+        return list(decoded.get("args") or [])
+    return None
+
+
+def task_id_of(raw: bytes | str) -> str | None:
+    """The ledger task id a queued Celery message (kombu's JSON envelope) carries, if it is one."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # an ``unacked`` entry: [message, exchange, routing_key]
+            message = message[0]
+        args = _args_of(message)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return str(args[0]) if args else None
+
+
+def held_task_ids(terminal_names: list[str]) -> dict[str, set[str]]:
+    """Task ids with a message in each terminal's queue or in the unacked hash (one atomic read).
+
+    Raises ``redis.RedisError`` when the broker cannot be read.
+    """
+    client = broker_client()
+    if client is None:
+        return {name: set() for name in terminal_names}
+    pipe = client.pipeline(transaction=True)
+    for name in terminal_names:
+        for key in queue_keys(terminal_queue(name)):
+            pipe.lrange(key, 0, -1)
+    pipe.hvals(KOMBU_UNACKED_KEY)
+    replies = pipe.execute()
+    unacked = {task_id for task_id in map(task_id_of, replies[-1]) if task_id}
+    steps = len(KOMBU_PRIORITY_STEPS)
+    held: dict[str, set[str]] = {}
+    for i, name in enumerate(terminal_names):
+        ids = {task_id for reply in replies[i * steps:(i + 1) * steps] for task_id in map(task_id_of, reply)}
+        held[name] = {task_id for task_id in ids if task_id} | unacked
+    return held
+
+
+# -- the sweeper -----------------------------------------------------------------------------------------
 def sweep_outbox(now=None) -> int:  # noqa: ANN001
-    """Re-publish every task still ``queued`` whose last publish is older than the deadline."""
+    """Re-publish stale ``queued`` tasks whose message is gone, to terminals with a live worker.
+
+    Stale: still ``queued`` and last published (or created) more than BRIDGE_OUTBOX_REPUBLISH_AFTER
+    before ``now``. Worker liveness is judged at the real current time. Returns how many were
+    re-published; never raises on a broker outage (that terminal's sweep is skipped and logged).
+    """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=conf("BRIDGE_OUTBOX_REPUBLISH_AFTER"))
-    stale = (
+    stale = list(
         Task.objects.filter(state=TaskState.QUEUED, created_at__lte=cutoff)
         .filter(Q(published_at__isnull=True) | Q(published_at__lte=cutoff))
         .select_related("terminal")
-        .order_by("created_at")
-        .values_list("id", "terminal__name")[:1000]
+        .only("id", "terminal__name", "terminal__worker_heartbeat_at")
+        .order_by("created_at")[:1000]
     )
-    count = 0
-    for task_id, terminal_name in stale:
-        if publish_task(task_id, terminal_name):
-            count += 1
+    by_terminal: dict[str, list[str]] = defaultdict(list)
+    dead: set[str] = set()
+    alive_at = timezone.now()
+    for task in stale:
+        name = task.terminal.name
+        if name in dead:
+            continue
+        if name not in by_terminal and not task.terminal.worker_alive(alive_at):
+            dead.add(name)
+            continue
+        by_terminal[name].append(task.id)
+    if dead:
+        logger.info("outbox: not re-publishing to terminal(s) whose pinned worker is down: %s",
+                    ", ".join(sorted(dead)))
+    if not by_terminal:
+        return 0
+    try:
+        held = held_task_ids(sorted(by_terminal))
+    except redis.RedisError as exc:
+        logger.warning("outbox: the broker cannot be read (%s); nothing re-published this sweep", exc)
+        metrics.redis_unavailable("sweeper")
+        return 0
+    count = skipped = 0
+    for name, task_ids in by_terminal.items():
+        for task_id in task_ids:
+            if task_id in held[name]:
+                skipped += 1
+            elif publish_task(task_id, name):
+                count += 1
     if count:
         logger.info("outbox: re-published %d queued task(s)", count)
+        metrics.task_republished("sweeper", count)
+    if skipped:
+        logger.debug("outbox: %d stale queued task(s) still have their message in the broker", skipped)
     return count

@@ -5,6 +5,11 @@ session logs in, and again on demand; the web tier reads them to check volume li
 digits and that the symbol exists *before* a task is created (DESIGN.md "Reads": the web tier never
 calls MetaTrader5). The cache is stamped with the session it was taken for, so a terminal that
 changed account never validates against the previous account's symbols.
+
+When Redis itself cannot be reached the specs cannot be had: ``get_spec`` raises ``Unavailable``
+(503, ``Retry-After``), and a write that needs them is refused with nothing written; the client
+retries with the same request id (docs/orders.md "When Redis is down"). ``BridgeUnavailable`` (502)
+stays for the terminal side: its worker did not publish the specs in time.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import kombu.exceptions
 import redis
 from django.conf import settings
 
-from bridge_project.errors import BridgeUnavailable
+from bridge_project.errors import BridgeUnavailable, Unavailable
 
 from .conf import conf
 
@@ -78,8 +84,9 @@ def _request_refresh(terminal_name: str, session_id: str) -> None:
 def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any] | None:
     """The spec of ``symbol`` on the session's terminal; None when the terminal has no such symbol.
 
-    Raises BridgeUnavailable when the terminal's specs for this session are not (yet) known and the
-    worker did not publish them within BRIDGE_SYMBOL_SPEC_WAIT seconds.
+    Raises BridgeUnavailable (502) when the terminal's specs for this session are not (yet) known
+    and the worker did not publish them within BRIDGE_SYMBOL_SPEC_WAIT seconds; Unavailable (503)
+    when Redis (the spec cache, or the broker for the refresh request) cannot be reached.
     """
     try:
         # The stamp and the symbol in one round trip (the common case: specs already published).
@@ -97,6 +104,10 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
                     {"terminal": terminal_name},
                 )
             raw = redis_client().hget(_key(terminal_name), symbol)
-    except redis.RedisError as exc:
-        raise BridgeUnavailable("symbol specifications unavailable (Redis)", {"terminal": terminal_name}) from exc
+    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+        raise Unavailable(
+            "symbol specifications cannot be read: the bridge's Redis is unreachable; retry with the same "
+            "request id",
+            {"terminal": terminal_name, "dependency": "redis"},
+        ) from exc
     return json.loads(raw) if raw else None

@@ -4,6 +4,12 @@ Order: Redis (the one ``REDIS_URL`` names, else a ``redis-server`` child), migra
 terminals, per terminal its roles from ``workers.stack`` (pinned worker, reader, poller), the
 maintenance worker, beat, and daphne. A child that dies is restarted (with back-off); Ctrl-C or
 SIGTERM stops everything in reverse order and waits for it (no orphans).
+
+Restart back-off: a child that exits is started again after ``BACKOFF_BASE * 2**n`` seconds (1, 2,
+4, ... capped at ``BACKOFF_MAX``, 30 s), ``n`` being its crashes in a row. A child that had run for
+at least ``BRIDGE_SUPERVISOR_BACKOFF_RESET`` seconds (default 30) before it exited was healthy: its
+count starts again and it is restarted after ``BACKOFF_BASE``. So a crash loop backs off, while a
+process that crashes once a day is back within a second every time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ from .stack import terminal_process_argvs
 
 ROOT = Path(settings.BASE_DIR)
 
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 30.0
+BACKOFF_RESET_AFTER = 30.0  # default of BRIDGE_SUPERVISOR_BACKOFF_RESET
+
+
+def backoff_reset_after() -> float:
+    """Seconds of running after which a child counts as healthy (``BRIDGE_SUPERVISOR_BACKOFF_RESET``)."""
+    value = getattr(settings, "BRIDGE_SUPERVISOR_BACKOFF_RESET", None)
+    if value is None:
+        value = os.environ.get("BRIDGE_SUPERVISOR_BACKOFF_RESET", BACKOFF_RESET_AFTER)
+    return float(value)
+
 
 def _say(message: str) -> None:
     print(f"[bridge] {message}", flush=True)
@@ -47,14 +65,18 @@ class Child:
     env: dict[str, str]
     log_path: Path
     popen: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0  # total restarts (reported)
+    crashes: int = 0  # exits in a row without a healthy run in between (drives the back-off)
     next_start: float = 0.0
+    started_at: float = 0.0
+    last_delay: float | None = None
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.popen = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self.started_at = time.monotonic()
         log.close()
 
     def alive(self) -> bool:
@@ -74,6 +96,9 @@ class Supervisor:
     host: str = "127.0.0.1"
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
+    backoff_base: float = BACKOFF_BASE
+    backoff_max: float = BACKOFF_MAX
+    backoff_reset_after: float = field(default_factory=backoff_reset_after)
 
     def __post_init__(self) -> None:
         self.log_dir = Path(settings.VAR_DIR) / "log"
@@ -160,23 +185,40 @@ class Supervisor:
         _say("  an API key:   .venv/bin/python manage.py create_api_key --workspace demo")
         _say("Ctrl-C stops everything.")
 
-    def watch(self) -> None:
+    def restart_delay(self, child: Child, now: float) -> float:
+        """The wait before restarting ``child``, which has just been seen exited at ``now``.
+
+        A run of at least ``backoff_reset_after`` seconds was healthy: the crash count starts again.
+        """
+        if now - child.started_at >= self.backoff_reset_after:
+            child.crashes = 0
+        delay = min(self.backoff_max, self.backoff_base * 2.0 ** min(child.crashes, 30))
+        child.crashes += 1
+        return delay
+
+    def watch_once(self, now: float | None = None) -> None:
+        """One pass over the children: schedule the restart of those that exited, start those due."""
+        now = time.monotonic() if now is None else now
+        for child in self.children:
+            if child.alive() or self.stopping:
+                continue
+            if child.next_start == 0.0:
+                ran = now - child.started_at
+                delay = child.last_delay = self.restart_delay(child, now)
+                child.next_start = now + delay
+                _say(f"{child.name} exited ({child.popen.returncode}) after {ran:.0f}s; restarting in {delay:.1f}s "
+                     f"(log {child.log_path})")
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start()
+                _say(f"restarted {child.name} (pid {child.popen.pid})")
+
+    def watch(self, interval: float = 0.5) -> None:
         """Restart children that die, with back-off, until asked to stop."""
         while not self.stopping:
-            now = time.monotonic()
-            for child in self.children:
-                if child.alive() or self.stopping:
-                    continue
-                if child.next_start == 0.0:
-                    delay = min(30.0, 2.0 ** min(child.restarts, 5))
-                    child.next_start = now + delay
-                    _say(f"{child.name} exited ({child.popen.returncode}); restarting in {delay:.0f}s (log {child.log_path})")
-                elif now >= child.next_start:
-                    child.restarts += 1
-                    child.next_start = 0.0
-                    child.start()
-                    _say(f"restarted {child.name} (pid {child.popen.pid})")
-            time.sleep(0.5)
+            self.watch_once()
+            time.sleep(interval)
 
     def stop_all(self, timeout: float = 15.0) -> None:
         self.stopping = True
