@@ -48,7 +48,7 @@ from workers.runtime import gateway, held_lease, pinned_terminal, refresh_lease
 
 from . import mt5const as C, orders
 from .conf import conf
-from .lookup import INFLIGHT, Trace, find_trace, history_synced
+from .lookup import AMBIGUOUS, NOT_AN_OUTCOME, Trace, find_trace, history_synced
 from .models import Task, TaskKind, TaskState
 from .states import claim, move
 
@@ -228,24 +228,23 @@ def recover(task: Task, reason: str) -> str:
             task.refresh_from_db()
             logger.info("task %s (%s): claimed but never sent; sending now", task.id, reason)
             return send(task)
-        account_refusal = _account_refusal(gw, task)
-        if account_refusal is not None:
+        if _account_refusal(gw, task) is not None:
             # Another account is logged in: its history says nothing of this task. Wait for the task's
             # account to be back (a new session of it) rather than guess.
-            if task.state == TaskState.DISPATCHED:
-                move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN,
-                     detail={"reason": reason, "lookup": "account_mismatch", "bridge": account_refusal})
-            return "unknown-account-mismatch"
+            _keep_unknown(task, reason, "account_mismatch", 0.0)
+            return "unknown-account_mismatch"
         trace = find_trace(gw, task, _utc_offset(task))
     except (GatewayError, OSError) as exc:
         logger.warning("lookup of task %s failed: %s", task.id, exc)
         return "lookup-failed"
-    if trace is not None and trace.state != INFLIGHT:
+    if trace is not None and trace.state not in NOT_AN_OUTCOME:
         adopt(task, trace, reason)
         return f"adopted-{trace.state}"
     sent_at = task.sent_at or task.dispatched_at or task.created_at
     age = (timezone.now() - sent_at).total_seconds()
-    missing = "in_flight_at_terminal" if trace is not None else None
+    missing = None
+    if trace is not None:
+        missing = "ambiguous_match" if trace.state == AMBIGUOUS else "in_flight_at_terminal"
     if missing is None and age < conf("BRIDGE_INFLIGHT_BOUND"):
         missing = "within_inflight_bound"
     if missing is None:
@@ -261,12 +260,21 @@ def recover(task: Task, reason: str) -> str:
                  "message": "sent, but not found at the terminal after the in-flight bound, with the terminal "
                             "connected on the task's account and its history synced: it never executed"}})
         return "failed-not-found"
+    _keep_unknown(task, reason, missing, age)
+    return f"unknown-{missing.split(':')[0]}"
+
+
+def _keep_unknown(task: Task, reason: str, missing: str, age: float) -> None:
+    """Record why the task is (still) ``unknown`` in its result (``error.unknownBecause``, for clients
+    and ops): the first time as the move from ``dispatched``, later as an update of the reason."""
+    error = {"code": "OutcomeUnknown", "message": "the outcome at the terminal is not known yet",
+             **((task.result or {}).get("error") or {}), "unknownBecause": missing}
+    result = {**(task.result or {}), "error": error}
     if task.state == TaskState.DISPATCHED:
-        move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN,
+        move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN, result=result,
              detail={"reason": reason, "lookup": missing, "sentAgo": round(age, 3)})
     else:
-        Task.objects.filter(id=task.id, state=TaskState.UNKNOWN).update(updated_at=timezone.now())
-    return f"unknown-{missing.split(':')[0]}"
+        Task.objects.filter(id=task.id, state=TaskState.UNKNOWN).update(result=result, updated_at=timezone.now())
 
 
 def adopt(task: Task, trace: Trace, reason: str, from_states: tuple[str, ...] = RECOVERABLE) -> Task | None:
@@ -505,7 +513,7 @@ def _store_unknown_or_failed(task: Task, request: dict[str, Any], error: tuple[i
             trace = find_trace(gateway(), unknown, _utc_offset(unknown))
         except (GatewayError, OSError):
             trace = None
-        if trace is not None and trace.state != INFLIGHT:
+        if trace is not None and trace.state not in NOT_AN_OUTCOME:
             adopt(unknown, trace, "unknown-outcome")
             return f"adopted-{trace.state}"
     return "unknown"

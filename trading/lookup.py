@@ -28,6 +28,8 @@ from .orders import tag_of
 
 DAY = 86400
 INFLIGHT = "inflight"  # a Trace state: the terminal shows the request still being processed
+AMBIGUOUS = "ambiguous"  # a Trace state: orders without the tag match the request, but not exactly one
+NOT_AN_OUTCOME = (INFLIGHT, AMBIGUOUS)
 SEND_SLACK_MSC = 5000  # an order matched without its tag was set up at most this long before the send mark
 IN_FLIGHT_ORDER_STATES = (C.ORDER_STATE_STARTED, C.ORDER_STATE_REQUEST_ADD)
 
@@ -255,8 +257,11 @@ def find_untagged(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | N
     owned = set(Task.objects.filter(order_ticket__in=[int(o.ticket) for o in candidates])
                 .values_list("order_ticket", flat=True))
     free = {int(o.ticket): o for o in candidates if int(o.ticket) not in owned}
-    if len(free) != 1 or _rival_tasks(task):
-        return None  # none, or ambiguous: stays unknown for ops to decide
+    if not free:
+        return None
+    if len(free) > 1 or _rival_tasks(task):
+        # Something like it executed, but which task's it is cannot be told: never guess, never fail.
+        return Trace(AMBIGUOUS, {}, found_in=[f"matched:{len(free)}"])
     order = next(iter(free.values()))
     if int(order.state) in IN_FLIGHT_ORDER_STATES:
         return Trace(INFLIGHT, {}, order_ticket=int(order.ticket), found_in=["orders:in-flight:matched"])
