@@ -61,5 +61,11 @@ def client_stall_timeout() -> float:
     return float(_setting("BRIDGE_EVENTS_CLIENT_STALL_TIMEOUT", float, 15.0))
 
 
+def session_check_interval() -> float:
+    """Seconds between a socket's database checks that its session is still live (the fallback: a
+    session that ends closes its sockets at once through its final ``session`` event)."""
+    return float(_setting("BRIDGE_EVENTS_SESSION_CHECK_INTERVAL", float, 30.0))
+
+
 def redis_url() -> str:
     return str(settings.REDIS_URL)

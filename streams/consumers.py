@@ -4,8 +4,15 @@ A socket belongs to one bridge session of one workspace and only ever joins that
 so it cannot receive another session's events. Messages from the client that cannot be understood get
 an ``error`` message (the API's error body) and the socket stays open. Close codes:
 
-* 4401: bad or missing credentials, or the session is not (or no longer) live;
-* 4429: the client cannot keep up (see ``streams.outbox``); resume with ``?since=``.
+* 4401: bad or missing credentials, or the session is not live when the socket opens;
+* 4410: the session ended while the socket was open (its final ``session`` event was sent first; the
+  30-second database check is the fallback should that event be lost);
+* 4429: the client cannot keep up (see ``streams.outbox``); resume with ``?since=``;
+* 4503: Redis was unreachable while the socket opened (after an ``Unavailable`` error): try again.
+
+A socket follows the session's sequence ``(epoch, seq)`` from the moment it opens. An event of another
+epoch than the socket's means Redis restarted empty (or a client named an old epoch): the socket asks
+the stream, tells the client ``resync_required`` and follows the new epoch (``docs/events.md``).
 """
 
 from __future__ import annotations
@@ -19,25 +26,33 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
+from redis.exceptions import RedisError
 
-from . import conf, subscriptions
-from .keys import REPLAYABLE, group_for, parse_channel, replay_group
+from . import conf, relay, subscriptions
+from .keys import ALWAYS, FINAL_SESSION_STATUSES, REPLAYABLE, group_for, parse_channel, replay_group
 from .outbox import Outbox
 from .publisher import dumps
 from .relay import async_redis, ensure_relay, redis_slot
-from .replay import acurrent_seq, aread_since
+from .replay import ReplayPage, acurrent_state, aread_since
 
 logger = logging.getLogger("bridge.events")
 
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_SESSION_ENDED = 4410
 CLOSE_TOO_SLOW = 4429
+CLOSE_UNAVAILABLE = 4503  # Redis unreachable while the socket opened (servers may send 1000 or 3000-4999)
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CHANNELS = 256
 GAP_CHECK_SECONDS = 5.0
-SESSION_CHECK_SECONDS = 30.0
 GROUP_REFRESH_SECONDS = 3600.0  # channels-redis forgets group members after group_expiry (1 day)
 REPLAY_PAGE = 1000
+# What a Redis (or channel layer) outage raises: the socket stays open, the operation is retried or
+# answered with an ``Unavailable`` error.
+REDIS_ERRORS = (RedisError, OSError)
 
 
 def _authenticate(token: str | None, session_id: str | None) -> tuple[str, str] | None:
@@ -96,6 +111,32 @@ def server_backlog(send: Any) -> int | None:
 class EventsConsumer(AsyncWebsocketConsumer):
     """One client socket of one bridge session."""
 
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        """As channels' ``AsyncConsumer.__call__``, with a channel-layer receive that survives Redis going
+        away (channels-redis raises from ``receive`` then, which would end the socket)."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        try:
+            await await_many_dispatch([receive, self._channel_receive], self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def _channel_receive(self) -> dict:
+        delay = 0.05
+        while True:
+            try:
+                return await self.channel_layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                if delay == 0.05:
+                    logger.warning("socket %s: channel layer unreachable (%s: %s); retrying",
+                                   getattr(self, "socket_id", "?"), type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     async def connect(self) -> None:
         self.session_id: str | None = None
         self.closing = False
@@ -110,27 +151,50 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         self.session_id, self.terminal = auth
         self.socket_id = uuid.uuid4().hex
-        self.subs: set[str] = set()
-        self.tracking = False  # follows the session's seq (subscribed to a replayable channel or resumed)
+        self.subs: set[str] = set(ALWAYS)
+        # The session's sequence as far as this socket has delivered it: (epoch, seq). Epoch 0 with seq 0:
+        # the session had no sequence yet, so the first epoch seen is simply followed.
+        self.epoch = 0
         self.last_seq = 0
         self.groups_joined: set[str] = set()
         self.outbox = Outbox(conf.client_max_pending())
         self.redis = async_redis()
+        self.restart_task: asyncio.Task | None = None
         ensure_relay()
-        await self._join(replay_group(self.session_id))
+        try:
+            await self._join(replay_group(self.session_id))
+            # After joining: every event from here on either comes through the group or is older than this.
+            async with redis_slot():
+                self.last_seq, self.epoch = await acurrent_state(self.redis, self.session_id)
+        except REDIS_ERRORS as exc:
+            logger.warning("socket of session %s refused, Redis unreachable (%s)", self.session_id, exc)
+            self.closing = True
+            await self.send(text_data=dumps(_error("Unavailable", "the event store is unreachable; retry shortly")))
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
+        relay.watch(self)
         self.writer = asyncio.create_task(self._write_loop())
         self.housekeeper = asyncio.create_task(self._housekeeping())
         since = (query.get("since") or [None])[0]
-        if since is not None:
+        epoch = (query.get("epoch") or [None])[0]
+        if epoch is not None and not epoch.isdigit():
+            self._reply(_error("ValidationError", "epoch must be a non-negative integer", {"epoch": [epoch]}))
+        elif since is not None:
             if not since.isdigit():
                 self._reply(_error("ValidationError", "since must be a non-negative integer", {"since": [since]}))
             else:
-                await self._resume(int(since), set(REPLAYABLE), None)
+                try:
+                    await self._resume(int(since), int(epoch) if epoch else None, set(REPLAYABLE), None)
+                except REDIS_ERRORS as exc:
+                    logger.warning("socket %s: resume failed, Redis unreachable (%s)", self.socket_id, exc)
+                    self._reply(_error("Unavailable", "the event store is unreachable; resume again shortly"))
 
     async def disconnect(self, code: int) -> None:
         if self.session_id is None:
             return
-        for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None)):
+        self.closing = True
+        relay.unwatch(self)
+        for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None), self.restart_task):
             if task is not None:
                 task.cancel()
         try:
@@ -174,7 +238,11 @@ class EventsConsumer(AsyncWebsocketConsumer):
             self._reply(_error("ValidationError", "type must be one of subscribe, unsubscribe, resume, ping",
                                {"type": [repr(message.get("type"))]}, request_id))
             return
-        await handler(message, request_id)
+        try:
+            await handler(message, request_id)
+        except REDIS_ERRORS as exc:
+            logger.warning("socket %s: %s failed, Redis unreachable (%s)", self.socket_id, message.get("type"), exc)
+            self._reply(_error("Unavailable", "the event store is unreachable; retry shortly", {}, request_id))
 
     def _channels_arg(self, message: dict, request_id: str | None) -> list[str] | None:
         channels = message.get("channels")
@@ -186,7 +254,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         if bad:
             self._reply(_error(
                 "ValidationError",
-                "unknown channel: use order, position, account, profit, quote:<symbol>, depth:<symbol>",
+                "unknown channel: use order, position, account, session, profit, quote:<symbol>, depth:<symbol>",
                 {"channels": [f"invalid: {c!r}" for c in bad]}, request_id))
             return None
         return list(dict.fromkeys(channels))
@@ -195,27 +263,25 @@ class EventsConsumer(AsyncWebsocketConsumer):
         channels = self._channels_arg(message, request_id)
         if channels is None:
             return
-        if len(self.subs | set(channels)) > MAX_CHANNELS:
+        if len((self.subs | set(channels)) - set(ALWAYS)) > MAX_CHANNELS:
             self._reply(_error("ValidationError", f"at most {MAX_CHANNELS} channels per socket",
                                {"channels": ["too many"]}, request_id))
             return
-        if any(c in REPLAYABLE for c in channels) and not self.tracking:
-            async with redis_slot():
-                self.last_seq = await acurrent_seq(self.redis, self.session_id)
-            self.tracking = True
         for channel in channels:
             if channel not in REPLAYABLE:
                 await self._join(group_for(self.session_id, channel))
         self.subs.update(channels)
         await self._publish_watch()
-        self._reply(_with_rid({"type": "subscribed", "channels": sorted(self.subs), "seq": self.last_seq},
-                              request_id))
+        self._reply(_with_rid({"type": "subscribed", "channels": sorted(self.subs), "seq": self.last_seq,
+                               "epoch": self.epoch}, request_id))
 
     async def _on_unsubscribe(self, message: dict, request_id: str | None) -> None:
         channels = self._channels_arg(message, request_id)
         if channels is None:
             return
         for channel in channels:
+            if channel in ALWAYS:
+                continue  # the session's own events always reach its sockets
             if channel in self.subs and channel not in REPLAYABLE:
                 await self._leave(group_for(self.session_id, channel))
             self.subs.discard(channel)
@@ -229,40 +295,71 @@ class EventsConsumer(AsyncWebsocketConsumer):
             self._reply(_error("ValidationError", "since must be a non-negative integer",
                                {"since": ["A non-negative JSON integer is required."]}, request_id))
             return
+        epoch = message.get("epoch")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+            self._reply(_error("ValidationError", "epoch must be a non-negative integer",
+                               {"epoch": ["A non-negative JSON integer is required."]}, request_id))
+            return
         channels = message.get("channels", list(REPLAYABLE))
         if (not isinstance(channels, list) or not channels
                 or any(not isinstance(c, str) or c not in REPLAYABLE for c in channels)):
-            self._reply(_error("ValidationError", "resume channels must be among order, position, account",
+            self._reply(_error("ValidationError", "resume channels must be among order, position, account, session",
                                {"channels": ["invalid"]}, request_id))
             return
-        await self._resume(since, set(channels), request_id)
+        await self._resume(since, epoch, set(channels), request_id)
 
     async def _on_ping(self, message: dict, request_id: str | None) -> None:
-        self._reply(_with_rid({"type": "pong", "time_msc": int(time.time() * 1000), "seq": self.last_seq},
-                              request_id))
+        self._reply(_with_rid({"type": "pong", "time_msc": int(time.time() * 1000), "seq": self.last_seq,
+                               "epoch": self.epoch}, request_id))
 
     # -- replay --------------------------------------------------------------------------------------
-    async def _resume(self, since: int, channels: set[str], request_id: str | None) -> None:
+    async def _resume(self, since: int, epoch: int | None, channels: set[str], request_id: str | None) -> None:
         """Deliver the kept events after ``since`` in order, then live ones (none lost, none twice).
+
+        ``epoch`` (None or 0: the one this socket follows) names the sequence ``since`` counts in; a
+        ``since`` of another epoch than the stream's cannot be continued: ``resync_required``.
 
         Live events that arrive meanwhile wait in the channel layer (this handler runs before the next
         message is dispatched) and are dropped as duplicates when their seq was already replayed.
         """
         self.subs.update(channels)
-        self.tracking = True
         async with redis_slot():
             page = await aread_since(self.redis, self.session_id, since, REPLAY_PAGE)
+        if page.epoch_differs(epoch or self.epoch):
+            await self._follow_new_epoch(since, request_id)
+            return
+        self.epoch = page.epoch
         if page.resync_required:
             self.last_seq = page.current
-            self._reply(_with_rid({"type": "resync_required", "since": since, "oldestSeq": page.oldest,
-                                   "seq": page.current}, request_id))
+            self._reply(_with_rid(self._resync_notice(since, page, page.current), request_id))
             return
         self.last_seq = since
         replayed = await self._deliver_pages(page)
-        self._reply(_with_rid({"type": "resumed", "since": since, "seq": self.last_seq, "replayed": replayed},
-                              request_id))
+        self._reply(_with_rid({"type": "resumed", "since": since, "epoch": self.epoch, "seq": self.last_seq,
+                               "replayed": replayed}, request_id))
 
-    async def _deliver_pages(self, page, upto: int | None = None) -> int:  # noqa: ANN001
+    def _resync_notice(self, since: int, page: ReplayPage, seq: int) -> dict:
+        """Events after ``since`` cannot all be given: reload state over REST; events after (epoch, seq)
+        follow."""
+        return {"type": "resync_required", "since": since, "epoch": page.epoch, "oldestSeq": page.oldest,
+                "seq": seq}
+
+    async def _follow_new_epoch(self, since: int, request_id: str | None = None) -> None:
+        """The stream's sequence is another one than the one ``since`` counts in (Redis restarted empty):
+        ``resync_required``, then follow the new epoch from its start when all of it is still kept (the
+        events published since the restart follow at once), else from its current seq."""
+        async with redis_slot():
+            page = await aread_since(self.redis, self.session_id, 0, REPLAY_PAGE)
+        self.epoch = page.epoch
+        if page.whole_epoch_kept:
+            self.last_seq = 0
+            self._reply(_with_rid(self._resync_notice(since, page, 0), request_id))
+            await self._deliver_pages(page)
+        else:
+            self.last_seq = page.current
+            self._reply(_with_rid(self._resync_notice(since, page, page.current), request_id))
+
+    async def _deliver_pages(self, page: ReplayPage, upto: int | None = None) -> int:
         """Deliver pages of the stream from ``page`` on until ``upto`` (or the page's current seq)."""
         delivered = 0
         target = upto if upto is not None else page.current
@@ -272,21 +369,24 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     continue
                 if upto is not None and seq > upto:
                     return delivered
-                if channel in self.subs:
+                if self._wants(channel):
                     await self._room_for_replay()
                     if self.closing:
                         return delivered
-                    self.outbox.put(text)
+                    self._deliver(channel, text)
                     delivered += 1
                 self.last_seq = seq
+                if self.closing:  # the session ended
+                    return delivered
             if self.last_seq >= target or not page.seqs:
                 if self.last_seq < target and page.resync_required:
-                    self._reply({"type": "resync_required", "since": self.last_seq, "oldestSeq": page.oldest,
-                                 "seq": page.current})
+                    self._reply(self._resync_notice(self.last_seq, page, page.current))
                     self.last_seq = max(self.last_seq, page.current)
                 return delivered
             async with redis_slot():
                 page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
+            if page.epoch != self.epoch:  # restarted again meanwhile: the next event or check follows it
+                return delivered
 
     async def _room_for_replay(self) -> None:
         """Replay at the pace the client reads: never more than half the pending limit queued at once
@@ -298,13 +398,20 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 return
             await asyncio.sleep(0.005)
 
-    async def _catch_up(self, upto: int) -> None:
-        """A gap (a seq beyond the next one): fetch the missing events from the stream."""
+    async def _sync_with_stream(self, upto: int | None = None) -> None:
+        """Something was missed (a seq gap, an event of another epoch, a restart): read the stream after
+        the socket's seq and deliver what is missing, or follow the stream's new epoch."""
         async with redis_slot():
             page = await aread_since(self.redis, self.session_id, self.last_seq, REPLAY_PAGE)
+        if page.epoch != self.epoch:
+            if page.epoch == 0:
+                return  # Redis lost the sequence and nothing was published since: the next event starts one
+            if self.epoch != 0 or self.last_seq != 0:
+                await self._follow_new_epoch(self.last_seq)
+                return
+            self.epoch = page.epoch  # the session's first sequence: nothing was seen before it
         if page.resync_required:
-            self._reply({"type": "resync_required", "since": self.last_seq, "oldestSeq": page.oldest,
-                         "seq": page.current})
+            self._reply(self._resync_notice(self.last_seq, page, page.current))
             self.last_seq = page.current
             return
         await self._deliver_pages(page, upto)
@@ -313,28 +420,62 @@ class EventsConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict) -> None:
         """Events skip channels' per-message ``aclose_old_connections`` (a thread hop each): they never
         touch the database, and at 1,000 sockets x 10 ticks/s that hop was most of daphne's CPU."""
-        if message["type"] == "bridge.event":
-            await self.bridge_event(message)
-        else:
-            await super().dispatch(message)
+        try:
+            if message["type"] == "bridge.event":
+                await self.bridge_event(message)
+            else:
+                await super().dispatch(message)
+        except REDIS_ERRORS as exc:
+            # Reading the stream failed (Redis away): what was missed is fetched by the next event or check.
+            logger.warning("socket %s: %s not handled, Redis unreachable (%s)", getattr(self, "socket_id", "?"),
+                           message.get("type"), exc)
 
     async def bridge_event(self, message: dict) -> None:
         if self.session_id is None or self.closing:
             return
         channel, seq, replayable, text = message["c"], message["s"], message["r"], message["e"]
-        if self.tracking and seq > self.last_seq:
+        epoch = message.get("p", 0)
+        if epoch and epoch != self.epoch:
+            if self.epoch == 0 and self.last_seq == 0:
+                self.epoch = epoch  # the session's first sequence
+            else:
+                # Another sequence: Redis restarted empty (or an old event came late). The stream decides.
+                await self._sync_with_stream()
+                if not replayable and self._wants(channel) and epoch == self.epoch:
+                    self.outbox.put_latest(channel, text)
+                return
+        if not epoch:  # published while the session had no sequence (a quote after a restart)
+            if not replayable and self._wants(channel):
+                self.outbox.put_latest(channel, text)
+            return
+        if seq > self.last_seq:
             if replayable and seq == self.last_seq + 1:
                 self.last_seq = seq
-                if channel in self.subs:
-                    self.outbox.put(text)
+                if self._wants(channel):
+                    self._deliver(channel, text)
                 return
-            await self._catch_up(seq)
+            await self._sync_with_stream(seq)
             if replayable:
                 return
         elif replayable:
-            return  # not followed, or already delivered (replay overlap)
-        if channel in self.subs:
+            return  # already delivered (replay overlap)
+        if self._wants(channel) and not self.closing:
             self.outbox.put_latest(channel, text)
+
+    def _wants(self, channel: str) -> bool:
+        return channel in self.subs or channel in ALWAYS
+
+    def _deliver(self, channel: str, text: str) -> None:
+        """Queue one ordered event; a final ``session`` event also ends the socket (4410) once written."""
+        self.outbox.put(text)
+        if channel == "session" and _session_status(text) in FINAL_SESSION_STATUSES:
+            self._end(CLOSE_SESSION_ENDED)
+
+    def _end(self, code: int) -> None:
+        """Close the socket with ``code`` after what is queued; nothing more is queued or handled."""
+        if not self.closing:
+            self.closing = True
+            self.outbox.put_close(code)
 
     # -- writing ---------------------------------------------------------------------------------------
     def _reply(self, payload: dict) -> None:
@@ -355,10 +496,14 @@ class EventsConsumer(AsyncWebsocketConsumer):
                         if not await self._wait_drain(high // 4, stall):
                             await self._too_slow(f"server buffer over {high} bytes for {stall}s")
                             return
-                    text = self.outbox.pop()
-                    if text is None:
+                    item = self.outbox.pop()
+                    if item is None:
                         break
-                    await self.send(text_data=text)
+                    if isinstance(item, int):
+                        logger.info("socket %s of session %s closed (%s)", self.socket_id, self.session_id, item)
+                        await self.close(code=item)
+                        return
+                    await self.send(text_data=item)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001
@@ -400,33 +545,61 @@ class EventsConsumer(AsyncWebsocketConsumer):
         async with redis_slot():
             await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth)
 
+    def redis_restarted(self) -> None:
+        """Called by this process's relay when Redis came back empty: the channel layer forgot this
+        socket's groups and the poller its symbols. Join again, then check the sequence (in order)."""
+        if self.session_id is None or self.closing:
+            return
+        if self.restart_task is None or self.restart_task.done():
+            self.restart_task = asyncio.get_running_loop().create_task(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        delay = 0.1
+        while not self.closing:
+            try:
+                async with redis_slot():
+                    for group in list(self.groups_joined):
+                        await self.channel_layer.group_add(group, self.channel_name)
+                await self._publish_watch()
+                async with redis_slot():
+                    await self.channel_layer.send(self.channel_name, {"type": "bridge.check"})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis flapping: try again
+                logger.warning("socket %s: re-joining groups failed (%s); retrying", self.socket_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _housekeeping(self) -> None:
-        """Refresh the subscription record, catch a lost last event, re-check the session, keep groups."""
+        """Refresh the subscription record, catch a lost last event or a new epoch, re-check the session,
+        keep groups."""
         last_refresh = last_session = last_groups = time.monotonic()
+        session_check = conf.session_check_interval()
         checked_seq = -1
-        while True:
+        while not self.closing:
             await asyncio.sleep(GAP_CHECK_SECONDS)
             now = time.monotonic()
             try:
-                if self.tracking:
+                async with redis_slot():
+                    current, epoch = await acurrent_state(self.redis, self.session_id)
+                # Another epoch: Redis restarted and events were published since. Behind with no progress
+                # since the last round: a lost last event (a socket that is merely busy catching up moves
+                # on by itself and is not asked to read the stream).
+                if (epoch and epoch != self.epoch) or (current > self.last_seq and self.last_seq == checked_seq):
                     async with redis_slot():
-                        current = await acurrent_seq(self.redis, self.session_id)
-                    # Behind and no progress since the last round: a lost last event (a socket that is
-                    # merely busy catching up moves on by itself and is not asked to read the stream).
-                    if current > self.last_seq and self.last_seq == checked_seq:
-                        async with redis_slot():
-                            await self.channel_layer.send(self.channel_name, {"type": "bridge.check", "s": current})
-                    checked_seq = self.last_seq
-                if now - last_refresh >= subscriptions.SUBSCRIPTION_TTL / 3 and self.subs:
+                        await self.channel_layer.send(self.channel_name, {"type": "bridge.check"})
+                checked_seq = self.last_seq
+                if now - last_refresh >= subscriptions.SUBSCRIPTION_TTL / 3 and len(self.subs) > len(ALWAYS):
                     await self._publish_watch()
                     last_refresh = now
-                if now - last_session >= SESSION_CHECK_SECONDS:
+                if now - last_session >= session_check:
                     last_session = now
                     if not await database_sync_to_async(_session_live)(self.session_id):
-                        self.closing = True
-                        self.outbox.put(dumps(_error("SessionExpired", "the session is no longer live")))
-                        await asyncio.sleep(0.1)
-                        await self.close(code=CLOSE_UNAUTHORIZED)
+                        # The fallback: the session's final ``session`` event should have closed it already.
+                        if not self.closing:
+                            self.outbox.put(dumps(_error("SessionExpired", "the session is no longer live")))
+                            self._end(CLOSE_SESSION_ENDED)
                         return
                 if now - last_groups >= GROUP_REFRESH_SECONDS:
                     last_groups = now
@@ -435,13 +608,22 @@ class EventsConsumer(AsyncWebsocketConsumer):
                             await self.channel_layer.group_add(group, self.channel_name)
             except asyncio.CancelledError:
                 raise
+            except REDIS_ERRORS as exc:
+                logger.warning("events housekeeping of socket %s: Redis unreachable (%s)", self.socket_id, exc)
             except Exception:  # noqa: BLE001 - housekeeping retries next round
                 logger.exception("events housekeeping failed for socket %s", self.socket_id)
 
     async def bridge_check(self, message: dict) -> None:
-        """Periodic gap check, run in the consumer's own message order (no race with live events)."""
-        if self.tracking and message["s"] > self.last_seq and not self.closing:
-            await self._catch_up(message["s"])
+        """A gap check or a restart, run in the consumer's own message order (no race with live events)."""
+        if self.session_id is not None and not self.closing:
+            await self._sync_with_stream()
+
+
+def _session_status(text: str) -> str | None:
+    try:
+        return json.loads(text)["data"]["status"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _error(code: str, message: str, details: dict | None = None, request_id: str | None = None) -> dict:

@@ -9,8 +9,12 @@ PREFIX = "bridge:ev"
 FANOUT_STREAM = f"{PREFIX}:fanout"
 RELAY_GROUP = "relays"
 
-REPLAYABLE = ("order", "position", "account")
-SESSION_CHANNELS = ("order", "position", "account", "profit")
+REPLAYABLE = ("order", "position", "account", "session")
+# Channels every socket of the session receives without subscribing (the session's own life).
+ALWAYS = ("session",)
+SESSION_CHANNELS = ("order", "position", "account", "profit", "session")
+# Session statuses after which the session is over: its sockets are closed (4410) once the event is sent.
+FINAL_SESSION_STATUSES = ("closed", "expired", "login_failed")
 SYMBOL_CHANNELS = ("quote", "depth")
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
@@ -18,7 +22,10 @@ SYMBOL_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 
 
 def seq_key(session_id: str) -> str:
-    return f"{PREFIX}:seq:{session_id}"
+    """The session's sequence record: a hash ``{n: last seq, e: epoch}``, one key so the two can never be
+    lost apart. ``e`` is set (Redis server time in ms) whenever the counter is created, so a counter that
+    starts again at 1 (Redis restarted empty, or the record expired) always comes with a newer epoch."""
+    return f"{PREFIX}:counter:{session_id}"
 
 
 def log_key(session_id: str) -> str:

@@ -1,20 +1,30 @@
 """The seam through which the rest of the bridge hands events to the /events stream.
 
-Callers: ``trading`` on every task state change (``order``), the terminal pollers through
-``streams.poll_events`` (``position``, ``account``, ``profit``, ``quote:X``, ``depth:X``).
+Callers: ``trading`` on every task state change (``order``), ``sessions`` on every session status
+change (``session``), the terminal pollers through ``streams.poll_events`` (``position``, ``account``,
+``profit``, ``quote:X``, ``depth:X``).
 
 One publish is one Redis script call on a long-lived, per-process connection pool (no event loop,
 no new connection per send), and it does everything atomically:
 
-* replayable channels (``order``, ``position``, ``account``): ``INCR`` the session's seq, append the
-  event to the session's stream (entry id ``<seq>-0``; exact ``MAXLEN`` and an age cut, see
-  ``streams.conf``), so seq order and stream order can never disagree between two publishers;
+* replayable channels (``order``, ``position``, ``account``, ``session``): ``HINCRBY`` the session's
+  seq (a new counter gets a new epoch), append the event to the session's stream (entry id
+  ``<seq>-0``; exact ``MAXLEN`` and an age cut, see ``streams.conf``), so seq order and stream order
+  can never disagree between two publishers;
 * every channel: append the event to the fan-out stream that the relays inside daphne read and
   forward to the channel layer (``streams.relay``).
 
 Non-replayable events (quotes, depth, profit) carry as ``seq`` the session's last replayable seq at
 the time they were published: a socket that sees a larger seq than it has delivered knows it missed
 a replayable event and fetches it from the stream.
+
+Every event also carries the session's ``epoch``: the Redis server time (ms) at which its seq counter
+was created. Redis restarted empty (or a counter expired) means the counter starts again at 1 with a
+newer epoch, so ``(epoch, seq)`` never repeats and a socket can tell "a new sequence" from "old news"
+(``docs/events.md``, "Epochs"). ``0`` means the session has no counter yet.
+
+``session`` events (the session's own status changes, published by ``sessions`` right after each
+change commits) are replayable like ``order``.
 """
 
 from __future__ import annotations
@@ -40,13 +50,22 @@ local body_head, body_tail = ARGV[1], ARGV[2]
 local now_ms, maxlen, max_age_ms = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local fanout_maxlen, group, channel, ttl = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local replayable = ARGV[10] == '1'
-local seq
+local seq, epoch
 if replayable then
-  seq = redis.call('INCR', KEYS[1])
-  local body = body_head .. seq .. body_tail
+  seq = redis.call('HINCRBY', KEYS[1], 'n', 1)
+  epoch = redis.call('HGET', KEYS[1], 'e')
+  if seq == 1 or not epoch then
+    -- a new counter (first event, Redis restarted empty, or expired): a new epoch, on Redis's clock,
+    -- and the log of any previous epoch goes (its seqs would collide with the new ones)
+    local t = redis.call('TIME')
+    epoch = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    redis.call('HSET', KEYS[1], 'e', epoch)
+    redis.call('DEL', KEYS[2])
+  end
+  local body = body_head .. seq .. ',"epoch":' .. epoch .. body_tail
   local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 't', now_ms, 'e', body, 'c', channel)
   if type(ok) == 'table' and ok.err then
-    -- the counter was lost (expired) while an old log survived: start the log again
+    -- an entry id at or above seq survived somehow: start the log again
     redis.call('DEL', KEYS[2])
     redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 't', now_ms, 'e', body, 'c', channel)
   end
@@ -63,11 +82,13 @@ if replayable then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', fanout_maxlen, '*', 'g', group, 'c', channel, 's', seq,
-             'r', '1', 'e', body)
+             'p', epoch, 'r', '1', 'e', body)
 else
-  seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  local state = redis.call('HMGET', KEYS[1], 'n', 'e')
+  seq = tonumber(state[1] or '0')
+  epoch = state[2] or '0'
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', fanout_maxlen, '*', 'g', group, 'c', channel, 's', seq,
-             'r', '0', 'e', body_head .. seq .. body_tail)
+             'p', epoch, 'r', '0', 'e', body_head .. seq .. ',"epoch":' .. epoch .. body_tail)
 end
 return seq
 """
@@ -132,7 +153,11 @@ def _script_args(session_id: str, channel: str, data: dict[str, Any], time_msc: 
 def publish_session_event(
     session_id: str, channel: str, data: dict[str, Any], time_msc: int | None = None
 ) -> int | None:
-    """Publish one event of ``channel`` ('order', 'position', 'account', 'profit', 'quote:X', 'depth:X').
+    """Publish one event of ``channel`` ('order', 'position', 'account', 'session', 'profit', 'quote:X',
+    'depth:X').
+
+    ``session``: ``data`` is ``{"sessionId", "status", "from", "error"?: {"code", "message"}, "reason"?}``;
+    a final ``status`` (closed, expired, login_failed) closes the session's sockets (4410) once sent.
 
     Returns the event's seq (for non-replayable channels: the session's last replayable seq), or None
     when Redis could not be reached after a few quick retries (logged; the caller's work goes on: the

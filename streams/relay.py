@@ -11,6 +11,12 @@ Delivery through the channel layer is at most once. That is acceptable because e
 event is also in the session's stream, and sockets detect a gap (a seq jump) and fetch it there.
 Entries older than ``STALE_SECONDS`` when read (a relay that was down) are skipped rather than sent
 late: quotes would be stale and replayable events are fetched from the stream by seq.
+
+Redis restarted empty (no persistence) takes the fan-out stream, its consumer group and every
+channel-layer group membership with it. The relay notices (Redis's ``run_id`` changed, checked every
+``RESTART_CHECK_SECONDS``, or ``NOGROUP``), recreates the consumer group reading the new stream from
+its start (so nothing published between the restart and the check is skipped), and tells every socket
+of this process (``watch``) to join its groups again and check its sequence against the stream.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections import defaultdict
 
 import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    ResponseError,
+    TimeoutError as RedisTimeoutError,
+)
 
 from . import conf
 from .keys import FANOUT_STREAM, RELAY_GROUP
@@ -33,10 +44,24 @@ logger = logging.getLogger("bridge.events.relay")
 
 STALE_SECONDS = 10.0
 BATCH = 512
+RESTART_CHECK_SECONDS = 1.0
+# Also retry pipelines (MULTI reads of the stream) on a connection Redis closed: after a restart the
+# pooled connections are dead, and a retry on a new connection is what the caller wants.
+RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
 _relays: dict[int, asyncio.Task] = {}
 _clients: dict[int, aioredis.Redis] = {}
-stats = {"forwarded": 0, "stale": 0, "errors": 0}
+stats = {"forwarded": 0, "stale": 0, "errors": 0, "redis_restarts": 0}
+# The sockets of this process, told when Redis restarted (each has ``redis_restarted()``).
+_watchers: weakref.WeakSet = weakref.WeakSet()
+
+
+def watch(socket_consumer) -> None:  # noqa: ANN001
+    _watchers.add(socket_consumer)
+
+
+def unwatch(socket_consumer) -> None:  # noqa: ANN001
+    _watchers.discard(socket_consumer)
 
 
 def async_redis() -> aioredis.Redis:
@@ -44,7 +69,8 @@ def async_redis() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(id(loop))
     if client is None:
-        client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, health_check_interval=30)
+        client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, health_check_interval=30,
+                                         retry_on_error=RETRY_ON)
         _clients[id(loop)] = client
     return client
 
@@ -71,12 +97,22 @@ def ensure_relay() -> None:
         _relays[id(loop)] = loop.create_task(_run(), name="events-relay")
 
 
-async def _ensure_group(client: aioredis.Redis) -> None:
+async def _ensure_group(client: aioredis.Redis, start: str = "$") -> None:
+    """Create the relays' consumer group unless it exists. ``start``: ``$`` at a first start (entries
+    from before it had no socket to go to), ``0`` after a restart (the stream holds only new events)."""
     try:
-        await client.xgroup_create(FANOUT_STREAM, RELAY_GROUP, id="$", mkstream=True)
+        await client.xgroup_create(FANOUT_STREAM, RELAY_GROUP, id=start, mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def _notify_restart() -> None:
+    for socket_consumer in list(_watchers):
+        try:
+            socket_consumer.redis_restarted()
+        except Exception:  # noqa: BLE001 - one socket must not keep the others from hearing it
+            logger.exception("could not tell a socket that Redis restarted")
 
 
 def _text(value: bytes | str) -> str:
@@ -89,13 +125,29 @@ async def _forward_group(layer, group: str, messages: list[dict]) -> None:  # no
 
 
 async def _run() -> None:
-    client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, socket_timeout=10)
+    client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, socket_timeout=10,
+                                     retry_on_error=RETRY_ON)
     layer = get_channel_layer()
     consumer = f"{socket.gethostname()}:{os.getpid()}"
-    await _ensure_group(client)
+    run_id: str | None = None  # the Redis server process we read from
+    group_start: str | None = "$"  # create the group (from there) before the next read; None: it exists
+    next_check = 0.0
     logger.info("events relay %s started", consumer)
     while True:
         try:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + RESTART_CHECK_SECONDS
+                current_id = (await client.info("server")).get("run_id")
+                if run_id is not None and current_id != run_id:
+                    stats["redis_restarts"] += 1
+                    logger.warning("events relay %s: Redis restarted (run_id %s -> %s): recreating the relay "
+                                   "group, sockets join their groups again", consumer, run_id, current_id)
+                    group_start = "0"
+                    _notify_restart()
+                run_id = current_id
+            if group_start is not None:
+                await _ensure_group(client, group_start)
+                group_start = None
             reply = await client.xreadgroup(RELAY_GROUP, consumer, {FANOUT_STREAM: ">"}, count=BATCH, block=1000,
                                             noack=True)
             if not reply:
@@ -111,6 +163,7 @@ async def _run() -> None:
                         "type": "bridge.event",
                         "c": _text(fields[b"c"]),
                         "s": int(fields[b"s"]),
+                        "p": int(fields.get(b"p", 0)),
                         "r": fields[b"r"] == b"1",
                         "e": _text(fields[b"e"]),
                     })
@@ -122,11 +175,19 @@ async def _run() -> None:
         except ResponseError as exc:
             stats["errors"] += 1
             if "NOGROUP" in str(exc):
-                await _ensure_group(client)
+                # The group (or the whole stream) is gone: Redis restarted or it was deleted. Recreate it
+                # from the stream's start and check the run_id at once (this process's sockets re-join).
+                group_start, next_check = "0", 0.0
                 continue
             logger.exception("events relay error")
             await asyncio.sleep(0.5)
-        except Exception:  # noqa: BLE001 - the relay must outlive Redis hiccups
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # Redis away: wait for it
+            stats["errors"] += 1
+            logger.warning("events relay %s: Redis unreachable (%s: %s)", consumer, type(exc).__name__, exc)
+            next_check = 0.0
+            await asyncio.sleep(0.5)
+        except Exception:  # noqa: BLE001 - the relay must outlive anything else too
             stats["errors"] += 1
             logger.exception("events relay error")
+            next_check = 0.0
             await asyncio.sleep(0.5)

@@ -40,7 +40,7 @@ def _channels_param(request: Request) -> set[str]:
     channels = {c.strip() for c in raw.split(",") if c.strip()}
     bad = sorted(channels - set(REPLAYABLE))
     if not channels or bad:
-        raise ValidationFailed("channels must be a comma-separated subset of order,position,account",
+        raise ValidationFailed("channels must be a comma-separated subset of order,position,account,session",
                                {"channels": [f"invalid: {c}" for c in bad] or ["empty"]})
     return channels
 
@@ -50,11 +50,14 @@ RecentEventsSerializer = inline_serializer(
     fields={
         "sessionId": serializers.CharField(),
         "since": serializers.IntegerField(),
+        "epoch": serializers.IntegerField(
+            help_text="the epoch of the session's sequence (0: no events yet); a new one after Redis lost them"),
         "seq": serializers.IntegerField(help_text="the session's last seq when read"),
         "oldestSeq": serializers.IntegerField(allow_null=True, help_text="the oldest seq still kept"),
         "resyncRequired": serializers.BooleanField(
-            help_text="events after `since` are no longer all kept: reload state over REST, go on from `seq`"),
-        "next": serializers.IntegerField(help_text="pass as `since` to read on"),
+            help_text="events after `since` are no longer all kept, or `since` counts in another epoch: reload "
+            "state over REST, go on from `next` with this `epoch`"),
+        "next": serializers.IntegerField(help_text="pass as `since` (with `epoch`) to read on"),
         "hasMore": serializers.BooleanField(),
         "events": serializers.ListField(child=serializers.DictField()),
     },
@@ -67,31 +70,41 @@ class RecentEventsView(APIView):
         parameters=[
             SESSION_HEADER,
             OpenApiParameter("since", int, description="the last seq the client has (default 0: all kept)"),
+            OpenApiParameter("epoch", int, description="the epoch `since` counts in (from the events or a previous "
+                             "page); another than the session's: `resyncRequired`"),
             OpenApiParameter("limit", int, description=f"events per page, 1-{MAX_LIMIT} (default 500)"),
             OpenApiParameter("channels", str, description="comma-separated subset of order,position,account"),
         ],
         responses={200: RecentEventsSerializer, **COMMON_ERRORS, 401: error("Unauthorized / SessionExpired")},
         description="The session's replayable events (order, position, account) after `since`, in seq order: "
         "the same events a socket gets with `resume`. Kept per session: the last BRIDGE_EVENTS_MAXLEN "
-        "(10,000) events no older than BRIDGE_EVENTS_MAX_AGE (24 h).",
+        "(10,000) events no older than BRIDGE_EVENTS_MAX_AGE (24 h). `session` events are the session's "
+        "status changes.",
     )
     def get(self, request: Request) -> Response:
         session = require_live_session(request)
         since = _int_param(request, "since", 0, 0, None)
+        epoch = _int_param(request, "epoch", 0, 0, None)
         limit = _int_param(request, "limit", 500, 1, MAX_LIMIT)
         channels = _channels_param(request)
         page = read_since(sync_redis(), session.id, since, limit)
-        resync = page.resync_required
+        new_epoch = page.epoch_differs(epoch)
+        if new_epoch:  # as on the socket: go on from the new epoch's start when all of it is kept
+            resync, next_seq = True, 0 if page.whole_epoch_kept else page.current
+        else:
+            resync = page.resync_required
+            next_seq = page.current if resync else page.last
         events = [] if resync else [
             json.loads(text) for channel, text in zip(page.channels, page.events, strict=True) if channel in channels
         ]
         return Response({
             "sessionId": session.id,
             "since": since,
+            "epoch": page.epoch,
             "seq": page.current,
             "oldestSeq": page.oldest,
             "resyncRequired": resync,
-            "next": page.current if resync else page.last,
+            "next": next_seq,
             "hasMore": not resync and not page.complete,
             "events": events,
         })

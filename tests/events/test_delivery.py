@@ -24,8 +24,12 @@ def _lose_one_live_message(session_id: str, data: dict) -> int:
     """Store an order event in the session's stream as the publisher does, but never fan it out:
     exactly what a socket sees when the channel layer drops a message."""
     r = sync_redis()
-    seq = r.incr(seq_key(session_id))
-    body = dumps({"type": "order", "seq": seq, "sessionId": session_id, "time_msc": now_msc(), "data": data})
+    seq = r.hincrby(seq_key(session_id), "n", 1)
+    if seq == 1:  # a new counter gets its epoch, as in the publisher's script
+        r.hset(seq_key(session_id), "e", now_msc())
+    epoch = int(r.hget(seq_key(session_id), "e"))
+    body = dumps({"type": "order", "seq": seq, "epoch": epoch, "sessionId": session_id, "time_msc": now_msc(),
+                  "data": data})
     r.xadd(log_key(session_id), {"t": now_msc(), "e": body, "c": "order"}, id=f"{seq}-0")
     return seq
 

@@ -76,7 +76,9 @@ def test_resume_message_replays_and_filters_channels(ws, make_session) -> None: 
     client.send({"type": "resume", "since": 0, "channels": ["order"], "request_id": "r"})
     done, before = client.recv_until(lambda m: m["type"] == "resumed")
     assert [m["seq"] for m in before] == [1, 3]
-    assert done == {"type": "resumed", "since": 0, "seq": 3, "replayed": 2, "request_id": "r"}
+    epoch = before[0]["epoch"]
+    assert epoch > 0 and all(m["epoch"] == epoch for m in before)
+    assert done == {"type": "resumed", "since": 0, "epoch": epoch, "seq": 3, "replayed": 2, "request_id": "r"}
 
 
 def test_resync_required_past_retention(ws, make_session, settings) -> None:  # noqa: ANN001
@@ -88,7 +90,8 @@ def test_resync_required_past_retention(ws, make_session, settings) -> None:  # 
     assert r.xlen(log_key(session.id)) == 5
     client = ws(session, query="since=3")
     message = client.recv()
-    assert message == {"type": "resync_required", "since": 3, "oldestSeq": 8, "seq": 12}
+    epoch = int(r.hget(seq_key(session.id), "e"))
+    assert message == {"type": "resync_required", "since": 3, "epoch": epoch, "oldestSeq": 8, "seq": 12}
     # live events go on after the resync notice
     publish_session_event(session.id, "order", _order(99))
     assert client.recv_until(lambda m: m["type"] == "order")[0]["seq"] == 13
@@ -113,7 +116,7 @@ def test_events_older_than_max_age_are_trimmed(make_session, settings) -> None: 
     r = redis.Redis.from_url(settings.REDIS_URL)
     ids = [i.decode() for i, _ in r.xrange(log_key(session.id))]
     assert ids == ["4-0"]
-    assert int(r.get(seq_key(session.id))) == 4
+    assert int(r.hget(seq_key(session.id), "n")) == 4
     assert r.ttl(log_key(session.id)) > 0
 
 

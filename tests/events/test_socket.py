@@ -71,7 +71,8 @@ def test_bad_messages_get_error_and_the_socket_stays_open(ws, make_session) -> N
     client.conn.send(b"\x00binary")
     assert client.recv()["type"] == "error"
     client.send({"type": "ping", "request_id": "still-here"})
-    assert client.recv() | {"time_msc": 0} == {"type": "pong", "request_id": "still-here", "time_msc": 0, "seq": 0}
+    assert client.recv() | {"time_msc": 0} == {"type": "pong", "request_id": "still-here", "time_msc": 0, "seq": 0,
+                                               "epoch": 0}
 
 
 def test_quotes_from_a_poll_reach_quote_subscribers_only(ws, make_session) -> None:  # noqa: ANN001
