@@ -20,6 +20,7 @@ from typing import Any
 
 import kombu.exceptions
 import redis
+from django import db as django_db
 from django.conf import settings
 from django.core.exceptions import (
     PermissionDenied as DjangoPermissionDenied,
@@ -162,6 +163,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         _count_outage("request")
         return unavailable_response("a dependency of the bridge (Redis) cannot be reached; retry with the "
                                     "same request id", {"dependency": "redis"})
+    if isinstance(exc, django_db.OperationalError | django_db.InterfaceError):
+        # The database is down, restarting or refusing connections (a deadlock victim or SQLite's
+        # "database is locked" too): nothing was committed; the client retries with the same request id.
+        logger.warning("503 Unavailable (request id %s): database: %s: %s", _request_id(context),
+                       type(exc).__name__, exc)
+        return unavailable_response("the bridge's database cannot be reached; retry with the same request id",
+                                    {"dependency": "database"})
     if isinstance(exc, drf.ValidationError):
         details = _field_details(exc.detail)
         if not isinstance(details, dict):

@@ -107,6 +107,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "bridge",
+        # A Redis that hangs must not hold requests: fail fast (the throttle then fails open).
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
     }
 }
 CHANNEL_LAYERS = {

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from bridge_project.errors import BridgeUnavailable, NotFound, ValidationFailed
+from bridge_project.errors import BridgeUnavailable, NotFound, Unavailable, ValidationFailed
 
 from . import conf
 
@@ -138,8 +138,8 @@ def call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | N
     try:
         return _call_reader(terminal, op, args, timeout, raw, session)
     except redis.RedisError as exc:
-        raise BridgeUnavailable("the bridge's Redis cannot be reached", {"terminal": terminal, "reason": "redis_down"}
-                                ) from exc
+        raise Unavailable("the bridge's Redis cannot be reached; retry", {"terminal": terminal,
+                                                                         "dependency": "redis"}) from exc
 
 
 def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | None, raw: bool,
