@@ -96,6 +96,8 @@ class TerminalStatus:
     oldest_queued_at: datetime | None
     oldest_queued_age: float | None
     session: dict[str, Any] | None
+    lease: dict[str, Any] | None = None
+    binding: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +116,8 @@ class TerminalStatus:
             "oldestQueuedTaskAge": self.oldest_queued_age,
             "oldestQueuedTaskAt": _ts(self.oldest_queued_at),
             "session": self.session,
+            "lease": self.lease,
+            "binding": self.binding,
         }
 
 
@@ -170,6 +174,10 @@ def terminal_statuses(now: datetime | None = None) -> list[TerminalStatus]:
                 oldest_queued_at=q.get("oldest"),
                 oldest_queued_age=_age(now, q.get("oldest")),
                 session=_session_json(session) if session else None,
+                lease={"holder": t.lease_holder, "token": t.lease_token, "expiresAt": _ts(t.lease_expires_at),
+                       "held": bool(t.lease_expires_at and t.lease_expires_at > now)},
+                binding=({"sessionId": t.bound_session_id, "login": t.bound_login, "server": t.bound_server,
+                          "since": _ts(t.bound_at)} if t.bound_session_id else None),
             )
         )
     return result

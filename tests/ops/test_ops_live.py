@@ -73,10 +73,14 @@ def test_terminals_show_live_workers_and_the_bound_session(stack: Stack, client:
     assert a["session"]["sessionId"] == sid and a["session"]["status"] == "active"
     assert a["session"]["login"] == 7101 and a["session"]["workspace"] == "ws-main"
     assert a["queueDepth"] == 0 and a["queuedTasks"] == 0 and a["oldestQueuedTaskAge"] is None
+    assert a["binding"] == {"sessionId": sid, "login": 7101, "server": a["binding"]["server"],
+                            "since": a["binding"]["since"]} and a["binding"]["server"]
+    assert a["lease"]["held"] is True and a["lease"]["holder"].startswith("sim-a@") and a["lease"]["token"] >= 1
     b = _terminal(ops_client, "sim-b")
     assert b["worker"]["alive"] is True and b["session"] is None
     client.delete(f"/mt5/client/session/{sid}")
-    assert _terminal(ops_client, "sim-a")["session"] is None
+    after = _terminal(ops_client, "sim-a")
+    assert after["session"] is None and after["binding"] is None
 
 
 def test_a_killed_worker_shows_down_within_its_heartbeat_grace(stack: Stack, ops_client: APIClient,
