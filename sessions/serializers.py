@@ -50,7 +50,12 @@ class SessionSerializer(serializers.Serializer):
     """Schema-only description of ``session_payload`` for the OpenAPI document."""
 
     sessionId = serializers.CharField()  # noqa: N815
-    status = serializers.ChoiceField(choices=["opening", "active", "login_failed", "closed", "expired"])
+    status = serializers.ChoiceField(
+        choices=["opening", "active", "login_failed", "closed", "expired"],
+        help_text="opening → active → closed | expired, or opening → login_failed (also after "
+        "BRIDGE_SESSION_LOGIN_TIMEOUT: LoginTimeout). Writes and terminal reads need `active` (409 "
+        "SessionNotReady while opening); an ended session's queued tasks end cancelled (SessionEnded).",
+    )
     terminal = serializers.CharField()
     accountId = serializers.CharField()  # noqa: N815
     login = serializers.IntegerField()

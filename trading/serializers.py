@@ -87,7 +87,18 @@ class PositionModifySerializer(RejectUnknownFieldsMixin, serializers.Serializer)
 
 
 class TaskSerializer(serializers.ModelSerializer):
-    """A task as API.md shows it."""
+    """A task: one write and its outcome at the terminal.
+
+    `state`: queued → dispatched → placed | filled | partial | rejected | failed, queued → cancelled,
+    dispatched → unknown → (final); a tagged order that executes after `failed` is adopted late
+    (failed → filled, with its event). `unknown` lasts at least BRIDGE_INFLIGHT_BOUND (90 s) after
+    the send, and as long as the terminal is disconnected, on another account or its history is not
+    synced: `result.error.unknownBecause` is one of within_inflight_bound, in_flight_at_terminal,
+    ambiguous_match, terminal_disconnected, account_mismatch, history_not_synced.
+    Bridge reason codes in `result.error.code` (with `result.source` = "bridge" when nothing was
+    sent): SessionEnded, TerminalNotBound, AccountMismatch (cancelled); NotExecuted, BridgeUnavailable,
+    TerminalError (failed); OutcomeUnknown (unknown). docs/orders.md has the details.
+    """
 
     taskId = serializers.CharField(source="id")
     requestId = serializers.CharField(source="request_id")
