@@ -132,6 +132,9 @@ BRIDGE_CREDENTIALS_KEY = env.str("BRIDGE_CREDENTIALS_KEY", default="")
 if PRODUCTION and not BRIDGE_CREDENTIALS_KEY:
     raise ImproperlyConfigured("BRIDGE_CREDENTIALS_KEY must be set when BRIDGE_ENV=production")
 BRIDGE_CREDENTIALS_KEY_FILE = VAR_DIR / "credentials.key"
+# Decrypt-only credentials keys (comma-separated, same format), kept while `manage.py
+# rotate_credentials_key` moves stored secrets to BRIDGE_CREDENTIALS_KEY (docs/operations.md, Credentials).
+BRIDGE_CREDENTIALS_OLD_KEYS = env.list("BRIDGE_CREDENTIALS_OLD_KEYS", default=[])
 BRIDGE_SESSION_TTL = env.int("BRIDGE_SESSION_TTL", default=120)
 BRIDGE_SESSION_EXPIRY_SWEEP = env.float("BRIDGE_SESSION_EXPIRY_SWEEP", default=10.0)
 BRIDGE_SESSION_OPEN_MAX_WAIT = env.float("BRIDGE_SESSION_OPEN_MAX_WAIT", default=30.0)
@@ -149,6 +152,16 @@ BRIDGE_OPS_TOKEN = env.str("BRIDGE_OPS_TOKEN", default="")
 # The read process and the poller give up on a hung terminal after this long (ms) and reconnect;
 # the order worker keeps MT5's default (a slow order must not be abandoned mid-call).
 BRIDGE_READ_TERMINAL_TIMEOUT_MS = env.int("BRIDGE_READ_TERMINAL_TIMEOUT_MS", default=5000)
+# The /events socket's security limits (docs/events.md, "Limits"): single-use ticket lifetime (s);
+# connects per API key and failed connects per client IP (N/s|min|hour); client messages per socket;
+# JSON depth and size of a client message; how often an open socket re-checks its key (s).
+BRIDGE_EVENTS_TICKET_TTL = env.float("BRIDGE_EVENTS_TICKET_TTL", default=30.0)
+BRIDGE_EVENTS_CONNECT_RATE = env.str("BRIDGE_EVENTS_CONNECT_RATE", default="30/min")
+BRIDGE_EVENTS_CONNECT_FAIL_RATE_IP = env.str("BRIDGE_EVENTS_CONNECT_FAIL_RATE_IP", default="60/min")
+BRIDGE_EVENTS_MESSAGE_RATE = env.str("BRIDGE_EVENTS_MESSAGE_RATE", default="20/s")
+BRIDGE_EVENTS_MAX_DEPTH = env.int("BRIDGE_EVENTS_MAX_DEPTH", default=32)
+BRIDGE_EVENTS_MAX_MESSAGE_BYTES = env.int("BRIDGE_EVENTS_MAX_MESSAGE_BYTES", default=64 * 1024)
+BRIDGE_EVENTS_KEY_CHECK_INTERVAL = env.float("BRIDGE_EVENTS_KEY_CHECK_INTERVAL", default=10.0)
 
 # --- REST --------------------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("BRIDGE_MAX_BODY_BYTES", default=64 * 1024)
