@@ -147,7 +147,36 @@ BRIDGE_SESSION_LOGIN_TIMEOUT = env.float("BRIDGE_SESSION_LOGIN_TIMEOUT", default
 # renewed it for this long loses it to a waiting one.
 BRIDGE_WORKER_LEASE_TTL = env.float("BRIDGE_WORKER_LEASE_TTL", default=3 * BRIDGE_WORKER_HEARTBEAT_INTERVAL)
 BRIDGE_REQUIRE_REQUEST_ID = env.bool("BRIDGE_REQUIRE_REQUEST_ID", default=False)
-BRIDGE_THROTTLE_RATE = env.str("BRIDGE_THROTTLE_RATE", default="6000/min")
+
+# Rate limits (bridge_project/ratelimit.py; docs/operations.md, "Security" > "Rate limits"): each is
+# <count>/<period> (60/min, 20/10min, 10/s, 100/h, 1000/day); empty, 0 or off: no limit.
+_RATE_UNITS = {"s", "sec", "secs", "second", "seconds", "m", "min", "mins", "minute", "minutes",
+               "h", "hour", "hours", "d", "day", "days"}
+
+
+def _rate(name: str, default: str) -> str:
+    value = env.str(name, default=default)
+    text = value.strip().lower()
+    count, _, period = text.partition("/")
+    period = period.strip()
+    digits = period[: len(period) - len(period.lstrip("0123456789"))]
+    unit = period[len(digits):].strip()
+    valid = count.strip().isdigit() and unit in _RATE_UNITS and (digits == "" or int(digits) > 0)
+    if text not in {"", "0", "off", "none"} and not valid:
+        raise ImproperlyConfigured(f"{name}={value!r}: expected <count>/<period>, e.g. 60/min, 20/10min, or off")
+    return value
+
+
+BRIDGE_THROTTLE_RATE = _rate("BRIDGE_THROTTLE_RATE", "6000/min")  # per workspace (valid API key)
+BRIDGE_THROTTLE_KEY_RATE = _rate("BRIDGE_THROTTLE_KEY_RATE", BRIDGE_THROTTLE_RATE)  # per API key
+BRIDGE_THROTTLE_IP_RATE = _rate("BRIDGE_THROTTLE_IP_RATE", "120/min")  # no/bad credentials, per client IP
+BRIDGE_THROTTLE_OPS_RATE = _rate("BRIDGE_THROTTLE_OPS_RATE", "120/min")  # /ops/..., /metrics: per token or IP
+BRIDGE_THROTTLE_ADMIN_IP_RATE = _rate("BRIDGE_THROTTLE_ADMIN_IP_RATE", "20/10min")  # admin login POSTs per IP
+BRIDGE_THROTTLE_ADMIN_USER_RATE = _rate("BRIDGE_THROTTLE_ADMIN_USER_RATE", "10/10min")  # ... per username
+BRIDGE_THROTTLE_REDIS_URL = env.str("BRIDGE_THROTTLE_REDIS_URL", default="")  # empty: REDIS_URL
+# 0: the client IP is REMOTE_ADDR. N > 0: the web tier sits behind N trusted reverse proxies, each
+# appending to X-Forwarded-For; the client IP is the N-th entry from the right.
+BRIDGE_TRUSTED_PROXY_COUNT = env.int("BRIDGE_TRUSTED_PROXY_COUNT", default=0)
 BRIDGE_OPS_TOKEN = env.str("BRIDGE_OPS_TOKEN", default="")
 # The read process and the poller give up on a hung terminal after this long (ms) and reconnect;
 # the order worker keeps MT5's default (a slow order must not be abandoned mid-call).

@@ -1,11 +1,26 @@
-"""Admin for workspaces, API keys (create shows the key once; revoke/rotate) and sessions."""
+"""Admin for workspaces, API keys (create shows the key once; revoke/rotate) and sessions.
+
+Login attempts (POSTs to the admin login) are rate limited per client IP
+(``BRIDGE_THROTTLE_ADMIN_IP_RATE``) and per username (``BRIDGE_THROTTLE_ADMIN_USER_RATE``), counted
+before the password is checked: over either limit the answer is ``429`` with ``Retry-After`` and the
+password is not tried (a right guess is refused too). The 429 carries the API's error body
+(``RateLimited``, ``details.retryAfter``), as every error answer of the bridge. Redis down: the limit
+fails open.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+
+from bridge_project import ratelimit
 
 from .api_keys import create_api_key, revoke_api_key, rotate_api_key
 from .models import LIVE_STATUSES, ApiKey, BridgeSession, SessionStatus, Workspace
@@ -67,3 +82,37 @@ class BridgeSessionAdmin(admin.ModelAdmin):
             status=SessionStatus.EXPIRED, ended_at=timezone.now()
         )
         self.message_user(request, f"expired {count} session(s)")
+
+
+def admin_login_refused(wait: float) -> HttpResponse:
+    """The 429: the API's error body (as every error answer of the bridge) with ``Retry-After``,
+    readable in a browser too."""
+    seconds = ratelimit.retry_after(wait)
+    response = ratelimit.limited_response(wait, f"too many login attempts: try again in {seconds} seconds")
+    add_never_cache_headers(response)
+    return response
+
+
+def rate_limited_login(login: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Wrap an admin site's login view: every POST counts per client IP and per username."""
+
+    @functools.wraps(login)
+    def limited(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        if request.method == "POST":
+            username = str(request.POST.get("username", "")).strip().casefold()[:150]
+            wait = ratelimit.check_request(request, [
+                ("admin-ip", ratelimit.client_ip(request), getattr(settings, "BRIDGE_THROTTLE_ADMIN_IP_RATE", "")),
+                ("admin-user", ratelimit.digest(username),
+                 getattr(settings, "BRIDGE_THROTTLE_ADMIN_USER_RATE", "")),
+            ])
+            if wait is not None:
+                return admin_login_refused(wait)
+        return login(request, extra_context)
+
+    limited.bridge_rate_limited = True  # type: ignore[attr-defined]
+    return limited
+
+
+if not getattr(admin.site.login, "bridge_rate_limited", False):
+    # AdminSite.get_urls() routes "login/" to ``self.login``: the instance attribute takes its place.
+    admin.site.login = rate_limited_login(admin.site.login)  # type: ignore[method-assign]

@@ -1,4 +1,9 @@
-"""DRF authentication by workspace API key (``Authorization: Bearer <key>``)."""
+"""DRF authentication by workspace API key (``Authorization: Bearer <key>``).
+
+A request without valid credentials (no key, a malformed header, a wrong or revoked key) is counted
+per client IP (``BRIDGE_THROTTLE_IP_RATE``, ``bridge_project.ratelimit``): over the limit it is answered
+``429 RateLimited`` with ``Retry-After`` instead of ``401``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from dataclasses import dataclass
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
+
+from bridge_project.ratelimit import RateLimited, limit_anonymous
 
 from .api_keys import authenticate_key
 from .models import ApiKey, Workspace
@@ -31,20 +38,28 @@ def principal_for_key(key: str) -> WorkspacePrincipal | None:
     return WorkspacePrincipal(row.workspace, row) if row else None
 
 
+def _refuse(request, message: str) -> AuthenticationFailed:  # noqa: ANN001
+    """The exception for a failed authentication: 401, or 429 once the client IP is over its limit."""
+    wait = limit_anonymous(request)
+    if wait is not None:
+        return RateLimited(wait, "too many requests without valid credentials from this address")
+    return AuthenticationFailed(message)
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request):  # noqa: ANN001, ANN201 - DRF signature
         header = get_authorization_header(request).split()
         if not header:
             return None
         if header[0].lower() != b"bearer" or len(header) != 2:
-            raise AuthenticationFailed("Authorization must be 'Bearer <api-key>'")
+            raise _refuse(request, "Authorization must be 'Bearer <api-key>'")
         try:
             key = header[1].decode("ascii")
         except UnicodeDecodeError as exc:
-            raise AuthenticationFailed("invalid API key") from exc
+            raise _refuse(request, "invalid API key") from exc
         principal = principal_for_key(key)
         if principal is None:
-            raise AuthenticationFailed("invalid or revoked API key")
+            raise _refuse(request, "invalid or revoked API key")
         return principal, principal.api_key
 
     def authenticate_header(self, request) -> str:  # noqa: ANN001
@@ -52,10 +67,16 @@ class ApiKeyAuthentication(BaseAuthentication):
 
 
 class IsWorkspace(BasePermission):
-    """Allows workspace principals only (an API key was presented and valid)."""
+    """Allows workspace principals only (an API key was presented and valid). A request without
+    credentials counts against its IP's limit (429 over it, else 401)."""
 
     def has_permission(self, request, view) -> bool:  # noqa: ANN001
-        return isinstance(request.user, WorkspacePrincipal)
+        if isinstance(request.user, WorkspacePrincipal):
+            return True
+        wait = limit_anonymous(request)
+        if wait is not None:
+            raise RateLimited(wait, "too many requests without valid credentials from this address")
+        return False
 
 
 try:  # OpenAPI: describe the API key as a bearer scheme (drf-spectacular extension, auto-registered)

@@ -1,68 +1,44 @@
-"""Per-workspace throttling (the rate is ``BRIDGE_THROTTLE_RATE``, e.g. ``6000/min``).
+"""Per-workspace and per-API-key throttling of the client API.
 
-The request history lives in the Redis cache. When Redis cannot be reached the throttle **fails
-open**: the request goes on unthrottled (a warning is logged, ``bridge_redis_unavailable{where=
-"throttle"}`` counts it) rather than turning into a 500. Rate limiting protects the bridge; it must
-not be the reason a write that the database ledger can accept is refused. After a failure the cache
-is left alone for ``REDIS_HOLD_OFF_SECONDS`` (requests pass without trying it), so an outage costs
-no connection attempt per request.
+A request with a valid API key counts against two limits at once, in one atomic Redis script call
+(``bridge_project.ratelimit``): its workspace (``BRIDGE_THROTTLE_RATE``, e.g. ``6000/min``) and its key
+(``BRIDGE_THROTTLE_KEY_RATE``). Over either: ``429 RateLimited`` with ``Retry-After``. Requests without
+valid credentials are limited per client IP in ``sessions.auth`` (``BRIDGE_THROTTLE_IP_RATE``).
+
+When Redis cannot be reached the throttle **fails open**: the request goes on unthrottled (a warning
+is logged, ``bridge_redis_unavailable{where="throttle"}`` counts it) rather than turning into a 500.
+Rate limiting protects the bridge; it must not be the reason a write that the database ledger can
+accept is refused. After a failure Redis is left alone for ``ratelimit.REDIS_HOLD_OFF_SECONDS``
+(requests pass without trying it), so an outage costs no connection attempt per request.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-
-import redis
 from django.conf import settings
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle
 
-from bridge_project import metrics
+from bridge_project import ratelimit
 
 from .auth import WorkspacePrincipal
 
-logger = logging.getLogger("bridge.sessions.throttling")
-
-REDIS_HOLD_OFF_SECONDS = 2.0
-
-_lock = threading.Lock()
-_redis_down_until = 0.0
+REDIS_HOLD_OFF_SECONDS = ratelimit.REDIS_HOLD_OFF_SECONDS
 
 
-def _holding_off() -> bool:
-    return time.monotonic() < _redis_down_until
-
-
-def _note_redis_down(exc: Exception) -> None:
-    global _redis_down_until
-    with _lock:
-        first = not _holding_off()
-        _redis_down_until = time.monotonic() + REDIS_HOLD_OFF_SECONDS
-    if first:
-        logger.warning("rate limiter failing open: Redis unreachable (%s: %s)", type(exc).__name__, exc)
-
-
-class WorkspaceRateThrottle(SimpleRateThrottle):
+class WorkspaceRateThrottle(BaseThrottle):
     scope = "workspace"
 
-    def get_rate(self) -> str:
-        return settings.BRIDGE_THROTTLE_RATE
-
-    def get_cache_key(self, request, view) -> str | None:  # noqa: ANN001
-        user = request.user
-        if not isinstance(user, WorkspacePrincipal):
-            return None
-        return f"throttle:ws:{user.workspace.pk}"
+    def __init__(self) -> None:
+        self._wait: float | None = None
 
     def allow_request(self, request, view) -> bool:  # noqa: ANN001
-        if _holding_off():
-            if self.get_cache_key(request, view) is not None:
-                metrics.redis_unavailable("throttle")
-            return True
-        try:
-            return super().allow_request(request, view)
-        except redis.RedisError as exc:
-            _note_redis_down(exc)
-            metrics.redis_unavailable("throttle")
-            return True
+        user = request.user
+        if not isinstance(user, WorkspacePrincipal):
+            return True  # no valid key: limited per IP by sessions.auth
+        self._wait = ratelimit.check_request(request, [
+            ("workspace", str(user.workspace.pk), settings.BRIDGE_THROTTLE_RATE),
+            ("key", str(user.api_key.pk), getattr(settings, "BRIDGE_THROTTLE_KEY_RATE", "")),
+        ])
+        return self._wait is None
+
+    def wait(self) -> float | None:
+        return ratelimit.retry_after(self._wait) if self._wait is not None else None

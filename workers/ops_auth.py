@@ -4,6 +4,10 @@
 a logged-in staff user (the admin's session cookie) identifies a person. Nothing else: no
 credentials or a wrong token is ``401``; a valid workspace API key or a non-staff user is ``403``
 (authenticated, but workspaces never see across workspaces).
+
+Every ops request is rate limited (``BRIDGE_THROTTLE_OPS_RATE``) before its credentials are looked at:
+one bucket for the ops token, one per client IP for everything else (staff logins, wrong tokens,
+no credentials). Over it: ``429 RateLimited`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from bridge_project import ratelimit
 from bridge_project.errors import error_body, exception_handler
 from sessions.auth import ApiKeyAuthentication, WorkspacePrincipal
 
@@ -55,6 +60,22 @@ class OpsTokenAuthentication(BaseAuthentication):
     def authenticate_header(self, request) -> str:  # noqa: ANN001
         return "Bearer"
 
+
+def ops_rate_limit(request: HttpRequest | Request) -> float | None:
+    """Count an ops request (``BRIDGE_THROTTLE_OPS_RATE``): per ops token when it presents the valid
+    one, else per client IP. None: allowed; else the seconds to wait."""
+    header = get_authorization_header(request).split()
+    key = f"ip:{ratelimit.client_ip(request)}"
+    if len(header) == 2 and header[0].lower() == b"bearer":
+        try:
+            if ops_token_matches(header[1].decode("ascii")):
+                key = "token:" + ratelimit.digest(settings.BRIDGE_OPS_TOKEN)
+        except UnicodeDecodeError:
+            pass
+    return ratelimit.check_request(request, [("ops", key, getattr(settings, "BRIDGE_THROTTLE_OPS_RATE", ""))])
+
+
+OPS_RATE_LIMITED = "too many ops requests"
 
 OPS_AUTHENTICATION = [OpsTokenAuthentication, ApiKeyAuthentication, SessionAuthentication]
 

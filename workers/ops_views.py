@@ -17,21 +17,35 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bridge_project.errors import ValidationFailed, error_body
+from bridge_project.ratelimit import RateLimited, limited_response
 from bridge_project.schema import error
 
 from . import ops, ops_metrics
-from .ops_auth import OPS_AUTHENTICATION, IsStaffOrOpsToken, ops_access_denied
+from .ops_auth import (
+    OPS_AUTHENTICATION,
+    OPS_RATE_LIMITED,
+    IsStaffOrOpsToken,
+    ops_access_denied,
+    ops_rate_limit,
+)
 
 OPS_ERRORS = {
     401: error("Unauthorized: neither a staff login nor the ops token"),
     403: error("Forbidden: a workspace API key or a non-staff user"),
+    429: error("RateLimited: over BRIDGE_THROTTLE_OPS_RATE (per ops token or client IP); Retry-After set"),
 }
 
 
 class OpsView(APIView):
     authentication_classes = OPS_AUTHENTICATION
     permission_classes = [IsStaffOrOpsToken]
-    throttle_classes: list = []
+    throttle_classes: list = []  # ops_rate_limit instead, before authentication
+
+    def initial(self, request: Request, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        wait = ops_rate_limit(request)
+        if wait is not None:
+            raise RateLimited(wait, OPS_RATE_LIMITED)
+        super().initial(request, *args, **kwargs)
 
 
 class OpsTerminalsView(OpsView):
@@ -120,6 +134,9 @@ class OpsTasksView(OpsView):
 @csrf_exempt
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition (staff or ops token, like the other ops endpoints)."""
+    wait = ops_rate_limit(request)
+    if wait is not None:
+        return limited_response(wait, OPS_RATE_LIMITED)
     denied = ops_access_denied(request)
     if denied is not None:
         return denied

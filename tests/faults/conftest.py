@@ -105,11 +105,10 @@ def _reset_celery_connections() -> None:
 def _forget_cached_clients() -> None:
     """Drop the clients this process built for the previous Redis URL (they reconnect from settings)."""
     import streams.publisher
-    from bridge_project import metrics
-    from sessions import throttling
+    from bridge_project import metrics, ratelimit
 
     streams.publisher._clients.clear()
-    throttling._redis_down_until = 0.0
+    ratelimit.reset_hold_off()
     with metrics._held_lock:
         metrics._held.clear()
         metrics._down_until = 0.0
