@@ -6,12 +6,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from bridge_project import metrics
-from bridge_project.celery import terminal_queue
+from bridge_project.celery import app, terminal_queue
 
 if TYPE_CHECKING:
     from sessions.models import BridgeSession
 
 logger = logging.getLogger("bridge.workers.dispatch")
+LOGIN_TASK = "workers.login_session"  # workers.tasks.login_session
 
 # Fail fast when the broker is away: the request that opened the session is not held for long.
 LOGIN_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
@@ -25,11 +26,10 @@ def publish_login(session: BridgeSession) -> bool:
     the request that opened it still answers (a session row is the outbox of its login, re-driven by
     the login sweeper).
     """
-    from .tasks import login_session
-
     try:
-        login_session.apply_async(args=[session.id], queue=terminal_queue(session.terminal.name),
-                                  retry=True, retry_policy=LOGIN_PUBLISH_RETRY_POLICY)
+        # Sent by name: the web tier never imports the worker's task module.
+        app.send_task(LOGIN_TASK, args=[session.id], queue=terminal_queue(session.terminal.name),
+                      retry=True, retry_policy=LOGIN_PUBLISH_RETRY_POLICY)
     except Exception:  # noqa: BLE001 - the session row stands; its login is published again later
         logger.warning("publishing the login of session %s to terminal %s failed; it stays opening",
                        session.id, session.terminal.name, exc_info=True)
