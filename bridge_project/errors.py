@@ -3,7 +3,10 @@
 DRF's own errors (validation, parse, authentication, permission, 404, throttling), Django's
 (oversized body, unknown URL) and unexpected exceptions all leave here in that shape with the
 status of API.md's table. Unexpected exceptions are logged with the request id and answered as a
-500 without internals.
+500 without internals. Django's handlers (``json_400`` ... ``json_500``, wired in ``urls.py``) answer
+in the same shape; any other bare error answer is rewritten by ``middleware.with_error_body``, and the
+web server's own refusals by ``workers.stack`` (``code_for_status``). Bad input and its limits:
+docs/operations.md, "Bad input and limits".
 
 A dependency of the bridge itself that cannot be reached (Redis as cache, broker or store: a
 ``redis`` connection/timeout error or kombu's ``OperationalError`` from a Celery publish) is not a
@@ -75,6 +78,27 @@ class Conflict(BridgeError):
     code = "TaskConflict"
 
 
+class LengthRequired(BridgeError):
+    """A request body without Content-Length (``Transfer-Encoding: chunked``): the API needs the length."""
+
+    status_code = 411
+    code = "LengthRequired"
+
+
+class PayloadTooLarge(BridgeError):
+    """The request body is over ``BRIDGE_MAX_BODY_BYTES``."""
+
+    status_code = 413
+    code = "PayloadTooLarge"
+
+
+class RequestHeaderFieldsTooLarge(BridgeError):
+    """A request header field is over ``BRIDGE_MAX_HEADER_BYTES`` (or the head over the server's limit)."""
+
+    status_code = 431
+    code = "RequestHeaderFieldsTooLarge"
+
+
 class BridgeUnavailable(BridgeError):
     status_code = 502
     code = "BridgeUnavailable"
@@ -129,6 +153,34 @@ def unavailable_response(message: str, details: dict[str, Any] | None = None) ->
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+# The code of an error answered by a layer that has no better one (Django's own responses, the HTTP
+# server): the API's code for the status. 415 keeps DRF's historical ValidationError.
+STATUS_CODES: dict[int, str] = {
+    400: "ValidationError",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    408: "RequestTimeout",
+    409: "TaskConflict",
+    411: "LengthRequired",
+    413: "PayloadTooLarge",
+    414: "URITooLong",
+    415: "ValidationError",
+    429: "RateLimited",
+    431: "RequestHeaderFieldsTooLarge",
+    500: "InternalError",
+    501: "NotImplemented",
+    502: "BridgeUnavailable",
+    503: "Unavailable",
+}
+
+
+def code_for_status(status_code: int) -> str:
+    return STATUS_CODES.get(status_code, "InternalError" if status_code >= 500 else "BadRequest")
 
 
 def _field_details(detail: Any) -> dict[str, Any]:
@@ -215,18 +267,33 @@ def _count_outage(where: str) -> None:
     metrics.redis_unavailable(where)
 
 
+def _json(request, status_code: int, code: str, message: str,  # noqa: ANN001
+          details: dict[str, Any] | None = None) -> JsonResponse:
+    """A Django-level error answer; it carries ``x-request-id`` itself when the request id is known
+    (an error raised inside RequestIdMiddleware never passes back through it)."""
+    response = JsonResponse(error_body(code, message, details), status=status_code)
+    rid = getattr(request, "bridge_request_id", None)
+    if rid:
+        response["x-request-id"] = rid
+    return response
+
+
 def json_404(request, exception=None) -> JsonResponse:  # noqa: ANN001 - Django handler signature
-    return JsonResponse(error_body("NotFound", "not found"), status=404)
+    return _json(request, 404, "NotFound", "not found")
 
 
 def json_400(request, exception=None) -> JsonResponse:  # noqa: ANN001
-    return JsonResponse(error_body("ValidationError", "bad request"), status=400)
+    """Django's 400 (``SuspiciousOperation``, ``BadRequest``): an oversized body read by Django itself
+    (``RequestDataTooBig``) is 413 as everywhere else."""
+    if isinstance(exception, RequestDataTooBig):
+        return _json(request, 413, "PayloadTooLarge", "request body too large")
+    return _json(request, 400, "ValidationError", "bad request")
 
 
 def json_403(request, exception=None) -> JsonResponse:  # noqa: ANN001
-    return JsonResponse(error_body("Forbidden", "permission denied"), status=403)
+    return _json(request, 403, "Forbidden", "permission denied")
 
 
 def json_500(request) -> JsonResponse:  # noqa: ANN001
     rid = getattr(request, "bridge_request_id", "-")
-    return JsonResponse(error_body("InternalError", "internal error", {"requestId": rid}), status=500)
+    return _json(request, 500, "InternalError", "internal error", {"requestId": rid})

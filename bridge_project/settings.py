@@ -194,12 +194,17 @@ BRIDGE_EVENTS_KEY_CHECK_INTERVAL = env.float("BRIDGE_EVENTS_KEY_CHECK_INTERVAL",
 
 # --- REST --------------------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("BRIDGE_MAX_BODY_BYTES", default=64 * 1024)
+# Bad input (docs/operations.md "Bad input and limits"): JSON nested deeper is 400 ValidationError
+# (bridge_project/parsers.py); a header field (name + value) over this is 431 (middleware). The web
+# servers let header fields up to BRIDGE_SERVER_MAX_HEADER_BYTES (64 KiB) through to the app.
+BRIDGE_MAX_JSON_DEPTH = env.int("BRIDGE_MAX_JSON_DEPTH", default=32)
+BRIDGE_MAX_HEADER_BYTES = env.int("BRIDGE_MAX_HEADER_BYTES", default=8 * 1024)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["sessions.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["sessions.auth.IsWorkspace"],
     "DEFAULT_THROTTLE_CLASSES": ["sessions.throttling.WorkspaceRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["bridge_project.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "bridge_project.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

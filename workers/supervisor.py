@@ -29,7 +29,7 @@ import yaml
 from django.conf import settings
 
 from .config import TerminalConfig, load_terminals
-from .stack import terminal_process_argvs
+from .stack import daphne_argv, terminal_process_argvs
 
 ROOT = Path(settings.BASE_DIR)
 
@@ -174,7 +174,7 @@ class Supervisor:
         self.spawn("maintenance", [sys.executable, "manage.py", "run_maintenance_worker"])
         beat_schedule = Path(settings.VAR_DIR) / "celerybeat-schedule"
         self.spawn("beat", [sys.executable, "-m", "celery", "-A", "bridge_project", "beat", "-s", str(beat_schedule), "-l", "INFO"])
-        self.spawn("web", [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "bridge_project.asgi:application"])
+        self.spawn("web", daphne_argv(self.host, self.port, sys.executable))  # daphne with the header limits
         self.wait_port("web", self.host, self.port, timeout=60)
         base = f"http://{self.host}:{self.port}"
         _say("the bridge is up:")
