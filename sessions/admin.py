@@ -54,7 +54,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for row in queryset:
             revoke_api_key(row)
-        self.message_user(request, f"revoked {queryset.count()} key(s)")
+        self.message_user(request, f"revoked {queryset.count()} key(s); their open /events sockets are closed (4401)")
 
     @admin.action(description="Rotate selected keys (revoke and issue a replacement)")
     def rotate(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

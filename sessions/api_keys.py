@@ -1,4 +1,12 @@
-"""API keys: made, shown once, stored as a digest, revoked and rotated."""
+"""API keys: made, shown once, stored as a digest, revoked and rotated.
+
+Revoking a key closes its open ``/events`` sockets within a second (4401): every path that ends a key
+tells them after its transaction commits. ``revoke_api_key`` (used by ``rotate_api_key``, the admin's
+revoke and rotate actions and the ``revoke_api_key`` / ``rotate_api_key`` management commands) does it
+itself; a ``revoked_at`` set by ``save()`` anywhere else and a deleted key (also through its workspace)
+do it through the model signals below. ``QuerySet.update(revoked_at=...)`` sends no signal: sockets
+opened with such a key close at their periodic key check (``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import hmac
 import secrets
 
 from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
 from .models import ApiKey, Workspace
@@ -41,10 +51,26 @@ def authenticate_key(key: str) -> ApiKey | None:
     return row
 
 
+def close_key_sockets(key_id: int) -> None:
+    """After the current transaction commits (at once outside one): tell the key's open sockets to
+    close (4401). Never raises; a lost message is caught by the sockets' periodic key check."""
+    def publish() -> None:
+        from streams.publisher import publish_key_revoked
+
+        publish_key_revoked(key_id)
+
+    transaction.on_commit(publish)
+
+
 def revoke_api_key(row: ApiKey) -> None:
+    """Revoke ``row`` (idempotent) and close the sockets opened with it once that commits."""
     if row.revoked_at is None:
-        row.revoked_at = timezone.now()
-        row.save(update_fields=["revoked_at"])
+        now = timezone.now()
+        if ApiKey.objects.filter(pk=row.pk, revoked_at__isnull=True).update(revoked_at=now):
+            row.revoked_at = now
+        else:
+            row.refresh_from_db(fields=["revoked_at"])
+    close_key_sockets(row.pk)
 
 
 @transaction.atomic
@@ -52,3 +78,14 @@ def rotate_api_key(row: ApiKey) -> tuple[ApiKey, str]:
     """Revoke ``row`` and make its replacement in the same workspace (same name)."""
     revoke_api_key(row)
     return create_api_key(row.workspace, row.name)
+
+
+@receiver(post_save, sender=ApiKey, dispatch_uid="api_key_revoked_by_save")
+def _revoked_by_save(sender, instance: ApiKey, created: bool, update_fields=None, **kwargs) -> None:  # noqa: ANN001, ANN003
+    if instance.revoked_at is not None and (update_fields is None or "revoked_at" in update_fields):
+        close_key_sockets(instance.pk)
+
+
+@receiver(post_delete, sender=ApiKey, dispatch_uid="api_key_deleted")
+def _deleted(sender, instance: ApiKey, **kwargs) -> None:  # noqa: ANN001, ANN003
+    close_key_sockets(instance.pk)

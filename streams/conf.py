@@ -67,5 +67,41 @@ def session_check_interval() -> float:
     return float(_setting("BRIDGE_EVENTS_SESSION_CHECK_INTERVAL", float, 30.0))
 
 
+def ticket_ttl() -> float:
+    """Seconds a socket ticket from ``POST /events/ticket`` stays valid (it is single-use)."""
+    return float(_setting("BRIDGE_EVENTS_TICKET_TTL", float, 30.0))
+
+
+def connect_rate() -> str:
+    """Socket connects allowed per API key (``N/s``, ``N/min``, ``N/hour``; ``0/min``: no limit)."""
+    return str(_setting("BRIDGE_EVENTS_CONNECT_RATE", str, "30/min"))
+
+
+def connect_fail_rate_ip() -> str:
+    """Failed socket connects (bad key, ticket or session) allowed per client IP before it is refused."""
+    return str(_setting("BRIDGE_EVENTS_CONNECT_FAIL_RATE_IP", str, "60/min"))
+
+
+def message_rate() -> str:
+    """Client messages allowed per socket."""
+    return str(_setting("BRIDGE_EVENTS_MESSAGE_RATE", str, "20/s"))
+
+
+def max_depth() -> int:
+    """Deepest nesting of arrays/objects accepted in a client message."""
+    return int(_setting("BRIDGE_EVENTS_MAX_DEPTH", int, 32))
+
+
+def max_message_bytes() -> int:
+    """Largest client message accepted (UTF-8 bytes)."""
+    return int(_setting("BRIDGE_EVENTS_MAX_MESSAGE_BYTES", int, 64 * 1024))
+
+
+def key_check_interval() -> float:
+    """Seconds between an open socket's database checks that its API key is still active (the fallback:
+    revoking a key closes its sockets at once through the channel layer)."""
+    return float(_setting("BRIDGE_EVENTS_KEY_CHECK_INTERVAL", float, 30.0))
+
+
 def redis_url() -> str:
     return str(settings.REDIS_URL)

@@ -1,13 +1,19 @@
 """The /events WebSocket: authentication, subscribe/unsubscribe/resume/ping, live and replayed events.
 
 A socket belongs to one bridge session of one workspace and only ever joins that session's groups,
-so it cannot receive another session's events. Messages from the client that cannot be understood get
-an ``error`` message (the API's error body) and the socket stays open. Close codes:
+so it cannot receive another session's events. Messages from the client that cannot be understood
+(invalid JSON, nested deeper than ``BRIDGE_EVENTS_MAX_DEPTH``, larger than
+``BRIDGE_EVENTS_MAX_MESSAGE_BYTES``, ...) get an ``error`` message (the API's error body) and the socket
+stays open. Credentials: the ``Authorization`` and ``x-session-id`` headers, a single-use ``?ticket=``
+(``streams.tickets``), or (discouraged: it lands in proxy logs) ``?token=&session=``. Close codes:
 
-* 4401: bad or missing credentials, or the session is not live when the socket opens;
+* 4401: bad or missing credentials, or the session is not live when the socket opens; also the socket's
+  API key revoked or rotated while it is open (``key.<id>`` group, with a periodic database check as
+  the fallback);
 * 4410: the session ended while the socket was open (its final ``session`` event was sent first; the
   30-second database check is the fallback should that event be lost);
-* 4429: the client cannot keep up (see ``streams.outbox``); resume with ``?since=``;
+* 4429: the client cannot keep up (see ``streams.outbox``; resume with ``?since=``), or it went over a
+  rate limit: connects per key or failed connects per IP, or a flood of messages (``streams.ratelimit``);
 * 4503: Redis was unreachable while the socket opened (after an ``Unavailable`` error): try again.
 
 A socket follows the session's sequence ``(epoch, seq)`` from the moment it opens. An event of another
@@ -18,8 +24,10 @@ the stream, tells the client ``resync_required`` and follows the new epoch (``do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -32,8 +40,18 @@ from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from redis.exceptions import RedisError
 
-from . import conf, relay, subscriptions
-from .keys import ALWAYS, FINAL_SESSION_STATUSES, REPLAYABLE, group_for, parse_channel, replay_group
+from bridge_project.ratelimit import arate_limit_hit, client_ip_from_scope
+
+from . import conf, ratelimit, relay, subscriptions, tickets
+from .keys import (
+    ALWAYS,
+    FINAL_SESSION_STATUSES,
+    REPLAYABLE,
+    group_for,
+    key_group,
+    parse_channel,
+    replay_group,
+)
 from .outbox import Outbox
 from .publisher import dumps
 from .relay import async_redis, ensure_relay, redis_slot
@@ -45,7 +63,6 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_SESSION_ENDED = 4410
 CLOSE_TOO_SLOW = 4429
 CLOSE_UNAVAILABLE = 4503  # Redis unreachable while the socket opened (servers may send 1000 or 3000-4999)
-MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CHANNELS = 256
 GAP_CHECK_SECONDS = 5.0
 GROUP_REFRESH_SECONDS = 3600.0  # channels-redis forgets group members after group_expiry (1 day)
@@ -55,23 +72,47 @@ REPLAY_PAGE = 1000
 REDIS_ERRORS = (RedisError, OSError)
 
 
-def _authenticate(token: str | None, session_id: str | None) -> tuple[str, str] | None:
-    """(session id, terminal name) when the key is valid and the session is its workspace's and live."""
-    from sessions.auth import principal_for_key
+def _live_session_of(workspace, session_id: str) -> tuple[str, str] | None:  # noqa: ANN001
     from sessions.services import get_session
 
-    if not token or not session_id:
-        return None
-    principal = principal_for_key(token)
-    if principal is None:
-        return None
     try:
-        session = get_session(principal.workspace, session_id)
+        session = get_session(workspace, session_id)
     except Exception:  # noqa: BLE001 - NotFound (another workspace's or unknown): same answer, 4401
         return None
     if not session.live:
         return None
     return session.id, session.terminal.name
+
+
+def _authenticate(token: str | None, session_id: str | None) -> tuple[str, str, int] | None:
+    """(session id, terminal name, key id) when the key is valid and the session is its workspace's and live."""
+    from sessions.auth import principal_for_key
+
+    if not token or not session_id or len(token) > 256 or len(session_id) > 64:
+        return None
+    principal = principal_for_key(token)
+    if principal is None:
+        return None
+    found = _live_session_of(principal.workspace, session_id)
+    return (*found, principal.api_key.pk) if found else None
+
+
+def _authenticate_ticket(grant: tickets.Ticket) -> tuple[str, str, int] | None:
+    """As ``_authenticate`` for a redeemed ticket: its key must still be active and its session live."""
+    from sessions.models import ApiKey
+
+    key = ApiKey.objects.select_related("workspace").filter(
+        pk=grant.key_id, workspace_id=grant.workspace_id, revoked_at__isnull=True).first()
+    if key is None:
+        return None
+    found = _live_session_of(key.workspace, grant.session_id)
+    return (*found, key.pk) if found else None
+
+
+def _key_active(key_id: int) -> bool:
+    from sessions.models import ApiKey
+
+    return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).exists()
 
 
 def _session_live(session_id: str) -> bool:
@@ -93,6 +134,34 @@ def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None, dict[str
     token = token or (query.get("token") or [None])[0]
     session_id = headers.get("x-session-id") or (query.get("session") or [None])[0]
     return token, session_id, query
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when arrays/objects nest deeper than ``limit`` (a top-level object is depth 1). Iterative."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_client_message(text: str, max_bytes: int, max_depth: int) -> tuple[Any, str | None]:
+    """(the decoded JSON, None) or (None, why it is refused). Size is checked before parsing; nesting
+    deeper than the interpreter can parse (``RecursionError``) or than ``max_depth`` is refused."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        return None, f"message larger than {max_bytes} bytes"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, f"message nested deeper than {max_depth} levels"
+    except ValueError:
+        return None, "message is not valid JSON"
+    if isinstance(value, dict | list) and too_deep(value, max_depth):
+        return None, f"message nested deeper than {max_depth} levels"
+    return value, None
 
 
 def server_backlog(send: Any) -> int | None:
@@ -137,20 +206,61 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def _refuse(self, code: int, error: dict) -> None:
+        """Answer ``error`` and close with ``code`` (only while opening: nothing else is queued yet)."""
+        self.closing = True
+        await self.send(text_data=dumps(error))
+        await self.close(code=code)
+
+    async def _rate_limited(self, retry_after: float, message: str) -> None:
+        wait = max(1, math.ceil(retry_after))
+        await self._refuse(CLOSE_TOO_SLOW, _error("RateLimited", message, {"retryAfter": wait}))
+
+    async def _authenticate_scope(self, query: dict[str, list[str]]) -> tuple[str, str, int] | None:
+        """Headers first, then a ``?ticket=`` (redeemed: single use), then ``?token=&session=``."""
+        headers = {k.decode("latin-1").lower() for k, _ in self.scope.get("headers", [])}
+        ticket = (query.get("ticket") or [None])[0]
+        if ticket is not None and "authorization" not in headers:
+            grant = await tickets.redeem(self.redis, ticket)
+            if grant is None:
+                return None
+            return await database_sync_to_async(_authenticate_ticket)(grant)
+        token, session_id, _ = credentials(self.scope)
+        return await database_sync_to_async(_authenticate)(token, session_id)
+
     async def connect(self) -> None:
         self.session_id: str | None = None
         self.closing = False
-        # Accept first: a close code (4401) can only be sent on an accepted socket.
+        self.close_sent = False
+        # Accept first: a close code (4401, 4429) can only be sent on an accepted socket.
         await self.accept()
-        token, session_id, query = credentials(self.scope)
-        auth = await database_sync_to_async(_authenticate)(token, session_id)
-        if auth is None:
-            self.closing = True
-            await self.send(text_data=dumps(_error("Unauthorized", "invalid API key or session")))
-            await self.close(code=CLOSE_UNAUTHORIZED)
+        self.redis = async_redis()
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            auth = await self._authenticate_scope(query)
+            if auth is None:
+                # Failed connects count per client address; over the limit: 4429 instead of 4401.
+                wait = await arate_limit_hit(scope=ratelimit.CONNECT_FAIL_SCOPE, key=client_ip_from_scope(self.scope),
+                                             rate=conf.connect_fail_rate_ip())
+                if wait is not None:
+                    await self._rate_limited(wait, "too many failed connects from this address")
+                else:
+                    await self._refuse(CLOSE_UNAUTHORIZED,
+                                       _error("Unauthorized", "invalid API key, ticket or session"))
+                return
+            wait = await arate_limit_hit(scope=ratelimit.CONNECT_SCOPE, key=str(auth[2]), rate=conf.connect_rate())
+            if wait is not None:
+                await self._rate_limited(wait, f"too many socket connects with this API key ({conf.connect_rate()})")
+                return
+        except REDIS_ERRORS as exc:
+            logger.warning("socket refused, Redis unreachable while authenticating (%s)", exc)
+            await self._refuse(CLOSE_UNAVAILABLE, _error("Unavailable", "the event store is unreachable; retry shortly"))
             return
-        self.session_id, self.terminal = auth
+        self.session_id, self.terminal, self.key_id = auth
         self.socket_id = uuid.uuid4().hex
+        self.messages = ratelimit.MessageBucket(conf.message_rate())
+        self.refused_in_a_row = 0
+        self.max_bytes, self.max_depth = conf.max_message_bytes(), conf.max_depth()
         self.subs: set[str] = set(ALWAYS)
         # The session's sequence as far as this socket has delivered it: (epoch, seq). Epoch 0 with seq 0:
         # the session had no sequence yet, so the first epoch seen is simply followed.
@@ -158,10 +268,15 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.last_seq = 0
         self.groups_joined: set[str] = set()
         self.outbox = Outbox(conf.client_max_pending())
-        self.redis = async_redis()
         self.restart_task: asyncio.Task | None = None
         ensure_relay()
         try:
+            # The key's group first, then check the key once more: a revocation that committed before the
+            # join is seen by this check, one after it arrives through the group.
+            await self._join(key_group(self.key_id))
+            if not await database_sync_to_async(_key_active)(self.key_id):
+                await self._refuse(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
+                return
             await self._join(replay_group(self.session_id))
             # After joining: every event from here on either comes through the group or is older than this.
             async with redis_slot():
@@ -175,6 +290,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         relay.watch(self)
         self.writer = asyncio.create_task(self._write_loop())
         self.housekeeper = asyncio.create_task(self._housekeeping())
+        self.key_watch = asyncio.create_task(self._key_check_loop())
         since = (query.get("since") or [None])[0]
         epoch = (query.get("epoch") or [None])[0]
         if epoch is not None and not epoch.isdigit():
@@ -194,7 +310,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         self.closing = True
         relay.unwatch(self)
-        for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None), self.restart_task):
+        for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None),
+                     getattr(self, "key_watch", None), getattr(self, "restart_task", None)):
             if task is not None:
                 task.cancel()
         try:
@@ -209,16 +326,26 @@ class EventsConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session_id is None or self.closing:
             return
+        wait = self.messages.take()
+        if wait:
+            # Every refused message is answered (unread); a client that goes on sending a whole further
+            # burst without waiting is flooding: closed with 4429.
+            self.refused_in_a_row += 1
+            if self.refused_in_a_row > max(self.messages.limit, 1):
+                await self._close_now(CLOSE_TOO_SLOW, _error("RateLimited", "message flood: the socket is closed",
+                                                             {"retryAfter": round(wait, 3)}))
+            else:
+                self._reply(_error("RateLimited", f"more than {self.messages.limit} messages per "
+                                   f"{self.messages.period:g} s; this one was not read",
+                                   {"retryAfter": round(wait, 3)}))
+            return
+        self.refused_in_a_row = 0
         if text_data is None:
             self._reply(_error("ValidationError", "binary frames are not supported; send JSON text"))
             return
-        if len(text_data) > MAX_MESSAGE_BYTES:
-            self._reply(_error("ValidationError", f"message larger than {MAX_MESSAGE_BYTES} bytes"))
-            return
-        try:
-            message = json.loads(text_data)
-        except ValueError:
-            self._reply(_error("ValidationError", "message is not valid JSON"))
+        message, why = parse_client_message(text_data, self.max_bytes, self.max_depth)
+        if why is not None:
+            self._reply(_error("ValidationError", why))
             return
         if not isinstance(message, dict):
             self._reply(_error("ValidationError", "message must be a JSON object"))
@@ -419,10 +546,13 @@ class EventsConsumer(AsyncWebsocketConsumer):
     # -- events from the channel layer ---------------------------------------------------------------
     async def dispatch(self, message: dict) -> None:
         """Events skip channels' per-message ``aclose_old_connections`` (a thread hop each): they never
-        touch the database, and at 1,000 sockets x 10 ticks/s that hop was most of daphne's CPU."""
+        touch the database, and at 1,000 sockets x 10 ticks/s that hop was most of daphne's CPU. Client
+        messages skip it too (their handlers never touch the database): a flood costs no thread hops."""
         try:
             if message["type"] == "bridge.event":
                 await self.bridge_event(message)
+            elif message["type"] == "websocket.receive":
+                await self.websocket_receive(message)
             else:
                 await super().dispatch(message)
         except REDIS_ERRORS as exc:
@@ -476,6 +606,54 @@ class EventsConsumer(AsyncWebsocketConsumer):
         if not self.closing:
             self.closing = True
             self.outbox.put_close(code)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close once (the writer, a revocation and a flood may each want to)."""
+        if self.close_sent:
+            return
+        self.close_sent = True
+        await super().close(code=code, reason=reason)
+
+    async def _close_now(self, code: int, error: dict) -> None:
+        """Close at once, ahead of anything still queued (a revoked key, a flood): ``error``, then ``code``;
+        nothing more reaches the client."""
+        if self.close_sent:
+            return
+        self.closing = True
+        writer = getattr(self, "writer", None)
+        if writer is not None and not writer.done() and writer is not asyncio.current_task():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if self.close_sent:
+            return
+        logger.info("socket %s of session %s closed (%s): %s", getattr(self, "socket_id", "?"), self.session_id,
+                    code, error["error"]["message"])
+        await self.send(text_data=dumps(error))
+        await self.close(code=code)
+
+    # -- the API key: revoked while the socket is open --------------------------------------------------
+    async def bridge_key_revoked(self, message: dict) -> None:
+        """The socket's API key was revoked or rotated (``streams.publisher.publish_key_revoked``)."""
+        if self.session_id is not None and message.get("k") == self.key_id:
+            await self._close_now(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
+
+    async def _key_check_loop(self) -> None:
+        """The fallback should the revocation message be lost (Redis away, a key revoked by a path that
+        does not publish): the key is looked up every ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``."""
+        interval = conf.key_check_interval()
+        while not self.close_sent:
+            await asyncio.sleep(interval)
+            try:
+                active = await database_sync_to_async(_key_active)(self.key_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database away: try again next round
+                logger.warning("socket %s: API key check failed; retrying", self.socket_id, exc_info=True)
+                continue
+            if not active:
+                await self._close_now(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
+                return
 
     # -- writing ---------------------------------------------------------------------------------------
     def _reply(self, payload: dict) -> None:

@@ -61,6 +61,11 @@ def live_group(session_id: str, channel: str) -> str:
     return f"ev.{session_id}.{kind[0]}.{_symbol_part(symbol)}"
 
 
+def key_group(key_id: int) -> str:
+    """Channel-layer group of every socket opened with one API key (told when the key is revoked)."""
+    return f"key.{int(key_id)}"
+
+
 def group_for(session_id: str, channel: str) -> str:
     return replay_group(session_id) if channel in REPLAYABLE else live_group(session_id, channel)
 

@@ -41,7 +41,7 @@ from typing import Any
 import redis
 
 from . import conf
-from .keys import FANOUT_STREAM, REPLAYABLE, group_for, log_key, parse_channel, seq_key
+from .keys import FANOUT_STREAM, REPLAYABLE, group_for, key_group, log_key, parse_channel, seq_key
 
 logger = logging.getLogger("bridge.events")
 
@@ -196,3 +196,23 @@ def publish_session_events(
                 return [None] * len(prepared)
             time.sleep(0.05 * (attempt + 1))
     return [None] * len(prepared)
+
+
+def publish_key_revoked(key_id: int) -> bool:
+    """Tell every socket opened with API key ``key_id`` (on any daphne process) that the key was revoked:
+    they close with 4401 at once. One entry on the fan-out stream (``t=key.revoked``), forwarded by a
+    relay to the channel-layer group ``key.<id>``. Never raises: False when Redis could not be reached
+    (logged; each socket's periodic key check, ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``, still closes it)."""
+    client, _ = _client()
+    for attempt in range(3):
+        try:
+            client.xadd(FANOUT_STREAM, {"g": key_group(key_id), "t": "key.revoked", "k": int(key_id), "c": ""},
+                        maxlen=conf.fanout_maxlen(), approximate=True)
+            return True
+        except redis.RedisError:
+            if attempt == 2:
+                logger.exception("revocation of API key %s not published; sockets close at their next key check",
+                                 key_id)
+                return False
+            time.sleep(0.05 * (attempt + 1))
+    return False

@@ -17,6 +17,10 @@ channel-layer group membership with it. The relay notices (Redis's ``run_id`` ch
 ``RESTART_CHECK_SECONDS``, or ``NOGROUP``), recreates the consumer group reading the new stream from
 its start (so nothing published between the restart and the check is skipped), and tells every socket
 of this process (``watch``) to join its groups again and check its sequence against the stream.
+
+Entries with a ``t`` field are control messages, not events: ``t=key.revoked`` (``k``: the API key's id,
+``g``: ``key.<id>``) becomes ``bridge.key_revoked`` for every socket opened with that key, which closes
+with 4401 (``streams.publisher.publish_key_revoked``).
 """
 
 from __future__ import annotations
@@ -158,6 +162,11 @@ async def _run() -> None:
                 for entry_id, fields in entries:
                     if int(_text(entry_id).split("-", 1)[0]) < cutoff_ms:
                         stats["stale"] += 1
+                        continue
+                    if b"t" in fields:  # a control message: an API key was revoked
+                        if fields[b"t"] == b"key.revoked":
+                            by_group[_text(fields[b"g"])].append({"type": "bridge.key_revoked",
+                                                                   "k": int(fields[b"k"])})
                         continue
                     by_group[_text(fields[b"g"])].append({
                         "type": "bridge.event",

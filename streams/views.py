@@ -1,11 +1,12 @@
-"""GET /events/recent: the replayable events of the session, for clients without a socket. Thin view."""
+"""GET /events/recent: the replayable events of the session, for clients without a socket; POST
+/events/ticket: a single-use ticket that opens one socket without the API key in its URL. Thin views."""
 
 from __future__ import annotations
 
 import json
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,6 +15,7 @@ from bridge_project.errors import ValidationFailed
 from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, error
 from sessions.services import require_live_session
 
+from . import tickets
 from .keys import REPLAYABLE
 from .publisher import sync_redis
 from .replay import read_since
@@ -108,3 +110,38 @@ class RecentEventsView(APIView):
             "hasMore": not resync and not page.complete,
             "events": events,
         })
+
+
+TicketSerializer = inline_serializer(
+    name="EventsTicket",
+    fields={
+        "ticket": serializers.CharField(help_text="open the socket with `/events?ticket=<ticket>`; single use"),
+        "expiresAt": serializers.IntegerField(help_text="unix seconds, UTC: unused after this, it is refused"),
+    },
+)
+
+
+class EventsTicketView(APIView):
+    @extend_schema(
+        operation_id="events_ticket",
+        request=None,
+        parameters=[SESSION_HEADER],
+        responses={
+            201: TicketSerializer,
+            **COMMON_ERRORS,
+            401: error("Unauthorized: API key missing, wrong or revoked; session missing or unknown / SessionExpired: "
+                       "the session is closed, expired or failed"),
+            503: error("Unavailable: Redis, where tickets are kept, is unreachable; see Retry-After"),
+        },
+        description="A short-lived (BRIDGE_EVENTS_TICKET_TTL, 30 s), single-use ticket for the session's event "
+        "socket: connect to `/events?ticket=<ticket>` instead of putting the API key in the URL (`?token=` is "
+        "kept for compatibility but discouraged: URLs land in proxy and server logs). The socket opened with it "
+        "is bound to this session and this API key (revoking the key closes it). A used, expired or unknown "
+        "ticket: the socket is closed with 4401.",
+    )
+    def post(self, request: Request) -> Response:
+        session = require_live_session(request)
+        ticket, expires_at = tickets.issue(session_id=session.id, key_id=request.user.api_key.pk,
+                                           workspace_id=session.workspace_id)
+        return Response({"ticket": ticket, "expiresAt": int(expires_at)}, status=status.HTTP_201_CREATED,
+                        headers={"Cache-Control": "no-store"})
