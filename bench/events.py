@@ -198,7 +198,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     (work / "terminals.yaml").write_text(
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {address}\n    utc_offset: {OFFSET}\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
-           "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING", "BRIDGE_SESSION_TTL": "3600"}
+           "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING", "BRIDGE_SESSION_TTL": "3600",
+           # One API key opens every socket of the bench: the per-key connect limit would refuse most.
+           "BRIDGE_EVENTS_CONNECT_RATE": "off"}
     procs = Procs(work)
     try:
         setup_django(env, ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE", "BRIDGE_SESSION_TTL"))

@@ -28,7 +28,7 @@ def login_session(session_id: str) -> str:
     The terminal's binding is cleared first (whatever account it was on serves nobody while it logs
     in) and set again, fenced by this worker's lease, in the same transaction as ``→ active``.
     """
-    from sessions.crypto import decrypt_secret
+    from sessions.crypto import CredentialError, decrypt_secret
     from sessions.models import BridgeSession, SessionStatus
     from sessions.services import session_activate, session_fail_login
 
@@ -41,7 +41,14 @@ def login_session(session_id: str) -> str:
         return "wrong-terminal"
     lease = held_lease()
     terminal_unbind_all(lease=lease)
-    password = decrypt_secret(session.password_encrypted, session.id)
+    try:
+        password = decrypt_secret(session.password_encrypted, session.id)
+    except CredentialError as exc:
+        # A key missing from BRIDGE_CREDENTIALS_KEY/OLD_KEYS: the login cannot happen; say so now.
+        failed = session_fail_login(session_id=session_id, code=None, reason="CredentialsUnreadable",
+                                    message=f"the stored password cannot be decrypted: {exc}")
+        logger.error("session %s: stored password unreadable: %s", session_id, exc)
+        return "login_failed" if failed else "skipped"
     gw = gateway()
     try:
         account = gw.login(session.login, password, session.server)
