@@ -6,8 +6,10 @@ import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_safe
 
 
+@require_safe  # GET and HEAD only: anything else is 405 (the middleware gives it the error body)
 def health(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
     try:

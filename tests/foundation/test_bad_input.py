@@ -509,3 +509,11 @@ def test_gunicorn_beyond_its_limit_still_answers_431(servers: dict[str, int]) ->
     """Over --limit-request-field_size gunicorn answers 431 itself (its own HTML body: documented)."""
     answer = raw_http(servers["gunicorn"], "GET", f"{API}/account", [("Authorization", "Bearer " + "k" * 70_000)])
     assert answer.status == 431
+
+
+@pytest.mark.django_db
+def test_health_answers_get_and_head_only() -> None:
+    assert APIClient().get("/health").status_code in (200, 503)
+    assert APIClient().head("/health").status_code in (200, 503)
+    for method in ("POST", "PUT", "DELETE", "TRACE"):
+        assert_error(APIClient().generic(method, "/health"), 405, "MethodNotAllowed")
