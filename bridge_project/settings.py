@@ -2,12 +2,20 @@
 
 The embedded default (no environment at all) is a development bridge on one machine: SQLite under
 ``var/``, Redis on 127.0.0.1:6379, two emulated terminals from ``terminals.yaml``. Production sets
-``BRIDGE_ENV=production`` and must then provide ``SECRET_KEY`` and ``BRIDGE_CREDENTIALS_KEY``.
+``BRIDGE_ENV=production`` and must then provide ``SECRET_KEY``, ``BRIDGE_CREDENTIALS_KEY``, ``ALLOWED_HOSTS``
+and a Redis password; it refuses development values and test switches (docs/operations.md, "Production
+defaults").
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
+import re
+import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -24,12 +32,14 @@ if BRIDGE_ENV not in {"development", "production"}:
 PRODUCTION = BRIDGE_ENV == "production"
 
 DEBUG = env.bool("DEBUG", default=False)
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - development only
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when BRIDGE_ENV=production")
-    SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - development only
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if not PRODUCTION else ["localhost"])
+    SECRET_KEY = DEV_SECRET_KEY
+# Production has no default: the host names the proxy forwards (checked in "Production defaults" below).
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 
 INSTALLED_APPS = [
     "daphne",
@@ -41,6 +51,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, pinned (no CDN)
     "channels",
     "sessions.apps.BridgeSessionsConfig",
     "workers.apps.WorkersConfig",
@@ -52,6 +63,7 @@ MIDDLEWARE = [
     "workers.ops_middleware.RequestMetricsMiddleware",  # client API latency histogram (/metrics)
     "bridge_project.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # /static/ from the web process (gunicorn and daphne)
     "django.middleware.gzip.GZipMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -218,6 +230,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # /api/docs/ loads Swagger UI from drf-spectacular-sidecar's static files (version pinned in
+    # requirements.txt), never from a CDN: it works offline and runs no third-party script.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -227,8 +244,93 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
+
+# --- Static files (admin, the docs page's Swagger UI) ----------------------------------------------
+# WhiteNoise serves /static/ from the web process itself, under gunicorn and daphne alike (Django serves
+# static files only with DEBUG). Without collectstatic (make run, tests) it serves the installed apps'
+# own static directories (finders); the Docker image collects and compresses them into
+# BRIDGE_STATIC_ROOT at build time and turns the finders off.
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(env.str("BRIDGE_STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+WHITENOISE_USE_FINDERS = env.bool("BRIDGE_STATIC_USE_FINDERS", default=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Admin -------------------------------------------------------------------------------------
+# Where Django admin is mounted (a less guessable path keeps scanners off the login form).
+BRIDGE_ADMIN_PATH = env.str("BRIDGE_ADMIN_PATH", default="admin/").strip("/") + "/"
+if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._~-]*(/[A-Za-z0-9._~-]+)*/", BRIDGE_ADMIN_PATH) or \
+        BRIDGE_ADMIN_PATH.split("/")[0] in {"mt5", "api", "static", "health", "metrics", "events"}:
+    raise ImproperlyConfigured(f"BRIDGE_ADMIN_PATH {BRIDGE_ADMIN_PATH!r}: letters, digits, '.', '_', '~', '-' "
+                               "and '/' only, and not a path of the API, docs, static files or probes")
+
+# --- Security headers and cookies (docs/operations.md "Security") ---------------------------------
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# Test-only hooks (trading.execution.crash_point, BRIDGE_CRASH_AT) act only in test mode: on under pytest
+# and in the processes the tests start (they inherit the variable), off everywhere else.
+BRIDGE_TEST_MODE = env.bool("BRIDGE_TEST_MODE", default="pytest" in sys.modules and not PRODUCTION)
+if BRIDGE_TEST_MODE and not PRODUCTION:
+    os.environ.setdefault("BRIDGE_TEST_MODE", "1")
+
+# --- Production defaults (docs/operations.md "Production defaults") -------------------------------
+
+def _url_has_password(url: str) -> bool:
+    return url.startswith("unix://") or bool(urlparse(url).password)
+
+
+def production_refusals() -> list[str]:
+    """What keeps this environment from running as production (empty: it may)."""
+    refusals = []
+    if DEBUG:
+        refusals.append("DEBUG must be off")
+    if SECRET_KEY == DEV_SECRET_KEY or SECRET_KEY.startswith("django-insecure") or len(SECRET_KEY) < 32 \
+            or len(set(SECRET_KEY)) < 8:
+        refusals.append("SECRET_KEY is the development key or too weak (32+ random characters: "
+                        "scripts/gen_env.py makes one)")
+    if not ALLOWED_HOSTS or any(host.strip() in {"*", ""} for host in ALLOWED_HOSTS):
+        refusals.append("ALLOWED_HOSTS must list the host names the bridge is served under ('*' is refused)")
+    try:
+        key = base64.urlsafe_b64decode(BRIDGE_CREDENTIALS_KEY.strip().encode())
+    except (ValueError, binascii.Error):
+        key = b""
+    dev_key = BRIDGE_CREDENTIALS_KEY_FILE.read_text().strip() if BRIDGE_CREDENTIALS_KEY_FILE.is_file() else None
+    if len(key) != 32 or len(set(key)) < 8 or BRIDGE_CREDENTIALS_KEY.strip() == dev_key:
+        refusals.append("BRIDGE_CREDENTIALS_KEY must be a random 32-byte urlsafe-base64 key, not the development "
+                        "key of var/credentials.key")
+    for name, url in (("REDIS_URL", REDIS_URL), ("CELERY_BROKER_URL", CELERY_BROKER_URL)):
+        if not _url_has_password(url):
+            refusals.append(f"{name} must carry the Redis password (redis://:PASSWORD@host:6379/0)")
+    for name in ("BRIDGE_CRASH_AT", "BRIDGE_TEST_MODE"):
+        if env.str(name, default=""):
+            refusals.append(f"{name} is a test-only switch")
+    return refusals
+
+
+if PRODUCTION:
+    _refusals = production_refusals()
+    if _refusals:
+        raise ImproperlyConfigured("BRIDGE_ENV=production refuses to start: " + "; ".join(_refusals))
+    # Behind the TLS proxy: it says the request came over HTTPS in this header (set it, strip the
+    # client's). Empty BRIDGE_PROXY_SSL_HEADER: no proxy header is trusted.
+    _proxy_header = env.str("BRIDGE_PROXY_SSL_HEADER", default="X-Forwarded-Proto")
+    if _proxy_header:
+        SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    # Probes and the Prometheus scrape come over the internal network, without TLS.
+    SECURE_REDIRECT_EXEMPT = env.list("SECURE_REDIRECT_EXEMPT", default=[r"^health$", r"^metrics$"])
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -1,5 +1,6 @@
 """URL routing: the client API under /mt5/client/, probes at the root, admin and docs."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -25,7 +26,8 @@ urlpatterns = [
     path("mt5/client/", include(client_api)),
     path("health", health, name="health"),
     path("metrics", metrics_view, name="metrics"),
-    path("admin/", admin.site.urls),
+    path(settings.BRIDGE_ADMIN_PATH, admin.site.urls),  # BRIDGE_ADMIN_PATH, default admin/
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Swagger UI from pinned local static files (drf-spectacular-sidecar, SPECTACULAR_SETTINGS), no CDN.
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -39,6 +39,11 @@ if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   for _ in $(seq 1 40); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.25; done
 fi
 
+# --- Chromium (tests/foundation/test_docs_page.py opens /api/docs/ in it, without network) ---------
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver
+fi
+
 export DATABASE_URL=${TEST_DATABASE_URL:-postgres://$PG_USER@$PG_HOST:$PG_PORT/bridge_test}
 export REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/9}
 redis-cli -u "$REDIS_URL" flushdb >/dev/null

@@ -37,9 +37,15 @@ DEFAULTS: dict[str, Any] = {
     "BRIDGE_REQUEST_ID_RETENTION_DAYS": _env.int("BRIDGE_REQUEST_ID_RETENTION_DAYS", default=30),
     # How long POST /orders waits for the terminal's symbol specs when none are cached.
     "BRIDGE_SYMBOL_SPEC_WAIT": _env.float("BRIDGE_SYMBOL_SPEC_WAIT", default=5.0),
+    # A task whose execution raises an error of the bridge itself (not the terminal's, not the gateway's)
+    # before it reached the terminal is tried again by reconciliation at most this many times in all;
+    # then it ends ``failed`` with ``BridgeError`` (trading.tasks).
+    "BRIDGE_TASK_MAX_ERRORS": _env.int("BRIDGE_TASK_MAX_ERRORS", default=3),
     # Test-only: make the pinned worker SIGKILL itself at a point of the execution path
-    # (after_claim, after_send). Never set in production.
+    # (after_claim, after_send). Acts only in test mode (BRIDGE_TEST_MODE, set by the test run);
+    # production refuses to start with either set (bridge_project/settings.py).
     "BRIDGE_CRASH_AT": _env.str("BRIDGE_CRASH_AT", default=""),
+    "BRIDGE_TEST_MODE": _env.bool("BRIDGE_TEST_MODE", default=False),
 }
 
 

@@ -72,10 +72,15 @@ NOT_SENT_CODES = {
 
 
 def crash_point(name: str) -> None:
-    """Test-only: SIGKILL this worker here when BRIDGE_CRASH_AT names this point (docs/orders.md)."""
-    if conf("BRIDGE_CRASH_AT") == name:
-        logger.warning("BRIDGE_CRASH_AT=%s: killing the worker (pid %s)", name, os.getpid())
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test-only: SIGKILL this worker here when BRIDGE_CRASH_AT names this point (docs/orders.md), in
+    test mode only (BRIDGE_TEST_MODE: the test run sets it; production refuses both at start-up)."""
+    if conf("BRIDGE_CRASH_AT") != name:
+        return
+    if not conf("BRIDGE_TEST_MODE"):
+        logger.error("BRIDGE_CRASH_AT=%s ignored: crash points act only in test mode", name)
+        return
+    logger.warning("BRIDGE_CRASH_AT=%s: killing the worker (pid %s)", name, os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Rejected(Exception):

@@ -29,6 +29,7 @@ from .execution import RECOVERABLE, adopt, recover
 from .lookup import _tuple, find_trace
 from .models import Task, TaskState, UnownedOrder
 from .orders import tag_of
+from .tasks import run_guarded
 
 # Settled states a tagged order that surfaces later corrects (e.g. an execution later than the
 # in-flight bound): the task is adopted whatever it was, with its transition and event.
@@ -47,8 +48,11 @@ def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str
         cutoff = now - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
         tasks = tasks.filter(Q(dispatched_at__lte=cutoff) | Q(dispatched_at__isnull=True))
     outcomes: dict[str, int] = {}
+    reason = "startup" if startup else "reconciliation"
     for task in tasks.order_by("created_at")[:500]:
-        outcome = recover(task, "startup" if startup else "reconciliation")
+        # An error of the bridge on one task is settled on that task (bounded: trading.tasks.settle_error)
+        # and does not stop the others' reconciliation.
+        outcome = run_guarded(task.id, reason, lambda task=task: recover(task, reason))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         metrics.reconciliation_outcome(outcome)
     unowned = adopted = 0

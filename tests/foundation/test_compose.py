@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from workers.config import parse_terminals
@@ -32,3 +38,152 @@ def test_compose_has_every_role_of_every_terminal_with_the_same_command() -> Non
             assert service["environment"]["BRIDGE_TERMINALS_FILE"] == env["BRIDGE_TERMINALS_FILE"]
     for name in ("redis", "postgres", "web", "beat", "maintenance", "migrate"):
         assert name in services
+
+
+# -- production by default (docs/operations.md "Production defaults") ---------------------------------------
+REQUIRED_SECRETS = ("SECRET_KEY", "BRIDGE_CREDENTIALS_KEY", "ALLOWED_HOSTS", "POSTGRES_PASSWORD", "REDIS_PASSWORD",
+                    "BRIDGE_WINDOWS_PASSWORD")
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(value: object, env: dict[str, str]) -> object:
+    """Compose's variable substitution ($$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err})."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        op, arg = match.group(2), match.group(3) or ""
+        present = name in env and (env[name] != "" or op in (None, "-", "?"))
+        if op in (":?", "?") and not present:
+            raise MissingVariable(f"{name}: {arg}")
+        if op in (":-", "-") and not present:
+            return str(interpolate(arg, env))
+        return env.get(name, "")
+
+    return _VARIABLE.sub(one, value)
+
+
+def _compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+def _generated_env(tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "compose.env"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_env.py"), "--allowed-hosts",
+                             "bridge.example.com", "--file", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert path.stat().st_mode & 0o077 == 0  # secrets: owner only
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def test_compose_runs_the_bridge_in_production_with_every_secret_required() -> None:
+    compose = yaml.safe_load(_compose_text())
+    services = compose["services"]
+    for name in ("web", "events", "beat", "maintenance", "migrate", "worker-sim-1", "reader-sim-1"):
+        env = services[name]["environment"]
+        assert env["BRIDGE_ENV"] == "production", name
+        for var in ("SECRET_KEY", "BRIDGE_CREDENTIALS_KEY", "ALLOWED_HOSTS"):
+            assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", env[var]), (name, var, env[var])
+        assert re.fullmatch(r"postgres://bridge:\$\{POSTGRES_PASSWORD:\?[^}]+\}@postgres:5432/bridge",
+                            env["DATABASE_URL"]), env["DATABASE_URL"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", env["REDIS_URL"]), env["REDIS_URL"]
+        assert env["BRIDGE_ADMIN_PATH"] == "${BRIDGE_ADMIN_PATH:-admin/}"
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", services["postgres"]["environment"]["POSTGRES_PASSWORD"])
+    assert re.fullmatch(r"\$\{BRIDGE_WINDOWS_PASSWORD:\?[^}]+\}", services["windows"]["environment"]["PASSWORD"])
+
+
+def test_compose_has_no_literal_password() -> None:
+    compose = yaml.safe_load(_compose_text())
+
+    def secrets_of(node: object, path: str = "") -> list[tuple[str, str]]:
+        if isinstance(node, dict):
+            return [s for k, v in node.items() for s in secrets_of(v, f"{path}.{k}")]
+        if isinstance(node, list):
+            return [s for i, v in enumerate(node) for s in secrets_of(v, f"{path}[{i}]")]
+        return [(path, str(node))]
+
+    for path, value in secrets_of(compose):
+        name = path.rsplit(".", 1)[-1].upper()
+        if any(word in name for word in ("PASSWORD", "SECRET", "_KEY", "TOKEN", "REDISCLI_AUTH")):
+            # the whole value is one variable: required, or (the ops token) empty by default
+            assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]+|:-)\}", value), (path, value)
+        for userinfo in re.findall(r"://([^/@\s]*)@", value):  # credentials inside URLs
+            assert re.fullmatch(r"[a-z]*:\$\{[A-Z_]+:\?[^}]+\}", userinfo), (path, value)
+    text = _compose_text()
+    assert not re.search(r"(PASSWORD|SECRET|_KEY)[A-Z_]*:?-", text) and "change-me" not in text.lower()
+
+
+def test_compose_redis_requires_the_password() -> None:
+    redis = yaml.safe_load(_compose_text())["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "requirepass" in command and "$$REDIS_PASSWORD" in command  # the container's variable, at run time
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")  # the healthcheck authenticates
+    assert "docker-entrypoint.sh redis-server" in command  # the image's entrypoint drops root
+
+
+def test_compose_refuses_without_the_secrets_and_renders_with_generated_ones(tmp_path: Path) -> None:
+    compose = yaml.safe_load(_compose_text())
+    for missing in REQUIRED_SECRETS:
+        env = {k: v for k, v in _generated_env(tmp_path).items() if k != missing}
+        with pytest.raises(MissingVariable, match=missing):
+            interpolate(compose, env)
+        with pytest.raises(MissingVariable, match=missing):
+            interpolate(compose, {**env, missing: ""})  # empty is missing too (":?")
+    rendered = interpolate(compose, _generated_env(tmp_path))
+    web = rendered["services"]["web"]["environment"]
+    assert web["BRIDGE_ENV"] == "production" and web["BRIDGE_ADMIN_PATH"] == "admin/"
+    assert web["SECURE_SSL_REDIRECT"] == "true"
+
+
+def test_the_environment_compose_renders_passes_the_production_checks(tmp_path: Path) -> None:
+    """The web service's rendered environment (with gen_env.py's secrets) loads the production settings."""
+    web = interpolate(yaml.safe_load(_compose_text()), _generated_env(tmp_path))["services"]["web"]["environment"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "REDIS", "DATABASE", "CELERY"))}
+    env.update({k: str(v) for k, v in web.items()})
+    env["BRIDGE_VAR_DIR"] = str(tmp_path / "var")  # not the container's /var/lib/bridge
+    code = "import django; django.setup(); from django.conf import settings as s; print(s.SECURE_HSTS_SECONDS)"
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "DJANGO_SETTINGS_MODULE": "bridge_project.settings"},
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "31536000"
+
+
+def _docker_compose() -> list[str] | None:
+    custom = os.environ.get("BRIDGE_TEST_COMPOSE_CLI")  # e.g. a compose installed outside PATH
+    if custom:
+        return custom.split()
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return None
+
+
+@pytest.mark.skipif(_docker_compose() is None, reason="no docker compose CLI here (the checks above still run)")
+def test_docker_compose_config_refuses_without_the_secrets(tmp_path: Path) -> None:
+    cli = _docker_compose()
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    base = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    argv = [*cli, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml")]
+    refused = subprocess.run([*argv, "--env-file", str(empty), "config"], env=base, capture_output=True, text=True)
+    assert refused.returncode != 0 and "set " in refused.stderr, refused.stderr
+    generated = tmp_path / "generated.env"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_env.py"), "--allowed-hosts", "bridge.example.com",
+                    "--file", str(generated)], check=True, capture_output=True)
+    accepted = subprocess.run([*argv, "--env-file", str(generated), "config"], env=base, capture_output=True, text=True)
+    assert accepted.returncode == 0, accepted.stderr
+    resolved = yaml.safe_load(accepted.stdout)
+    assert resolved["services"]["web"]["environment"]["BRIDGE_ENV"] == "production"
