@@ -11,4 +11,4 @@ COPY . .
 RUN BRIDGE_ENV=development BRIDGE_VAR_DIR=/tmp/bridge-build python manage.py collectstatic --no-input -v 0 \
     && rm -rf /tmp/bridge-build
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "bridge_project.asgi:application"]
+CMD ["python", "-m", "workers.stack", "daphne", "-b", "0.0.0.0", "-p", "8000", "bridge_project.asgi:application"]

@@ -180,7 +180,7 @@ class Supervisor:
         _say("the bridge is up:")
         _say(f"  REST API      {base}/mt5/client/   (OpenAPI docs: {base}/api/docs/)")
         _say(f"  WebSocket     ws://{self.host}:{self.port}/events")
-        _say(f"  admin         {base}/admin/   (python manage.py createsuperuser)")
+        _say(f"  admin         {base}/{settings.BRIDGE_ADMIN_PATH}   (python manage.py createsuperuser)")
         _say(f"  health        {base}/health")
         _say("  an API key:   .venv/bin/python manage.py create_api_key --workspace demo")
         _say("Ctrl-C stops everything.")
