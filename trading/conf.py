@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "BRIDGE_INFLIGHT_BOUND": _env.float("BRIDGE_INFLIGHT_BOUND", default=90.0),
     # The outbox sweeper re-publishes a task still ``queued`` this long after its last publish.
     "BRIDGE_OUTBOX_REPUBLISH_AFTER": _env.float("BRIDGE_OUTBOX_REPUBLISH_AFTER", default=15.0),
+    # A task still queued behind a delivery (kombu "unacked") older than this was received by a worker
+    # that died before its claim (a live one claims within milliseconds): the sweeper re-publishes it.
+    "BRIDGE_OUTBOX_DELIVERY_GRACE": _env.float("BRIDGE_OUTBOX_DELIVERY_GRACE", default=15.0),
     # Beat period of the outbox sweep and of the reconciliation fan-out.
     "BRIDGE_OUTBOX_SWEEP_INTERVAL": _env.float("BRIDGE_OUTBOX_SWEEP_INTERVAL", default=5.0),
     "BRIDGE_RECONCILE_INTERVAL": _env.float("BRIDGE_RECONCILE_INTERVAL", default=30.0),

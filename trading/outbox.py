@@ -13,9 +13,13 @@ The sweeper re-publishes only where it helps (docs/operations.md "Outbox sweeper
   at the first sweep after its worker is alive again (if its message is gone by then);
 * only when the terminal's queue does not already hold a message for the task: the Celery queue in
   the broker (``terminal.<name>`` and kombu's priority lists) and kombu's ``unacked`` hash
-  (delivered to a worker, not yet acknowledged: kombu restores those itself after the visibility
-  timeout) are read in one MULTI/EXEC and every ``trading.execute`` message is decoded for its task
-  id. The broker is read, never trusted from the ledger: a Redis restart without persistence loses
+  (delivered to a worker, not yet acknowledged) are read in one MULTI/EXEC and every
+  ``trading.execute`` message is decoded for its task id. An unacked delivery counts as held only
+  while it is younger than BRIDGE_OUTBOX_DELIVERY_GRACE (kombu's ``unacked_index`` has its time): a
+  live pinned worker claims a task within milliseconds of receiving it (prefetch 1), so a task still
+  ``queued`` behind an older delivery was received by a worker that died before its claim, and
+  waiting for kombu to restore it after the visibility timeout (300 s) would hold a market order for
+  minutes (found by bench/chaos.py). The broker is read, never trusted from the ledger: a Redis restart without persistence loses
   the queue and everything in it is re-published.
 """
 
@@ -44,12 +48,13 @@ logger = logging.getLogger("bridge.trading.outbox")
 # Publishing must fail fast when Redis is away: the sweeper retries, the client is not held.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
-EXECUTE_TASK_NAME = "trading.execute"
+EXECUTE_TASK_NAME = "trading.execute"  # trading.tasks.execute_task: sent by name (no import of the task module)
 # kombu's Redis transport: a queue with priorities is the queue's own list (priority 0) plus
 # "<queue>\x06\x16<step>" lists; delivered-but-unacked messages wait in one hash for every queue.
 KOMBU_PRIORITY_SEP = "\x06\x16"
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 KOMBU_UNACKED_KEY = "unacked"
+KOMBU_UNACKED_INDEX_KEY = "unacked_index"  # delivery tag -> unix time of the delivery
 
 
 def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> bool:
@@ -62,10 +67,8 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
     once that is older than BRIDGE_OUTBOX_REPUBLISH_AFTER, as it would for a NULL (``created_at`` is
     the same instant).
     """
-    from .tasks import execute_task
-
     try:
-        execute_task.apply_async(args=[task_id], queue=terminal_queue(terminal_name),
+        app.send_task(EXECUTE_TASK_NAME, args=[task_id], queue=terminal_queue(terminal_name),
                                  retry=True, retry_policy=PUBLISH_RETRY_POLICY)
     except Exception:  # noqa: BLE001 - the sweeper re-publishes; the accepted write stands
         logger.warning("publishing task %s to %s failed; the outbox sweeper will retry", task_id, terminal_name,
@@ -130,21 +133,30 @@ def task_id_of(raw: bytes | str) -> str | None:
     return str(args[0]) if args else None
 
 
-def held_task_ids(terminal_names: list[str]) -> dict[str, set[str]]:
-    """Task ids with a message in each terminal's queue or in the unacked hash (one atomic read).
+def held_task_ids(terminal_names: list[str], fresh_seconds: float | None = None) -> dict[str, set[str]]:
+    """Task ids with a message in each terminal's queue, or delivered (unacked) within the last
+    ``fresh_seconds`` (default BRIDGE_OUTBOX_DELIVERY_GRACE), in one atomic read.
 
     Raises ``redis.RedisError`` when the broker cannot be read.
     """
     client = broker_client()
     if client is None:
         return {name: set() for name in terminal_names}
+    fresh = conf("BRIDGE_OUTBOX_DELIVERY_GRACE") if fresh_seconds is None else fresh_seconds
     pipe = client.pipeline(transaction=True)
     for name in terminal_names:
         for key in queue_keys(terminal_queue(name)):
             pipe.lrange(key, 0, -1)
-    pipe.hvals(KOMBU_UNACKED_KEY)
+    pipe.time()
+    pipe.zrangebyscore(KOMBU_UNACKED_INDEX_KEY, "-inf", "+inf", withscores=True)
+    pipe.hgetall(KOMBU_UNACKED_KEY)
     replies = pipe.execute()
-    unacked = {task_id for task_id in map(task_id_of, replies[-1]) if task_id}
+    seconds, micros = replies[-3]
+    since = seconds + micros / 1e6 - fresh  # kombu stamps deliveries with the worker's clock: allow it
+    recent = {tag for tag, at in replies[-2] if at >= since}
+    unacked = {task_id for tag, message in replies[-1].items() if tag in recent
+               for task_id in [task_id_of(message)] if task_id}
+    replies = replies[:-3]
     steps = len(KOMBU_PRIORITY_STEPS)
     held: dict[str, set[str]] = {}
     for i, name in enumerate(terminal_names):

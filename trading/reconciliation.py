@@ -29,7 +29,7 @@ from .execution import RECOVERABLE, adopt, recover
 from .lookup import _tuple, find_trace
 from .models import Task, TaskState, UnownedOrder
 from .orders import tag_of
-from .tasks import run_guarded
+from .task_errors import run_guarded
 
 # Settled states a tagged order that surfaces later corrects (e.g. an execution later than the
 # in-flight bound): the task is adopted whatever it was, with its transition and event.

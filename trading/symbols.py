@@ -23,6 +23,7 @@ import kombu.exceptions
 import redis
 from django.conf import settings
 
+from bridge_project.celery import app, terminal_queue
 from bridge_project.errors import BridgeUnavailable, Unavailable
 
 from .conf import conf
@@ -73,12 +74,9 @@ def _meta(terminal_name: str) -> dict[str, Any] | None:
 
 def _request_refresh(terminal_name: str, session_id: str) -> None:
     """Ask the pinned worker to publish specs (at most once per few seconds per terminal)."""
-    from .tasks import refresh_symbol_specs
-
     if redis_client().set(f"bridge:symspec-req:{terminal_name}", session_id, nx=True, ex=5):
-        from bridge_project.celery import terminal_queue
-
-        refresh_symbol_specs.apply_async(args=[session_id], queue=terminal_queue(terminal_name))
+        # Sent by name (trading.tasks.refresh_symbol_specs): this module does not import the task module.
+        app.send_task("trading.refresh_symbol_specs", args=[session_id], queue=terminal_queue(terminal_name))
 
 
 def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any] | None:

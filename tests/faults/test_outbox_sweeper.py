@@ -127,3 +127,34 @@ def test_no_republish_of_a_task_its_queue_holds_but_of_one_whose_message_was_los
         task = wait_final(task_id, timeout=60)
         assert task.state == "filled", (task.id, task.result)
         assert len(sim(TERMINAL).history_orders(task.tag)) == 1, task.id
+
+
+def test_a_task_whose_delivery_died_with_its_worker_is_republished_not_left_for_the_visibility_timeout(
+        stack, client, sim, control, private_worker, on_private_redis, settings) -> None:  # noqa: ANN001
+    """Found by bench/chaos.py: a worker SIGKILLed after kombu delivered a message but before it claimed
+    the task leaves the message in ``unacked`` until the visibility timeout (300 s); the task must not
+    wait that long behind a live, idle worker."""
+    settings.BRIDGE_OUTBOX_REPUBLISH_AFTER = REPUBLISH_AFTER
+    settings.BRIDGE_OUTBOX_DELIVERY_GRACE = 2.0
+    broker = on_private_redis.client()
+    sid = open_session(client, TERMINAL)
+    ctl = control(TERMINAL)
+    ctl.delay(6, ["order_send"])  # the worker is busy with a first task: the next message waits in the list
+    busy = _post(client, sid, "sw-died-0")
+    wait_until(lambda: Task.objects.get(id=busy).state == TaskState.DISPATCHED, 15, "first task claimed")
+    orphan = _post(client, sid, "sw-died-1")
+    # A consumer takes the message and never acknowledges it, as a worker killed right after the delivery.
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(QUEUE)
+        assert queue.get(block=True, timeout=5).payload[0][0] == orphan
+        assert orphan in _unacked_ids(broker) and _queued_ids(broker) == []
+        wait_until(lambda: _stale(orphan), 10, "stale")
+        assert sweep_outbox() == 0  # a fresh delivery: the worker may be about to claim it
+        wait_until(lambda: sweep_outbox() == 1, 10, "re-published once the delivery is older than the grace")
+        assert _queued_ids(broker) == [orphan]
+        ctl.delay(0)
+        task = wait_final(orphan, timeout=30)
+        assert task.state == "filled" and len(sim(TERMINAL).history_orders(task.tag)) == 1
+        queue.close()  # the dead delivery comes back from kombu: its claim is refused (the task is final)
+    assert wait_final(busy, timeout=30).state == "filled"
+    assert len(sim(TERMINAL).history_orders(Task.objects.get(id=orphan).tag)) == 1

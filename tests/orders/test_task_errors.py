@@ -24,7 +24,8 @@ from trading import states
 from trading.models import Task, TaskKind, TaskTransition
 from trading.orders import new_tag
 from trading.outbox import publish_task
-from trading.tasks import _redacted, reconcile_all_task
+from trading.task_errors import _redacted
+from trading.tasks import reconcile_all_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
