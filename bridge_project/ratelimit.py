@@ -275,10 +275,12 @@ def retry_after(wait: float) -> int:
 
 
 class RateLimited(drf.Throttled):
-    """429 ``RateLimited`` from DRF code (the API's exception handler adds ``Retry-After``)."""
+    """429 ``RateLimited`` from DRF code (the API's exception handler adds ``Retry-After``);
+    ``message`` says which limit (for the error body's ``message``)."""
 
     def __init__(self, wait: float, message: str = "rate limit exceeded"):
         super().__init__(wait=retry_after(wait), detail=message)
+        self.message = message
 
 
 def limited_response(wait: float, message: str = "rate limit exceeded") -> JsonResponse:
