@@ -8,16 +8,23 @@ from django.conf import settings
 from rest_framework import serializers
 
 from bridge_project.fields import RejectUnknownFieldsMixin, StrictCharField, StrictIntegerField
+from bridge_project.schema import NO_NUL_PATTERN, FullMatch
 
 from .models import BridgeSession
 
 
+def _text(max_length: int, **kwargs: Any) -> StrictCharField:
+    """A string taken as sent (no trimming): 1 to ``max_length`` characters, no NUL."""
+    return StrictCharField(max_length=max_length, trim_whitespace=False,
+                           validators=[FullMatch(NO_NUL_PATTERN, "NUL characters are not allowed.")], **kwargs)
+
+
 class SessionOpenSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    accountId = StrictCharField(max_length=100)  # noqa: N815 - API field name
-    server = StrictCharField(max_length=200)
+    accountId = _text(100, help_text="the client's name for the account")  # noqa: N815 - API field name
+    server = _text(200, help_text="the MT5 trade server, e.g. `MetaQuotes-Demo`")
     login = StrictIntegerField(min_value=1, max_value=2**63 - 1)
-    password = StrictCharField(max_length=200, trim_whitespace=False, write_only=True)
-    terminal = StrictCharField(max_length=63, required=False)
+    password = _text(200, write_only=True)
+    terminal = _text(63, required=False, help_text="a terminal by name (unknown: 404); default: a free one")
 
 
 def _ts(value) -> int | None:  # noqa: ANN001
@@ -65,5 +72,6 @@ class SessionSerializer(serializers.Serializer):
     expiresAt = serializers.IntegerField(help_text="unix seconds, UTC")  # noqa: N815
     heartbeatInterval = serializers.IntegerField(help_text="seconds; send a heartbeat at least this often")  # noqa: N815
     broker = serializers.DictField(help_text="company, server, currency, leverage, connected (once active)")
-    error = serializers.DictField(required=False, help_text="MT5's (code, message) when login_failed")
-    endedAt = serializers.IntegerField(required=False)  # noqa: N815
+    error = serializers.DictField(required=False, help_text="`{code, message}`: MT5's error when login_failed "
+                                  "(code null for the bridge's own, e.g. LoginTimeout)")
+    endedAt = serializers.IntegerField(required=False, help_text="unix seconds, UTC; once ended")  # noqa: N815

@@ -2,47 +2,70 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+import re
+
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bridge_project.errors import ValidationFailed
-from bridge_project.schema import COMMON_ERRORS, error
+from bridge_project.errors import NotFound, ValidationFailed
+from bridge_project.schema import (
+    SESSION_ID_PATTERN,
+    api_errors,
+    error,
+    operation_parameters,
+    path_id,
+    query,
+)
 
 from . import services
 from .serializers import SessionOpenSerializer, SessionSerializer, session_payload
+
+MAX_WAIT = 30.0
+NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # a JSON number
+SESSION_ID = path_id("session_id", SESSION_ID_PATTERN, "a session id (`sessionId`)")
+UNKNOWN_SESSION = {404: error("NotFound: unknown session (or another workspace's)")}
 
 
 def _wait_seconds(request: Request) -> float:
     raw = request.query_params.get("wait")
     if raw is None:
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValidationFailed("wait must be a number of seconds", {"wait": ["not a number"]}) from exc
-    if not 0 <= value <= 30:
+    if not NUMBER_RE.fullmatch(raw):
+        raise ValidationFailed("wait must be a number of seconds", {"wait": ["not a number"]})
+    value = float(raw)
+    if not 0 <= value <= MAX_WAIT:
         raise ValidationFailed("wait must be between 0 and 30 seconds", {"wait": ["out of range"]})
     return value
+
+
+def _session_id(session_id: str) -> str:
+    """A session id from the path; another shape cannot be a session (and must not reach the database)."""
+    if not re.fullmatch(SESSION_ID_PATTERN, session_id):
+        raise NotFound("unknown session", {"sessionId": session_id[:64]})
+    return session_id
 
 
 class SessionOpenView(APIView):
     @extend_schema(
         operation_id="session_open",
         request=SessionOpenSerializer,
-        parameters=[
-            OpenApiParameter(
-                "wait", float, description="seconds (0-30) to wait for the login outcome before answering"
-            )
-        ],
+        parameters=operation_parameters(
+            query("wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                  "seconds (0-30) to wait for the login outcome before answering"),
+            session=False,
+        ),
         responses={
             201: SessionSerializer,
-            **COMMON_ERRORS,
-            404: error("NotFound: unknown terminal"),
-            409: error("TerminalBusy: the terminal asked for, or every terminal, has a live session"),
+            **api_errors({
+                404: error("NotFound: unknown terminal"),
+                409: error("TerminalBusy: the terminal asked for, or every terminal, has a live session"),
+            }, body=True),
         },
+        examples=[OpenApiExample("a demo account", request_only=True, value={
+            "accountId": "acc-1", "server": "Demo", "login": 5001, "password": "s3cret-pw"})],
         description="Pins a free terminal (or `terminal`), stores the password encrypted and queues the "
         "login on that terminal's worker. `status` goes opening → active | login_failed.",
     )
@@ -65,20 +88,26 @@ class SessionOpenView(APIView):
 
 
 class SessionDetailView(APIView):
-    @extend_schema(operation_id="session_get", responses={200: SessionSerializer, 404: error("NotFound")})
+    @extend_schema(operation_id="session_get", parameters=operation_parameters(SESSION_ID, session=False),
+                   responses={200: SessionSerializer, **api_errors(UNKNOWN_SESSION)},
+                   description="The session whatever its status (an ended one stays readable): health, status, "
+                   "broker metadata, last heartbeat, expiry.")
     def get(self, request: Request, session_id: str) -> Response:
-        return Response(session_payload(services.session_get(workspace=request.user.workspace, session_id=session_id)))
+        session = services.session_get(workspace=request.user.workspace, session_id=_session_id(session_id))
+        return Response(session_payload(session))
 
     @extend_schema(
         operation_id="session_close",
         request=None,
-        responses={200: SessionSerializer, 404: error("NotFound")},
+        parameters=operation_parameters(SESSION_ID, session=False),
+        responses={200: SessionSerializer, **api_errors(UNKNOWN_SESSION)},
         description="Closes the session, revokes its id and frees the terminal (its account binding is "
         "cleared: the terminal serves nothing of that account until the next login). Tasks still `queued` end "
-        "`cancelled` with `result.error.code` `SessionEnded`; a task already executing finishes.",
+        "`cancelled` with `result.error.code` `SessionEnded`; a task already executing finishes. The session "
+        "stays readable (GET answers it `closed`); closing an ended session answers it as it is.",
     )
     def delete(self, request: Request, session_id: str) -> Response:
-        session = services.session_get(workspace=request.user.workspace, session_id=session_id)
+        session = services.session_get(workspace=request.user.workspace, session_id=_session_id(session_id))
         return Response(session_payload(services.session_close(session=session)))
 
 
@@ -86,8 +115,13 @@ class SessionHeartbeatView(APIView):
     @extend_schema(
         operation_id="session_heartbeat",
         request=None,
-        responses={200: SessionSerializer, 401: error("SessionExpired"), 404: error("NotFound")},
+        parameters=operation_parameters(SESSION_ID, session=False),
+        responses={200: SessionSerializer, **api_errors({
+            401: error("Unauthorized: API key missing, wrong or revoked / SessionExpired: the session is closed, "
+                       "expired or its login failed"),
+        }, UNKNOWN_SESSION)},
+        description="Extends a live session by its TTL (`expiresAt`).",
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session = services.session_get(workspace=request.user.workspace, session_id=session_id)
+        session = services.session_get(workspace=request.user.workspace, session_id=_session_id(session_id))
         return Response(session_payload(services.session_heartbeat(session=session)))

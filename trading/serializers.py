@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
 
 from rest_framework import serializers
@@ -12,52 +15,93 @@ from bridge_project.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
+from bridge_project.schema import REQUEST_ID_PATTERN, TASK_ID_PATTERN, ExclusiveMinFloatField, FullMatch
 
-from .models import Task
+from .models import Task, TaskKind, TaskState
 from .mt5const import FILLING_TYPES, ORDER_TYPES, TIME_TYPES
+from .orders import USER_COMMENT_MAX
+from .queries import MAX_LIMIT
+from .reads.serializers import SYMBOL_PATTERN, QueryIntegerField, QueryNumberField
 
 MAX_PRICE = 1e12
 MAX_VOLUME = 1e9
 UINT64_MAX = 2**64 - 1
 
 
+def _printable_bmp_pattern(max_length: int) -> str:
+    """``^[...]{0,max_length}$`` over the characters of the Basic Multilingual Plane that Python calls
+    printable (``str.isprintable``, the rule of ``trading.orders.check_user_comment``), as ``\\uXXXX``
+    ranges: that rule in a form JSON Schema can state. Outside the BMP a character takes two of
+    MT5's UTF-16 units, so ``max_length`` characters are ``max_length`` units only within it."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF or not chr(code).isprintable():
+            continue
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    chars = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+    return f"^[{chars}]{{0,{max_length}}}$"
+
+
+COMMENT_PATTERN = _printable_bmp_pattern(USER_COMMENT_MAX)
+
+
 def _price(**kw: Any) -> StrictFloatField:
     return StrictFloatField(required=False, min_value=0.0, max_value=MAX_PRICE, **kw)
 
 
+class VolumeField(StrictFloatField, ExclusiveMinFloatField):
+    """Lots: a JSON number greater than 0 (and at most MAX_VOLUME)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(max_value=MAX_VOLUME, **kwargs)
+
+
+def _comment(**kw: Any) -> StrictCharField:
+    return StrictCharField(
+        required=False, allow_blank=True, max_length=USER_COMMENT_MAX, trim_whitespace=False,
+        validators=[FullMatch(COMMENT_PATTERN, f"at most {USER_COMMENT_MAX} printable characters of the Basic "
+                              "Multilingual Plane (MT5 keeps 29 UTF-16 units; the bridge tag takes the rest)")],
+        **kw,
+    )
+
+
 class OrderCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    symbol = StrictCharField(max_length=29, help_text="a symbol of the session's terminal")
+    symbol = StrictCharField(max_length=29, trim_whitespace=False, validators=[FullMatch(SYMBOL_PATTERN)],
+                             help_text="a symbol of the session's terminal (unknown there: 400 naming `symbol`)")
     type = serializers.ChoiceField(choices=list(ORDER_TYPES))
-    volume = StrictFloatField(min_value=0.0, max_value=MAX_VOLUME, help_text="lots; within the symbol's limits")
-    price = _price(help_text="required for pending orders; market orders: the reference price for deviation")
-    stoplimit = _price(help_text="the limit price of a STOP_LIMIT order")
+    volume = VolumeField(help_text="lots, > 0; within the symbol's volume_min/volume_max and a multiple of its "
+                         "volume_step (else 400 naming `volume`)")
+    price = _price(help_text="required for pending orders; market orders: the reference price for deviation. "
+                   "Prices have the symbol's digits and are multiples of its tick size (else 400 naming the field)")
+    stoplimit = _price(help_text="the limit price of a STOP_LIMIT order: required for those, refused for others")
     sl = _price()
     tp = _price()
     deviation = StrictIntegerField(required=False, min_value=0, max_value=100_000, help_text="points")
     magic = StrictIntegerField(required=False, min_value=0, max_value=UINT64_MAX, help_text="default: the bridge magic")
-    comment = StrictCharField(required=False, allow_blank=True, max_length=64,
-                              help_text="at most 16 characters (the bridge tag takes the rest of MT5's 29)")
+    comment = _comment(help_text=f"at most {USER_COMMENT_MAX} printable characters (the bridge tag takes the rest "
+                       "of MT5's 29)")
     type_filling = serializers.ChoiceField(choices=list(FILLING_TYPES), required=False)
     type_time = serializers.ChoiceField(choices=list(TIME_TYPES), required=False)
     expiration = StrictIntegerField(required=False, min_value=1, max_value=2**40,
-                                    help_text="unix seconds UTC; with type_time SPECIFIED or SPECIFIED_DAY")
-
-    def validate_volume(self, value: float) -> float:
-        if value <= 0:
-            raise serializers.ValidationError("must be greater than 0")
-        return value
+                                    help_text="unix seconds UTC; required with type_time SPECIFIED (in the future) "
+                                    "or SPECIFIED_DAY, refused with the others")
 
 
 class OrderPatchSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    min_fields = 1  # the schema's minProperties: a PATCH changes something
+
     price = _price()
     stoplimit = _price()
     sl = _price()
     tp = _price()
-    volume = StrictFloatField(required=False, min_value=0.0, max_value=MAX_VOLUME)
+    volume = VolumeField(required=False)
     expiration = StrictIntegerField(required=False, min_value=1, max_value=2**40)
     type_time = serializers.ChoiceField(choices=list(TIME_TYPES), required=False)
     deviation = StrictIntegerField(required=False, min_value=0, max_value=100_000)
-    comment = StrictCharField(required=False, allow_blank=True, max_length=64)
+    comment = _comment()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
@@ -66,17 +110,13 @@ class OrderPatchSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
 
 
 class PositionCloseSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    volume = StrictFloatField(required=False, min_value=0.0, max_value=MAX_VOLUME,
-                              help_text="partial close when less than the position's volume")
+    volume = VolumeField(required=False, help_text="partial close when less than the position's volume")
     deviation = StrictIntegerField(required=False, min_value=0, max_value=100_000)
-
-    def validate_volume(self, value: float) -> float:
-        if value <= 0:
-            raise serializers.ValidationError("must be greater than 0")
-        return value
 
 
 class PositionModifySerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    min_fields = 1  # the schema's minProperties
+
     sl = _price(help_text="0 removes the stop loss")
     tp = _price(help_text="0 removes the take profit")
 
@@ -126,3 +166,51 @@ class TaskSerializer(serializers.ModelSerializer):
 class TaskListSerializer(serializers.Serializer):
     tasks = TaskSerializer(many=True)
     nextCursor = serializers.CharField(allow_null=True)  # noqa: N815
+
+
+# --- GET /tasks: its query, as the schema states it (trading.queries.list_tasks then applies it) ----
+
+MAX_SINCE = 253402300799  # 9999-12-31T23:59:59Z: the last second a datetime holds
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+
+
+class CommaChoicesField(serializers.Field):
+    """A comma-separated list of choices (``state=queued,filled``): every item one of them, none empty."""
+
+    default_error_messages = {"invalid": "A comma-separated list of: {choices}."}
+
+    def __init__(self, choices: list[str], **kwargs: Any):
+        self.choices = list(choices)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        items = str(data).split(",")
+        if not all(item in self.choices for item in items):
+            self.fail("invalid", choices=", ".join(self.choices))
+        return items
+
+    def to_representation(self, value: list[str]) -> str:
+        return ",".join(value)
+
+
+def _query_text(pattern: str, message: str) -> StrictCharField:
+    return StrictCharField(required=False, trim_whitespace=False, validators=[FullMatch(pattern, message)])
+
+
+class TaskListQuery(serializers.Serializer):
+    state = CommaChoicesField(list(TaskState.values), required=False)
+    kind = CommaChoicesField(list(TaskKind.values), required=False)
+    requestId = _query_text(REQUEST_ID_PATTERN, "1 to 128 printable ASCII characters, no spaces")  # noqa: N815
+    since = QueryNumberField(required=False, min_value=0, max_value=MAX_SINCE)
+    limit = QueryIntegerField(required=False, min_value=1, max_value=MAX_LIMIT)
+    cursor = _query_text(CURSOR_PATTERN, "not a cursor this API returned")
+
+    def validate_cursor(self, value: str) -> str:
+        """The ``nextCursor`` of a page: ``<microseconds>|<task id>`` in unpadded base64url."""
+        try:
+            micros, task_id = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode().split("|", 1)
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+            raise serializers.ValidationError("not a cursor this API returned") from exc
+        if not re.fullmatch(r"[0-9]{1,20}", micros) or not re.fullmatch(TASK_ID_PATTERN, task_id):
+            raise serializers.ValidationError("not a cursor this API returned")
+        return value

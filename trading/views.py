@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bridge_project.errors import NotFound, Unauthorized
-from bridge_project.schema import COMMON_ERRORS, REQUEST_ID_HEADER, SESSION_HEADER, error
+from bridge_project.errors import NotFound, Unauthorized, ValidationFailed
+from bridge_project.schema import (
+    NOT_READY,
+    REPLAYED_HEADER,
+    REQUEST_ID_PATTERN,
+    SESSION_ERRORS,
+    TASK_ID_PATTERN,
+    api_errors,
+    body_required,
+    csv_enum,
+    error,
+    operation_parameters,
+    path_id,
+    query,
+)
 from sessions.services import get_session, require_active_session
 
 from . import writes
 from .ledger import Outcome
-from .queries import list_tasks, task_of_workspace
+from .models import TaskKind, TaskState
+from .queries import MAX_LIMIT, list_tasks, task_of_workspace
+from .reads.views import READ_ERRORS, SYMBOL_QUERY
 from .serializers import (
+    CURSOR_PATTERN,
+    MAX_SINCE,
     OrderCreateSerializer,
     OrderPatchSerializer,
     PositionCloseSerializer,
     PositionModifySerializer,
+    TaskListQuery,
     TaskListSerializer,
     TaskSerializer,
 )
@@ -27,14 +47,25 @@ from .serializers import (
 MAX_TICKET = 2**63 - 1
 REPLAY_NOTE = (" A replay of the same request id and payload answers the same task with the same status and "
                "`Idempotent-Replayed: true`; another payload is 409 TaskConflict.")
-WRITE_ERRORS = {
-    **COMMON_ERRORS,
-    401: error("Unauthorized / SessionExpired"),
+DATA_RULES = (" 400 also when the body does not fit the terminal's data: an unknown `symbol`, a `volume` outside "
+              "the symbol's limits or off its step, prices with more digits than the symbol's or off its tick "
+              "size, `price` missing on a pending order, `stoplimit` on a type that has none (or missing on a "
+              "STOP_LIMIT one), `expiration` without type_time SPECIFIED/SPECIFIED_DAY (or in the past).")
+WRITE_ERRORS = api_errors(SESSION_ERRORS, {
     409: error("TaskConflict: request id reused with another payload (or for another account), or the task can "
-               "no longer change / SessionNotReady: the session is still `opening`, nothing was queued"),
+               "no longer change / " + NOT_READY),
     502: error("BridgeUnavailable: the terminal's symbol specs could not be obtained"),
-}
+}, body=True)
 TASK_ACCEPTED = OpenApiResponse(TaskSerializer, description="accepted: the task (state queued), or its replay")
+TASK_ID = path_id("task_id", TASK_ID_PATTERN, "a task id (`taskId`)")
+TICKET = OpenApiParameter("ticket", {"type": "integer", "minimum": 1, "maximum": MAX_TICKET},
+                          OpenApiParameter.PATH, description="a position ticket; 0 or over 2**63-1: 404")
+UNKNOWN_TASK = {404: error("NotFound: unknown task (or another workspace's)")}
+UNKNOWN_POSITION = {404: error("NotFound: no such position (ticket out of range)")}
+
+
+def _write_parameters(*extra: OpenApiParameter) -> list[OpenApiParameter]:
+    return operation_parameters(*extra, REPLAYED_HEADER)
 
 
 def _answer(outcome: Outcome) -> Response:
@@ -61,6 +92,13 @@ def _ticket(ticket: int) -> int:
     return ticket
 
 
+def _task_id(task_id: str) -> str:
+    """A task id from the path; another shape cannot be a task (and must not reach the database)."""
+    if not re.fullmatch(TASK_ID_PATTERN, task_id):
+        raise NotFound("unknown task", {"taskId": task_id[:64]})
+    return task_id
+
+
 def _delegate_read(name: str, request: Request, *args: object) -> Response:
     """GETs on shared paths belong to the read endpoints (trading.reads), when they exist."""
     try:
@@ -79,64 +117,73 @@ def _delegate_read(name: str, request: Request, *args: object) -> Response:
 class OrdersView(APIView):
     """POST /orders (an order.create task); GET /orders is the reads' pending-order list."""
 
-    @extend_schema(operation_id="order_create", request=OrderCreateSerializer,
-                   parameters=[SESSION_HEADER, REQUEST_ID_HEADER],
+    @extend_schema(operation_id="order_create", request=OrderCreateSerializer, parameters=_write_parameters(),
                    responses={202: TASK_ACCEPTED, **WRITE_ERRORS},
+                   examples=[OpenApiExample("a market buy", request_only=True,
+                                            value={"symbol": "EURUSD", "type": "BUY", "volume": 0.01})],
                    description="Places an order: an `order.create` task executed once by the terminal's pinned "
                    "worker. Validated against the symbol's volume limits/step and digits first. `comment`: at "
-                   "most 16 characters (the bridge tag takes the rest of MT5's 29)." + REPLAY_NOTE)
+                   "most 16 characters (the bridge tag takes the rest of MT5's 29)." + DATA_RULES + REPLAY_NOTE)
     def post(self, request: Request) -> Response:
         session = require_active_session(request)
         data = _body(OrderCreateSerializer, request)
         return _answer(writes.place_order(session, request._request.bridge_request_id, data,
                                        fresh_id=_fresh(request)))
 
-    @extend_schema(operation_id="orders_list_pending", parameters=[SESSION_HEADER],
-                   responses={200: OpenApiTypes.OBJECT}, description="Pending orders (the read endpoints).")
+    @extend_schema(operation_id="orders_list_pending", parameters=operation_parameters(SYMBOL_QUERY),
+                   responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
+                   description="`{orders: [...]}`: pending orders at the terminal (the read endpoints).")
     def get(self, request: Request) -> Response:
         return _delegate_read("OrdersView", request)
 
 
 class OrderDetailView(APIView):
-    @extend_schema(operation_id="order_patch", request=OrderPatchSerializer,
-                   parameters=[SESSION_HEADER, REQUEST_ID_HEADER],
+    @extend_schema(operation_id="order_patch", request=OrderPatchSerializer, parameters=_write_parameters(TASK_ID),
                    responses={200: OpenApiResponse(TaskSerializer, description="queued task changed in place"),
                               202: OpenApiResponse(TaskSerializer, description="a new order.modify task"),
-                              404: error("NotFound: unknown task"), **WRITE_ERRORS},
-                   description="Still queued: changed in place (200, same task). A pending order working at the "
-                   "broker: a new `order.modify` task (202; volume and comment cannot change there). "
-                   "Otherwise 409." + REPLAY_NOTE)
+                              **WRITE_ERRORS, **UNKNOWN_TASK},
+                   description="Still queued: changed in place (200, same task), the order validated again as a "
+                   "whole. A pending order working at the broker: a new `order.modify` task (202; volume and "
+                   "comment cannot change there: 400). Otherwise 409." + DATA_RULES + REPLAY_NOTE)
+    @body_required
     def patch(self, request: Request, task_id: str) -> Response:
         session = require_active_session(request)
         data = _body(OrderPatchSerializer, request)
-        return _answer(writes.patch_order(session, request._request.bridge_request_id, task_id, data,
+        return _answer(writes.patch_order(session, request._request.bridge_request_id, _task_id(task_id), data,
                                        fresh_id=_fresh(request)))
 
-    @extend_schema(operation_id="order_cancel", request=None, parameters=[SESSION_HEADER, REQUEST_ID_HEADER],
+    @extend_schema(operation_id="order_cancel", request=None, parameters=_write_parameters(TASK_ID),
                    responses={200: OpenApiResponse(TaskSerializer, description="queued task cancelled"),
                               202: OpenApiResponse(TaskSerializer, description="a new order.cancel task"),
-                              404: error("NotFound: unknown task"), **WRITE_ERRORS},
+                              **api_errors(SESSION_ERRORS, {409: WRITE_ERRORS[409]}), **UNKNOWN_TASK},
                    description="Still queued: cancelled (200). A pending order at the broker: a new "
                    "`order.cancel` task (202). Otherwise 409." + REPLAY_NOTE)
     def delete(self, request: Request, task_id: str) -> Response:
         session = require_active_session(request)
-        return _answer(writes.cancel_order(session, request._request.bridge_request_id, task_id,
+        return _answer(writes.cancel_order(session, request._request.bridge_request_id, _task_id(task_id),
                                        fresh_id=_fresh(request)))
 
 
 class PositionView(APIView):
     """GET /positions/{ticket} is the reads' (position_detail); PATCH is the SL/TP task."""
 
-    @extend_schema(operation_id="position_get", parameters=[SESSION_HEADER], responses={200: OpenApiTypes.OBJECT},
+    @extend_schema(operation_id="position_get", parameters=operation_parameters(TICKET),
+                   responses={200: OpenApiTypes.OBJECT, **READ_ERRORS,
+                              404: error("NotFound: no open position with this ticket")},
                    description="One open position (the read endpoints).")
     def get(self, request: Request, ticket: int) -> Response:
+        if not 0 < ticket <= MAX_TICKET:
+            require_active_session(request)
+            raise NotFound(f"no open position {ticket}", {"ticket": str(ticket)})
         return _delegate_read("position_detail", request, ticket)
 
     @extend_schema(operation_id="position_modify", request=PositionModifySerializer,
-                   parameters=[SESSION_HEADER, REQUEST_ID_HEADER],
-                   responses={202: TASK_ACCEPTED, 404: error("NotFound: ticket out of range"), **WRITE_ERRORS},
+                   parameters=_write_parameters(TICKET),
+                   responses={202: TASK_ACCEPTED, **WRITE_ERRORS, **UNKNOWN_POSITION},
                    description="Sets the position's SL and/or TP (0 removes one): a `position.modify` task. "
-                   "A level not given keeps its current value." + REPLAY_NOTE)
+                   "A level not given keeps its current value. A position the bridge opened: prices with more "
+                   "digits than its symbol's, or off its tick size, are a 400." + REPLAY_NOTE)
+    @body_required
     def patch(self, request: Request, ticket: int) -> Response:
         session = require_active_session(request)
         data = _body(PositionModifySerializer, request)
@@ -146,10 +193,11 @@ class PositionView(APIView):
 
 class PositionCloseView(APIView):
     @extend_schema(operation_id="position_close", request=PositionCloseSerializer,
-                   parameters=[SESSION_HEADER, REQUEST_ID_HEADER],
-                   responses={202: TASK_ACCEPTED, 404: error("NotFound: ticket out of range"), **WRITE_ERRORS},
+                   parameters=_write_parameters(TICKET),
+                   responses={202: TASK_ACCEPTED, **WRITE_ERRORS, **UNKNOWN_POSITION},
                    description="Closes the position (partially when `volume` is less than its volume): a "
-                   "`position.close` task; a position the terminal does not have ends `rejected` (10036)."
+                   "`position.close` task; a position the terminal does not have ends `rejected` (10036). A "
+                   "position the bridge opened: a `volume` outside its symbol's limits or off its step is a 400."
                    + REPLAY_NOTE)
     def post(self, request: Request, ticket: int) -> Response:
         session = require_active_session(request)
@@ -159,26 +207,29 @@ class PositionCloseView(APIView):
 
 
 class TaskDetailView(APIView):
-    @extend_schema(operation_id="task_get", responses={200: TaskSerializer, 404: error("NotFound"), **COMMON_ERRORS},
+    @extend_schema(operation_id="task_get", parameters=operation_parameters(TASK_ID, session=False),
+                   responses={200: TaskSerializer, **api_errors(), **UNKNOWN_TASK},
                    description="One task of this workspace, by id (reconcile by task id). Works after the "
                    "session closed or expired: `x-session-id` is not needed.")
     def get(self, request: Request, task_id: str) -> Response:
-        return Response(TaskSerializer(task_of_workspace(request.user.workspace, task_id)).data)
+        return Response(TaskSerializer(task_of_workspace(request.user.workspace, _task_id(task_id))).data)
 
 
 class TaskListView(APIView):
     @extend_schema(
         operation_id="task_list",
-        parameters=[
-            SESSION_HEADER,
-            OpenApiParameter("state", str, description="comma list of states"),
-            OpenApiParameter("kind", str, description="comma list of kinds"),
-            OpenApiParameter("requestId", str),
-            OpenApiParameter("since", float, description="unix seconds: created at or after"),
-            OpenApiParameter("limit", int, description="1-200 (default 50)"),
-            OpenApiParameter("cursor", str, description="nextCursor of the previous page"),
-        ],
-        responses={200: TaskListSerializer, 401: error("Unauthorized"), **COMMON_ERRORS},
+        parameters=operation_parameters(
+            csv_enum("state", list(TaskState.values), "comma-separated states"),
+            csv_enum("kind", list(TaskKind.values), "comma-separated kinds"),
+            query("requestId", {"type": "string", "pattern": REQUEST_ID_PATTERN}, "the task of this request id"),
+            query("since", {"type": "number", "minimum": 0, "maximum": MAX_SINCE},
+                  "unix seconds: created at or after"),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                  f"1-{MAX_LIMIT} (default 50)"),
+            query("cursor", {"type": "string", "pattern": CURSOR_PATTERN},
+                  "`nextCursor` of the previous page (another value: 400)"),
+        ),
+        responses={200: TaskListSerializer, **api_errors(SESSION_ERRORS)},
         description="The session's tasks, newest first. The session may be closed or expired (its tasks "
         "stay readable).",
     )
@@ -190,5 +241,15 @@ class TaskListView(APIView):
             session = get_session(request.user.workspace, session_id)
         except NotFound as exc:  # unknown, or another workspace's
             raise Unauthorized("unknown session", {"x-session-id": ["unknown"]}) from exc
+        _task_query(request)
         tasks, cursor = list_tasks(session, request.query_params)
         return Response({"tasks": TaskSerializer(tasks, many=True).data, "nextCursor": cursor})
+
+
+def _task_query(request: Request) -> None:
+    """The query of GET /tasks checked as the schema states it (list_tasks refuses unknown parameters)."""
+    params = request.query_params
+    query_serializer = TaskListQuery(data={k: params.get(k) for k in params})
+    if not query_serializer.is_valid():
+        raise ValidationFailed("invalid query parameters",
+                               {k: [str(m) for m in v] for k, v in query_serializer.errors.items()})

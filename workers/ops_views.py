@@ -5,11 +5,13 @@ Thin: the figures come from ``workers.ops`` and ``workers.ops_metrics``; access 
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -18,7 +20,14 @@ from rest_framework.views import APIView
 
 from bridge_project.errors import ValidationFailed, error_body
 from bridge_project.ratelimit import RateLimited, limited_response
-from bridge_project.schema import error
+from bridge_project.schema import (
+    NO_NUL_PATTERN,
+    api_errors,
+    csv_enum,
+    error,
+    operation_parameters,
+    query,
+)
 
 from . import ops, ops_metrics
 from .ops_auth import (
@@ -29,11 +38,14 @@ from .ops_auth import (
     ops_rate_limit,
 )
 
-OPS_ERRORS = {
+OPS_ERRORS = api_errors({
     401: error("Unauthorized: neither a staff login nor the ops token"),
     403: error("Forbidden: a workspace API key or a non-staff user"),
     429: error("RateLimited: over BRIDGE_THROTTLE_OPS_RATE (per ops token or client IP); Retry-After set"),
-}
+})
+MAX_OLDER_THAN = 10 * 365 * 86400
+NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # a JSON number
+INTEGER_RE = re.compile(r"-?(0|[1-9][0-9]*)")  # a JSON integer
 
 
 class OpsView(APIView):
@@ -51,6 +63,7 @@ class OpsView(APIView):
 class OpsTerminalsView(OpsView):
     @extend_schema(
         operation_id="ops_terminals",
+        parameters=operation_parameters(session=False),
         responses={
             200: inline_serializer(
                 name="OpsTerminals",
@@ -73,35 +86,33 @@ class OpsTerminalsView(OpsView):
 
 
 def _parse_tasks_query(request: Request) -> dict:
+    """The query of /ops/tasks, checked as its schema states it (JSON numbers, known states)."""
     params = request.query_params
     details: dict[str, list[str]] = {}
     states: list[str] = []
     for raw in params.getlist("state"):
         for value in raw.split(","):
-            value = value.strip()
             if value not in ops.TASK_STATES:
                 details.setdefault("state", []).append(f"unknown state {value!r}; one of {', '.join(ops.TASK_STATES)}")
             else:
                 states.append(value)
     older_than = None
     if "older_than" in params:
-        try:
-            older_than = float(params["older_than"])
-            if not 0 <= older_than <= 10 * 365 * 86400 or older_than != older_than:
-                raise ValueError
-        except ValueError:
-            details["older_than"] = ["must be a number of seconds, 0 or more"]
+        raw = params["older_than"]
+        if NUMBER_RE.fullmatch(raw) and 0 <= float(raw) <= MAX_OLDER_THAN:
+            older_than = float(raw)
+        else:
+            details["older_than"] = [f"must be a number of seconds from 0 to {MAX_OLDER_THAN}"]
     limit = 100
     if "limit" in params:
-        try:
-            limit = int(params["limit"])
-            if not 1 <= limit <= ops.MAX_TASKS:
-                raise ValueError
-        except ValueError:
+        raw = params["limit"]
+        if INTEGER_RE.fullmatch(raw) and 1 <= int(raw) <= ops.MAX_TASKS:
+            limit = int(raw)
+        else:
             details["limit"] = [f"must be an integer from 1 to {ops.MAX_TASKS}"]
     terminal = params.get("terminal") or None
-    if terminal is not None and len(terminal) > 63:
-        details["terminal"] = ["too long"]
+    if terminal is not None and (len(terminal) > 63 or "\x00" in terminal):
+        details["terminal"] = ["a terminal name: at most 63 characters, no NUL"]
     if details:
         raise ValidationFailed("invalid query parameters", details)
     return {"states": states or None, "older_than": older_than, "limit": limit, "terminal": terminal}
@@ -110,18 +121,21 @@ def _parse_tasks_query(request: Request) -> dict:
 class OpsTasksView(OpsView):
     @extend_schema(
         operation_id="ops_tasks",
-        parameters=[
-            OpenApiParameter("state", str, description="comma-separated states; default: queued,dispatched,unknown"),
-            OpenApiParameter("older_than", float, description="only tasks accepted at least this many seconds ago"),
-            OpenApiParameter("terminal", str, description="only this terminal's tasks"),
-            OpenApiParameter("limit", int, description="1-1000, default 100"),
-        ],
+        parameters=operation_parameters(
+            csv_enum("state", ops.TASK_STATES, "comma-separated states; default: every state"),
+            query("older_than", {"type": "number", "minimum": 0, "maximum": MAX_OLDER_THAN},
+                  "only tasks accepted at least this many seconds ago"),
+            query("terminal", {"type": "string", "maxLength": 63, "pattern": NO_NUL_PATTERN},
+                  "only this terminal's tasks (empty: all)"),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": ops.MAX_TASKS},
+                  f"1-{ops.MAX_TASKS}, default 100"),
+            session=False,
+        ),
         responses={
             200: inline_serializer(
                 name="OpsTasks",
                 fields={"tasks": serializers.ListField(child=serializers.DictField()), "stuckAfter": serializers.FloatField()},
             ),
-            400: error("ValidationError: unknown state, bad older_than or limit"),
             **OPS_ERRORS,
         },
         description="Tasks across every session: in-flight ones first, oldest first (the stuck lead), then "

@@ -4,34 +4,45 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, error
+from bridge_project.schema import (
+    NOT_READY,
+    SESSION_ERRORS,
+    api_errors,
+    error,
+    operation_parameters,
+    query,
+)
 from sessions.services import require_active_session
 
 from . import services
 from .readqueue import RawJSON
 from .serializers import (
+    GROUP_PATTERN,
+    MAX_COUNT,
+    MAX_LIMIT,
+    MAX_TICK_RANGE,
+    SYMBOL_PATTERN,
+    TIME_SCHEMA,
     BarsQuery,
     HistoryQuery,
     SymbolFilterQuery,
     SymbolsQuery,
     TicksQuery,
+    max_ticks_per_request,
     validate_symbol,
     validated,
 )
 
-READ_ERRORS = {
-    **{k: v for k, v in COMMON_ERRORS.items() if k != 413},
-    401: error("Unauthorized / SessionExpired: API key or x-session-id missing, unknown, closed or expired"),
-    409: error("SessionNotReady: the session is still `opening` (its login has not succeeded): nothing of any "
-               "account is read before it is `active`"),
+READ_ERRORS = api_errors(SESSION_ERRORS, {
+    409: error(NOT_READY),
     502: error("BridgeUnavailable: the terminal, its read process or poller, or the broker cannot be reached "
                "(answered within about BRIDGE_READ_TIMEOUT seconds, at once when the reader is known down)"),
-}
+})
 NOT_FOUND = {404: error("NotFound: unknown symbol (or ambiguous broker suffix: details.candidates)")}
 SNAPSHOT_NOTE = (
     " Served from the terminal poller's snapshot (`source: snapshot`, `asOf` = when it was taken, real-UTC "
@@ -39,19 +50,36 @@ SNAPSHOT_NOTE = (
     "snapshot is missing or older than BRIDGE_SNAPSHOT_MAX_AGE (`source: terminal`). Served only while the "
     "terminal is bound to this session and shows its account: otherwise 502 `account_mismatch`."
 )
-SYMBOL_QUERY = OpenApiParameter("symbol", str, description="only this symbol (exact broker name, case-insensitive)")
+SYMBOL_SCHEMA = {"type": "string", "pattern": SYMBOL_PATTERN}
+SYMBOL_EXAMPLES = [OpenApiExample("EURUSD", value="EURUSD")]
+SYMBOL_QUERY = OpenApiParameter("symbol", SYMBOL_SCHEMA, description="only this symbol (exact broker name, "
+                                "case-insensitive)", examples=SYMBOL_EXAMPLES)
+SYMBOL_PATH = OpenApiParameter("symbol", SYMBOL_SCHEMA, OpenApiParameter.PATH, examples=SYMBOL_EXAMPLES,
+                               description="a symbol name: 1 to 29 of A-Z a-z 0-9 . _ # + - $ & @ ^ ~ ' ! "
+                               "(not starting with !); the broker's name, suffixes resolved (docs/reads.md)")
 TIME_PARAMS = [
-    OpenApiParameter("from", OpenApiTypes.STR, description="unix seconds or ISO 8601, real UTC"),
-    OpenApiParameter("to", OpenApiTypes.STR, description="unix seconds or ISO 8601, real UTC"),
+    query("from", TIME_SCHEMA, "unix seconds, real UTC (an ISO 8601 date-time is accepted too)"),
+    query("to", TIME_SCHEMA, "unix seconds, real UTC (an ISO 8601 date-time is accepted too); not before `from`"),
 ]
-COUNT_PARAMS = [
-    OpenApiParameter("count", int, description="signed: >0 the N from `from` forward, <0 the N up to `from`; "
-                     "without `from`, the last |N|. Not with `to`."),
-    *TIME_PARAMS,
-    OpenApiParameter("limit", int, description="page size of a from/to range (bars: at most the terminal's "
-                     "maxbars; ticks: at most BRIDGE_READ_MAX_TICKS). A longer range answers one page and "
-                     "`next: {from}` to continue; `next` is null on the last page."),
-]
+
+
+def count_params(max_count: int, what: str) -> list[OpenApiParameter]:
+    return [
+        OpenApiParameter(
+            "count", {"type": "integer", "minimum": -max_count, "maximum": max_count, "not": {"enum": [0]}},
+            description="signed, not 0: >0 the N from `from` forward, <0 the N up to `from`; without `from`, the "
+            f"last |N|. Not with `to`. At most {what}.", examples=[OpenApiExample("the last 10", value=10)]),
+        *TIME_PARAMS,
+        query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+              "page size of a from/to range, not with `count` (capped at the terminal's maxbars, or "
+              "BRIDGE_READ_MAX_TICKS for ticks). A longer range answers one page and `next: {from}` to continue; "
+              "`next` is null on the last page."),
+    ]
+
+
+COUNT_RULES = (" `count` or `from` is required; `to` needs `from` and excludes `count`; `from` is not after `to`. "
+               "Also 400: a range that starts before the oldest bar/tick the terminal keeps or reaches beyond its "
+               "history (details name `from`, or `code` and `maxbars`).")
 
 
 def _raw(answer: RawJSON) -> HttpResponse:
@@ -68,7 +96,7 @@ def _no_query(request: Request) -> None:
 
 
 class AccountView(APIView):
-    @extend_schema(operation_id="account_get", parameters=[SESSION_HEADER], responses={200: OpenApiTypes.OBJECT,
+    @extend_schema(operation_id="account_get", parameters=operation_parameters(), responses={200: OpenApiTypes.OBJECT,
                    **READ_ERRORS}, description="AccountInfo fields of the session's account." + SNAPSHOT_NOTE)
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
@@ -77,7 +105,7 @@ class AccountView(APIView):
 
 
 class PositionsView(APIView):
-    @extend_schema(operation_id="positions_list", parameters=[SESSION_HEADER, SYMBOL_QUERY],
+    @extend_schema(operation_id="positions_list", parameters=operation_parameters(SYMBOL_QUERY),
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
                    description="`{positions: [...], orders: [...]}`: open positions and pending orders." + SNAPSHOT_NOTE)
     def get(self, request: Request) -> Response:
@@ -99,7 +127,7 @@ def orders_list(request: Request) -> Response:
 
 
 class OrdersView(APIView):
-    @extend_schema(operation_id="orders_list", parameters=[SESSION_HEADER, SYMBOL_QUERY],
+    @extend_schema(operation_id="orders_list", parameters=operation_parameters(SYMBOL_QUERY),
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
                    description="`{orders: [...]}`: pending orders at the terminal." + SNAPSHOT_NOTE)
     def get(self, request: Request) -> Response:
@@ -107,8 +135,9 @@ class OrdersView(APIView):
 
 
 class SymbolsView(APIView):
-    @extend_schema(operation_id="symbols_list", parameters=[SESSION_HEADER, OpenApiParameter(
-        "group", str, description="MT5 group mask, e.g. `*USD*` or `*,!*JPY*`")],
+    @extend_schema(operation_id="symbols_list", parameters=operation_parameters(query(
+        "group", {"type": "string", "pattern": GROUP_PATTERN}, "MT5 group mask (printable ASCII without spaces, "
+        "at most 256 characters), e.g. `*USD*` or `*,!*JPY*`")),
         responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
         description="Enabled symbols (trade mode not disabled) with digits, point, volume limits and trade mode; "
                     "`select` says whether it is in Market Watch.")
@@ -119,7 +148,7 @@ class SymbolsView(APIView):
 
 
 class SymbolDetailView(APIView):
-    @extend_schema(operation_id="symbol_get", parameters=[SESSION_HEADER],
+    @extend_schema(operation_id="symbol_get", parameters=operation_parameters(SYMBOL_PATH),
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
                    description="Full SymbolInfo. A known symbol not in Market Watch is selected first. "
                                "`name` is the broker's exact name (suffixes resolved, see docs/reads.md).")
@@ -130,10 +159,11 @@ class SymbolDetailView(APIView):
 
 
 class QuoteView(APIView):
-    @extend_schema(operation_id="quote_get", parameters=[SESSION_HEADER],
+    @extend_schema(operation_id="quote_get", parameters=operation_parameters(SYMBOL_PATH),
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
                    description="The last tick (`time` and `time_msc` real UTC)." + SNAPSHOT_NOTE + " A symbol asked "
-                               "for here is kept in the snapshot for BRIDGE_QUOTE_INTEREST_TTL seconds.")
+                               "for here is kept in the snapshot for BRIDGE_QUOTE_INTEREST_TTL seconds. (`history` "
+                               "is not a symbol here: `/quotes/history` is the bars.)")
     def get(self, request: Request, symbol: str) -> Response:
         session = require_active_session(request)
         _no_query(request)
@@ -141,22 +171,30 @@ class QuoteView(APIView):
 
 
 class BarsView(APIView):
-    @extend_schema(operation_id="quotes_history", parameters=[
-        SESSION_HEADER, OpenApiParameter("symbol", str, required=True),
-        OpenApiParameter("timeframe", str, required=True, enum=list(BarsQuery().fields["timeframe"].choices)),
-        *COUNT_PARAMS], responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
-        description="OHLC bars, oldest first, `time` = bar open in real UTC. `count` over the terminal's maxbars "
-                    "is a 400; a range over one page answers a page and `next`.")
+    @extend_schema(operation_id="quotes_history", parameters=operation_parameters(
+        OpenApiParameter("symbol", SYMBOL_SCHEMA, required=True, examples=SYMBOL_EXAMPLES,
+                         description="the symbol (broker name; suffixes resolved, see docs/reads.md)"),
+        OpenApiParameter("timeframe", {"type": "string", "enum": list(BarsQuery().fields["timeframe"].choices)},
+                         required=True, examples=[OpenApiExample("one minute", value="M1")]),
+        *count_params(MAX_COUNT, "the terminal's maxbars (|count| over it is a 400 naming `count` and "
+                      "`maxbars`)")), responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
+        description="OHLC bars, oldest first, `time` = bar open in real UTC. A range over one page answers a page "
+                    "and `next`." + COUNT_RULES)
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
         return _raw(services.bars(session, validated(BarsQuery, request.query_params)))
 
 
 class TicksView(APIView):
-    @extend_schema(operation_id="ticks_list", parameters=[
-        SESSION_HEADER, OpenApiParameter("flags", str, enum=["ALL", "INFO", "TRADE"], description="default ALL"),
-        *COUNT_PARAMS], responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
-        description="Ticks, oldest first, real-UTC `time`/`time_msc`, by the same count/from/to model as bars.")
+    @extend_schema(operation_id="ticks_list", parameters=operation_parameters(
+        SYMBOL_PATH,
+        OpenApiParameter("flags", {"type": "string", "enum": list(TicksQuery().fields["flags"].choices)},
+                         description="default ALL"),
+        *count_params(max_ticks_per_request(), "BRIDGE_READ_MAX_TICKS")),
+        responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
+        description="Ticks, oldest first, real-UTC `time`/`time_msc`, by the same count/from/to model as bars. "
+                    f"A from/to range spans at most {MAX_TICK_RANGE} s (one day; without `to`, `from` is within "
+                    "the last day): page through longer spans." + COUNT_RULES)
     def get(self, request: Request, symbol: str) -> Response:
         session = require_active_session(request)
         symbol = validate_symbol(symbol)
@@ -164,7 +202,7 @@ class TicksView(APIView):
 
 
 class DepthView(APIView):
-    @extend_schema(operation_id="depth_get", parameters=[SESSION_HEADER],
+    @extend_schema(operation_id="depth_get", parameters=operation_parameters(SYMBOL_PATH),
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
                    description="The market book: `{symbol, book: [{type, side, price, volume, volume_dbl}]}`, sell "
                                "rows first by descending price, then buy rows (MT5's order).")
@@ -177,10 +215,12 @@ class DepthView(APIView):
 class HistoryView(APIView):
     kind = "deals"
 
-    @extend_schema(parameters=[SESSION_HEADER, *TIME_PARAMS, SYMBOL_QUERY, OpenApiParameter(
-        "position", int, description="only this position id (then from/to are optional filters)")],
+    @extend_schema(parameters=operation_parameters(*TIME_PARAMS, SYMBOL_QUERY, query(
+        "position", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+        "only this position id (then from/to are optional filters)")),
         responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
-        description="History orders or deals in [from, to] (default: the last 7 days), real-UTC times.")
+        description="History orders or deals in [from, to] (default: the 7 days up to `to`; `to` defaults to now, "
+                    "or to `from` when that is later), real-UTC times. `from` after `to` is a 400.")
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
         return _raw(services.history(session, self.kind, validated(HistoryQuery, request.query_params)))
