@@ -172,6 +172,17 @@ class BarsQuery(_CountFromTo):
     symbol = SymbolField(help_text="symbol (broker name; suffixes resolved, see docs/reads.md)")
     timeframe = serializers.ChoiceField(choices=list(TIMEFRAME_SECONDS), help_text="M1 ... MN1")
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        date_from = attrs.get("date_from")
+        if attrs.get("count") is None and attrs.get("date_to") is None and date_from is not None \
+                and date_from > time.time():
+            # A range from a time still to come ends there (no bars yet): `to` defaults to now, or to
+            # `from` when that is later, as for history (a range ending before it began sized its read
+            # timeout below zero: an instant 502).
+            attrs["date_to"] = date_from
+        return attrs
+
 
 class TicksQuery(_CountFromTo):
     """Ticks by the count/from/to model. A from/to range spans at most ``MAX_TICK_RANGE`` seconds

@@ -179,7 +179,7 @@ class BarsView(APIView):
         *count_params(MAX_COUNT, "the terminal's maxbars (|count| over it is a 400 naming `count` and "
                       "`maxbars`)")), responses={200: OpenApiTypes.OBJECT, **READ_ERRORS, **NOT_FOUND},
         description="OHLC bars, oldest first, `time` = bar open in real UTC. A range over one page answers a page "
-                    "and `next`." + COUNT_RULES)
+                    "and `next`; without `to` it ends now (or at `from` when that is later)." + COUNT_RULES)
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
         return _raw(services.bars(session, validated(BarsQuery, request.query_params)))
