@@ -247,7 +247,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         wait = int(exc.wait or 1)
         headers["Retry-After"] = str(max(wait, 1))
         return Response(
-            error_body("RateLimited", "workspace rate limit exceeded", {"retryAfter": max(wait, 1)}),
+            error_body("RateLimited", getattr(exc, "message", "workspace rate limit exceeded"),
+                       {"retryAfter": max(wait, 1)}),
             status=429,
             headers=headers,
         )

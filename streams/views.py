@@ -85,7 +85,7 @@ class RecentEventsView(APIView):
     )
     def get(self, request: Request) -> Response:
         session = require_live_session(request)
-        since = _int_param(request, "since", 0, 0, None)
+        since = _int_param(request, "since", 0, 0, 2**63 - 1)  # a stream id past that: Redis refuses
         epoch = _int_param(request, "epoch", 0, 0, None)
         limit = _int_param(request, "limit", 500, 1, MAX_LIMIT)
         channels = _channels_param(request)

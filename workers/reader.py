@@ -133,7 +133,7 @@ class TerminalReader:
         if not session_id or binding is None or binding.session_id != session_id:
             return ReadError("unavailable", "the terminal is not logged in for this session",
                              {"reason": "account_mismatch"})
-        if not binding.shows(self.reads.gw.account_info()):
+        if not binding.shows(self.reads.account()):  # a down terminal: ReadError terminal_down, as any read
             return ReadError("unavailable", "the terminal is logged in to another account than this session's",
                              {"reason": "account_mismatch"})
         return None

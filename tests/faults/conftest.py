@@ -93,10 +93,15 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def _reset_celery_connections() -> None:
+    """Forget every broker connection and producer pool of this process, so the next publish connects
+    to the broker URL configured now. kombu keeps its pools in global registries keyed by the
+    connection: closing a pool without clearing them would hand the closed pool back to the next
+    test on the same URL ("Acquire on closed pool")."""
+    from kombu import pools
+
     from bridge_project.celery import app
 
-    if app._pool is not None:
-        app._pool.force_close_all()
+    pools.reset()  # closes every pool and clears the registries
     app._pool = None
     if "amqp" in app.__dict__:
         app.amqp._producer_pool = None

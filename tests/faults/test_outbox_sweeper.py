@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from bridge_project.celery import app
 from tests.faults.conftest import TERMINAL, wait_until
-from tests.orders.conftest import open_session, wait_final
+from tests.orders.conftest import LOGIN, open_session, wait_final
 from trading.models import Task, TaskState
 from trading.outbox import sweep_outbox, task_id_of
 from workers.models import Terminal
@@ -137,7 +137,7 @@ def test_a_task_whose_delivery_died_with_its_worker_is_republished_not_left_for_
     settings.BRIDGE_OUTBOX_REPUBLISH_AFTER = REPUBLISH_AFTER
     settings.BRIDGE_OUTBOX_DELIVERY_GRACE = 2.0
     broker = on_private_redis.client()
-    sid = open_session(client, TERMINAL)
+    sid = open_session(client, TERMINAL, login=LOGIN + 400)  # an account of its own: its margin is its own
     ctl = control(TERMINAL)
     ctl.delay(6, ["order_send"])  # the worker is busy with a first task: the next message waits in the list
     busy = _post(client, sid, "sw-died-0")

@@ -114,6 +114,9 @@ def test_a_second_tenant_with_a_slow_login_never_touches_the_first_tenants_accou
 
 def test_a_session_that_ends_takes_its_queued_tasks_with_it(stack: Stack, client: APIClient, sim) -> None:  # noqa: ANN001
     sid = open_session(client, TERMINAL)
+    # One order first: the worker has published the account's symbol specs (a write validates
+    # against them) before it stops.
+    assert wait_final(_post(client, sid, "own-end-0").json()["taskId"]).state == "filled"
     worker = stack.workers[TERMINAL]
     handled_before = worker.log().count("'skipped-cancelled'")
     os.kill(worker.pid, signal.SIGSTOP)  # the worker is busy elsewhere: the task waits in the queue
@@ -222,6 +225,7 @@ def test_a_stale_worker_resumed_after_losing_its_lease_is_fenced_and_exits(stack
     sid = open_session(client, TERMINAL)
     stale = stack.workers[TERMINAL]
     _holding(stale)
+    assert wait_final(_post(client, sid, "stale-0").json()["taskId"]).state == "filled"  # specs published
     os.kill(stale.pid, signal.SIGSTOP)  # an orphan: paused (a VM frozen), its lease runs out
     try:
         ids = [_post(client, sid, f"stale-{i}").json()["taskId"] for i in range(5)]

@@ -57,7 +57,10 @@ def test_positions_lists_positions_and_pending_orders_with_symbol_filter(session
         body = session_a.get("/mt5/client/positions").json()
         tickets = {p["ticket"] for p in body["positions"]}
         orders = {o["ticket"] for o in body["orders"]}
-        return body if {buy.order, gbp.order} <= tickets and pending.order in orders else None
+        # Right after the login the poller has not stamped a snapshot for this session yet: until then
+        # the same read is served by the terminal (source "terminal"); wait for the snapshot to list all.
+        return body if {buy.order, gbp.order} <= tickets and pending.order in orders and \
+            body["source"] == "snapshot" else None
 
     body = wait_until(listed)
     assert body["source"] == "snapshot" and "asOf" in body
@@ -86,7 +89,8 @@ def test_one_position_by_ticket(session_a, terminal_a):
 
 
 def test_stale_snapshot_falls_back_to_the_terminal(session_a, settings):
-    assert session_a.get("/mt5/client/account").json()["source"] == "snapshot"
+    # The first snapshot stamped for this session (the poller's next cycle after the login).
+    wait_until(lambda: session_a.get("/mt5/client/account").json()["source"] == "snapshot")
     # Every snapshot is now "too old" (other test suites may run pollers of their own on this terminal, so
     # stopping ours would not age it): the read goes to the terminal through the read queue.
     settings.BRIDGE_SNAPSHOT_MAX_AGE = 0.0

@@ -321,10 +321,12 @@ def test_history_of_a_position_within_a_window(session_a, terminal_a):
     assert wrong_symbol["deals"] == []
 
 
-def test_redis_unreachable_is_502_not_500(session_a, settings):
+def test_redis_unreachable_is_503_unavailable_not_500(session_a, settings):
+    """The bridge's own Redis is down: 503 Unavailable with Retry-After (API.md), not the terminal's 502."""
     from tests.procs import free_port
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/3"  # nothing listens there
     for path in ("/mt5/client/account", "/mt5/client/symbols/EURUSD", "/mt5/client/quotes/EURUSD"):
         r = session_a.get(path)
-        assert r.status_code == 502 and r.json()["error"]["code"] == "BridgeUnavailable", (path, r.content)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "Unavailable", (path, r.content)
+        assert int(r["Retry-After"]) >= 1
