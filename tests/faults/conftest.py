@@ -126,11 +126,12 @@ def on_private_redis(private_redis: PrivateRedis, settings) -> Iterator[PrivateR
     from bridge_project.celery import app
 
     url = private_redis.url
+    # Read before the Django settings change: app.conf reads CELERY_* through to them.
+    previous_broker = app.conf.broker_url
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url
     settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": url}}
     settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL = 1.0
-    previous_broker = app.conf.broker_url
     app.conf.broker_url = url
     _reset_celery_connections()
     _forget_cached_clients()
