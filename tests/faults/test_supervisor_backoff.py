@@ -25,6 +25,9 @@ class Watched:
         self.supervisor, self.child = supervisor, child
         self.pids = [child.popen.pid]
         self.exits: list[tuple[float, float]] = []  # (how long the run lasted, delay scheduled)
+        # When the pending restart was scheduled: kept across calls (a restart scheduled in one call may
+        # only happen in the next).
+        self.scheduled_at = time.monotonic()
 
     def next_exit(self, timeout: float = 10.0) -> float:
         """Run the watch loop until the child exits again; the restart delay the supervisor chose."""
@@ -35,14 +38,13 @@ class Watched:
             started_before = self.child.started_at
             self.supervisor.watch_once()
             if self.child.started_at != started_before:  # restarted: a new process
-                assert time.monotonic() - scheduled_at[0] >= self.child.last_delay - 0.01
+                assert time.monotonic() - self.scheduled_at >= self.child.last_delay - 0.01
                 self.pids.append(self.child.popen.pid)
             if not pending_before and self.child.next_start != 0.0:  # a new exit was just seen
-                scheduled_at[0] = time.monotonic()
-                self.exits.append((scheduled_at[0] - self.child.started_at, self.child.last_delay))
+                self.scheduled_at = time.monotonic()
+                self.exits.append((self.scheduled_at - self.child.started_at, self.child.last_delay))
             return len(self.exits) > seen
 
-        scheduled_at = [time.monotonic()]
         wait_until(step, timeout, "the child exited again", interval=0.01)
         return self.exits[-1][1]
 
