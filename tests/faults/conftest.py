@@ -22,20 +22,9 @@ import redis
 from tests.conftest import Stack
 from tests.orders.conftest import control, sim  # noqa: F401 - fixtures used by the fault tests
 from tests.procs import Proc, free_port, start_manage
+from tests.waiting import wait_until
 
 TERMINAL = "sim-b"  # the terminal whose pinned worker these tests replace with one on the private Redis
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):  # noqa: ANN001, ANN201
-    """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout}s")
-        time.sleep(interval)
 
 
 def _port_open(port: int) -> bool:

@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 from bridge_project.celery import terminal_queue
 from tests.conftest import Stack
 from tests.orders.conftest import open_session, wait_final
+from tests.waiting import wait_until
 from trading.models import Task, TaskTransition, UnownedOrder
 from trading.reconcile import request_reconciliation
 from trading.tasks import reconcile_terminal_task
@@ -48,16 +49,6 @@ def session(short_bound_worker: None, stack: Stack, client: APIClient, control) 
     client.delete(f"/mt5/client/session/{sid}")
 
 
-def _wait(predicate, timeout: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.05)
-
-
 def _post(client: APIClient, sid: str, rid: str, path: str = "/mt5/client/orders", body: dict | None = None) -> str:
     response = client.post(path, BUY if body is None else body, format="json", HTTP_X_SESSION_ID=sid,
                            HTTP_X_REQUEST_ID=rid)
@@ -71,14 +62,14 @@ def _unknown(task_id: str) -> Task:
 
 def _past_bound(task: Task) -> None:
     """Wait until the in-flight bound has passed since the task's send mark (the condition under test)."""
-    _wait(lambda: time.time() - task.sent_at.timestamp() > BOUND + 0.2, 10, "the in-flight bound passed")
+    wait_until(lambda: time.time() - task.sent_at.timestamp() > BOUND + 0.2, 10, "the in-flight bound passed")
 
 
 def _reconcile(task_id: str) -> Task:
     """Ask the terminal's worker to settle the task now; returns it once the worker has looked."""
     before = Task.objects.get(id=task_id).updated_at
     request_reconciliation([task_id])
-    return _wait(lambda: (t := Task.objects.get(id=task_id)).updated_at != before and t, 20, "reconciliation ran")
+    return wait_until(lambda: (t := Task.objects.get(id=task_id)).updated_at != before and t, 20, "reconciliation ran")
 
 
 def _reconcile_terminal() -> None:
@@ -174,7 +165,7 @@ def test_two_rewritten_candidates_are_never_guessed(session, client, sim, contro
     ctl.comment_fault("rewrite", text="", count=2)
     ctl.slow_execution(3.0, 2, visible=False)  # both execute later, together, without their tags
     tasks = [_unknown(_post(client, session, f"amb-two-{i}", body={**BUY, "magic": 777})) for i in (1, 2)]
-    _wait(lambda: len([o for o in sim(TERMINAL).history_orders() if o.magic == 777]) == 2, 20, "both executed")
+    wait_until(lambda: len([o for o in sim(TERMINAL).history_orders() if o.magic == 777]) == 2, 20, "both executed")
     _past_bound(tasks[1])
     for task in tasks:
         # Two orders match each task's request and neither carries a tag: which is whose cannot be
@@ -190,7 +181,7 @@ def test_an_execution_later_than_the_bound_is_adopted_after_failed(session, clie
     _past_bound(task)
     task = _reconcile(task.id)
     assert task.state == "failed", task.result  # nothing shows at the terminal: honest at that time
-    _wait(lambda: sim(TERMINAL).broker_orders_of(task), 20, "the late execution")
+    wait_until(lambda: sim(TERMINAL).broker_orders_of(task), 20, "the late execution")
     _reconcile_terminal()
     task = wait_final(task.id, states=("filled",))
     assert _path(task) == ["queued", "dispatched", "unknown", "failed", "filled"]
@@ -206,7 +197,7 @@ def test_an_order_the_terminal_shows_in_flight_is_never_failed(session, client, 
     _past_bound(task)
     task = _reconcile(task.id)
     assert task.state == "unknown" and _unknown_because(task) == "in_flight_at_terminal", task.result
-    _wait(lambda: sim(TERMINAL).history_orders(task.tag), 20, "the execution")
+    wait_until(lambda: sim(TERMINAL).history_orders(task.tag), 20, "the execution")
     task = _reconcile(task.id)
     assert task.state == "filled" and len(sim(TERMINAL).broker_orders_of(task)) == 1
     assert _path(task) == ["queued", "dispatched", "unknown", "filled"]

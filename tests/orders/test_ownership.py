@@ -17,6 +17,7 @@ import mt5sim
 from sessions.models import BridgeSession, SessionTransition
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
+from tests.waiting import wait_until
 from trading.models import Task, TaskTransition
 from trading.outbox import publish_task
 from trading.reconcile import request_reconciliation
@@ -43,16 +44,6 @@ def extra_workers(stack: Stack):  # noqa: ANN201
             proc.stop()
 
 
-def _wait(predicate, timeout: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.05)
-
-
 def _post(client: APIClient, sid: str, rid: str, path: str = "/mt5/client/orders", body: dict | None = None):  # noqa: ANN202
     return client.post(path, BUY if body is None else body, format="json", HTTP_X_SESSION_ID=sid,
                        HTTP_X_REQUEST_ID=rid)
@@ -61,7 +52,7 @@ def _post(client: APIClient, sid: str, rid: str, path: str = "/mt5/client/orders
 def _holding(worker) -> None:  # noqa: ANN001
     """Wait until ``worker`` holds its terminal's lease (the test database is flushed between tests,
     and a worker takes the lease of a re-created terminal row at its next heartbeat)."""
-    _wait(lambda: Terminal.objects.filter(name=TERMINAL, lease_holder__endswith=f":{worker.pid}",
+    wait_until(lambda: Terminal.objects.filter(name=TERMINAL, lease_holder__endswith=f":{worker.pid}",
                                           lease_expires_at__isnull=False).exists(), 20, "the worker holds the lease")
 
 
@@ -100,7 +91,7 @@ def test_a_second_tenant_with_a_slow_login_never_touches_the_first_tenants_accou
         assert read.status_code == 409 and read.json()["error"]["code"] == "SessionNotReady", (path, read.content)
     assert not Task.objects.filter(session_id=sid_b).exists()
     # The login fails; B's session ends and B's id is refused from then on.
-    session = _wait(lambda: BridgeSession.objects.filter(id=sid_b, status="login_failed").first(), 20, "login_failed")
+    session = wait_until(lambda: BridgeSession.objects.filter(id=sid_b, status="login_failed").first(), 20, "login_failed")
     assert session.error_code == -6
     assert list(SessionTransition.objects.filter(session_id=sid_b).values_list("to_status", flat=True)) == [
         "opening", "login_failed"]
@@ -131,7 +122,7 @@ def test_a_session_that_ends_takes_its_queued_tasks_with_it(stack: Stack, client
     assert task.state == "cancelled" and task.result["error"]["code"] == "SessionEnded", task.result
     assert TaskTransition.objects.filter(task=task, to_state="cancelled").get().detail["reason"] == "closed"
     # The worker receives the message afterwards and must not send it.
-    _wait(lambda: worker.log().count("'skipped-cancelled'") > handled_before, 20, "the worker skipped the delivery")
+    wait_until(lambda: worker.log().count("'skipped-cancelled'") > handled_before, 20, "the worker skipped the delivery")
     assert Terminal.objects.get(name=TERMINAL).bound_session_id == ""
     assert sim(TERMINAL).broker_orders_of(task) == []
 
@@ -189,7 +180,7 @@ def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, c
     for thread in threads:
         thread.start()
     # Mid-run the first worker dies; the waiting one takes the lease over and goes on.
-    _wait(lambda: len(ids) >= 120, 60, "120 orders accepted")
+    wait_until(lambda: len(ids) >= 120, 60, "120 orders accepted")
     first.kill(signal.SIGKILL)
     for thread in threads:
         thread.join()
@@ -204,7 +195,7 @@ def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, c
     # the new holder settles it from the terminal once the in-flight bound (2 s here) has passed.
     unsettled = [task.id for task in tasks if task.state == "unknown"]
     if unsettled:
-        _wait(lambda: time.time() - min(Task.objects.get(id=t).sent_at.timestamp() for t in unsettled) > 2.5, 10,
+        wait_until(lambda: time.time() - min(Task.objects.get(id=t).sent_at.timestamp() for t in unsettled) > 2.5, 10,
               "the in-flight bound passed")
         request_reconciliation(unsettled)
         tasks = [wait_final(task.id, timeout=30) if task.id in unsettled else task for task in tasks]
@@ -234,7 +225,7 @@ def test_a_stale_worker_resumed_after_losing_its_lease_is_fenced_and_exits(stack
     finally:
         os.kill(stale.pid, signal.SIGCONT)
     # Resumed, the stale worker's claim or sent-mark is refused by the fence and it exits at once.
-    _wait(lambda: not stale.alive(), 30, "the stale worker exits")
+    wait_until(lambda: not stale.alive(), 30, "the stale worker exits")
     assert "no longer current" in stale.log()
     stack.workers[TERMINAL] = fresh
     for task_id in ids:

@@ -17,6 +17,7 @@ import mt5sim
 from mt5sim.control import Control
 from tests.conftest import SIM_TERMINALS, Stack
 from tests.procs import Proc, start_manage
+from tests.waiting import wait_until  # noqa: F401 - the read tests import it from here
 from trading.reads.readqueue import heartbeat_key
 from trading.reads.snapshots import quote_interest_key, snapshot_key
 
@@ -143,15 +144,3 @@ def terminal_a(stack: Stack, session_a: APIClient) -> Iterator[Terminal]:
     """A direct client of sim-a, attached after ``session_a`` logged the terminal in."""
     with Terminal(stack.addresses["sim-a"]) as terminal:
         yield terminal
-
-
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):  # noqa: ANN001, ANN201
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)

@@ -12,20 +12,11 @@ from rest_framework.test import APIClient
 from sessions import services
 from sessions.models import BridgeSession, SessionTransition
 from tests.conftest import Stack
+from tests.waiting import wait_until
 from workers.models import Terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 OPEN = "/mt5/client/session/open"
-
-
-def _wait(predicate, timeout: float = 20.0, what: str = "condition"):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.05)
 
 
 def _open(client: APIClient, terminal: str, login: int) -> str:
@@ -40,11 +31,11 @@ def test_a_lost_login_message_is_published_again(stack: Stack, client: APIClient
     sid = _open(client, "sim-a", 71001)
     assert BridgeSession.objects.get(id=sid).login_published_at is None
     monkeypatch.undo()
-    _wait(lambda: Terminal.objects.get(name="sim-a").worker_alive(), 20, "the worker's heartbeat")
+    wait_until(lambda: Terminal.objects.get(name="sim-a").worker_alive(), 20, "the worker's heartbeat")
     settings.BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER = 0.2
-    _wait(lambda: time.time() - BridgeSession.objects.get(id=sid).created_at.timestamp() > 0.3, 5, "age")
+    wait_until(lambda: time.time() - BridgeSession.objects.get(id=sid).created_at.timestamp() > 0.3, 5, "age")
     assert services.sessions_redrive_logins() == {"republished": 1, "failed": 0}
-    session = _wait(lambda: BridgeSession.objects.filter(id=sid, status="active").first(), 20, "active")
+    session = wait_until(lambda: BridgeSession.objects.filter(id=sid, status="active").first(), 20, "active")
     assert session.login_published_at is not None
     assert Terminal.objects.get(name="sim-a").bound_session_id == sid
     client.delete(f"/mt5/client/session/{sid}")
@@ -56,7 +47,7 @@ def test_a_login_that_never_completes_ends_login_failed_and_frees_the_terminal(
     monkeypatch.setattr(services, "publish_login", lambda session: False)
     sid = _open(client, "sim-b", 71002)
     settings.BRIDGE_SESSION_LOGIN_TIMEOUT = 0.5
-    _wait(lambda: time.time() - BridgeSession.objects.get(id=sid).created_at.timestamp() > 0.6, 5, "age")
+    wait_until(lambda: time.time() - BridgeSession.objects.get(id=sid).created_at.timestamp() > 0.6, 5, "age")
     assert services.sessions_redrive_logins() == {"republished": 0, "failed": 1}
     session = BridgeSession.objects.get(id=sid)
     assert session.status == "login_failed" and "did not complete" in session.error_message
