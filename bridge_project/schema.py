@@ -16,14 +16,11 @@ from django.core.validators import RegexValidator
 from drf_spectacular.extensions import (
     OpenApiSerializerExtension,
     OpenApiSerializerFieldExtension,
-    OpenApiViewExtension,
 )
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
-    extend_schema,
-    extend_schema_view,
     inline_serializer,
 )
 from rest_framework import serializers
@@ -231,34 +228,3 @@ class ExclusiveMinFloatField(serializers.FloatField):
         if value <= self.exclusive_min:
             self.fail("exclusive_min", limit=self.exclusive_min)
         return value
-
-
-# --- GET /events/recent (streams/views.py): its query rules, as the view enforces them ------------
-
-MAX_SEQ = 2**63 - 1  # a seq is an int64 (the first part of a Redis stream id, which ends at 2**64-1)
-
-
-class RecentEventsParameters(OpenApiViewExtension):
-    """States the query rules streams.views.RecentEventsView enforces (integers, ranges, the channel
-    list), from its own constants, without touching that view: the parameters below replace the
-    view's own by name."""
-
-    target_class = "streams.views.RecentEventsView"
-
-    def view_replacement(self):  # noqa: ANN201
-        from streams.keys import REPLAYABLE
-        from streams.views import MAX_LIMIT
-
-        parameters = [
-            query("since", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
-                  "the last seq the client has (default 0: all kept)"),
-            query("epoch", {"type": "integer", "minimum": 0},
-                  "the epoch `since` counts in (from the events or a previous page); another than the "
-                  "session's: `resyncRequired`"),
-            query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-                  f"events per page, 1-{MAX_LIMIT} (default 500)"),
-            csv_enum("channels", sorted(REPLAYABLE), "comma-separated subset of the replayable channels "
-                     "(default: all)"),
-        ]
-        replacement = type(self.target.__name__, (self.target,), {"__doc__": self.target.__doc__})
-        return extend_schema_view(get=extend_schema(parameters=parameters))(replacement)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bridge_project.errors import ValidationFailed
-from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, error
+from bridge_project.schema import COMMON_ERRORS, SESSION_HEADER, csv_enum, error, query
 from sessions.services import require_live_session
 
 from . import tickets
@@ -21,6 +21,7 @@ from .publisher import sync_redis
 from .replay import read_since
 
 MAX_LIMIT = 1000
+MAX_SEQ = 2**63 - 1  # a seq is an int64 (the first part of a Redis stream id, which ends at 2**64-1)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int | None) -> int:
@@ -71,11 +72,15 @@ class RecentEventsView(APIView):
         operation_id="events_recent",
         parameters=[
             SESSION_HEADER,
-            OpenApiParameter("since", int, description="the last seq the client has (default 0: all kept)"),
-            OpenApiParameter("epoch", int, description="the epoch `since` counts in (from the events or a previous "
-                             "page); another than the session's: `resyncRequired`"),
-            OpenApiParameter("limit", int, description=f"events per page, 1-{MAX_LIMIT} (default 500)"),
-            OpenApiParameter("channels", str, description="comma-separated subset of order,position,account"),
+            query("since", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+                  "the last seq the client has (default 0: all kept)"),
+            query("epoch", {"type": "integer", "minimum": 0},
+                  "the epoch `since` counts in (from the events or a previous page); another than the "
+                  "session's: `resyncRequired`"),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                  f"events per page, 1-{MAX_LIMIT} (default 500)"),
+            csv_enum("channels", sorted(REPLAYABLE), "comma-separated subset of the replayable channels "
+                     "(default: all)"),
         ],
         responses={200: RecentEventsSerializer, **COMMON_ERRORS, 401: error("Unauthorized / SessionExpired")},
         description="The session's replayable events (order, position, account) after `since`, in seq order: "
@@ -85,7 +90,7 @@ class RecentEventsView(APIView):
     )
     def get(self, request: Request) -> Response:
         session = require_live_session(request)
-        since = _int_param(request, "since", 0, 0, 2**63 - 1)  # a stream id past that: Redis refuses
+        since = _int_param(request, "since", 0, 0, MAX_SEQ)
         epoch = _int_param(request, "epoch", 0, 0, None)
         limit = _int_param(request, "limit", 500, 1, MAX_LIMIT)
         channels = _channels_param(request)
