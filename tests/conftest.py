@@ -111,7 +111,11 @@ def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[S
         for i, (name, offset) in enumerate(SIM_TERMINALS):
             # The emulator's broker clock must match the offset the terminals file declares for it.
             config = stack_dir / f"sim-{name}.yaml"
-            config.write_text(yaml.safe_dump({"server": {"offset_seconds": offset}}))
+            # Demo accounts with room for every test's positions: the suite's tests share a few
+            # logins on these terminals and leave positions open, and a margin run out midway would
+            # turn later orders into 10019 rejections that have nothing to do with what they test.
+            config.write_text(yaml.safe_dump({"server": {"offset_seconds": offset},
+                                              "account_defaults": {"balance": 1_000_000.0}}))
             proc, address = start_sim(
                 f"sim-{name}", stack_dir, stack_dir / f"state-{name}", seed=10 + i, config=config
             )

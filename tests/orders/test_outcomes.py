@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from bridge_project.celery import terminal_queue
 from tests.conftest import Stack
-from tests.orders.conftest import open_session, wait_final
+from tests.orders.conftest import LOGIN, open_session, wait_final
 from tests.waiting import wait_until
 from trading.models import Task, TaskTransition, UnownedOrder
 from trading.reconcile import request_reconciliation
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
 BOUND = 2.0
 BUY = {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}
+OWN_LOGIN = LOGIN + 500  # an account of this module's own: the positions it opens use no one else's margin
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def short_bound_worker(bridge_stack: Stack) -> Iterator[None]:
 def session(short_bound_worker: None, stack: Stack, client: APIClient, control) -> Iterator[str]:  # noqa: ANN001
     ctl = control(TERMINAL)
     ctl.reset()
-    sid = open_session(client, TERMINAL)
+    sid = open_session(client, TERMINAL, login=OWN_LOGIN)
     yield sid
     ctl.reset()
     client.delete(f"/mt5/client/session/{sid}")
