@@ -38,6 +38,11 @@ def create_api_key(workspace: Workspace, name: str = "") -> tuple[ApiKey, str]:
     return row, key
 
 
+def api_key_by_prefix(prefix: str) -> ApiKey | None:
+    """The key row of ``prefix`` (the part after ``mt5b_``, as the admin shows it), with its workspace."""
+    return ApiKey.objects.select_related("workspace").filter(prefix=prefix.strip()).first()
+
+
 def authenticate_key(key: str) -> ApiKey | None:
     """The active key row for ``key``, or None. Constant-time digest comparison."""
     if not key.startswith(KEY_PREFIX):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sessions.api_keys import revoke_api_key
-from sessions.models import ApiKey
+from sessions.api_keys import api_key_by_prefix, revoke_api_key
 
 
 class Command(BaseCommand):
@@ -15,7 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("prefix", help="the key's prefix: mt5b_<prefix>_<secret>, as the admin shows it")
 
     def handle(self, *args, prefix: str, **options) -> None:  # noqa: ANN002, ANN003
-        row = ApiKey.objects.select_related("workspace").filter(prefix=prefix.strip()).first()
+        row = api_key_by_prefix(prefix)
         if row is None:
             raise CommandError(f"no API key with prefix {prefix!r}")
         already = row.revoked_at is not None
