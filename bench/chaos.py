@@ -207,7 +207,7 @@ class Stack:
 
     def holder(self) -> tuple[str, int] | None:
         """(name, lease token) of the worker of ours holding the terminal's lease, if any."""
-        from workers.models import Terminal
+        from terminals.models import Terminal
 
         row = Terminal.objects.filter(name=TERMINAL).values_list("lease_holder", "lease_token").first()
         if not row or not row[0]:
@@ -356,12 +356,12 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
                            "BRIDGE_THROTTLE_RATE"))
         from django.db.models import Count
         from django.utils import timezone
+        from trading.reconciliation import reconciliation_request
 
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
-        from trading.models import FINAL_STATES, Task, TaskTransition
+        from trading.models import FINAL_STATES, TaskTransition, TradeTask
         from trading.orders import tag_of
-        from trading.reconcile import request_reconciliation
 
         say(f"starting redis-server on port {redis_port} (no persistence)")
         stack.start_redis()
@@ -410,9 +410,9 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
         clients = Clients(web_port, {**auth, "x-session-id": sid}, n, args.clients, args.seed, give_up_after=600)
         say(f"submitting {n} orders ({ORDER['symbol']} {ORDER['type']} {ORDER['volume']}) from {args.clients} clients")
         clients.start()
-        session_tasks = Task.objects.filter(session_id=sid)
+        session_tasks = TradeTask.objects.filter(session_id=sid)
         kills_done, redis_done = 0, False
-        ipc = IpcFaults(sim_address, ipc_at, lambda: Task.objects.filter(session_id=sid).exclude(state="queued").count(),
+        ipc = IpcFaults(sim_address, ipc_at, lambda: TradeTask.objects.filter(session_id=sid).exclude(state="queued").count(),
                         args.seed + 1)
         ipc.start()
         idle_since, last_taken = time.monotonic(), -1
@@ -497,7 +497,7 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
         last_ask = last_report = 0.0
         stranded: dict[str, float] = {}  # task id -> seconds since the bench started, when first seen stranded
         while True:
-            pending = list(Task.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES)
+            pending = list(TradeTask.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES)
                            .values_list("id", "state", "sent_at", "dispatched_at"))
             if not pending or time.monotonic() > deadline:
                 break
@@ -534,11 +534,11 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
                 untagged.append(order)
             else:
                 by_tag[tag] += 1
-        tasks = list(Task.objects.filter(workspace=workspace).values(
+        tasks = list(TradeTask.objects.filter(workspace=workspace).values(
             "id", "request_id", "tag", "state", "created_at", "dispatched_at", "finished_at"))
         task_tags = {t["tag"] for t in tasks}
         dup_orders = {t["id"]: by_tag[t["tag"]] for t in tasks if by_tag[t["tag"]] > 1}
-        dup_requests = list(Task.objects.filter(workspace=workspace).values("request_id")
+        dup_requests = list(TradeTask.objects.filter(workspace=workspace).values("request_id")
                             .annotate(n=Count("id")).filter(n__gt=1).values_list("request_id", "n"))
         rids_with_task = {t["request_id"] for t in tasks}
         no_task = [rid for rid in clients.request_ids if rid not in rids_with_task]

@@ -27,7 +27,7 @@ def prepare(env: dict[str, str]) -> tuple[str, str]:
     code = (
         "import django,os;django.setup();"
         "from sessions.models import Workspace,BridgeSession;from sessions.api_keys import create_api_key;"
-        "from workers.models import Terminal;from django.utils import timezone;import datetime;"
+        "from terminals.models import Terminal;from django.utils import timezone;import datetime;"
         "ws,_=Workspace.objects.get_or_create(name='bench');_,k=create_api_key(ws);"
         "t,_=Terminal.objects.get_or_create(name='bench-t',defaults=dict(backend='sim',address='127.0.0.1:1'));"
         "BridgeSession.objects.filter(terminal=t).delete();"

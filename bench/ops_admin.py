@@ -84,8 +84,8 @@ def main() -> int:
     from bench.common import machine
     from bridge_project import metrics
     from sessions.models import BridgeSession, Workspace
-    from trading.models import Task
-    from workers.models import Terminal
+    from terminals.models import Terminal
+    from trading.models import TradeTask
 
     settings.DEBUG = True  # count queries
     settings.ALLOWED_HOSTS = ["*"]
@@ -99,7 +99,7 @@ def main() -> int:
             workspace=ws, terminal=t, account_id="bench", login=1, server="Demo", password_encrypted=b"x",
             status="active", expires_at=timezone.now() + timezone.timedelta(days=365))
         sessions.append(s)
-    have = Task.objects.count()
+    have = TradeTask.objects.count()
     if have != args.tasks:
         print(f"filling {args.tasks:,} tasks (had {have:,}) ...", flush=True)
         started = time.perf_counter()
@@ -136,7 +136,7 @@ def main() -> int:
         ("ops/terminals", ops, "/mt5/client/ops/terminals"),
     ]
     print(f"machine: {machine()}")
-    print(f"ledger: {Task.objects.count():,} tasks (PostgreSQL {connection.pg_version})")
+    print(f"ledger: {TradeTask.objects.count():,} tasks (PostgreSQL {connection.pg_version})")
     started = time.perf_counter()
     reset_queries()
     first = ops.get("/metrics")

@@ -40,7 +40,7 @@ TERMINAL = "bench-1"
 ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.01}
 
 
-def wait_drained(tasks, timeout: float) -> None:  # noqa: ANN001 - a Task queryset
+def wait_drained(tasks, timeout: float) -> None:  # noqa: ANN001 - a TradeTask queryset
     deadline = time.monotonic() + timeout
     while tasks.filter(state__in=["queued", "dispatched", "unknown"]).exists():
         if time.monotonic() > deadline:
@@ -84,7 +84,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         setup_django(env, ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE"))
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
-        from trading.models import Task
+        from trading.models import TradeTask
 
         print(f"web tier: {web_label}; 1 pinned worker (-P solo); beat + maintenance worker; 1 mt5sim terminal")
         print("note: everything shares this machine's cores (load generator included)\n")
@@ -130,7 +130,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             print("   " + result.line(f"{clients:>2} client(s)"))
 
         print("   (waiting for the worker to drain the backlog ...)")
-        wait_drained(Task.objects.filter(session_id=session["sessionId"]), 900)
+        wait_drained(TradeTask.objects.filter(session_id=session["sessionId"]), 900)
 
         print("2. POST -> final state, one order at a time")
         latencies = []
@@ -139,7 +139,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             status, task = request(web_port, "POST", "/mt5/client/orders", ORDER, {**headers, "x-request-id": f"lat-{i}-{t0}"})
             assert status == 202, task
             while True:
-                row = Task.objects.filter(id=task["taskId"]).values_list("state", "finished_at").first()
+                row = TradeTask.objects.filter(id=task["taskId"]).values_list("state", "finished_at").first()
                 if row[1] is not None:
                     break
                 time.sleep(0.001)
@@ -160,8 +160,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         bridge_session = BridgeSession.objects.select_related("terminal").get(id=session["sessionId"])
         ids = [place_order(bridge_session, f"drain-{i}-{time.time()}", dict(ORDER)).task.id for i in range(args.drain)]
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
-        wait_drained(Task.objects.filter(id__in=ids), 900)
-        rows = list(Task.objects.filter(id__in=ids).values_list("state", "dispatched_at", "finished_at"))
+        wait_drained(TradeTask.objects.filter(id__in=ids), 900)
+        rows = list(TradeTask.objects.filter(id__in=ids).values_list("state", "dispatched_at", "finished_at"))
         first = min(r[1] for r in rows)
         last = max(r[2] for r in rows)
         states = {s for s, _, _ in rows}

@@ -10,7 +10,7 @@ Redelivery on the Redis transport, and why each setting is what it is:
   instead of being acked as failed. Pinned workers run ``-P solo`` (no child): when the worker
   process itself is SIGKILLed nothing is acked at all, the message stays in kombu's ``unacked``
   hash and is restored after ``visibility_timeout``. Recovery does not wait for that: a pinned
-  worker's start-up reconciliation (``trading.tasks``) settles its terminal's orphaned
+  worker's start-up reconciliation (``workers.tasks``) settles its terminal's orphaned
   ``dispatched`` tasks before it takes new messages, and the late redelivery then finds a final
   task and does nothing. The setting stays for prefork workers (maintenance).
 * ``task_acks_on_failure_or_timeout`` (Celery's default, True, kept): a task that raised is acked,
@@ -47,7 +47,7 @@ app.conf.update(
     worker_send_task_events=False,
     timezone="UTC",
 )
-app.autodiscover_tasks(["sessions", "trading", "workers", "streams"])
+app.autodiscover_tasks(["workers"])  # workers/tasks.py holds every task
 
 
 def terminal_queue(terminal_name: str) -> str:

@@ -4,7 +4,7 @@ The bridge runs as many processes on several machines (web, beat, one pinned wor
 poller per terminal, Windows VMs): an in-process ``prometheus_client`` counter in a worker would never
 reach the web process that serves ``/metrics``. So what only happens in a process (an event
 published, a reconciliation outcome, a request served) is counted here, in one Redis hash per metric;
-``workers.ops_metrics`` reads the hashes at scrape time. What can be computed from the database or
+``ops.metrics`` reads the hashes at scrape time. What can be computed from the database or
 Redis (tasks by state, queue depths, latency, events published: the event fan-out stream counts its
 own entries) is computed there instead and needs no call.
 

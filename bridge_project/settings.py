@@ -53,14 +53,16 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served from our static files, pinned (no CDN)
     "channels",
+    "terminals.apps.TerminalsConfig",
     "sessions.apps.BridgeSessionsConfig",
-    "workers.apps.WorkersConfig",
     "trading.apps.TradingConfig",
     "streams.apps.StreamsConfig",
+    "ops.apps.OpsConfig",
+    "workers.apps.WorkersConfig",
 ]
 
 MIDDLEWARE = [
-    "workers.ops_middleware.RequestMetricsMiddleware",  # client API latency histogram (/metrics)
+    "ops.middleware.RequestMetricsMiddleware",  # client API latency histogram (/metrics)
     "bridge_project.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # /static/ from the web process (gunicorn and daphne)
@@ -155,7 +157,7 @@ BRIDGE_WORKER_HEARTBEAT_INTERVAL = env.float("BRIDGE_WORKER_HEARTBEAT_INTERVAL",
 # published again (to a live worker); a session still opening after the timeout ends login_failed.
 BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER = env.float("BRIDGE_SESSION_LOGIN_REPUBLISH_AFTER", default=15.0)
 BRIDGE_SESSION_LOGIN_TIMEOUT = env.float("BRIDGE_SESSION_LOGIN_TIMEOUT", default=90.0)
-# The terminal ownership lease (workers/lease.py): renewed every heartbeat; a worker that has not
+# The terminal ownership lease (terminals/lease.py): renewed every heartbeat; a worker that has not
 # renewed it for this long loses it to a waiting one.
 BRIDGE_WORKER_LEASE_TTL = env.float("BRIDGE_WORKER_LEASE_TTL", default=3 * BRIDGE_WORKER_HEARTBEAT_INTERVAL)
 BRIDGE_REQUIRE_REQUEST_ID = env.bool("BRIDGE_REQUIRE_REQUEST_ID", default=False)
@@ -353,3 +355,9 @@ CELERY_BEAT_SCHEDULE = {
                               "schedule": env.float("BRIDGE_RECONCILE_INTERVAL", default=30.0)},
     "trading.purge_requests": {"task": "trading.purge_requests", "schedule": 3600.0},
 }
+
+# Terminal reads (terminals/reads.py; docs/reads.md): the largest number of ticks in one response
+# (count, or one page of a from/to range), and the longest broker suffix accepted when resolving
+# EURUSD -> EURUSDm / EURUSD.pro (0 disables).
+BRIDGE_READ_MAX_TICKS = env.int("BRIDGE_READ_MAX_TICKS", default=100_000)
+BRIDGE_SYMBOL_SUFFIX_MAX = env.int("BRIDGE_SYMBOL_SUFFIX_MAX", default=6)

@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from workers.ops_views import metrics_view
+from ops.views import metrics_view
 
 from .health import health
 
@@ -19,7 +19,7 @@ client_api = [
     path("", include("trading.urls")),  # before read_urls: orders and positions/<ticket> are shared paths
     path("", include("trading.read_urls")),
     path("", include("streams.urls")),
-    path("", include("workers.ops_urls")),
+    path("", include("ops.urls")),
 ]
 
 urlpatterns = [

@@ -20,6 +20,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from .models import ApiKey, Workspace
+from .signals import api_key_revoked
 
 KEY_PREFIX = "mt5b_"
 
@@ -60,9 +61,7 @@ def close_key_sockets(key_id: int) -> None:
     """After the current transaction commits (at once outside one): tell the key's open sockets to
     close (4401). Never raises; a lost message is caught by the sockets' periodic key check."""
     def publish() -> None:
-        from streams.publisher import publish_key_revoked
-
-        publish_key_revoked(key_id)
+        api_key_revoked.send(sender=ApiKey, key_id=key_id)
 
     transaction.on_commit(publish)
 

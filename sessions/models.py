@@ -65,7 +65,7 @@ class BridgeSession(models.Model):
 
     id = models.CharField(primary_key=True, max_length=40, default=new_session_id, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="sessions")
-    terminal = models.ForeignKey("workers.Terminal", on_delete=models.PROTECT, related_name="sessions")
+    terminal = models.ForeignKey("terminals.Terminal", on_delete=models.PROTECT, related_name="sessions")
     account_id = models.CharField(max_length=100)
     login = models.BigIntegerField()
     server = models.CharField(max_length=200)

@@ -24,15 +24,17 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bridge_project.errors import BridgeError, NotFound, SessionExpired, Unauthorized
-from workers.binding import terminal_bind, terminal_unbind
-from workers.dispatch import publish_login
-from workers.lease import Lease
-from workers.models import Terminal
-from workers.terminals import sync_terminals
+from terminals import runtime
+from terminals.binding import terminal_bind, terminal_unbind, terminal_unbind_all
+from terminals.gateway import GatewayError
+from terminals.lease import Lease
+from terminals.models import Terminal
+from terminals.services import sync_terminals
 
-from .crypto import encrypt_secret
+from .crypto import CredentialError, decrypt_secret, encrypt_secret
+from .dispatch import publish_login
 from .models import END_STATUSES, LIVE_STATUSES, BridgeSession, SessionStatus, SessionTransition, Workspace
-from .signals import session_ended
+from .signals import session_changed, session_ended
 
 logger = logging.getLogger("bridge.sessions")
 
@@ -63,10 +65,9 @@ def _session_event(session: BridgeSession, previous: str, detail: dict[str, Any]
 
 
 def _publish_session_event(session_id: str, data: dict[str, Any]) -> None:
-    from streams.publisher import publish_session_event
-
+    """Announce the committed change (streams turns it into the ``session`` event)."""
     try:
-        publish_session_event(session_id, "session", data)
+        session_changed.send(sender=BridgeSession, session_id=session_id, data=data)
     except Exception:  # noqa: BLE001 - the database holds the change; the stream is best effort
         logger.exception("publishing the session event of %s failed", session_id)
 
@@ -317,10 +318,54 @@ def require_active_session(request) -> BridgeSession:  # noqa: ANN001 - DRF requ
     return session
 
 
-# Names the event socket (streams.consumers) calls.
-def get_session(workspace: Workspace, session_id: str) -> BridgeSession:
-    return session_get(workspace=workspace, session_id=session_id)
+def session_log_in(*, session_id: str) -> str:
+    """Log the session's terminal in to its account (on the terminal's pinned worker):
+    ``opening`` → ``active`` or ``login_failed``. Returns what happened, for the worker's log.
 
-
-def _expire_if_due(session: BridgeSession) -> BridgeSession:
-    return session_expire_if_due(session=session)
+    The terminal's binding is cleared first (whatever account it was on serves nobody while it logs
+    in) and set again, fenced by this worker's lease, in the same transaction as ``→ active``.
+    """
+    session = BridgeSession.objects.select_related("terminal").filter(id=session_id).first()
+    if session is None or session.status != SessionStatus.OPENING:
+        return "skipped"
+    if session.terminal.name != runtime.pinned_terminal():
+        # Routing guarantees this never happens; refuse rather than touch another terminal.
+        logger.error("login for %s reached the worker of %s", session.terminal.name, runtime.pinned_terminal())
+        return "wrong-terminal"
+    lease = runtime.held_lease()
+    terminal_unbind_all(lease=lease)
+    try:
+        password = decrypt_secret(session.password_encrypted, session.id)
+    except CredentialError as exc:
+        # A key missing from BRIDGE_CREDENTIALS_KEY/OLD_KEYS: the login cannot happen; say so now.
+        failed = session_fail_login(session_id=session_id, code=None, reason="CredentialsUnreadable",
+                                    message=f"the stored password cannot be decrypted: {exc}")
+        logger.error("session %s: stored password unreadable: %s", session_id, exc)
+        return "login_failed" if failed else "skipped"
+    gw = runtime.gateway()
+    try:
+        account = gw.login(session.login, password, session.server)
+        terminal = gw.terminal_info()
+    except GatewayError as exc:
+        failed = session_fail_login(session_id=session_id, code=exc.code, message=exc.message)
+        logger.info("session %s login failed: (%s, %s)", session_id, exc.code, exc.message)
+        return "login_failed" if failed else "skipped"
+    broker = {
+        "company": account.get("company"),
+        "server": account.get("server"),
+        "currency": account.get("currency"),
+        "leverage": account.get("leverage"),
+        "name": account.get("name"),
+        "marginMode": account.get("margin_mode"),
+        "connected": bool(terminal.get("connected")),
+        "terminalBuild": terminal.get("build"),
+    }
+    activated = session_activate(session_id=session_id, broker=broker, lease=lease)
+    if activated is None:
+        # The fence may have refused it (the lease row re-created or expired): retake and try once more.
+        activated = session_activate(session_id=session_id, broker=broker, lease=runtime.refresh_lease())
+    if activated is None:
+        logger.info("session %s ended (or the lease moved) while it logged in: not activated", session_id)
+        return "skipped"
+    logger.info("session %s active on %s", session_id, session.terminal.name)
+    return "active"

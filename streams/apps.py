@@ -7,3 +7,11 @@ class StreamsConfig(AppConfig):
     name = "streams"
     verbose_name = "Event streams"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from sessions.signals import api_key_revoked, session_changed
+
+        from .publisher import on_api_key_revoked, on_session_changed
+
+        session_changed.connect(on_session_changed, dispatch_uid="streams.session_event")
+        api_key_revoked.connect(on_api_key_revoked, dispatch_uid="streams.key_revoked")

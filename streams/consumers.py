@@ -73,10 +73,10 @@ REDIS_ERRORS = (RedisError, OSError)
 
 
 def _live_session_of(workspace, session_id: str) -> tuple[str, str] | None:  # noqa: ANN001
-    from sessions.services import get_session
+    from sessions.services import session_get
 
     try:
-        session = get_session(workspace, session_id)
+        session = session_get(workspace=workspace, session_id=session_id)
     except Exception:  # noqa: BLE001 - NotFound (another workspace's or unknown): same answer, 4401
         return None
     if not session.live:
@@ -117,10 +117,10 @@ def _key_active(key_id: int) -> bool:
 
 def _session_live(session_id: str) -> bool:
     from sessions.models import LIVE_STATUSES, BridgeSession
-    from sessions.services import _expire_if_due
+    from sessions.services import session_expire_if_due
 
     session = BridgeSession.objects.filter(id=session_id, status__in=LIVE_STATUSES).first()
-    return session is not None and _expire_if_due(session).live
+    return session is not None and session_expire_if_due(session=session).live
 
 
 def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None, dict[str, list[str]]]:

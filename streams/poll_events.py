@@ -160,7 +160,7 @@ def _active_session(terminal_name: str) -> tuple[str, int] | None:
 def _utc_offset(terminal_name: str, snapshot: Any) -> int:
     if _part(snapshot, "times_utc", True):
         return 0
-    from workers.config import get_terminal
+    from terminals.config import get_terminal
 
     return get_terminal(terminal_name).utc_offset
 

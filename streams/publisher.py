@@ -216,3 +216,13 @@ def publish_key_revoked(key_id: int) -> bool:
                 return False
             time.sleep(0.05 * (attempt + 1))
     return False
+
+
+def on_session_changed(*, session_id: str, data: dict[str, Any], **_: Any) -> None:
+    """``sessions.signals.session_changed``: the ``session`` event on the session's stream."""
+    publish_session_event(session_id, "session", data)
+
+
+def on_api_key_revoked(*, key_id: int, **_: Any) -> None:
+    """``sessions.signals.api_key_revoked``: close the sockets opened with that key."""
+    publish_key_revoked(key_id)

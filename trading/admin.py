@@ -24,7 +24,7 @@ from django.utils.html import format_html
 
 from bridge_project import metrics
 
-from .models import Task, TaskState, TaskTransition
+from .models import TaskState, TaskTransition, TradeTask
 
 logger = logging.getLogger("bridge.trading.admin")
 
@@ -64,7 +64,7 @@ class AgeFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [(key, f"older than {key}") for key in self.CHOICES]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> QuerySet[TradeTask]:
         seconds = self.CHOICES.get(self.value() or "")
         if seconds is None:
             return queryset
@@ -88,7 +88,7 @@ class SessionFilter(admin.SimpleListFilter):
         )
         return [(s.id, f"{s.id} ({s.terminal.name}, {s.login})") for s in live]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> QuerySet[TradeTask]:
         return queryset.filter(session_id=self.value()) if self.value() else queryset
 
 
@@ -114,7 +114,7 @@ def _pretty(value: Any) -> str:
     return format_html("<pre style='white-space:pre-wrap;margin:0'>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
 
 
-@admin.register(Task)
+@admin.register(TradeTask)
 class TaskAdmin(admin.ModelAdmin):
     list_display = (
         "id", "request_id", "kind", "state", "terminal", "session_ref", "workspace", "order_ticket",
@@ -150,14 +150,14 @@ class TaskAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # the ledger is the truth: it is purged by retention, not by hand
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TradeTask]:
         # The changelist shows neither request nor result: do not read the JSON of 100 rows.
         qs = super().get_queryset(request)
         if request.resolver_match and request.resolver_match.url_name == "trading_task_changelist":
             qs = qs.defer("request", "mt5_request", "result", "fingerprint")
         return qs
 
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Task], search_term: str):  # noqa: ANN201
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[TradeTask], search_term: str):  # noqa: ANN201
         """Exact matches only, each served by an index: task id, request id, or a ticket."""
         term = search_term.strip()
         if not term:
@@ -169,11 +169,11 @@ class TaskAdmin(admin.ModelAdmin):
         return queryset.filter(condition), False
 
     @admin.display(description="session", ordering="session_id")
-    def session_ref(self, obj: Task) -> str:
+    def session_ref(self, obj: TradeTask) -> str:
         return obj.session_id
 
     @admin.display(description="age")
-    def age(self, obj: Task) -> str:
+    def age(self, obj: TradeTask) -> str:
         seconds = int((timezone.now() - obj.created_at).total_seconds())
         if seconds < 120:
             return f"{seconds}s"
@@ -184,20 +184,20 @@ class TaskAdmin(admin.ModelAdmin):
         return f"{seconds // 86400}d"
 
     @admin.display(description="request")
-    def request_pretty(self, obj: Task) -> str:
+    def request_pretty(self, obj: TradeTask) -> str:
         return _pretty(obj.request)
 
     @admin.display(description="order_send request")
-    def mt5_request_pretty(self, obj: Task) -> str:
+    def mt5_request_pretty(self, obj: TradeTask) -> str:
         return _pretty(obj.mt5_request)
 
     @admin.display(description="result")
-    def result_pretty(self, obj: Task) -> str:
+    def result_pretty(self, obj: TradeTask) -> str:
         return _pretty(obj.result)
 
     # -- actions: each calls the trading service that owns the rule ----------------------------------
     @admin.action(description="Cancel selected queued tasks")
-    def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+    def cancel_queued(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
         from .states import move
 
         done = skipped = 0
@@ -211,7 +211,7 @@ class TaskAdmin(admin.ModelAdmin):
                               messages.WARNING)
 
     @admin.action(description="Re-publish selected stuck (queued) tasks to their terminal")
-    def republish(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+    def republish(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
         from .outbox import publish_task
 
         rows = list(queryset.filter(state=TaskState.QUEUED).values_list("id", "terminal__name"))
@@ -226,14 +226,12 @@ class TaskAdmin(admin.ModelAdmin):
             self.message_user(request, f"{others} selected task(s) are not queued: only queued tasks are "
                               "re-published (a dispatched one is reconciled)", messages.WARNING)
 
-    @admin.action(description="Run reconciliation on selected tasks (ask their terminal)")
-    def reconcile(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        try:
-            from .reconcile import request_reconciliation
-        except ImportError:
-            self.message_user(request, "reconciliation is not available in this build "
-                              "(trading.reconcile.request_reconciliation)", messages.ERROR)
-            return
+    @admin.action(description="Reconcile the terminals of the selected tasks now (every dispatched/unknown "
+                  "task of each such terminal)")
+    def reconcile(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
+        from .reconciliation import reconciliation_request
+
         ids = list(queryset.values_list("id", flat=True))
-        outcome = request_reconciliation(ids)
-        self.message_user(request, f"reconciliation requested for {len(ids)} task(s): {outcome}")
+        names = reconciliation_request(task_ids=ids)
+        asked = ", ".join(names) or "none (no dispatched/unknown task selected)"
+        self.message_user(request, f"terminals asked to reconcile every dispatched/unknown task: {asked}")

@@ -10,12 +10,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import Task
+    from .models import TradeTask
 
 logger = logging.getLogger("bridge.trading.events")
 
 
-def order_event(task: Task) -> dict[str, Any]:
+def order_event(task: TradeTask) -> dict[str, Any]:
     """The ``order`` event body of API.md: taskId, requestId, kind, state, result (+ attempts)."""
     return {
         "taskId": task.id,
@@ -27,7 +27,7 @@ def order_event(task: Task) -> dict[str, Any]:
     }
 
 
-def publish_task_state(task: Task) -> None:
+def publish_task_state(task: TradeTask) -> None:
     """Publish the task's current state to its session's stream; failures are logged, not raised."""
     from streams.publisher import publish_session_event
 

@@ -40,16 +40,17 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from sessions.models import BridgeSession, SessionStatus
-from workers.config import get_terminal
-from workers.gateway import GatewayError, TerminalGateway, as_dict
-from workers.lease import Lease, fence_condition
-from workers.models import Terminal
-from workers.runtime import gateway, held_lease, pinned_terminal, refresh_lease
+from terminals import constants as C
+from terminals.config import get_terminal
+from terminals.gateway import GatewayError, TerminalGateway, as_dict
+from terminals.lease import Lease, fence_condition
+from terminals.models import Terminal
+from terminals.runtime import gateway, held_lease, pinned_terminal, refresh_lease
 
-from . import mt5const as C, orders
+from . import orders
 from .conf import conf
 from .lookup import AMBIGUOUS, NOT_AN_OUTCOME, Trace, find_trace, history_synced
-from .models import Task, TaskKind, TaskState
+from .models import TaskKind, TaskState, TradeTask
 from .states import claim, move
 
 logger = logging.getLogger("bridge.trading.execution")
@@ -91,7 +92,7 @@ class Rejected(Exception):
         self.retcode, self.comment = retcode, comment
 
 
-def _utc_offset(task: Task) -> int:
+def _utc_offset(task: TradeTask) -> int:
     return int(get_terminal(task.terminal.name).utc_offset)
 
 
@@ -129,7 +130,7 @@ def run_task(task_id: str) -> str:
             claimed.terminal = terminal
             crash_point("after_claim")
             return send(claimed)
-    task = Task.objects.select_related("terminal", "session").filter(id=task_id).first()
+    task = TradeTask.objects.select_related("terminal", "session").filter(id=task_id).first()
     if task is None:
         return "missing"
     if task.terminal.name != pinned_terminal():
@@ -168,7 +169,7 @@ def _session_account(session_id: str) -> tuple[int, str] | None:
     return account
 
 
-def _account_refusal(gw: TerminalGateway, task: Task) -> str | None:
+def _account_refusal(gw: TerminalGateway, task: TradeTask) -> str | None:
     """None when the terminal shows the task's account now; else why not (nothing may be sent)."""
     expected = _session_account(task.session_id)
     if expected is None:
@@ -180,7 +181,7 @@ def _account_refusal(gw: TerminalGateway, task: Task) -> str | None:
     return None
 
 
-def _cancel_unsent(task: Task, code: str, message: str) -> str:
+def _cancel_unsent(task: TradeTask, code: str, message: str) -> str:
     """End a task that was never sent (ownership refused it): ``cancelled`` with the bridge reason."""
     move(task.id, [TaskState.DISPATCHED], TaskState.CANCELLED, detail={"reason": code, "bridge": message},
          result={"error": {"code": code, "message": message}, "source": "bridge"})
@@ -188,7 +189,7 @@ def _cancel_unsent(task: Task, code: str, message: str) -> str:
     return f"cancelled-{code}"
 
 
-def _ownership_refusal(task: Task, lease: Lease) -> tuple[str, str] | None:
+def _ownership_refusal(task: TradeTask, lease: Lease) -> tuple[str, str] | None:
     """Why the task's session may not use the terminal now (the send mark was refused), or None."""
     terminal = Terminal.objects.filter(id=task.terminal_id).values("lease_token", "bound_session_id").first()
     if terminal is None or terminal["lease_token"] != lease.token:
@@ -201,7 +202,7 @@ def _ownership_refusal(task: Task, lease: Lease) -> tuple[str, str] | None:
     return None
 
 
-def _never_executed(gw: TerminalGateway, task: Task) -> str | None:
+def _never_executed(gw: TerminalGateway, task: TradeTask) -> str | None:
     """None when the terminal proves a sent task never executed; else what is missing for that proof."""
     if not bool(gw.terminal_info().get("connected")):
         return "terminal_disconnected"
@@ -212,7 +213,7 @@ def _never_executed(gw: TerminalGateway, task: Task) -> str | None:
     return None
 
 
-def recover(task: Task, reason: str) -> str:
+def recover(task: TradeTask, reason: str) -> str:
     """Settle a ``dispatched`` or ``unknown`` task nobody is executing: adopt, send, wait or fail."""
     gw = gateway()
     lease = held_lease()
@@ -226,7 +227,7 @@ def recover(task: Task, reason: str) -> str:
                 if refusal[0] == "LeaseLost":
                     return "lease-lost"
                 return _cancel_unsent(task, *refusal)
-            resent = (Task.objects.filter(id=task.id, state=TaskState.DISPATCHED, sent_at__isnull=True)
+            resent = (TradeTask.objects.filter(id=task.id, state=TaskState.DISPATCHED, sent_at__isnull=True)
                       .filter(fence_condition(lease)).update(attempts=F("attempts") + 1))
             if not resent:
                 return "raced"
@@ -269,7 +270,7 @@ def recover(task: Task, reason: str) -> str:
     return f"unknown-{missing.split(':')[0]}"
 
 
-def _keep_unknown(task: Task, reason: str, missing: str, age: float) -> None:
+def _keep_unknown(task: TradeTask, reason: str, missing: str, age: float) -> None:
     """Record why the task is (still) ``unknown`` in its result (``error.unknownBecause``, for clients
     and ops): the first time as the move from ``dispatched``, later as an update of the reason."""
     error = {"code": "OutcomeUnknown", "message": "the outcome at the terminal is not known yet",
@@ -279,10 +280,10 @@ def _keep_unknown(task: Task, reason: str, missing: str, age: float) -> None:
         move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN, result=result,
              detail={"reason": reason, "lookup": missing, "sentAgo": round(age, 3)})
     else:
-        Task.objects.filter(id=task.id, state=TaskState.UNKNOWN).update(result=result, updated_at=timezone.now())
+        TradeTask.objects.filter(id=task.id, state=TaskState.UNKNOWN).update(result=result, updated_at=timezone.now())
 
 
-def adopt(task: Task, trace: Trace, reason: str, from_states: tuple[str, ...] = RECOVERABLE) -> Task | None:
+def adopt(task: TradeTask, trace: Trace, reason: str, from_states: tuple[str, ...] = RECOVERABLE) -> TradeTask | None:
     """Record what the terminal shows as the task's outcome (from ``from_states``: late adoption of a
     tagged order that surfaced after the task was settled passes the final states it may correct)."""
     fields: dict[str, Any] = {"result": trace.result}
@@ -296,20 +297,20 @@ def adopt(task: Task, trace: Trace, reason: str, from_states: tuple[str, ...] = 
 
 # --- sending ---------------------------------------------------------------------------------------
 
-def _symbol_info(gw: TerminalGateway, task: Task, symbol: str) -> Any:
+def _symbol_info(gw: TerminalGateway, task: TradeTask, symbol: str) -> Any:
     """``symbol_info`` (filling modes, point) of the session's account, cached for SYMBOL_INFO_TTL."""
     key, now = (task.session_id, symbol), time.monotonic()
     cached = _symbol_infos.get(key)
     if cached is not None and now - cached[0] < SYMBOL_INFO_TTL:
         return cached[1]
-    info = gw.call("symbol_info", symbol)
+    info = gw.symbol_info(symbol)
     if len(_symbol_infos) >= CACHE_LIMIT:
         _symbol_infos.clear()
     _symbol_infos[key] = (now, info)
     return info
 
 
-def _build(gw: TerminalGateway, task: Task) -> tuple[dict[str, Any], Any]:
+def _build(gw: TerminalGateway, task: TradeTask) -> tuple[dict[str, Any], Any]:
     """The order_send request of the task (terminal reads included) and the symbol info used."""
     offset = _utc_offset(task)
     req = task.request
@@ -317,20 +318,20 @@ def _build(gw: TerminalGateway, task: Task) -> tuple[dict[str, Any], Any]:
         info = _symbol_info(gw, task, req["symbol"])
         tick = None
         if req["type"] in C.MARKET_TYPES and not req.get("price"):
-            tick = gw.call("symbol_info_tick", req["symbol"])
+            tick = gw.symbol_info_tick(req["symbol"])
         return orders.order_create_request(req, task.tag, offset, info, tick), info
     if task.kind in (TaskKind.POSITION_CLOSE, TaskKind.POSITION_MODIFY):
-        positions = tuple(gw.call("positions_get", ticket=int(task.position_ticket)))
+        positions = gw.positions_get(ticket=int(task.position_ticket))
         if not positions:
             raise Rejected(C.RETCODE_POSITION_CLOSED, "position not found at the terminal")
         position = positions[0]
         if task.kind == TaskKind.POSITION_MODIFY:
             return orders.position_modify_request(req, position), None
         info = _symbol_info(gw, task, position.symbol)
-        tick = gw.call("symbol_info_tick", position.symbol)
+        tick = gw.symbol_info_tick(position.symbol)
         return orders.position_close_request(req, task.tag, position, info, tick), info
     if task.kind == TaskKind.ORDER_MODIFY:
-        found = tuple(gw.call("orders_get", ticket=int(task.order_ticket)))
+        found = gw.orders_get(ticket=int(task.order_ticket))
         if not found:
             raise Rejected(C.RETCODE_INVALID_ORDER, "the order is no longer working at the terminal")
         return orders.order_modify_request(req, found[0], offset), None
@@ -348,7 +349,7 @@ def _result_dict(result: Any, retries: int) -> dict[str, Any]:
     return data
 
 
-def _final_state(task: Task, retcode: int, mt5_request: dict[str, Any]) -> str:
+def _final_state(task: TradeTask, retcode: int, mt5_request: dict[str, Any]) -> str:
     if task.kind == TaskKind.ORDER_CREATE and mt5_request["action"] == C.TRADE_ACTION_PENDING:
         return TaskState.PLACED if retcode in (C.RETCODE_PLACED, C.RETCODE_DONE) else TaskState.REJECTED
     if retcode == C.RETCODE_DONE:
@@ -362,27 +363,27 @@ def _final_state(task: Task, retcode: int, mt5_request: dict[str, Any]) -> str:
     return TaskState.REJECTED
 
 
-def _mark_sent(task: Task, request: dict[str, Any], lease: Lease) -> bool:
+def _mark_sent(task: TradeTask, request: dict[str, Any], lease: Lease) -> bool:
     """Commit the send mark: only while this worker holds the lease (fence) and the task's session is
     ``active`` and the terminal's bound owner. One statement, right before ``order_send``."""
     owner = Exists(Terminal.objects.filter(id=OuterRef("terminal_id"), lease_token=lease.token,
                                            bound_session_id=OuterRef("session_id")))
     active = Exists(BridgeSession.objects.filter(id=OuterRef("session_id"), status=SessionStatus.ACTIVE))
-    return bool(Task.objects.filter(id=task.id, state=TaskState.DISPATCHED).filter(owner, active).update(
+    return bool(TradeTask.objects.filter(id=task.id, state=TaskState.DISPATCHED).filter(owner, active).update(
         sent_at=timezone.now(), mt5_request=request, updated_at=timezone.now()))
 
 
 def _fresh_price(gw: TerminalGateway, request: dict[str, Any]) -> float | None:
     try:
-        tick = gw.call("symbol_info_tick", request["symbol"])
+        tick = gw.symbol_info_tick(request["symbol"])
     except GatewayError:
         return None
     price = orders.market_price(int(request["type"]), tick)
     return price or None
 
 
-def send(task: Task) -> str:
-    """Build, mark sent, order_send, retry what is safe, store the outcome. Task is ``dispatched``."""
+def send(task: TradeTask) -> str:
+    """Build, mark sent, order_send, retry what is safe, store the outcome. The task is ``dispatched``."""
     gw = gateway()
     lease = held_lease()
     try:
@@ -412,7 +413,7 @@ def send(task: Task) -> str:
             if refusal[0] == "LeaseLost":
                 return "lease-lost"
             return _cancel_unsent(task, *refusal)
-        result, error = _order_send(gw, request)
+        result, error = gw.order_send(request)
         crash_point("after_send")
         if result is None:
             return _store_unknown_or_failed(task, request, error)
@@ -425,7 +426,7 @@ def send(task: Task) -> str:
             if fresh is not None and orders.within_deviation(reference, fresh, int(request.get("deviation", 0)), point):
                 retries += 1
                 request = {**request, "price": fresh}
-                Task.objects.filter(id=task.id).update(attempts=F("attempts") + 1)  # committed before resending
+                TradeTask.objects.filter(id=task.id).update(attempts=F("attempts") + 1)  # committed before resending
                 task.attempts += 1
                 logger.info("task %s: retcode %s, retry %d at %s", task.id, retcode, retries, fresh)
                 if retcode == C.RETCODE_PRICE_OFF:
@@ -436,21 +437,7 @@ def send(task: Task) -> str:
         return _store_result(task, request, result, retries)
 
 
-def _order_send(gw: TerminalGateway, request: dict[str, Any]) -> tuple[Any, tuple[int, str] | None]:
-    try:
-        result = gw.mt5.order_send(request)
-    except Exception as exc:  # noqa: BLE001 - a dropped link mid-call: the outcome is unknown
-        gw.connected = False
-        return None, (-10000, f"order_send raised {type(exc).__name__}: {exc}")
-    if result is None:
-        code, message = gw.mt5.last_error()
-        if -10005 <= code <= -10000:
-            gw.connected = False
-        return None, (int(code), str(message))
-    return result, None
-
-
-def _store_result(task: Task, request: dict[str, Any], result: Any, retries: int) -> str:
+def _store_result(task: TradeTask, request: dict[str, Any], result: Any, retries: int) -> str:
     retcode = int(result.retcode)
     state = _final_state(task, retcode, request)
     fields: dict[str, Any] = {"result": _result_dict(result, retries), "mt5_request": request}
@@ -478,13 +465,13 @@ def _margin_mode(session_id: str) -> int | None:
     return mode
 
 
-def _position_of(task: Task, order_ticket: int, deal_ticket: int) -> int:
+def _position_of(task: TradeTask, order_ticket: int, deal_ticket: int) -> int:
     """The position a filled order opened or changed: the order ticket on hedging accounts (MT5's
     rule), else asked from the deal (netting keeps one position per symbol)."""
     if _margin_mode(task.session_id) == 2:
         return order_ticket
     try:
-        deals = tuple(gateway().call("history_deals_get", ticket=order_ticket))
+        deals = gateway().history_deals_get(ticket=order_ticket)
     except GatewayError:
         return order_ticket
     for deal in deals:
@@ -493,7 +480,7 @@ def _position_of(task: Task, order_ticket: int, deal_ticket: int) -> int:
     return int(deals[0].position_id) if deals else order_ticket
 
 
-def _store_unknown_or_failed(task: Task, request: dict[str, Any], error: tuple[int, str] | None,
+def _store_unknown_or_failed(task: TradeTask, request: dict[str, Any], error: tuple[int, str] | None,
                              result: dict[str, Any] | None = None) -> str:
     """order_send gave no definite outcome (``error``: it returned None; ``result``: an ambiguous
     retcode): ``failed`` when the call certainly never reached the trade server, else ``unknown``

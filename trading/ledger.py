@@ -1,6 +1,6 @@
 """The idempotency ledger: fingerprints, insert-or-replay, and the request-id lookups.
 
-A request id maps to at most one write per workspace: ``unique(workspace, request_id)`` on Task (and
+A request id maps to at most one write per workspace: ``unique(workspace, request_id)`` on TradeTask (and
 on RequestReceipt for in-place edits, which create no task). The fingerprint is SHA-256 of the
 canonical JSON of the operation, its target, the validated payload and the account: the same request id with the
 same fingerprint is a replay (the same task, the same status code, ``Idempotent-Replayed: true``);
@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 
 from bridge_project.errors import Conflict
 
-from .models import RequestReceipt, Task
+from .models import RequestReceipt, TradeTask
 from .states import create
 
 
@@ -37,7 +37,7 @@ def fingerprint(operation: str, target: str, payload: dict[str, Any], *, account
 class Outcome:
     """What a write answers: the task, its status code, and whether this was a replay."""
 
-    task: Task
+    task: TradeTask
     status_code: int
     replayed: bool
 
@@ -50,7 +50,7 @@ def _previous_sql() -> str:
     """One query for both places a request id can live: its task, else the receipt of an in-place
     edit (with the edited task). Raw SQL: this runs on every write, and the ORM's compilation of two
     queries cost more than the database did."""
-    task, receipt = Task._meta.db_table, RequestReceipt._meta.db_table
+    task, receipt = TradeTask._meta.db_table, RequestReceipt._meta.db_table
     return (
         f"SELECT t.*, 0 AS previous_source, t.fingerprint AS previous_fingerprint, t.status_code AS previous_status "
         f"FROM {task} t WHERE t.workspace_id = %s AND t.request_id = %s "
@@ -62,7 +62,7 @@ def _previous_sql() -> str:
 
 def find_previous(workspace_id: int, request_id: str, fp: str) -> Outcome | None:
     """The earlier answer to this request id (a replay), None if unused; 409 if used differently."""
-    rows = list(Task.objects.raw(_previous_sql(), [workspace_id, request_id, workspace_id, request_id]))
+    rows = list(TradeTask.objects.raw(_previous_sql(), [workspace_id, request_id, workspace_id, request_id]))
     if not rows:
         return None
     task = rows[0]
@@ -71,7 +71,7 @@ def find_previous(workspace_id: int, request_id: str, fp: str) -> Outcome | None
     return Outcome(task, int(task.previous_status), True)
 
 
-def insert_or_replay(task: Task, after_insert: Callable[[Task], None]) -> Outcome:
+def insert_or_replay(task: TradeTask, after_insert: Callable[[TradeTask], None]) -> Outcome:
     """Insert ``task`` (request_id and fingerprint set) or replay/refuse the earlier one.
 
     The task and its first transition are inserted together (``states.create``); ``after_insert``
@@ -92,7 +92,7 @@ def insert_or_replay(task: Task, after_insert: Callable[[Task], None]) -> Outcom
     return Outcome(task, task.status_code, False)
 
 
-def record_receipt(workspace_id: int, request_id: str, fp: str, task: Task, status_code: int) -> Outcome:
+def record_receipt(workspace_id: int, request_id: str, fp: str, task: TradeTask, status_code: int) -> Outcome:
     """Keep the request id of an in-place edit (call inside the edit's transaction)."""
     with transaction.atomic():
         RequestReceipt.objects.create(

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.gateway import GatewayError, TerminalGateway
+from terminals import constants as C
+from terminals.gateway import GatewayError, TerminalGateway
 
-from . import mt5const as C
-from .models import Task, TaskKind
+from .models import TaskKind, TradeTask
 from .orders import tag_of
 
 DAY = 86400
@@ -56,7 +56,7 @@ def _tuple(gw: TerminalGateway, name: str, *args: Any, **kwargs: Any) -> tuple:
         raise
 
 
-def history_window(task: Task, utc_offset: int) -> tuple[int, int]:
+def history_window(task: TradeTask, utc_offset: int) -> tuple[int, int]:
     """A generous [from, to] in trade-server seconds around the task's life."""
     start = int(task.created_at.timestamp()) + utc_offset - DAY
     return max(start, 1), int(time.time()) + utc_offset + DAY
@@ -101,7 +101,7 @@ def _market_trace(order: Any, deals: list[Any], requested_volume: float, source:
                  position_ticket=position_id or None, found_in=[source])
 
 
-def find_order_create(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+def find_order_create(gw: TerminalGateway, task: TradeTask, utc_offset: int) -> Trace | None:
     tag = task.tag
     pending = task.request["type"] not in C.MARKET_TYPES
     active = _tagged(_tuple(gw, "orders_get"), tag)
@@ -139,7 +139,7 @@ def find_order_create(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace
     return find_untagged(gw, task, utc_offset)
 
 
-def find_position_close(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+def find_position_close(gw: TerminalGateway, task: TradeTask, utc_offset: int) -> Trace | None:
     ticket = int(task.position_ticket or 0)
     orders = _tagged(_tuple(gw, "history_orders_get", position=ticket), task.tag)
     deals = _tagged(_tuple(gw, "history_deals_get", position=ticket), task.tag)
@@ -167,7 +167,7 @@ def _close(a: float, b: float) -> bool:
     return abs(float(a) - float(b)) < 1e-9
 
 
-def find_position_modify(gw: TerminalGateway, task: Task) -> Trace | None:
+def find_position_modify(gw: TerminalGateway, task: TradeTask) -> Trace | None:
     positions = _tuple(gw, "positions_get", ticket=int(task.position_ticket or 0))
     if not positions:
         return None
@@ -179,7 +179,7 @@ def find_position_modify(gw: TerminalGateway, task: Task) -> Trace | None:
     return None
 
 
-def find_order_modify(gw: TerminalGateway, task: Task) -> Trace | None:
+def find_order_modify(gw: TerminalGateway, task: TradeTask) -> Trace | None:
     orders = _tuple(gw, "orders_get", ticket=int(task.order_ticket or 0))
     if not orders:
         return None
@@ -191,7 +191,7 @@ def find_order_modify(gw: TerminalGateway, task: Task) -> Trace | None:
     return None
 
 
-def find_order_cancel(gw: TerminalGateway, task: Task) -> Trace | None:
+def find_order_cancel(gw: TerminalGateway, task: TradeTask) -> Trace | None:
     ticket = int(task.order_ticket or 0)
     if _tuple(gw, "orders_get", ticket=ticket):
         return None
@@ -202,7 +202,7 @@ def find_order_cancel(gw: TerminalGateway, task: Task) -> Trace | None:
     return None
 
 
-def find_trace(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+def find_trace(gw: TerminalGateway, task: TradeTask, utc_offset: int) -> Trace | None:
     """What the terminal shows of ``task``, or None when it shows nothing of it (yet)."""
     if task.kind == TaskKind.ORDER_CREATE:
         return find_order_create(gw, task, utc_offset)
@@ -219,7 +219,7 @@ def find_trace(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None
 
 # --- orders whose comment the broker rewrote ----------------------------------------------------------
 
-def _sent_msc(task: Task, utc_offset: int) -> int:
+def _sent_msc(task: TradeTask, utc_offset: int) -> int:
     """The send mark in trade-server milliseconds, less the slack of clocks and of MT5's setup time."""
     sent = task.sent_at or task.dispatched_at or task.created_at
     return int((sent.timestamp() + utc_offset) * 1000) - SEND_SLACK_MSC
@@ -233,16 +233,16 @@ def _matches(order: Any, request: dict[str, Any]) -> bool:
             and (not request.get("position") or int(order.position_id) == int(request["position"])))
 
 
-def _rival_tasks(task: Task) -> int:
+def _rival_tasks(task: TradeTask) -> int:
     """Other unsettled tasks of the terminal that sent the same kind of request (they could own a match)."""
     request = task.mt5_request or {}
-    rivals = Task.objects.filter(terminal_id=task.terminal_id, state__in=["dispatched", "unknown"],
+    rivals = TradeTask.objects.filter(terminal_id=task.terminal_id, state__in=["dispatched", "unknown"],
                                  mt5_request__symbol=request.get("symbol"), mt5_request__type=request.get("type"),
                                  sent_at__isnull=False).exclude(id=task.id)
     return rivals.count()
 
 
-def find_untagged(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | None:
+def find_untagged(gw: TerminalGateway, task: TradeTask, utc_offset: int) -> Trace | None:
     """The task's order when its comment no longer carries the tag (a broker rewrote or cut it): the
     one order set up since the send that matches the request and that no task owns, else None."""
     request = task.mt5_request
@@ -254,7 +254,7 @@ def find_untagged(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | N
                   if int(o.time_setup_msc) >= since and _matches(o, request) and not tag_of(str(o.comment))]
     if not candidates:
         return None
-    owned = set(Task.objects.filter(order_ticket__in=[int(o.ticket) for o in candidates])
+    owned = set(TradeTask.objects.filter(order_ticket__in=[int(o.ticket) for o in candidates])
                 .values_list("order_ticket", flat=True))
     free = {int(o.ticket): o for o in candidates if int(o.ticket) not in owned}
     if not free:
@@ -279,7 +279,7 @@ def find_untagged(gw: TerminalGateway, task: Task, utc_offset: int) -> Trace | N
 
 # --- is the history complete? -------------------------------------------------------------------------
 
-def history_synced(gw: TerminalGateway, task: Task, utc_offset: int) -> bool:
+def history_synced(gw: TerminalGateway, task: TradeTask, utc_offset: int) -> bool:
     """Does the terminal's history cover the time since the task's send? Every position opened since
     then has its entry deal in history, and a position a close task targets, if gone, has its exit
     deal there. A terminal still loading history after a (re)connect fails this, so a negative

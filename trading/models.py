@@ -41,7 +41,7 @@ FINAL_STATES = (
 )
 
 
-class Task(models.Model):
+class TradeTask(models.Model):
     """One write (place, modify, cancel, close, SL/TP) and its outcome at the terminal.
 
     ``unique(workspace, request_id)`` makes a request id map to at most one task; ``fingerprint``
@@ -52,7 +52,7 @@ class Task(models.Model):
     id = models.CharField(primary_key=True, max_length=32, default=new_task_id, editable=False)
     workspace = models.ForeignKey("bridge_sessions.Workspace", on_delete=models.CASCADE, related_name="tasks")
     session = models.ForeignKey("bridge_sessions.BridgeSession", on_delete=models.CASCADE, related_name="tasks")
-    terminal = models.ForeignKey("workers.Terminal", on_delete=models.PROTECT, related_name="tasks")
+    terminal = models.ForeignKey("terminals.Terminal", on_delete=models.PROTECT, related_name="tasks")
     request_id = models.CharField(max_length=128)
     fingerprint = models.CharField(max_length=64)
     kind = models.CharField(max_length=20, choices=TaskKind.choices)
@@ -80,6 +80,7 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "trading_task"
         constraints = [
             models.UniqueConstraint(fields=["workspace", "request_id"], name="task_unique_request_id"),
             models.UniqueConstraint(fields=["tag"], condition=~models.Q(tag=""), name="task_unique_tag"),
@@ -112,7 +113,7 @@ class Task(models.Model):
 class TaskTransition(models.Model):
     """Every state change of a task, with its time (audit trail and latency figures)."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="transitions")
+    task = models.ForeignKey(TradeTask, on_delete=models.CASCADE, related_name="transitions")
     from_state = models.CharField(max_length=12, blank=True, default="")
     to_state = models.CharField(max_length=12)
     at = models.DateTimeField(auto_now_add=True)
@@ -127,14 +128,14 @@ class RequestReceipt(models.Model):
     """The idempotency record of a write that changed a task in place instead of creating one.
 
     ``PATCH``/``DELETE /orders/{taskId}`` on a still-queued task edits or cancels that task: there is
-    no new task row to hold the request id, so this row does (same uniqueness as ``Task``; the
+    no new task row to hold the request id, so this row does (same uniqueness as ``TradeTask``; the
     ledger checks both tables).
     """
 
     workspace = models.ForeignKey("bridge_sessions.Workspace", on_delete=models.CASCADE, related_name="receipts")
     request_id = models.CharField(max_length=128)
     fingerprint = models.CharField(max_length=64)
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="receipts")
+    task = models.ForeignKey(TradeTask, on_delete=models.CASCADE, related_name="receipts")
     status_code = models.PositiveSmallIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -150,7 +151,7 @@ class UnownedOrder(models.Model):
     Should never happen; when it does, ops must see it (admin) rather than the bridge ignoring it.
     """
 
-    terminal = models.ForeignKey("workers.Terminal", on_delete=models.CASCADE, related_name="unowned_orders")
+    terminal = models.ForeignKey("terminals.Terminal", on_delete=models.CASCADE, related_name="unowned_orders")
     source = models.CharField(max_length=16, help_text="orders, positions, history_orders or history_deals")
     ticket = models.BigIntegerField()
     tag = models.CharField(max_length=29)

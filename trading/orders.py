@@ -1,7 +1,7 @@
 """Order rules: validation against the symbol's own limits, the comment tag, and the MT5 requests.
 
 Validation (web tier, before a task exists) uses the symbol spec the terminal's worker published
-(``trading.symbols``). Building the ``order_send`` request happens on the pinned worker, with the
+(``trading.symbol_specs``). Building the ``order_send`` request happens on the pinned worker, with the
 live tick and symbol info at hand.
 
 Comment rule: MT5 keeps at most 29 characters of a request comment. The bridge writes
@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from bridge_project.errors import ValidationFailed
+from terminals import constants as C
 
-from . import mt5const as C
 from .conf import conf
 
 TAG_PREFIX = "b:"

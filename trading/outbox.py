@@ -41,7 +41,7 @@ from bridge_project import metrics
 from bridge_project.celery import app, terminal_queue
 
 from .conf import conf
-from .models import Task, TaskState
+from .models import TaskState, TradeTask
 
 logger = logging.getLogger("bridge.trading.outbox")
 
@@ -76,13 +76,13 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
         metrics.redis_unavailable("publish")
         try:
             if stamped:
-                Task.objects.filter(id=task_id, state=TaskState.QUEUED).update(published_at=None)
+                TradeTask.objects.filter(id=task_id, state=TaskState.QUEUED).update(published_at=None)
         except Exception:  # noqa: BLE001 - the insert time then stands as the last publish: swept later
             logger.exception("clearing published_at of task %s failed", task_id)
         return False
     if not stamped:
         try:
-            Task.objects.filter(id=task_id).update(published_at=timezone.now())
+            TradeTask.objects.filter(id=task_id).update(published_at=timezone.now())
         except Exception:  # noqa: BLE001 - the message is out; at worst the sweeper looks again
             logger.exception("stamping published_at of task %s failed", task_id)
     return True
@@ -176,7 +176,7 @@ def sweep_outbox(now=None) -> int:  # noqa: ANN001
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=conf("BRIDGE_OUTBOX_REPUBLISH_AFTER"))
     stale = list(
-        Task.objects.filter(state=TaskState.QUEUED, created_at__lte=cutoff)
+        TradeTask.objects.filter(state=TaskState.QUEUED, created_at__lte=cutoff)
         .filter(Q(published_at__isnull=True) | Q(published_at__lte=cutoff))
         .select_related("terminal")
         .only("id", "terminal__name", "terminal__worker_heartbeat_at")

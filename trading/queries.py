@@ -12,7 +12,7 @@ from django.db.models import Q
 from bridge_project.errors import NotFound, ValidationFailed
 from sessions.models import BridgeSession, Workspace
 
-from .models import Task, TaskKind, TaskState
+from .models import TaskKind, TaskState, TradeTask
 
 MAX_LIMIT = 200
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -20,14 +20,14 @@ MICROSECOND = timedelta(microseconds=1)
 DEFAULT_LIMIT = 50
 
 
-def task_of_workspace(workspace: Workspace, task_id: str) -> Task:
-    task = Task.objects.filter(id=task_id, workspace=workspace).first()
+def task_of_workspace(workspace: Workspace, task_id: str) -> TradeTask:
+    task = TradeTask.objects.filter(id=task_id, workspace=workspace).first()
     if task is None:
         raise NotFound("unknown task", {"taskId": task_id})
     return task
 
 
-def _encode_cursor(task: Task) -> str:
+def _encode_cursor(task: TradeTask) -> str:
     micros = (task.created_at - EPOCH) // MICROSECOND
     return base64.urlsafe_b64encode(f"{micros}|{task.id}".encode()).decode().rstrip("=")
 
@@ -51,13 +51,13 @@ def _choices(raw: str | None, allowed: list[str], name: str) -> list[str] | None
     return values
 
 
-def list_tasks(session: BridgeSession, params: Any) -> tuple[list[Task], str | None]:
+def list_tasks(session: BridgeSession, params: Any) -> tuple[list[TradeTask], str | None]:
     """The session's tasks, newest first: ``state``/``kind`` (comma lists), ``requestId``, ``since``
     (unix seconds, created at or after), ``limit`` (1-200), ``cursor`` (from the previous page)."""
     unknown = sorted(set(params) - {"state", "kind", "requestId", "since", "limit", "cursor"})
     if unknown:
         raise ValidationFailed("unknown query parameter", {name: ["unknown parameter"] for name in unknown})
-    qs = Task.objects.filter(session=session)
+    qs = TradeTask.objects.filter(session=session)
     states = _choices(params.get("state"), list(TaskState.values), "state")
     if states:
         qs = qs.filter(state__in=states)

@@ -1,5 +1,5 @@
-"""Read endpoints (issue #5). GET /positions/{ticket} is routed by trading/urls.py (PositionView), which
-calls trading.reads.views.position_detail."""
+"""Read endpoints. GET /orders and GET /positions/{ticket} are routed by trading/urls.py (their paths
+also take writes), whose views call ``orders_list`` and ``position_detail`` of trading/reads/views.py."""
 
 from django.urls import path
 
@@ -8,7 +8,6 @@ from .reads import views
 urlpatterns = [
     path("account", views.AccountView.as_view(), name="account"),
     path("positions", views.PositionsView.as_view(), name="positions"),
-    path("orders", views.OrdersView.as_view(), name="orders-list"),
     path("symbols", views.SymbolsView.as_view(), name="symbols"),
     path("symbols/<str:symbol>", views.SymbolDetailView.as_view(), name="symbol-detail"),
     path("quotes/history", views.BarsView.as_view(), name="quotes-history"),

@@ -18,16 +18,17 @@ from django.db.models import Q
 from django.utils import timezone
 
 from bridge_project import metrics
-from workers.config import get_terminal
-from workers.gateway import GatewayError
-from workers.models import Terminal
-from workers.runtime import gateway
-from workers.terminals import sync_terminals
+from bridge_project.celery import app, terminal_queue
+from terminals.config import get_terminal
+from terminals.gateway import GatewayError
+from terminals.models import Terminal
+from terminals.runtime import gateway
+from terminals.services import sync_terminals
 
 from .conf import conf
 from .execution import RECOVERABLE, adopt, recover
 from .lookup import _tuple, find_trace
-from .models import Task, TaskState, UnownedOrder
+from .models import TaskState, TradeTask, UnownedOrder
 from .orders import tag_of
 from .task_errors import run_guarded
 
@@ -42,7 +43,7 @@ logger = logging.getLogger("bridge.trading.reconciliation")
 def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str, Any]:
     """Settle this terminal's dispatched/unknown tasks; then look for unowned tagged orders."""
     now = timezone.now()
-    tasks = Task.objects.select_related("terminal", "session").filter(terminal__name=terminal_name,
+    tasks = TradeTask.objects.select_related("terminal", "session").filter(terminal__name=terminal_name,
                                                                        state__in=RECOVERABLE)
     if not startup:
         cutoff = now - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
@@ -66,7 +67,7 @@ def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str
     return {"tasks": outcomes, "unowned": unowned, "lateAdopted": adopted}
 
 
-def adopt_late(tasks: list[Task]) -> int:
+def adopt_late(tasks: list[TradeTask]) -> int:
     """Adopt the tagged orders of settled tasks that the terminal shows executed after all."""
     gw, count = gateway(), 0
     for task in tasks:
@@ -97,8 +98,8 @@ def report_unowned(terminal_name: str) -> tuple[int, int]:
     ):
         found.extend((source, item) for item in items if tag_of(str(getattr(item, "comment", ""))))
     tags = {tag_of(str(item.comment)) for _, item in found}
-    owned = set(Task.objects.filter(tag__in=tags).values_list("tag", flat=True)) if tags else set()
-    settled = list(Task.objects.select_related("terminal").filter(tag__in=owned, state__in=LATE_ADOPTABLE)
+    owned = set(TradeTask.objects.filter(tag__in=tags).values_list("tag", flat=True)) if tags else set()
+    settled = list(TradeTask.objects.select_related("terminal").filter(tag__in=owned, state__in=LATE_ADOPTABLE)
                    .exclude(kind__in=["order.modify", "order.cancel", "position.modify"])) if owned else []
     adopted = adopt_late(settled) if settled else 0
     if found and tags - owned and not Terminal.objects.filter(name=terminal_name).exists():
@@ -121,3 +122,35 @@ def report_unowned(terminal_name: str) -> tuple[int, int]:
             logger.error("terminal %s: %s ticket %s carries bridge tag %s but no task owns it", terminal_name, source,
                          item.ticket, tag)
     return count, adopted
+
+
+RECONCILE_TERMINAL_TASK = "trading.reconcile_terminal"  # sent by name: workers.tasks runs it
+
+
+def reconciliation_fan_out() -> list[str]:
+    """Ask each terminal's worker to reconcile when it has dispatched/unknown tasks past the threshold,
+    or tasks failed within the unowned-scan window (a tagged order that executes late is adopted)."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
+    recent = now - timedelta(days=conf("BRIDGE_UNOWNED_SCAN_DAYS"))
+    names = sorted(set(
+        TradeTask.objects.filter(
+            (Q(state__in=[TaskState.DISPATCHED, TaskState.UNKNOWN])
+             & (Q(dispatched_at__lte=cutoff) | Q(dispatched_at__isnull=True)))
+            | Q(state=TaskState.FAILED, sent_at__isnull=False, finished_at__gte=recent))
+        .values_list("terminal__name", flat=True)
+    ))
+    for name in names:
+        app.send_task(RECONCILE_TERMINAL_TASK, kwargs={"startup": False}, queue=terminal_queue(name),
+                      expires=conf("BRIDGE_RECONCILE_INTERVAL") * 2)
+    return names
+
+
+def reconciliation_request(*, task_ids: list[str]) -> list[str]:
+    """Ask the terminals of these tasks (those dispatched/unknown) to reconcile now: every such task of
+    each terminal is settled, whatever its age (an operator's "reconcile now"). Returns the terminals."""
+    names = sorted(set(TradeTask.objects.filter(id__in=task_ids, state__in=RECOVERABLE)
+                       .values_list("terminal__name", flat=True)))
+    for name in names:
+        app.send_task(RECONCILE_TERMINAL_TASK, kwargs={"startup": True}, queue=terminal_queue(name))
+    return names

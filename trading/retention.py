@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from .conf import conf
-from .models import FINAL_STATES, RequestReceipt, Task
+from .models import FINAL_STATES, RequestReceipt, TradeTask
 
 
 def purge_expired_requests(now=None) -> int:  # noqa: ANN001
@@ -17,8 +17,8 @@ def purge_expired_requests(now=None) -> int:  # noqa: ANN001
     now = now or timezone.now()
     cutoff = now - timedelta(days=conf("BRIDGE_REQUEST_ID_RETENTION_DAYS"))
     # A task that still has a child within retention (a modify/cancel of its order) stays.
-    expired = Task.objects.filter(state__in=FINAL_STATES, finished_at__lt=cutoff).exclude(
+    expired = TradeTask.objects.filter(state__in=FINAL_STATES, finished_at__lt=cutoff).exclude(
         children__finished_at__gte=cutoff).exclude(children__finished_at__isnull=True, children__isnull=False)
     RequestReceipt.objects.filter(task__in=expired).delete()
-    _, per_model = Task.objects.filter(id__in=list(expired.values_list("id", flat=True))).delete()
-    return per_model.get("trading.Task", 0)
+    _, per_model = TradeTask.objects.filter(id__in=list(expired.values_list("id", flat=True))).delete()
+    return per_model.get("trading.TradeTask", 0)

@@ -16,9 +16,9 @@ from bridge_project.fields import (
     StrictIntegerField,
 )
 from bridge_project.schema import REQUEST_ID_PATTERN, TASK_ID_PATTERN, ExclusiveMinFloatField, FullMatch
+from terminals.constants import FILLING_TYPES, ORDER_TYPES, TIME_TYPES
 
-from .models import Task, TaskKind, TaskState
-from .mt5const import FILLING_TYPES, ORDER_TYPES, TIME_TYPES
+from .models import TaskKind, TaskState, TradeTask
 from .orders import USER_COMMENT_MAX
 from .queries import MAX_LIMIT
 from .reads.serializers import SYMBOL_PATTERN, QueryIntegerField, QueryNumberField
@@ -149,17 +149,17 @@ class TaskSerializer(serializers.ModelSerializer):
     finishedAt = serializers.SerializerMethodField()
 
     class Meta:
-        model = Task
+        model = TradeTask
         fields = ["taskId", "requestId", "sessionId", "kind", "state", "request", "result", "parentTaskId",
                   "createdAt", "updatedAt", "finishedAt", "attempts"]
 
-    def get_createdAt(self, task: Task) -> float:  # noqa: N802
+    def get_createdAt(self, task: TradeTask) -> float:  # noqa: N802
         return task.created_at.timestamp()
 
-    def get_updatedAt(self, task: Task) -> float:  # noqa: N802
+    def get_updatedAt(self, task: TradeTask) -> float:  # noqa: N802
         return task.updated_at.timestamp()
 
-    def get_finishedAt(self, task: Task) -> float | None:  # noqa: N802
+    def get_finishedAt(self, task: TradeTask) -> float | None:  # noqa: N802
         return task.finished_at.timestamp() if task.finished_at else None
 
 

@@ -22,11 +22,11 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from workers.lease import Lease
-from workers.models import Terminal
+from terminals.lease import Lease
+from terminals.models import Terminal
 
 from .events import publish_task_state
-from .models import FINAL_STATES, Task, TaskState, TaskTransition
+from .models import FINAL_STATES, TaskState, TaskTransition, TradeTask
 
 
 class Increment:
@@ -37,9 +37,9 @@ class Increment:
 
 
 def _one_statement_move(task_id: str, from_state: str, to_state: str, detail_sql: str, detail_params: list[Any],
-                        fields: dict[str, Any], extra_where: dict[str, Any], fence: Lease | None = None) -> Task | None:
+                        fields: dict[str, Any], extra_where: dict[str, Any], fence: Lease | None = None) -> TradeTask | None:
     """UPDATE the task from ``from_state`` and INSERT its transition in one statement (PostgreSQL)."""
-    opts = Task._meta
+    opts = TradeTask._meta
     sets, params = [], []
     for name, value in {**fields, "state": to_state, "updated_at": timezone.now()}.items():
         field = opts.get_field(name)
@@ -80,16 +80,16 @@ def _one_statement_move(task_id: str, from_state: str, to_state: str, detail_sql
     return task
 
 
-def _task_of_row(row: dict[str, Any]) -> Task:
-    """A Task from a ``RETURNING *`` row (column name → value), JSON columns decoded as the ORM does."""
-    fields = Task._meta.concrete_fields
+def _task_of_row(row: dict[str, Any]) -> TradeTask:
+    """A TradeTask from a ``RETURNING *`` row (column name → value), JSON columns decoded as the ORM does."""
+    fields = TradeTask._meta.concrete_fields
     values = []
     for field in fields:
         value = row[field.column]
         if hasattr(field, "from_db_value"):
             value = field.from_db_value(value, None, connection)
         values.append(value)
-    return Task.from_db(connection.alias, [field.attname for field in fields], values)
+    return TradeTask.from_db(connection.alias, [field.attname for field in fields], values)
 
 
 def _json(value: dict[str, Any]) -> Any:
@@ -103,7 +103,7 @@ def move(
     *,
     detail: dict[str, Any] | None = None,
     **fields: Any,
-) -> Task | None:
+) -> TradeTask | None:
     """Move a task from one of ``from_states`` to ``to_state`` (setting ``fields``; an ``Increment``
     adds to the column); None if it was no longer in one of them (someone else moved it first)."""
     from_states = list(from_states)
@@ -116,10 +116,10 @@ def move(
 
 
 def _locked_move(task_id: str, from_states: list[str], to_state: str, detail: dict[str, Any] | None,
-                 fields: dict[str, Any], fence: Lease | None = None) -> Task | None:
+                 fields: dict[str, Any], fence: Lease | None = None) -> TradeTask | None:
     """The portable move: lock the row, check its state (and the fence), update it, record the transition."""
     with transaction.atomic():
-        task = Task.objects.select_for_update().filter(id=task_id, state__in=from_states).first()
+        task = TradeTask.objects.select_for_update().filter(id=task_id, state__in=from_states).first()
         if task is None:
             return None
         if fence is not None and not Terminal.objects.filter(id=fence.terminal_id, lease_token=fence.token).exists():
@@ -134,7 +134,7 @@ def _locked_move(task_id: str, from_states: list[str], to_state: str, detail: di
     return task
 
 
-def claim(task_id: str, lease: Lease) -> Task | None:
+def claim(task_id: str, lease: Lease) -> TradeTask | None:
     """The pinned worker's claim: ``queued → dispatched`` for a task of the terminal whose ``lease``
     it holds, fenced by the lease's token (a stale worker's claim is refused), one attempt counted,
     the transition's detail ``{"attempt": n}``; committed when this returns (call it outside any
@@ -144,20 +144,20 @@ def claim(task_id: str, lease: Lease) -> Task | None:
                                    "jsonb_build_object('attempt', attempts)", [],
                                    {"attempts": Increment(), "dispatched_at": timezone.now()},
                                    {"terminal_id": lease.terminal_id}, fence=lease)
-    task = Task.objects.filter(id=task_id, terminal_id=lease.terminal_id).only("attempts").first()
+    task = TradeTask.objects.filter(id=task_id, terminal_id=lease.terminal_id).only("attempts").first()
     if task is None:
         return None
     return _locked_move(task_id, [TaskState.QUEUED], TaskState.DISPATCHED, {"attempt": task.attempts + 1},
                         {"attempts": Increment(), "dispatched_at": timezone.now()}, fence=lease)
 
 
-def record_created(task: Task) -> None:
+def record_created(task: TradeTask) -> None:
     """The first transition ('' → queued) of a task just inserted (call inside its transaction)."""
     TaskTransition.objects.create(task=task, from_state="", to_state=TaskState.QUEUED, detail={})
     transaction.on_commit(lambda: publish_task_state(task))
 
 
-def create(task: Task) -> None:
+def create(task: TradeTask) -> None:
     """Insert a new (queued) task with its first transition, both or neither; its event after commit.
 
     Outside a transaction this commits. On PostgreSQL it is one statement (a CTE inserting the task
@@ -169,11 +169,11 @@ def create(task: Task) -> None:
             task.save(force_insert=True)
             record_created(task)
         return
-    fields = list(Task._meta.concrete_fields)
+    fields = list(TradeTask._meta.concrete_fields)
     values = [f.get_db_prep_save(f.pre_save(task, True), connection) for f in fields]
     quote = connection.ops.quote_name
     sql = (
-        f"WITH created AS (INSERT INTO {quote(Task._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"WITH created AS (INSERT INTO {quote(TradeTask._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id), "
         f"recorded AS (INSERT INTO {quote(TaskTransition._meta.db_table)} (task_id, from_state, to_state, at, detail) "
         "SELECT id, '', %s, %s, %s FROM created) SELECT id FROM created"

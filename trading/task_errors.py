@@ -19,10 +19,10 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from workers.gateway import GatewayError
+from terminals.gateway import GatewayError
 
 from .conf import conf
-from .models import Task, TaskState
+from .models import TaskState, TradeTask
 from .states import move
 
 logger = logging.getLogger("bridge.trading.task_errors")
@@ -71,7 +71,7 @@ def settle_error(task_id: str, exc: BaseException, where: str) -> str:
     event). ``dispatched`` and sent: the order may have executed, so it becomes ``unknown`` (looked up,
     never resent). Anything else (an ``unknown`` task's lookup raised, a task already final): logged only.
     """
-    task = Task.objects.filter(id=task_id).only("state", "sent_at", "result").first()
+    task = TradeTask.objects.filter(id=task_id).only("state", "sent_at", "result").first()
     if task is None or task.state != TaskState.DISPATCHED:
         return "error"
     kind = type(exc).__name__
@@ -96,7 +96,7 @@ def settle_error(task_id: str, exc: BaseException, where: str) -> str:
             logger.error("task %s failed after %d errors of the bridge: %s", task_id, errors, message)
             return "failed-BridgeError"
         return "error"
-    Task.objects.filter(id=task_id, state=TaskState.DISPATCHED, sent_at__isnull=True).update(
+    TradeTask.objects.filter(id=task_id, state=TaskState.DISPATCHED, sent_at__isnull=True).update(
         result={"error": error, "source": "bridge"}, updated_at=timezone.now())
     logger.warning("task %s: error %d of %d of the bridge (%s); reconciliation tries it again", task_id, errors,
                    limit, message)

@@ -25,7 +25,8 @@ from bridge_project.schema import (
     path_id,
     query,
 )
-from sessions.services import get_session, require_active_session
+from sessions.services import require_active_session, session_get
+from trading.reads import views as reads
 
 from . import writes
 from .ledger import Outcome
@@ -99,22 +100,7 @@ def _task_id(task_id: str) -> str:
     return task_id
 
 
-def _delegate_read(name: str, request: Request, *args: object) -> Response:
-    """GETs on shared paths belong to the read endpoints (trading.reads), when they exist."""
-    try:
-        from trading.reads import views as reads
-    except ImportError:
-        reads = None
-    target = getattr(reads, name, None)
-    if target is None:
-        return Response({"error": {"code": "MethodNotAllowed", "message": "GET is not available here",
-                                   "details": {}}}, status=405)
-    if isinstance(target, type):
-        return target().get(request, *args)
-    return target(request, *args)
-
-
-class OrdersView(APIView):
+class OrderCollectionView(APIView):
     """POST /orders (an order.create task); GET /orders is the reads' pending-order list."""
 
     @extend_schema(operation_id="order_create", request=OrderCreateSerializer, parameters=_write_parameters(),
@@ -134,7 +120,7 @@ class OrdersView(APIView):
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
                    description="`{orders: [...]}`: pending orders at the terminal (the read endpoints).")
     def get(self, request: Request) -> Response:
-        return _delegate_read("OrdersView", request)
+        return reads.orders_list(request)
 
 
 class OrderDetailView(APIView):
@@ -175,7 +161,7 @@ class PositionView(APIView):
         if not 0 < ticket <= MAX_TICKET:
             require_active_session(request)
             raise NotFound(f"no open position {ticket}", {"ticket": str(ticket)})
-        return _delegate_read("position_detail", request, ticket)
+        return reads.position_detail(request, ticket)
 
     @extend_schema(operation_id="position_modify", request=PositionModifySerializer,
                    parameters=_write_parameters(TICKET),
@@ -238,7 +224,7 @@ class TaskListView(APIView):
         if not session_id:
             raise Unauthorized("x-session-id header is required", {"x-session-id": ["required"]})
         try:
-            session = get_session(request.user.workspace, session_id)
+            session = session_get(workspace=request.user.workspace, session_id=session_id)
         except NotFound as exc:  # unknown, or another workspace's
             raise Unauthorized("unknown session", {"x-session-id": ["unknown"]}) from exc
         _task_query(request)

@@ -13,27 +13,27 @@ from django.utils import timezone
 
 from bridge_project.errors import Conflict, NotFound, ValidationFailed
 from sessions.models import BridgeSession
+from terminals import constants as C
+from trading.symbol_specs import get_spec
 
-from . import mt5const as C
 from .ledger import Outcome, find_previous, fingerprint, insert_or_replay, record_receipt
-from .models import Task, TaskKind, TaskState
+from .models import TaskKind, TaskState, TradeTask
 from .orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
 from .outbox import publish_task
 from .states import move
-from .symbols import get_spec
 
 
 def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, payload: dict[str, Any],
               **fields: Any) -> Outcome:
     """Insert the task (publishing it after commit) or replay the earlier answer to this request id."""
     for _ in range(3):
-        task = Task(
+        task = TradeTask(
             workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
             request_id=request_id, fingerprint=fp, kind=kind, request=payload, tag=new_tag(),
             published_at=timezone.now(), **fields,
         )
 
-        def after_insert(t: Task) -> None:
+        def after_insert(t: TradeTask) -> None:
             transaction.on_commit(lambda: publish_task(t.id, session.terminal.name, stamped=True))
 
         try:
@@ -80,8 +80,8 @@ def _in_place(session: BridgeSession, request_id: str, fp: str,
         return previous
 
 
-def _order_task(session: BridgeSession, task_id: str) -> Task:
-    task = Task.objects.filter(id=task_id, workspace_id=session.workspace_id).select_related("terminal").first()
+def _order_task(session: BridgeSession, task_id: str) -> TradeTask:
+    task = TradeTask.objects.filter(id=task_id, workspace_id=session.workspace_id).select_related("terminal").first()
     if task is None:
         raise NotFound("unknown task", {"taskId": task_id})
     if task.kind != TaskKind.ORDER_CREATE:
@@ -89,7 +89,7 @@ def _order_task(session: BridgeSession, task_id: str) -> Task:
     return task
 
 
-def _working_pending(task: Task) -> bool:
+def _working_pending(task: TradeTask) -> bool:
     """A pending order this task placed at the broker (it may have triggered or expired since)."""
     return task.state == TaskState.PLACED and task.order_ticket is not None
 
@@ -110,7 +110,7 @@ def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: 
         spec = get_spec(session.terminal.name, session.id, task.request["symbol"])
 
         def edit_in_place() -> Outcome | None:
-            locked = Task.objects.select_for_update().get(id=task.id)
+            locked = TradeTask.objects.select_for_update().get(id=task.id)
             if locked.state != TaskState.QUEUED:
                 return None
             merged = {**locked.request, **changes}
@@ -178,7 +178,7 @@ def cancel_order(session: BridgeSession, request_id: str, task_id: str, *,
 def _position_symbol(session: BridgeSession, ticket: int) -> str | None:
     """The symbol of a position this bridge opened (from the ledger), if known."""
     row = (
-        Task.objects.filter(workspace_id=session.workspace_id, terminal_id=session.terminal_id,
+        TradeTask.objects.filter(workspace_id=session.workspace_id, terminal_id=session.terminal_id,
                             position_ticket=ticket, kind=TaskKind.ORDER_CREATE)
         .values_list("request", flat=True)
         .first()
@@ -227,7 +227,7 @@ def tasks_cancel_of_ended_session(*, session_id: str, reason: str) -> int:
     transition and ``order`` event. Tasks already claimed by the worker finish there (the worker's
     ownership check refuses to send one whose session is no longer the terminal's owner)."""
     cancelled = 0
-    queued = Task.objects.filter(session_id=session_id, state=TaskState.QUEUED).values_list("id", flat=True)
+    queued = TradeTask.objects.filter(session_id=session_id, state=TaskState.QUEUED).values_list("id", flat=True)
     for task_id in list(queued):
         if move(task_id, [TaskState.QUEUED], TaskState.CANCELLED, detail={"by": "session", "reason": reason},
                 result={"error": {"code": "SessionEnded", "message": f"the session ended ({reason}) before the "

@@ -2,8 +2,8 @@ from django.apps import AppConfig
 
 
 class WorkersConfig(AppConfig):
-    """Terminals, the terminal gateway and the pinned per-terminal workers."""
+    """Process entry points: management commands, the supervisor and the Celery tasks they run."""
 
     name = "workers"
-    verbose_name = "Terminals and workers"
+    verbose_name = "Workers"
     default_auto_field = "django.db.models.BigAutoField"

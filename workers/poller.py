@@ -23,14 +23,13 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from terminals.binding import terminal_binding
+from terminals.config import TerminalConfig, get_terminal
+from terminals.gateway import GatewayError, TerminalGateway, as_dict
+from terminals.reads import ReadError, TerminalReads
+from terminals.timeutil import record_to_utc
 from trading.reads import conf
-from trading.reads.ops import ReadError, TerminalReads
 from trading.reads.snapshots import TerminalSnapshot, store_snapshot, wanted_quote_symbols
-from trading.reads.timeutil import record_to_utc
-
-from .binding import terminal_binding
-from .config import TerminalConfig, get_terminal
-from .gateway import GatewayError, TerminalGateway, as_dict
 
 logger = logging.getLogger("bridge.poller")
 
@@ -156,7 +155,7 @@ class TerminalPoller:
                 if not failing:
                     logger.warning("poll of terminal %s failed: %s", self.terminal.name, exc)
                 failing = True
-                self.reads.gw.connected = False
+                self.reads.gw.mark_lost()
                 self.selected.clear()
                 self.reads.books.clear()
             except redis.RedisError:

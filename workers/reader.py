@@ -23,13 +23,12 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from terminals.binding import terminal_binding
+from terminals.config import TerminalConfig, get_terminal
+from terminals.gateway import GatewayError, TerminalGateway
+from terminals.reads import ReadError, TerminalReads
 from trading.reads import conf
-from trading.reads.ops import ReadError, TerminalReads
 from trading.reads.readqueue import RAW_MARK, REPLY_TTL, RedisClock, heartbeat_key, queue_key
-
-from .binding import terminal_binding
-from .config import TerminalConfig, get_terminal
-from .gateway import GatewayError, TerminalGateway
 
 logger = logging.getLogger("bridge.reader")
 
@@ -118,7 +117,7 @@ class TerminalReader:
             self.state.set_terminal(True, status["broker_connected"])
         except (ReadError, GatewayError) as exc:
             self.state.set_terminal(False, False, str(exc))
-            self.reads.gw.connected = False
+            self.reads.gw.mark_lost()
 
     # -- serving -------------------------------------------------------------------------------
     def owner_refusal(self, session_id: str | None) -> ReadError | None:

@@ -28,7 +28,8 @@ from urllib.parse import urlparse
 import yaml
 from django.conf import settings
 
-from .config import TerminalConfig, load_terminals
+from terminals.config import TerminalConfig, load_terminals
+
 from .stack import daphne_argv, terminal_process_argvs
 
 ROOT = Path(settings.BASE_DIR)

@@ -1,78 +1,115 @@
-"""Celery tasks that run on a terminal's pinned worker."""
+"""Every Celery task of the bridge: thin entry points that call the services that own the rule.
+
+Tasks are sent by name (``app.send_task("trading.execute", ...)``), so no module below imports this
+one. On a terminal's pinned worker (queue ``terminal.<name>``): ``workers.login_session``,
+``trading.execute``, ``trading.reconcile_terminal``, ``trading.refresh_symbol_specs``. On the
+maintenance worker (beat, ``bridge_project/settings.py``): ``sessions.expire_sessions``,
+``sessions.redrive_logins``, ``trading.sweep_outbox``, ``trading.reconcile_all`` (fans out to each
+terminal's queue) and ``trading.purge_requests``. An error of the bridge inside a trading task is
+settled on the task by ``trading.task_errors.run_guarded`` (bounded retries).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import task_success, worker_ready
+from django.db import close_old_connections
 
-from .binding import terminal_unbind_all
-from .gateway import GatewayError
-from .runtime import gateway, held_lease, pinned_terminal, refresh_lease, start_heartbeat
+from sessions.services import session_log_in, sessions_expire_due, sessions_redrive_logins
+from terminals.runtime import pinned_terminal, start_heartbeat
+from trading.execution import run_task
+from trading.outbox import sweep_outbox
+from trading.reconciliation import reconcile_terminal, reconciliation_fan_out
+from trading.retention import purge_expired_requests
+from trading.symbol_specs import symbol_specs_refresh
+from trading.task_errors import run_guarded
 
-logger = logging.getLogger("bridge.worker")
+logger = logging.getLogger("bridge.workers.tasks")
 
+LOGIN_TASK = "workers.login_session"
+
+
+# --- on a terminal's pinned worker -------------------------------------------------------------------
+
+@shared_task(name=LOGIN_TASK)
+def login_session(session_id: str) -> str:
+    return session_log_in(session_id=session_id)
+
+
+@shared_task(name="trading.execute")
+def execute_task(task_id: str) -> str:
+    return run_guarded(task_id, "execute", lambda: run_task(task_id))
+
+
+@shared_task(name="trading.reconcile_terminal")
+def reconcile_terminal_task(startup: bool = False) -> dict:
+    name = pinned_terminal()
+    if name is None:
+        return {"skipped": "not a pinned worker"}
+    return reconcile_terminal(name, startup=startup)
+
+
+@shared_task(name="trading.refresh_symbol_specs")
+def refresh_symbol_specs_task(session_id: str) -> int:
+    return symbol_specs_refresh(session_id=session_id)
+
+
+# --- on the maintenance worker (beat) -----------------------------------------------------------------
+
+@shared_task(name="sessions.expire_sessions")
+def expire_sessions_task() -> int:
+    return sessions_expire_due()
+
+
+@shared_task(name="sessions.redrive_logins")
+def redrive_logins_task() -> dict[str, int]:
+    return sessions_redrive_logins()
+
+
+@shared_task(name="trading.sweep_outbox")
+def sweep_outbox_task() -> int:
+    return sweep_outbox()
+
+
+@shared_task(name="trading.reconcile_all")
+def reconcile_all_task() -> list[str]:
+    return reconciliation_fan_out()
+
+
+@shared_task(name="trading.purge_requests")
+def purge_requests_task() -> int:
+    return purge_expired_requests()
+
+
+# --- worker hooks ---------------------------------------------------------------------------------------
 
 @worker_ready.connect
 def _on_worker_ready(**_: object) -> None:
-    if pinned_terminal():
-        start_heartbeat()
-        logger.info("pinned worker for terminal %s ready", pinned_terminal())
-
-
-@shared_task(name="workers.login_session")
-def login_session(session_id: str) -> str:
-    """Log the session's terminal in to its account; ``opening`` → ``active`` or ``login_failed``.
-
-    The terminal's binding is cleared first (whatever account it was on serves nobody while it logs
-    in) and set again, fenced by this worker's lease, in the same transaction as ``→ active``.
-    """
-    from sessions.crypto import CredentialError, decrypt_secret
-    from sessions.models import BridgeSession, SessionStatus
-    from sessions.services import session_activate, session_fail_login
-
-    session = BridgeSession.objects.select_related("terminal").filter(id=session_id).first()
-    if session is None or session.status != SessionStatus.OPENING:
-        return "skipped"
-    if session.terminal.name != pinned_terminal():
-        # Routing guarantees this never happens; refuse rather than touch another terminal.
-        logger.error("login for %s reached the worker of %s", session.terminal.name, pinned_terminal())
-        return "wrong-terminal"
-    lease = held_lease()
-    terminal_unbind_all(lease=lease)
+    """A pinned worker beats its heartbeat and settles its terminal's orphaned tasks before new ones."""
+    name = pinned_terminal()
+    if not name:
+        return
+    start_heartbeat()
     try:
-        password = decrypt_secret(session.password_encrypted, session.id)
-    except CredentialError as exc:
-        # A key missing from BRIDGE_CREDENTIALS_KEY/OLD_KEYS: the login cannot happen; say so now.
-        failed = session_fail_login(session_id=session_id, code=None, reason="CredentialsUnreadable",
-                                    message=f"the stored password cannot be decrypted: {exc}")
-        logger.error("session %s: stored password unreadable: %s", session_id, exc)
-        return "login_failed" if failed else "skipped"
-    gw = gateway()
+        reconcile_terminal(name, startup=True)
+    except Exception:  # noqa: BLE001 - the periodic run retries; the worker must still start
+        logger.exception("start-up reconciliation of %s failed", name)
+    finally:
+        close_old_connections()
+    logger.info("pinned worker for terminal %s ready", name)
+
+
+@task_success.connect
+def _publish_specs_after_login(sender=None, result=None, **_: object) -> None:  # noqa: ANN001
+    """After a session logs in on this worker, publish that account's symbol specs for validation."""
+    if getattr(sender, "name", None) != LOGIN_TASK or result != "active":
+        return
+    args = getattr(getattr(sender, "request", None), "args", None) or []
+    if not args:
+        return
     try:
-        account = gw.login(session.login, password, session.server)
-        terminal = gw.terminal_info()
-    except GatewayError as exc:
-        failed = session_fail_login(session_id=session_id, code=exc.code, message=exc.message)
-        logger.info("session %s login failed: (%s, %s)", session_id, exc.code, exc.message)
-        return "login_failed" if failed else "skipped"
-    broker = {
-        "company": account.get("company"),
-        "server": account.get("server"),
-        "currency": account.get("currency"),
-        "leverage": account.get("leverage"),
-        "name": account.get("name"),
-        "marginMode": account.get("margin_mode"),
-        "connected": bool(terminal.get("connected")),
-        "terminalBuild": terminal.get("build"),
-    }
-    activated = session_activate(session_id=session_id, broker=broker, lease=lease)
-    if activated is None:
-        # The fence may have refused it (the lease row re-created or expired): retake and try once more.
-        activated = session_activate(session_id=session_id, broker=broker, lease=refresh_lease())
-    if activated is None:
-        logger.info("session %s ended (or the lease moved) while it logged in: not activated", session_id)
-        return "skipped"
-    logger.info("session %s active on %s", session_id, session.terminal.name)
-    return "active"
+        symbol_specs_refresh(session_id=args[0])
+    except Exception:  # noqa: BLE001 - the web tier asks again on demand
+        logger.exception("publishing symbol specs after login failed")

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from workers.config import parse_terminals
+from terminals.config import parse_terminals
 from workers.stack import terminal_process_argvs
 
 # The order the roles start in: the terminal first (the others attach to it), then its processes.

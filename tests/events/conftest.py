@@ -24,8 +24,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from sessions.api_keys import create_api_key
 from sessions.models import BridgeSession, SessionStatus, Workspace
+from terminals.models import Terminal
 from tests.procs import PYTHON, Proc, free_port
-from workers.models import Terminal
 
 # Small limits so the slow-client test runs in seconds (documented defaults are larger).
 DAPHNE_ENV = {

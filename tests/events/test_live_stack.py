@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from mt5sim.control import Control
-from trading.models import FINAL_STATES, Task
+from trading.models import FINAL_STATES, TradeTask
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
@@ -37,9 +37,9 @@ def _order(client: APIClient, sid: str, rid: str, **body) -> str:  # noqa: ANN00
     return r.json()["taskId"]
 
 
-def _wait_final(task_id: str, timeout: float = 20) -> Task:
+def _wait_final(task_id: str, timeout: float = 20) -> TradeTask:
     deadline = time.monotonic() + timeout
-    while (task := Task.objects.get(id=task_id)).state not in FINAL_STATES:
+    while (task := TradeTask.objects.get(id=task_id)).state not in FINAL_STATES:
         assert time.monotonic() < deadline, f"{task_id} still {task.state}"
         time.sleep(0.05)
     return task

@@ -16,11 +16,11 @@ import pytest
 from django.utils import timezone
 
 from bridge_project.celery import app
+from terminals.models import Terminal
 from tests.faults.conftest import TERMINAL, wait_until
 from tests.orders.conftest import LOGIN, open_session, wait_final
-from trading.models import Task, TaskState
+from trading.models import TaskState, TradeTask
 from trading.outbox import sweep_outbox, task_id_of
-from workers.models import Terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
@@ -49,7 +49,7 @@ def _unacked_ids(broker) -> list[str]:  # noqa: ANN001
 
 def _stale(*task_ids: str) -> bool:
     """Every task was last published more than BRIDGE_OUTBOX_REPUBLISH_AFTER ago."""
-    tasks = Task.objects.filter(id__in=task_ids)
+    tasks = TradeTask.objects.filter(id__in=task_ids)
     cutoff = timezone.now().timestamp() - REPUBLISH_AFTER - 0.1
     return all((t.published_at or t.created_at).timestamp() < cutoff for t in tasks)
 
@@ -72,11 +72,11 @@ def test_no_republish_to_a_dead_workers_queue_then_once_it_is_back(
     assert _queued_ids(broker) == [task_id]
     broker.delete(QUEUE)  # the message is lost (a Redis restart would do the same)
     wait_until(lambda: _stale(task_id), 10, "stale")
-    published_at = Task.objects.get(id=task_id).published_at
+    published_at = TradeTask.objects.get(id=task_id).published_at
     for _ in range(3):
         assert sweep_outbox() == 0
     assert broker.llen(QUEUE) == 0, _queued_ids(broker)
-    task = Task.objects.get(id=task_id)
+    task = TradeTask.objects.get(id=task_id)
     assert task.state == TaskState.QUEUED and task.published_at == published_at
 
     private_worker.start()
@@ -95,7 +95,7 @@ def test_no_republish_of_a_task_its_queue_holds_but_of_one_whose_message_was_los
     ctl = control(TERMINAL)
     ctl.delay(8, ["order_send"])  # the worker (solo pool) is busy with the first task: nothing else moves
     busy = _post(client, sid, "sw-held-0")
-    wait_until(lambda: Task.objects.get(id=busy).state == TaskState.DISPATCHED, 15, "first task claimed")
+    wait_until(lambda: TradeTask.objects.get(id=busy).state == TaskState.DISPATCHED, 15, "first task claimed")
     second, third = _post(client, sid, "sw-held-1"), _post(client, sid, "sw-held-2")
     assert sorted(_queued_ids(broker)) == sorted([second, third])
 
@@ -141,7 +141,7 @@ def test_a_task_whose_delivery_died_with_its_worker_is_republished_not_left_for_
     ctl = control(TERMINAL)
     ctl.delay(6, ["order_send"])  # the worker is busy with a first task: the next message waits in the list
     busy = _post(client, sid, "sw-died-0")
-    wait_until(lambda: Task.objects.get(id=busy).state == TaskState.DISPATCHED, 15, "first task claimed")
+    wait_until(lambda: TradeTask.objects.get(id=busy).state == TaskState.DISPATCHED, 15, "first task claimed")
     orphan = _post(client, sid, "sw-died-1")
     # A consumer takes the message and never acknowledges it, as a worker killed right after the delivery.
     with app.connection_for_read() as conn:
@@ -157,4 +157,4 @@ def test_a_task_whose_delivery_died_with_its_worker_is_republished_not_left_for_
         assert task.state == "filled" and len(sim(TERMINAL).history_orders(task.tag)) == 1
         queue.close()  # the dead delivery comes back from kombu: its claim is refused (the task is final)
     assert wait_final(busy, timeout=30).state == "filled"
-    assert len(sim(TERMINAL).history_orders(Task.objects.get(id=orphan).tag)) == 1
+    assert len(sim(TERMINAL).history_orders(TradeTask.objects.get(id=orphan).tag)) == 1

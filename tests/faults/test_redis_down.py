@@ -25,7 +25,7 @@ from bridge_project import metrics
 from sessions.models import BridgeSession
 from tests.faults.conftest import TERMINAL, wait_until
 from tests.orders.conftest import open_session, wait_final
-from trading.models import Task, TaskState
+from trading.models import TaskState, TradeTask
 from trading.outbox import sweep_outbox
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,7 +78,7 @@ def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
     statuses["POST /orders"] = r.status_code
     _assert_unavailable(r)
     assert r.json()["error"]["details"]["dependency"] == "redis"
-    assert not Task.objects.filter(request_id="rd-create").exists()
+    assert not TradeTask.objects.filter(request_id="rd-create").exists()
 
     r = _write(client, "patch", f"/orders/{pending.id}", sid, "rd-patch", {"price": 1.04})
     statuses["PATCH /orders/{id}"] = r.status_code
@@ -86,8 +86,8 @@ def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
     r = _write(client, "patch", f"/positions/{ticket}", sid, "rd-sltp", {"sl": 1.0, "tp": 1.2})
     statuses["PATCH /positions/{t}"] = r.status_code
     _assert_unavailable(r)
-    assert not Task.objects.filter(request_id__in=["rd-patch", "rd-sltp"]).exists()
-    assert Task.objects.get(id=pending.id).request["price"] == 1.05
+    assert not TradeTask.objects.filter(request_id__in=["rd-patch", "rd-sltp"]).exists()
+    assert TradeTask.objects.get(id=pending.id).request["price"] == 1.05
 
     # Needs only the ledger: accepted, queued, not published (the broker is down).
     r = _write(client, "delete", f"/orders/{pending.id}", sid, "rd-cancel")
@@ -98,7 +98,7 @@ def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
     statuses["POST /positions/{t}/close"] = r.status_code
     assert r.status_code == 202 and r.json()["kind"] == "position.close", r.content
     close_id = r.json()["taskId"]
-    for task in Task.objects.filter(id__in=[cancel_id, close_id]):
+    for task in TradeTask.objects.filter(id__in=[cancel_id, close_id]):
         assert task.state == TaskState.QUEUED and task.published_at is None, (task.id, task.published_at)
 
     # Reads of the ledger still answer; reads through Redis fail cleanly; a session opens (its login
@@ -117,7 +117,7 @@ def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
     # The sweeper cannot read the broker: it publishes nothing and does not raise.
     settings.BRIDGE_OUTBOX_REPUBLISH_AFTER = 0.5
     wait_until(lambda: sweep_outbox() == 0 and all(
-        t.published_at is None for t in Task.objects.filter(id__in=[cancel_id, close_id])), 5, "a quiet sweep")
+        t.published_at is None for t in TradeTask.objects.filter(id__in=[cancel_id, close_id])), 5, "a quiet sweep")
     assert 500 not in statuses.values(), statuses
 
     redis_server.start()  # empty: no queue, no specs, no throttle history
@@ -138,7 +138,7 @@ def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
     # The outbox sweeper publishes what was accepted during the outage; each executes once.
     def settled() -> bool:
         sweep_outbox()
-        return not Task.objects.filter(id__in=[cancel_id, close_id], state=TaskState.QUEUED).exists()
+        return not TradeTask.objects.filter(id__in=[cancel_id, close_id], state=TaskState.QUEUED).exists()
 
     wait_until(settled, 60, "published by the sweeper", interval=0.5)
     cancel, close, create = (wait_final(i, timeout=30) for i in (cancel_id, close_id, create_id))
@@ -183,9 +183,9 @@ def test_redis_and_broker_errors_reaching_a_view_are_503_not_500(on_private_redi
     """Whatever call meets the outage, the API's exception handler answers 503 Unavailable."""
     import redis
     from rest_framework.exceptions import NotFound
+    from workers.tasks import execute_task
 
     from bridge_project.errors import exception_handler
-    from trading.tasks import execute_task
 
     on_private_redis.kill()
     caught: list[BaseException] = []

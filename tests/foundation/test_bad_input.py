@@ -30,10 +30,10 @@ from bridge_project.errors import PayloadTooLarge, ValidationFailed
 from bridge_project.parsers import loads_bounded, nesting_exceeds
 from sessions.api_keys import create_api_key
 from sessions.models import BridgeSession, SessionStatus, Workspace
+from terminals.models import Terminal
 from tests.conftest import _db_env
 from tests.procs import PYTHON, ROOT, Proc, free_port
-from trading.models import RequestReceipt, Task, TaskKind, TaskTransition
-from workers.models import Terminal
+from trading.models import RequestReceipt, TaskKind, TaskTransition, TradeTask
 from workers.stack import daphne_argv
 
 API = "/mt5/client"
@@ -66,7 +66,7 @@ class Live:
     key: str
     workspace: Workspace
     session: BridgeSession
-    task: Task
+    task: TradeTask
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def live(db) -> Live:  # noqa: ANN001
         workspace=workspace, terminal=terminal, account_id="acc-bad", login=5001, server="Demo",
         password_encrypted=b"x", status=SessionStatus.ACTIVE, last_heartbeat_at=now,
         expires_at=now + timezone.timedelta(hours=1))
-    task = Task.objects.create(
+    task = TradeTask.objects.create(
         workspace=workspace, session=session, terminal=terminal, request_id="req-existing", fingerprint="f" * 64,
         kind=TaskKind.ORDER_CREATE, request={"symbol": "EURUSD", "type": "BUY_LIMIT", "volume": 0.1, "price": 1.0})
     return Live(key, workspace, session, task)
@@ -95,9 +95,9 @@ def session_client(live: Live) -> APIClient:
 def snapshot() -> tuple:
     """Everything a refused request must leave as it was."""
     return (
-        BridgeSession.objects.count(), Task.objects.count(), TaskTransition.objects.count(),
+        BridgeSession.objects.count(), TradeTask.objects.count(), TaskTransition.objects.count(),
         RequestReceipt.objects.count(),
-        sorted((t.id, t.state, json.dumps(t.request, sort_keys=True), t.updated_at) for t in Task.objects.all()),
+        sorted((t.id, t.state, json.dumps(t.request, sort_keys=True), t.updated_at) for t in TradeTask.objects.all()),
     )
 
 

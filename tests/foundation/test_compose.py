@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workers.config import parse_terminals
+from terminals.config import parse_terminals
 from workers.stack import terminal_process_argvs
 
 ROOT = Path(__file__).resolve().parents[2]

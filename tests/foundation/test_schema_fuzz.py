@@ -79,7 +79,7 @@ DATA_RULES: dict[str, set[str]] = {
 # The count/from/to operations, whose positive cases are made to follow the cross-parameter rules.
 COUNT_MODEL = {"quotes_history", "ticks_list"}
 HISTORY = {"mt5_client_history_deals_retrieve", "mt5_client_history_orders_retrieve"}
-MAX_TICK_RANGE, MAX_TIME = 86400, 2**31 - 1  # trading.reads.serializers, trading.reads.timeutil
+MAX_TICK_RANGE, MAX_TIME = 86400, 2**31 - 1  # trading.reads.serializers, terminals.timeutil
 ACCESS_LINE = re.compile(r"\b(GET|POST|PATCH|PUT|DELETE|HEAD|OPTIONS|TRACE)\s+/\S*\"?\s+(\d{3})\b")
 
 

@@ -9,7 +9,7 @@ import yaml
 from rest_framework.test import APIClient
 
 from sessions.models import BridgeSession
-from workers.models import Terminal
+from terminals.models import Terminal
 
 pytestmark = pytest.mark.django_db
 

@@ -13,10 +13,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from bridge_project import metrics
+from ops import selectors as ops
 from sessions.models import BridgeSession, SessionStatus, Workspace
-from trading.models import Task, TaskState, TaskTransition
-from workers import ops
-from workers.models import Terminal
+from terminals.models import Terminal
+from trading.models import TaskState, TaskTransition, TradeTask
 
 OPS_TOKEN = "ops-token-for-tests-0123456789"
 _seq = itertools.count(1)
@@ -70,16 +70,16 @@ def make_session(workspace: Workspace, terminal: Terminal, status: str = Session
 
 
 def make_task(session: BridgeSession, *, state: str = TaskState.QUEUED, kind: str = "order.create",
-              age: float = 0.0, **fields) -> Task:  # noqa: ANN003
+              age: float = 0.0, **fields) -> TradeTask:  # noqa: ANN003
     """A ledger row as the API would insert it (with its first transition), ``age`` seconds old."""
     n = next(_seq)
-    task = Task.objects.create(
+    task = TradeTask.objects.create(
         workspace=session.workspace, session=session, terminal=session.terminal, request_id=f"req-ops-{n}",
         fingerprint=f"{n:064d}", kind=kind, state=state,
         request={"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "n": n}, **fields,
     )
     created = timezone.now() - timedelta(seconds=age)
-    Task.objects.filter(pk=task.pk).update(created_at=created)
+    TradeTask.objects.filter(pk=task.pk).update(created_at=created)
     TaskTransition.objects.create(task=task, from_state="", to_state=TaskState.QUEUED)
     task.refresh_from_db()
     return task

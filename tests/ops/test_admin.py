@@ -8,12 +8,12 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from bridge_project import metrics
+from ops import selectors as ops
 from sessions.models import Workspace
+from terminals.models import Terminal
 from tests.ops.conftest import drain_queue, make_session, make_task
 from trading import admin as task_admin
-from trading.models import Task, TaskState, TaskTransition
-from workers import ops
-from workers.models import Terminal
+from trading.models import TaskState, TaskTransition, TradeTask
 
 pytestmark = pytest.mark.django_db
 
@@ -157,7 +157,7 @@ def test_counts_stay_bounded(staff_client: Client, world: dict, monkeypatch: pyt
         cursor.execute("ANALYZE trading_task")
     response, _ = _get(staff_client, CHANGELIST)
     assert response.context["cl"].result_count == 8  # unfiltered: the planner's estimate (exact after ANALYZE)
-    assert Task.objects.count() == 8
+    assert TradeTask.objects.count() == 8
 
 
 def test_non_staff_cannot_open_the_tasks_admin(client) -> None:  # noqa: ANN001

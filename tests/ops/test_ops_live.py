@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import Stack
 from tests.ops.conftest import drain_queue
-from trading.models import FINAL_STATES, Task
+from trading.models import FINAL_STATES, TradeTask
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -144,10 +144,10 @@ def test_queued_task_age_grows_queue_depth_from_broker_then_drains(
 
         stack.start_worker("sim-b")  # the worker comes back and drains its queue
         deadline = time.monotonic() + 30
-        while Task.objects.get(id=task_id).state not in FINAL_STATES:
-            assert time.monotonic() < deadline, Task.objects.get(id=task_id).state
+        while TradeTask.objects.get(id=task_id).state not in FINAL_STATES:
+            assert time.monotonic() < deadline, TradeTask.objects.get(id=task_id).state
             time.sleep(0.1)
-        assert Task.objects.get(id=task_id).state == "filled"
+        assert TradeTask.objects.get(id=task_id).state == "filled"
         drained = _terminal(ops_client, "sim-b")
         assert drained["queueDepth"] == 0 and drained["queuedTasks"] == 0 and drained["oldestQueuedTaskAge"] is None
 

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 import mt5sim
 from mt5sim.control import Control
 from tests.conftest import Stack
-from trading.models import FINAL_STATES, Task
+from trading.models import FINAL_STATES, TradeTask
 
 LOGIN = 5001
 PASSWORD = "pw"
@@ -29,10 +29,10 @@ def open_session(client: APIClient, terminal: str, login: int = LOGIN) -> str:
     return body["sessionId"]
 
 
-def wait_final(task_id: str, timeout: float = 20.0, states: tuple[str, ...] = tuple(FINAL_STATES)) -> Task:
+def wait_final(task_id: str, timeout: float = 20.0, states: tuple[str, ...] = tuple(FINAL_STATES)) -> TradeTask:
     deadline = time.monotonic() + timeout
     while True:
-        task = Task.objects.get(id=task_id)
+        task = TradeTask.objects.get(id=task_id)
         if task.state in states:
             return task
         if time.monotonic() > deadline:
@@ -69,7 +69,7 @@ class Terminal:
     def positions(self) -> list[Any]:
         return list(self._read(lambda: mt5sim.positions_get()) or ())
 
-    def broker_orders_of(self, task: Task) -> list[Any]:
+    def broker_orders_of(self, task: TradeTask) -> list[Any]:
         """Every order at the broker (working or in history) that carries the task's tag."""
         working = [o for o in self.orders() if o.comment.startswith(task.tag)]
         return working + self.history_orders(task.tag)

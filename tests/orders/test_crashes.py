@@ -16,12 +16,12 @@ import urllib.request
 
 import pytest
 import redis
+from workers.tasks import execute_task, reconcile_all_task
 
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
 from tests.procs import PYTHON, Proc, free_port, start_manage
-from trading.models import FINAL_STATES, Task, TaskTransition
-from trading.tasks import execute_task, reconcile_all_task
+from trading.models import FINAL_STATES, TaskTransition, TradeTask
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}
@@ -46,7 +46,7 @@ def _post(client, sid, rid, body=ORDER):  # noqa: ANN001, ANN202
     return r.json()["taskId"]
 
 
-def _path(task: Task) -> list[str]:
+def _path(task: TradeTask) -> list[str]:
     return list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
 
 
@@ -55,7 +55,7 @@ def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # 
     sid = open_session(client, TERMINAL)
     task_id = _post(client, sid, "crash-a")
     _wait_dead(crashing)
-    task = Task.objects.get(id=task_id)
+    task = TradeTask.objects.get(id=task_id)
     assert task.state == "dispatched" and task.sent_at is None and task.attempts == 1
     assert sim(TERMINAL).broker_orders_of(task) == []
     stack.start_worker(TERMINAL)  # its start-up reconciliation settles the orphan
@@ -65,7 +65,7 @@ def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # 
     # A late redelivery of the same message (what Redis does after the visibility timeout) is a no-op.
     execute_task.apply_async(args=[task_id], queue=f"terminal.{TERMINAL}")
     time.sleep(1.0)
-    assert Task.objects.get(id=task_id).state == "filled"
+    assert TradeTask.objects.get(id=task_id).state == "filled"
     assert len(sim(TERMINAL).broker_orders_of(task)) == 1
 
 
@@ -74,7 +74,7 @@ def test_b_killed_after_order_send_returned_before_the_result_was_stored(stack, 
     sid = open_session(client, TERMINAL)
     task_id = _post(client, sid, "crash-b")
     _wait_dead(crashing)
-    task = Task.objects.get(id=task_id)
+    task = TradeTask.objects.get(id=task_id)
     assert task.state == "dispatched" and task.sent_at is not None and task.result is None
     assert len(sim(TERMINAL).broker_orders_of(task)) == 1  # it did execute
     stack.start_worker(TERMINAL)
@@ -92,13 +92,13 @@ def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, c
     control(TERMINAL).delay(8.0, ["order_send"])
     task_id = _post(client, sid, "crash-c")
     deadline = time.monotonic() + 10
-    while Task.objects.get(id=task_id).sent_at is None:
+    while TradeTask.objects.get(id=task_id).sent_at is None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     worker.kill(signal.SIGKILL)  # the order_send is in flight, held by the terminal
     _wait_dead(worker)
     stack.start_worker(TERMINAL, env)
-    task = Task.objects.get(id=task_id)
+    task = TradeTask.objects.get(id=task_id)
     # Start-up reconciliation looked, found nothing yet, and did NOT resend: the outcome is unknown.
     assert task.state == "unknown", (task.state, task.result)
     assert sim(TERMINAL).broker_orders_of(task) == []
@@ -210,7 +210,7 @@ def test_redis_restart_while_tasks_are_queued(stack, api_key, sim, control, priv
             task = wait_final(task_id, timeout=60)
             assert task.state == "filled", (task.id, task.state, task.result)
             assert len(sim(TERMINAL).broker_orders_of(task)) == 1, task.id
-        assert Task.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES).count() == 0
+        assert TradeTask.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES).count() == 0
     finally:
         for proc in reversed(started):
             proc.stop()

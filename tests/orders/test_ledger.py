@@ -10,7 +10,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.orders.conftest import open_session, wait_final
-from trading.models import Task
+from trading.models import TradeTask
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
@@ -34,8 +34,8 @@ def test_replay_returns_same_task_same_status_and_header(stack, client, sim) -> 
     assert again.json()["taskId"] == first.json()["taskId"] and again.json()["state"] == "filled"
     alias = _post(client, sid, ORDER, HTTP_IDEMPOTENCY_KEY="led-1")
     assert alias.status_code == 202 and alias.json()["taskId"] == first.json()["taskId"]
-    assert Task.objects.count() == 1
-    assert len(sim("sim-b").broker_orders_of(Task.objects.get())) == 1
+    assert TradeTask.objects.count() == 1
+    assert len(sim("sim-b").broker_orders_of(TradeTask.objects.get())) == 1
 
 
 def test_same_request_id_other_payload_is_409_naming_the_task(stack, client) -> None:  # noqa: ANN001
@@ -47,7 +47,7 @@ def test_same_request_id_other_payload_is_409_naming_the_task(stack, client) -> 
                                  "details": {"taskId": first["taskId"]}}
     r = _post(client, sid, {}, "led-2", path="/positions/123/close")  # same id, another operation
     assert r.status_code == 409 and r.json()["error"]["details"]["taskId"] == first["taskId"]
-    assert Task.objects.count() == 1
+    assert TradeTask.objects.count() == 1
 
 
 def test_twenty_concurrent_identical_requests_make_one_task_and_one_broker_order(stack, client, api_key, sim) -> None:  # noqa: ANN001
@@ -70,7 +70,7 @@ def test_twenty_concurrent_identical_requests_make_one_task_and_one_broker_order
     assert len({task_id for _, task_id, _ in results}) == 1
     assert sum(1 for _, _, replayed in results if replayed != "true") == 1  # exactly one inserted it
     task = wait_final(results[0][1])
-    assert Task.objects.count() == 1 and task.state == "filled"
+    assert TradeTask.objects.count() == 1 and task.state == "filled"
     assert len(sim("sim-b").broker_orders_of(task)) == 1
 
 
@@ -105,7 +105,7 @@ def test_bad_order_is_400_naming_the_field_and_creates_nothing(stack, client, bo
     assert r.status_code == 400, r.content
     assert r.json()["error"]["code"] == "ValidationError"
     assert field in r.json()["error"]["details"], r.json()
-    assert Task.objects.count() == 0
+    assert TradeTask.objects.count() == 0
 
 
 def test_sixteen_character_comment_is_accepted(stack, client) -> None:  # noqa: ANN001
@@ -140,7 +140,7 @@ def test_other_malformed_writes_are_4xx_never_500(stack, client) -> None:  # noq
     assert statuses == [400, 400, 404, 404, 400, 400, 404, 400, 401, 401, 400, 400, 400, 400, 404, 400]
     for r in cases:
         assert set(r.json()["error"]) == {"code", "message", "details"}
-    assert Task.objects.count() == 0
+    assert TradeTask.objects.count() == 0
 
 
 def test_workspaces_never_see_each_others_tasks(stack, client, other_client) -> None:  # noqa: ANN001

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 from rest_framework.test import APIClient
+from trading.reconciliation import reconciliation_request
+from workers.tasks import reconcile_terminal_task
 
 from bridge_project.celery import terminal_queue
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, open_session, wait_final
 from tests.waiting import wait_until
-from trading.models import Task, TaskTransition, UnownedOrder
-from trading.reconcile import request_reconciliation
-from trading.tasks import reconcile_terminal_task
+from trading.models import TaskTransition, TradeTask, UnownedOrder
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
@@ -57,20 +57,20 @@ def _post(client: APIClient, sid: str, rid: str, path: str = "/mt5/client/orders
     return response.json()["taskId"]
 
 
-def _unknown(task_id: str) -> Task:
+def _unknown(task_id: str) -> TradeTask:
     return wait_final(task_id, states=("unknown",))
 
 
-def _past_bound(task: Task) -> None:
+def _past_bound(task: TradeTask) -> None:
     """Wait until the in-flight bound has passed since the task's send mark (the condition under test)."""
     wait_until(lambda: time.time() - task.sent_at.timestamp() > BOUND + 0.2, 10, "the in-flight bound passed")
 
 
-def _reconcile(task_id: str) -> Task:
+def _reconcile(task_id: str) -> TradeTask:
     """Ask the terminal's worker to settle the task now; returns it once the worker has looked."""
-    before = Task.objects.get(id=task_id).updated_at
+    before = TradeTask.objects.get(id=task_id).updated_at
     request_reconciliation([task_id])
-    return wait_until(lambda: (t := Task.objects.get(id=task_id)).updated_at != before and t, 20, "reconciliation ran")
+    return wait_until(lambda: (t := TradeTask.objects.get(id=task_id)).updated_at != before and t, 20, "reconciliation ran")
 
 
 def _reconcile_terminal() -> None:
@@ -78,11 +78,11 @@ def _reconcile_terminal() -> None:
     reconcile_terminal_task.apply_async(kwargs={"startup": True}, queue=terminal_queue(TERMINAL))
 
 
-def _path(task: Task) -> list[str]:
+def _path(task: TradeTask) -> list[str]:
     return list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
 
 
-def _unknown_because(task: Task) -> str:
+def _unknown_because(task: TradeTask) -> str:
     return task.result["error"]["unknownBecause"]
 
 

@@ -12,16 +12,16 @@ import time
 
 import pytest
 from rest_framework.test import APIClient
+from trading.reconciliation import reconciliation_request
 
 import mt5sim
 from sessions.models import BridgeSession, SessionTransition
+from terminals.models import Terminal
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
 from tests.waiting import wait_until
-from trading.models import Task, TaskTransition
+from trading.models import TaskTransition, TradeTask
 from trading.outbox import publish_task
-from trading.reconcile import request_reconciliation
-from workers.models import Terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
@@ -89,7 +89,7 @@ def test_a_second_tenant_with_a_slow_login_never_touches_the_first_tenants_accou
                  f"/mt5/client/positions/{ticket}"):
         read = other_client.get(path, HTTP_X_SESSION_ID=sid_b)
         assert read.status_code == 409 and read.json()["error"]["code"] == "SessionNotReady", (path, read.content)
-    assert not Task.objects.filter(session_id=sid_b).exists()
+    assert not TradeTask.objects.filter(session_id=sid_b).exists()
     # The login fails; B's session ends and B's id is refused from then on.
     session = wait_until(lambda: BridgeSession.objects.filter(id=sid_b, status="login_failed").first(), 20, "login_failed")
     assert session.error_code == -6
@@ -118,7 +118,7 @@ def test_a_session_that_ends_takes_its_queued_tasks_with_it(stack: Stack, client
         assert client.delete(f"/mt5/client/session/{sid}").json()["status"] == "closed"
     finally:
         os.kill(worker.pid, signal.SIGCONT)
-    task = Task.objects.get(id=task_id)
+    task = TradeTask.objects.get(id=task_id)
     assert task.state == "cancelled" and task.result["error"]["code"] == "SessionEnded", task.result
     assert TaskTransition.objects.filter(task=task, to_state="cancelled").get().detail["reason"] == "closed"
     # The worker receives the message afterwards and must not send it.
@@ -153,7 +153,7 @@ def test_the_same_request_id_under_another_account_is_a_conflict_not_a_replay(st
     conflict = _post(client, other, "own-acct-1")
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "TaskConflict"
     assert conflict.json()["error"]["details"]["taskId"] == task_id
-    assert Task.objects.filter(request_id="own-acct-1").count() == 1
+    assert TradeTask.objects.filter(request_id="own-acct-1").count() == 1
     client.delete(f"/mt5/client/session/{other}")
 
 
@@ -187,7 +187,7 @@ def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, c
     second.wait_log("ready", timeout=60)
     stack.workers[TERMINAL] = second
     for task_id in ids:
-        task = Task.objects.filter(id=task_id).first()
+        task = TradeTask.objects.filter(id=task_id).first()
         if task.state == "queued":  # its message went down with the killed worker: the outbox re-publishes
             publish_task(task_id, TERMINAL)
     tasks = [wait_final(task_id, timeout=60, states=("filled", "unknown", "failed", "rejected")) for task_id in ids]
@@ -195,7 +195,7 @@ def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, c
     # the new holder settles it from the terminal once the in-flight bound (2 s here) has passed.
     unsettled = [task.id for task in tasks if task.state == "unknown"]
     if unsettled:
-        wait_until(lambda: time.time() - min(Task.objects.get(id=t).sent_at.timestamp() for t in unsettled) > 2.5, 10,
+        wait_until(lambda: time.time() - min(TradeTask.objects.get(id=t).sent_at.timestamp() for t in unsettled) > 2.5, 10,
               "the in-flight bound passed")
         request_reconciliation(unsettled)
         tasks = [wait_final(task.id, timeout=30) if task.id in unsettled else task for task in tasks]
@@ -229,7 +229,7 @@ def test_a_stale_worker_resumed_after_losing_its_lease_is_fenced_and_exits(stack
     assert "no longer current" in stale.log()
     stack.workers[TERMINAL] = fresh
     for task_id in ids:
-        if Task.objects.get(id=task_id).state == "queued":
+        if TradeTask.objects.get(id=task_id).state == "queued":
             publish_task(task_id, TERMINAL)  # a message the stale worker had reserved: the outbox's job
     tasks = [wait_final(task_id, timeout=30) for task_id in ids]
     assert [task.state for task in tasks] == ["filled"] * 5

@@ -15,25 +15,25 @@ from collections.abc import Callable
 import pytest
 import redis
 from django.conf import settings as django_settings
+from workers.tasks import reconcile_all_task
 
 from sessions.models import BridgeSession
 from streams.replay import read_since
 from tests.conftest import Stack
 from tests.orders.conftest import open_session, wait_final
 from trading import states
-from trading.models import Task, TaskKind, TaskTransition
+from trading.models import TaskKind, TaskTransition, TradeTask
 from trading.orders import new_tag
 from trading.outbox import publish_task
 from trading.task_errors import _redacted
-from trading.tasks import reconcile_all_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
 MAX_ERRORS = 3
 
 
-def _insert_unbuildable(session: BridgeSession, name: str) -> Task:
-    task = Task(workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
+def _insert_unbuildable(session: BridgeSession, name: str) -> TradeTask:
+    task = TradeTask(workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
                 request_id=name, fingerprint="0" * 64, kind=TaskKind.ORDER_CREATE,
                 request={"symbol": "EURUSD", "type": "BUY_FUTURE", "volume": 0.1}, tag=new_tag())
     states.create(task)
@@ -49,7 +49,7 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 
 def _errors(task_id: str) -> int:
-    result = Task.objects.get(id=task_id).result or {}
+    result = TradeTask.objects.get(id=task_id).result or {}
     return int((result.get("error") or {}).get("errors", 0))
 
 
@@ -71,7 +71,7 @@ def test_an_error_of_the_bridge_is_retried_a_bounded_number_of_times_then_the_ta
     # The delivery raised: error 1 of each, the tasks kept dispatched and never sent.
     _wait(lambda: _errors(first.id) == 1 and _errors(second.id) == 1, "the deliveries did not record the errors")
     for task_id in (first.id, second.id):
-        task = Task.objects.get(id=task_id)
+        task = TradeTask.objects.get(id=task_id)
         assert task.state == "dispatched" and task.sent_at is None and task.attempts == 1
         assert task.result["error"]["code"] == "BridgeError" and task.result["error"]["exception"] == "KeyError"
     # Reconciliation (beat's fan-out, run here) tries each again; the error on the first task does not stop

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.orders.conftest import open_session, wait_final
-from trading.models import Task, TaskTransition
+from trading.models import TaskTransition, TradeTask
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
@@ -160,8 +160,8 @@ def test_queued_tasks_change_and_cancel_in_place_executed_ones_cannot(stack, cli
     done1, done2 = wait_final(first["taskId"]), wait_final(second["taskId"])
     assert done1.state == done2.state == "filled"
     assert done2.mt5_request["volume"] == 0.3 and done2.mt5_request["comment"].endswith("|edited")
-    assert Task.objects.get(id=third["taskId"]).state == "cancelled"
-    assert not sim("sim-a").broker_orders_of(Task.objects.get(id=third["taskId"]))
+    assert TradeTask.objects.get(id=third["taskId"]).state == "cancelled"
+    assert not sim("sim-a").broker_orders_of(TradeTask.objects.get(id=third["taskId"]))
     for method, rid in ((client.patch, "late-1"), (client.delete, "late-2")):
         kwargs = {"data": {"sl": 1.0}, "format": "json"} if method == client.patch else {}
         r = method(f"{BASE}/orders/{first['taskId']}", HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid, **kwargs)
@@ -196,9 +196,10 @@ def test_stop_limit_and_day_orders_carry_every_field(stack, client, sim, eurusd)
 def test_reconciliation_reports_a_tagged_order_no_task_owns(stack, client, sim) -> None:  # noqa: ANN001
     import time
 
+    from workers.tasks import reconcile_terminal_task
+
     import mt5sim
     from trading.models import UnownedOrder
-    from trading.tasks import reconcile_terminal_task
 
     open_session(client, "sim-a")
     stray = "b:zzstray" + str(int(time.time()) % 1000).zfill(3)

@@ -8,9 +8,9 @@ import pytest
 import redis
 from django.conf import settings
 
+from terminals.config import get_terminal
+from terminals.gateway import TerminalGateway
 from trading.reads.snapshots import TerminalSnapshot, load_snapshot
-from workers.config import get_terminal
-from workers.gateway import TerminalGateway
 from workers.poller import TerminalPoller
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trading.reads.symbols import resolve_symbol_name, valid_symbol
-from trading.reads.timeutil import array_to_records, broker_seconds, parse_time, record_to_utc
+from terminals.symbols import resolve_symbol_name, valid_symbol
+from terminals.timeutil import array_to_records, broker_seconds, parse_time, record_to_utc
 
 
 @pytest.mark.parametrize(("text", "expected"), [

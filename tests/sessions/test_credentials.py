@@ -29,9 +29,9 @@ from sessions.crypto import (
     key_id,
 )
 from sessions.models import BridgeSession, SessionStatus, Workspace
+from terminals.models import Terminal
 from tests.conftest import SIM_TERMINALS, Stack, _db_env
 from tests.procs import start_manage, start_sim
-from workers.models import Terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

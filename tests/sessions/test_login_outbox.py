@@ -11,9 +11,9 @@ from rest_framework.test import APIClient
 
 from sessions import services
 from sessions.models import BridgeSession, SessionTransition
+from terminals.models import Terminal
 from tests.conftest import Stack
 from tests.waiting import wait_until
-from workers.models import Terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 OPEN = "/mt5/client/session/open"

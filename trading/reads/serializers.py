@@ -15,21 +15,21 @@ from django.http import QueryDict
 from rest_framework import serializers
 
 from bridge_project.errors import ValidationFailed
+from terminals.reads import TICK_FLAGS, TIMEFRAME_SECONDS
+from terminals.symbols import valid_symbol
+from terminals.timeutil import MAX_TIME, MIN_TIME, parse_time
 
 from . import conf as read_conf
-from .ops import TICK_FLAGS, TIMEFRAME_SECONDS
-from .symbols import valid_symbol
-from .timeutil import MAX_TIME, MIN_TIME, parse_time
 
 HISTORY_DEFAULT_DAYS = 7
 MAX_COUNT = 2**31 - 1
 MAX_LIMIT = 2**31 - 1
 MAX_TICK_RANGE = 86400  # seconds a from/to tick range may span (TicksQuery)
 
-# A symbol name (trading.reads.symbols.valid_symbol): 1 to 29 of these characters, not starting with '!'.
+# A symbol name (terminals.symbols.valid_symbol): 1 to 29 of these characters, not starting with '!'.
 SYMBOL_CHARS = r"A-Za-z0-9._#+\-$&@^~'"
 SYMBOL_PATTERN = rf"^[{SYMBOL_CHARS}][{SYMBOL_CHARS}!]{{0,28}}$"
-# An MT5 group mask (trading.reads.symbols.GROUP_RE).
+# An MT5 group mask (terminals.symbols.GROUP_RE).
 GROUP_PATTERN = r"^[\x21-\x7e]{1,256}$"
 # Numbers in a query string are JSON numbers: what a generated client sends, nothing looser.
 JSON_INTEGER_RE = re.compile(r"-?(0|[1-9][0-9]*)")

@@ -17,9 +17,9 @@ import redis
 
 from bridge_project.errors import BridgeUnavailable, NotFound
 from sessions.models import BridgeSession
+from terminals.reads import TIMEFRAME_SECONDS
 
 from . import conf
-from .ops import TIMEFRAME_SECONDS
 from .readqueue import RawJSON, call_reader, redis_client
 from .snapshots import TerminalSnapshot, load_snapshot, note_quote_interest
 

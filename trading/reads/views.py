@@ -121,17 +121,9 @@ def position_detail(request: Request, ticket: int) -> Response:
 
 
 def orders_list(request: Request) -> Response:
-    """GET /orders: pending orders (for a view that also serves POST /orders to call from its get())."""
+    """GET /orders: pending orders (called by trading's OrderCollectionView.get, which also serves POST)."""
     session = require_active_session(request)
     return Response(services.orders(session, _symbol_filter(request)))
-
-
-class OrdersView(APIView):
-    @extend_schema(operation_id="orders_list", parameters=operation_parameters(SYMBOL_QUERY),
-                   responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
-                   description="`{orders: [...]}`: pending orders at the terminal." + SNAPSHOT_NOTE)
-    def get(self, request: Request) -> Response:
-        return orders_list(request)
 
 
 class SymbolsView(APIView):

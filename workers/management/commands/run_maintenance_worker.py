@@ -15,7 +15,7 @@ class Command(BaseCommand):
     def handle(self, *args, loglevel: str, beat: bool, **options) -> None:  # noqa: ANN002, ANN003
         from django.conf import settings
 
-        from workers.runtime import keep_db_connections
+        from terminals.runtime import keep_db_connections
 
         keep_db_connections()
         from bridge_project.celery import app

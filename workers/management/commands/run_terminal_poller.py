@@ -8,7 +8,7 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.config import get_terminal
+from terminals.config import get_terminal
 
 
 class Command(BaseCommand):
@@ -27,7 +27,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if interval is not None and not 0.01 <= interval <= 60:
             raise CommandError("--interval must be between 0.01 and 60 seconds")
-        from workers.runtime import keep_db_connections
+        from terminals.runtime import keep_db_connections
 
         keep_db_connections()
         stop = threading.Event()

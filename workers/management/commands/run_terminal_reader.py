@@ -8,7 +8,7 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.config import get_terminal
+from terminals.config import get_terminal
 
 
 class Command(BaseCommand):
@@ -24,7 +24,7 @@ class Command(BaseCommand):
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
-        from workers.runtime import keep_db_connections
+        from terminals.runtime import keep_db_connections
 
         keep_db_connections()
         stop = threading.Event()

@@ -7,8 +7,8 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.config import get_terminal
-from workers.runtime import TERMINAL_ENV
+from terminals.config import get_terminal
+from terminals.runtime import TERMINAL_ENV
 
 
 def worker_argv(name: str, loglevel: str = "INFO") -> list[str]:
@@ -37,12 +37,12 @@ class Command(BaseCommand):
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
-        from workers.runtime import keep_db_connections
+        from terminals.runtime import keep_db_connections
 
         keep_db_connections()
         os.environ[TERMINAL_ENV] = name
         from bridge_project.celery import app
-        from workers.runtime import give_up_lease, hold_lease
+        from terminals.runtime import give_up_lease, hold_lease
 
         def say(text: str) -> None:
             self.stdout.write(text)

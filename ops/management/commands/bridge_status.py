@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from workers.ops import TerminalStatus, terminal_statuses
+from ops.selectors import TerminalStatus, terminal_statuses
 
 
 def _age(seconds: float | None) -> str:

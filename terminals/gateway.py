@@ -13,7 +13,7 @@ import logging
 from types import ModuleType
 from typing import Any
 
-from .config import TerminalConfig
+from terminals.config import TerminalConfig
 
 logger = logging.getLogger("bridge.gateway")
 
@@ -56,39 +56,53 @@ class TerminalGateway:
         """``timeout_ms`` is ``initialize``'s timeout: for the real module the connect timeout, for
         mt5sim also each call's deadline (a hung terminal then fails with IPC timeout, -10005)."""
         self.terminal = terminal
-        self.mt5 = module or load_backend(terminal.backend)
+        self._mt5 = module or load_backend(terminal.backend)
         self.timeout_ms = timeout_ms
-        self.connected = False
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether this process is attached to the terminal (it reconnects on the next call if not)."""
+        return self._connected
+
+    def mark_lost(self) -> None:
+        """Forget the connection after a failure seen elsewhere: the next call connects again."""
+        self._connected = False
+
+    def last_error(self) -> tuple[int, str]:
+        """The module's ``last_error()``: the reason of the last failed call, as ``(code, message)``."""
+        code, message = self._mt5.last_error()
+        return int(code), str(message)
 
     # -- connection -------------------------------------------------------------------------
     def _fail(self, call: str) -> GatewayError:
-        code, message = self.mt5.last_error()
+        code, message = self._mt5.last_error()
         return GatewayError(call, code, message)
 
     def connect(self) -> None:
         """Attach to the terminal (no login: the terminal keeps its current account)."""
         kwargs = {"timeout": int(self.timeout_ms)} if self.timeout_ms else {}
-        if not self.mt5.initialize(self.terminal.address, **kwargs):
+        if not self._mt5.initialize(self.terminal.address, **kwargs):
             raise self._fail("initialize")
-        self.connected = True
+        self._connected = True
 
     def ensure_connected(self) -> None:
-        if not self.connected:
+        if not self._connected:
             self.connect()
 
     def shutdown(self) -> None:
-        if self.connected:
-            self.mt5.shutdown()
-            self.connected = False
+        if self._connected:
+            self._mt5.shutdown()
+            self._connected = False
 
     def login(self, login: int, password: str, server: str) -> dict[str, Any]:
         """Log the terminal in to ``login``; returns the account info as a dict."""
         self.ensure_connected()
-        ok = self.mt5.login(login, password=password, server=server)
+        ok = self._mt5.login(login, password=password, server=server)
         if not ok:
             error = self._fail("login")
             if error.ipc_failure:
-                self.connected = False
+                self._connected = False
             raise error
         return self.account_info()
 
@@ -99,7 +113,7 @@ class TerminalGateway:
         if result is None:
             error = self._fail(name)
             if error.ipc_failure:
-                self.connected = False
+                self._connected = False
             raise error
         return result
 
@@ -108,6 +122,45 @@ class TerminalGateway:
 
     def terminal_info(self) -> dict[str, Any]:
         return as_dict(self._call("terminal_info"))
+
+    def symbols_get(self) -> list[Any]:
+        return list(self._call("symbols_get"))
+
+    def symbol_info(self, symbol: str) -> Any:
+        return self._call("symbol_info", symbol)
+
+    def symbol_info_tick(self, symbol: str) -> Any:
+        return self._call("symbol_info_tick", symbol)
+
+    def positions_get(self, **filters: Any) -> tuple[Any, ...]:
+        return tuple(self._call("positions_get", **filters))
+
+    def orders_get(self, **filters: Any) -> tuple[Any, ...]:
+        return tuple(self._call("orders_get", **filters))
+
+    def history_deals_get(self, *args: Any, **filters: Any) -> tuple[Any, ...]:
+        return tuple(self._call("history_deals_get", *args, **filters))
+
+    def history_orders_get(self, *args: Any, **filters: Any) -> tuple[Any, ...]:
+        return tuple(self._call("history_orders_get", *args, **filters))
+
+    # -- the one write ---------------------------------------------------------------------------
+    def order_send(self, request: dict[str, Any]) -> tuple[Any, tuple[int, str] | None]:
+        """``order_send(request)``: ``(result, None)``, or ``(None, (code, message))`` when the module
+        gave no result (``last_error()``) or the call itself broke (the outcome is then unknown).
+
+        Never reconnects first: a send must go out on the connection the caller checked."""
+        try:
+            result = self._mt5.order_send(request)
+        except Exception as exc:  # noqa: BLE001 - a dropped link mid-call: the outcome is unknown
+            self._connected = False
+            return None, (-10000, f"order_send raised {type(exc).__name__}: {exc}")
+        if result is None:
+            code, message = self.last_error()
+            if -10005 <= code <= -10000:
+                self._connected = False
+            return None, (code, message)
+        return result, None
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Any other MetaTrader5 function, failing with GatewayError on its failure value."""

@@ -10,9 +10,9 @@ import threading
 from django.conf import settings
 from django.db import close_old_connections
 
-from .config import get_terminal
-from .gateway import TerminalGateway
-from .lease import Lease, lease_acquire, lease_holder_name, lease_release, lease_renew
+from terminals.config import get_terminal
+from terminals.gateway import TerminalGateway
+from terminals.lease import Lease, lease_acquire, lease_holder_name, lease_release, lease_renew
 
 logger = logging.getLogger("bridge.worker")
 
@@ -33,7 +33,7 @@ def held_lease() -> Lease:
 def hold_lease(name: str, *, wait: bool = True, say=print) -> Lease:  # noqa: ANN001 - a print-like callable
     """Acquire the lease of terminal ``name`` for this process, waiting while another worker holds it."""
     global _lease
-    from .terminals import sync_terminals
+    from terminals.services import sync_terminals
 
     sync_terminals()
     holder, waited = lease_holder_name(name), False
@@ -100,7 +100,7 @@ def gateway() -> TerminalGateway:
 
 
 def _heartbeat_loop(name: str, hostname: str, stop: threading.Event) -> None:
-    from .terminals import record_worker_heartbeat, sync_terminals
+    from terminals.services import record_worker_heartbeat, sync_terminals
 
     interval = settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL
     while not stop.is_set():

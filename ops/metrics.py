@@ -6,7 +6,7 @@ the broker on each scrape; counters that only a process can know (events publish
 outcomes, ...) are read from the Redis hashes of ``bridge_project.metrics``.
 
 The accept-to-final latency histogram is folded incrementally: each scrape adds the tasks that
-became final since the last fold (``Task.finished_at``, the time of the final ``TaskTransition``,
+became final since the last fold (``TradeTask.finished_at``, the time of the final ``TaskTransition``,
 index ``task_finished``) to cumulative buckets kept in Redis, so a scrape never rescans a million
 tasks. Tasks are folded once their ``finished_at`` is ``BRIDGE_METRICS_SETTLE_SECONDS`` old, so a
 transaction still committing (or a worker clock slightly behind) is not skipped.
@@ -27,10 +27,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from bridge_project import metrics as counters
+from ops import selectors as ops
 from sessions.models import BridgeSession
-from trading.models import Task
-
-from . import ops
+from trading.models import TradeTask
 
 logger = logging.getLogger("bridge.ops.metrics")
 
@@ -58,7 +57,7 @@ def fold_latency(now: datetime | None = None) -> bool:
             until = now - timedelta(seconds=settle_seconds())
             if since is not None and until <= since:
                 return True
-            window = Task.objects.filter(finished_at__isnull=False, finished_at__lte=until)
+            window = TradeTask.objects.filter(finished_at__isnull=False, finished_at__lte=until)
             if since is not None:
                 window = window.filter(finished_at__gt=since)
             latency = ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
@@ -127,7 +126,7 @@ class BridgeCollector(Collector):
         Final states only grow, so they are a counter folded with the latency histogram below instead
         of a GROUP BY over the whole ledger at every scrape."""
         family = GaugeMetricFamily("bridge_tasks", "Tasks not yet final, by state and kind", labels=["state", "kind"])
-        rows = (Task.objects.filter(state__in=ops.IN_FLIGHT_STATES).values("state", "kind")
+        rows = (TradeTask.objects.filter(state__in=ops.IN_FLIGHT_STATES).values("state", "kind")
                 .annotate(n=Count("id")).order_by("state", "kind"))
         for row in rows:
             family.add_metric([row["state"], row["kind"]], row["n"])

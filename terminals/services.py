@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from .config import TerminalConfig, load_terminals
-from .models import Terminal
+from terminals.config import TerminalConfig, load_terminals
+from terminals.models import Terminal
 
 _synced: dict[str, object] = {}
 

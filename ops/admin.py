@@ -3,7 +3,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
-from .models import Terminal
+from terminals.models import Terminal
 
 
 @admin.register(Terminal)

@@ -22,10 +22,9 @@ from django.utils import timezone
 
 from bridge_project.celery import terminal_queue
 from sessions.models import LIVE_STATUSES, BridgeSession
-from trading.models import FINAL_STATES, Task, TaskState
-
-from .models import Terminal
-from .terminals import sync_terminals
+from terminals.models import Terminal
+from terminals.services import sync_terminals
+from trading.models import FINAL_STATES, TaskState, TradeTask
 
 logger = logging.getLogger("bridge.ops")
 
@@ -145,7 +144,7 @@ def terminal_statuses(now: datetime | None = None) -> list[TerminalStatus]:
     terminals = list(Terminal.objects.order_by("-enabled", "name"))
     queued = {
         row["terminal_id"]: row
-        for row in Task.objects.filter(state=TaskState.QUEUED)
+        for row in TradeTask.objects.filter(state=TaskState.QUEUED)
         .values("terminal_id")
         .annotate(count=Count("id"), oldest=Min("created_at"))
         .order_by()
@@ -187,7 +186,7 @@ def terminal_statuses(now: datetime | None = None) -> list[TerminalStatus]:
 MAX_TASKS = 1000
 
 
-def task_json(task: Task, now: datetime, stuck_seconds: float) -> dict[str, Any]:
+def task_json(task: TradeTask, now: datetime, stuck_seconds: float) -> dict[str, Any]:
     age = (now - task.created_at).total_seconds()
     return {
         "taskId": task.id,
@@ -224,14 +223,14 @@ def list_tasks(
     now = now or timezone.now()
     limit = max(1, min(limit, MAX_TASKS))
     states = list(states) if states else [s.value for s in IN_FLIGHT_STATES]
-    base = Task.objects.select_related("workspace", "terminal")
+    base = TradeTask.objects.select_related("workspace", "terminal")
     if older_than is not None:
         base = base.filter(created_at__lte=now - timedelta(seconds=older_than))
     if terminal:
         base = base.filter(terminal__name=terminal)
     in_flight = [s for s in states if s in IN_FLIGHT_STATES]
     final = [s for s in states if s not in IN_FLIGHT_STATES]
-    rows: list[Task] = []
+    rows: list[TradeTask] = []
     if in_flight:
         rows += list(base.filter(state__in=in_flight).order_by("created_at", "id")[:limit])
     if final and len(rows) < limit:

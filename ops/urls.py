@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import ops_views
+from ops import views as ops_views
 
 urlpatterns = [
     path("ops/terminals", ops_views.OpsTerminalsView.as_view(), name="ops-terminals"),

@@ -13,12 +13,12 @@ import time
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
-from workers.gateway import GatewayError, TerminalGateway, as_dict
-
-from . import conf
-from .symbols import resolve_symbol_name
-from .timeutil import array_to_records, broker_seconds, record_to_utc, records_to_utc
+from terminals import constants as C
+from terminals.gateway import GatewayError, TerminalGateway, as_dict
+from terminals.symbols import resolve_symbol_name
+from terminals.timeutil import array_to_records, broker_seconds, record_to_utc, records_to_utc
 
 READ_FUNCTIONS = frozenset(
     {
@@ -66,9 +66,8 @@ class TerminalReads:
 
     def __init__(self, gateway: TerminalGateway, suffix_max: int | None = None):
         self.gw = gateway
-        self.mt5 = gateway.mt5
         self.offset = gateway.terminal.utc_offset
-        self.suffix_max = conf.get("BRIDGE_SYMBOL_SUFFIX_MAX") if suffix_max is None else suffix_max
+        self.suffix_max = settings.BRIDGE_SYMBOL_SUFFIX_MAX if suffix_max is None else suffix_max
         self._names: list[str] = []
         self._names_at = 0.0
         self._info: dict[str, Any] = {}
@@ -134,7 +133,7 @@ class TerminalReads:
         info = self.resolve(requested)
         if not info.get("select"):
             if not self.call("symbol_select", info["name"], True):
-                code, message = self.mt5.last_error()
+                code, message = self.gw.last_error()
                 raise ReadError("unavailable", f"could not select {info['name']} in Market Watch: {message}",
                                 {"symbol": info["name"], "code": code})
             info = as_dict(self.call("symbol_info", info["name"]))
@@ -189,7 +188,7 @@ class TerminalReads:
         for attempt in (1, 2):
             if name not in self.books:
                 if not self.call("market_book_add", name):
-                    code, message = self.mt5.last_error()
+                    code, message = self.gw.last_error()
                     raise ReadError("unavailable", f"market book of {name} unavailable: {message}",
                                     {"symbol": name, "code": code})
                 self.books.add(name)
@@ -209,7 +208,7 @@ class TerminalReads:
               date_to: float | None = None, limit: int | None = None) -> dict[str, Any]:
         """Bars by the signed count model (see docs/reads.md); times are real UTC."""
         name = self.name_of(symbol)
-        tf = getattr(self.mt5, f"TIMEFRAME_{timeframe}")
+        tf = getattr(C, f"TIMEFRAME_{timeframe}")
         seconds = TIMEFRAME_SECONDS[timeframe]
         maxbars = self.maxbars()
         if count is not None and abs(count) > maxbars:
@@ -284,8 +283,8 @@ class TerminalReads:
               date_to: float | None = None, limit: int | None = None) -> dict[str, Any]:
         """Ticks by the signed count model; a from/to range pages at ``limit`` (never splits a millisecond)."""
         name = self.name_of(symbol)
-        flag = getattr(self.mt5, TICK_FLAGS[flags])
-        max_ticks = conf.get("BRIDGE_READ_MAX_TICKS")
+        flag = getattr(C, TICK_FLAGS[flags])
+        max_ticks = settings.BRIDGE_READ_MAX_TICKS
         if count is not None and abs(count) > max_ticks:
             raise ReadError("invalid", f"count {count} is over the bridge's max ticks per request ({max_ticks}); "
                             "page with from/to", {"count": [f"|count| must be <= {max_ticks}"]})

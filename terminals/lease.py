@@ -22,7 +22,7 @@ from datetime import timedelta
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from .models import Terminal
+from terminals.models import Terminal
 
 logger = logging.getLogger("bridge.worker.lease")
 

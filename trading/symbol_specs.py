@@ -25,8 +25,9 @@ from django.conf import settings
 
 from bridge_project.celery import app, terminal_queue
 from bridge_project.errors import BridgeUnavailable, Unavailable
-
-from .conf import conf
+from sessions.models import BridgeSession
+from terminals import runtime
+from trading.conf import conf
 
 SPEC_FIELDS = (
     "name", "digits", "point", "trade_tick_size", "volume_min", "volume_max", "volume_step", "volume_limit",
@@ -109,3 +110,14 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
             {"terminal": terminal_name, "dependency": "redis"},
         ) from exc
     return json.loads(raw) if raw else None
+
+
+def symbol_specs_refresh(*, session_id: str) -> int:
+    """Publish this terminal's symbol specs, stamped with ``session_id`` (the account logged in now).
+
+    Runs on the terminal's pinned worker; a session of another terminal, or ended, publishes nothing.
+    """
+    session = BridgeSession.objects.select_related("terminal").filter(id=session_id).first()
+    if session is None or not session.live or session.terminal.name != runtime.pinned_terminal():
+        return 0
+    return store_specs(session.terminal.name, session.id, runtime.gateway().symbols_get())

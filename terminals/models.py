@@ -19,13 +19,13 @@ class Terminal(models.Model):
     enabled = models.BooleanField(default=True, help_text="false once the terminal left the config file")
     worker_heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker_hostname = models.CharField(max_length=255, blank=True, default="")
-    # The ownership lease (workers/lease.py): one pinned worker at a time executes this terminal's
+    # The ownership lease (terminals/lease.py): one pinned worker at a time executes this terminal's
     # tasks. ``lease_token`` is the fencing token: it grows by one at every acquisition, and every
     # claim and sent-mark of a task carries the holder's token, so a stale worker's write is refused.
     lease_token = models.BigIntegerField(default=0)
     lease_holder = models.CharField(max_length=255, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    # The account binding (workers/binding.py): the session the terminal is logged in for, and the
+    # The account binding (terminals/binding.py): the session the terminal is logged in for, and the
     # account (login + server, as the terminal reported them at login). Empty: the terminal serves
     # nothing for any session until the next successful login.
     bound_session_id = models.CharField(max_length=40, blank=True, default="")
@@ -36,6 +36,7 @@ class Terminal(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "workers_terminal"  # created by the workers app before terminals/ existed
         ordering = ["name"]
 
     def __str__(self) -> str:

@@ -116,7 +116,7 @@ try:  # the OpenAPI schema names the scheme (drf-spectacular finds extensions on
     from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
     class OpsTokenScheme(OpenApiAuthenticationExtension):
-        target_class = "workers.ops_auth.OpsTokenAuthentication"
+        target_class = "ops.auth.OpsTokenAuthentication"
         name = "opsToken"
 
         def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201

@@ -1,6 +1,6 @@
 """Ops endpoints: ``/mt5/client/ops/terminals``, ``/mt5/client/ops/tasks`` and ``/metrics``.
 
-Thin: the figures come from ``workers.ops`` and ``workers.ops_metrics``; access is ``ops_auth``'s.
+Thin: the figures come from ``ops.selectors`` and ``ops.metrics``; access is ``ops_auth``'s.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from bridge_project.schema import (
     operation_parameters,
     query,
 )
-
-from . import ops, ops_metrics
-from .ops_auth import (
+from ops import metrics as ops_metrics, selectors as ops
+from ops.auth import (
     OPS_AUTHENTICATION,
     OPS_RATE_LIMITED,
     IsStaffOrOpsToken,

@@ -13,8 +13,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from .lease import Lease
-from .models import Terminal
+from terminals.lease import Lease
+from terminals.models import Terminal
 
 
 @dataclass(frozen=True)
