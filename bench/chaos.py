@@ -521,7 +521,7 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
             if old and now - last_ask > 5:
                 last_ask = now
                 say(f"asking the terminal to reconcile {len(old)} dispatched/unknown task(s) past the in-flight bound")
-                request_reconciliation(old)
+                reconciliation_request(task_ids=old)
             time.sleep(0.5)
 
         # --- the figures, from the ledger and from mt5sim's own history ------------------------------

@@ -69,7 +69,7 @@ def _past_bound(task: TradeTask) -> None:
 def _reconcile(task_id: str) -> TradeTask:
     """Ask the terminal's worker to settle the task now; returns it once the worker has looked."""
     before = TradeTask.objects.get(id=task_id).updated_at
-    request_reconciliation([task_id])
+    reconciliation_request(task_ids=[task_id])
     return wait_until(lambda: (t := TradeTask.objects.get(id=task_id)).updated_at != before and t, 20, "reconciliation ran")
 
 

@@ -197,7 +197,7 @@ def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, c
     if unsettled:
         wait_until(lambda: time.time() - min(TradeTask.objects.get(id=t).sent_at.timestamp() for t in unsettled) > 2.5, 10,
               "the in-flight bound passed")
-        request_reconciliation(unsettled)
+        reconciliation_request(task_ids=unsettled)
         tasks = [wait_final(task.id, timeout=30) if task.id in unsettled else task for task in tasks]
     by_tag: dict[str, int] = {}
     for order in sim(TERMINAL).history_orders():
