@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/mt5sim_bench.py [--seconds 5]
 
-Starts its own terminal (``python -m mt5sim serve`` on a free port, temporary state dir), runs each
-phase in client *processes* (the MetaTrader5 module is one connection per process), prints the
-machine and the figures, stops the terminal. About 30 seconds with the default phase length.
+Measures two layouts in one run: a single-process terminal (``python -m mt5sim serve``) and a
+terminal connected to a trade server (``python -m mt5sim broker`` + ``serve --broker``), each on
+free ports with a temporary state dir. Each phase runs in client *processes* (the MetaTrader5
+module is one connection per process); it prints the machine and the figures side by side, then
+stops every process it started. About a minute with the default phase length.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if str(ROOT) not in sys.path:
 from bench.common import machine, pct  # noqa: E402
 
 _LISTENING = re.compile(r"mt5sim listening on (\S+?):(\d+)\b")
+_BROKER_LISTENING = re.compile(r"mt5sim broker listening on (\S+?):(\d+)\b")
+LAYOUTS = {"single": "one process (serve)", "broker": "terminal + broker"}
 
 
 def worker(address: str, method: str, seconds: float, login: int, start_at: float) -> None:
@@ -77,23 +81,52 @@ def worker(address: str, method: str, seconds: float, login: int, start_at: floa
                       "lat_ms": [round(x * 1000, 4) for x in latencies]}))
 
 
-def start_terminal(workdir: str) -> tuple[subprocess.Popen, str, Path]:
-    log_path = Path(workdir) / "terminal.log"
+def _start(argv: list[str], log_path: Path, pattern: re.Pattern) -> tuple[subprocess.Popen, str]:
+    """Start an mt5sim process and wait for its "listening on" line: (process, address)."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mt5sim", "serve", "--address", "127.0.0.1:0", "--state",
-             str(Path(workdir) / "state"), "--seed", "7"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "mt5sim", *argv], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        match = pattern.search(log_path.read_text(errors="replace"))
         if match:
-            return proc, f"{match.group(1)}:{match.group(2)}", log_path
+            return proc, f"{match.group(1)}:{match.group(2)}"
         if proc.poll() is not None:
-            raise SystemExit(f"terminal exited before listening:\n{log_path.read_text()[-3000:]}")
+            raise SystemExit(f"{argv[0]} exited before listening:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("terminal not listening after 60 s")
+    _stop(proc)
+    raise SystemExit(f"{argv[0]} not listening after 60 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def start_layout(layout: str, workdir: str) -> tuple[list[subprocess.Popen], str]:
+    """``single``: one ``serve``; ``broker``: a ``broker`` and one ``serve --broker``. (processes, terminal address)"""
+    base = Path(workdir) / layout
+    base.mkdir()
+    if layout == "single":
+        proc, address = _start(["serve", "--address", "127.0.0.1:0", "--state", str(base / "state"), "--seed", "7"],
+                               base / "terminal.log", _LISTENING)
+        return [proc], address
+    broker, broker_address = _start(["broker", "--address", "127.0.0.1:0", "--state", str(base / "broker"),
+                                     "--seed", "7"], base / "broker.log", _BROKER_LISTENING)
+    try:
+        terminal, address = _start(["serve", "--broker", broker_address, "--address", "127.0.0.1:0", "--state",
+                                    str(base / "terminal")], base / "terminal.log", _LISTENING)
+    except BaseException:
+        _stop(broker)
+        raise
+    return [terminal, broker], address
 
 
 def run_phase(address: str, method: str, clients: int, seconds: float, login_base: int) -> dict:
@@ -128,34 +161,39 @@ def main() -> int:
 
     seconds = max(1.0, min(args.seconds, 20.0))
     print(f"machine: {machine()}", flush=True)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="mt5sim-bench-") as workdir:
-        print("starting terminal ...", flush=True)
-        proc, address, _ = start_terminal(workdir)
-        print(f"terminal at {address} (pid {proc.pid})", flush=True)
-        rows = []
-        try:
-            login = 90_000_000
-            for method in ("symbol_info_tick", "order_send"):
-                for clients in (1, 4):
-                    print(f"  {method:<17} {clients} client(s), {seconds:.0f} s ...", flush=True)
-                    row = run_phase(address, method, clients, seconds, login)
-                    login += 10
-                    rows.append(row)
-                    print(f"    {row['per_second']:>8.0f} calls/s  p50 {row['p50_ms']:.3f} ms  "
-                          f"p99 {row['p99_ms']:.3f} ms  errors {row['errors']}", flush=True)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+        login = 90_000_000
+        for layout, title in LAYOUTS.items():
+            print(f"starting {title} ...", flush=True)
+            procs, address = start_layout(layout, workdir)
+            print(f"terminal at {address} (pids {', '.join(str(p.pid) for p in procs)})", flush=True)
             try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+                for method in ("symbol_info_tick", "order_send"):
+                    for clients in (1, 4):
+                        print(f"  {method:<17} {clients} client(s), {seconds:.0f} s ...", flush=True)
+                        row = run_phase(address, method, clients, seconds, login)
+                        login += 10
+                        row["layout"] = layout
+                        rows.append(row)
+                        print(f"    {row['per_second']:>8.0f} calls/s  p50 {row['p50_ms']:.3f} ms  "
+                              f"p99 {row['p99_ms']:.3f} ms  errors {row['errors']}", flush=True)
+            finally:
+                for proc in procs:
+                    _stop(proc)
     print()
     print(f"mt5sim round trips ({machine()})")
-    print(f"{'call':<18} {'clients':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for row in rows:
-        print(f"{row['method']:<18} {row['clients']:>7} {row['per_second']:>9.0f} {row['p50_ms']:>8.3f} "
-              f"{row['p99_ms']:>8.3f} {row['errors']:>7}")
+    print(f"{'call':<18} {'clients':>7} | {'one process (serve)':^37} | {'terminal + broker':^37}")
+    print(f"{'':<18} {'':>7} | {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+          f" | {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    by_key = {(r["layout"], r["method"], r["clients"]): r for r in rows}
+    for method in ("symbol_info_tick", "order_send"):
+        for clients in (1, 4):
+            cells = []
+            for layout in LAYOUTS:
+                r = by_key[(layout, method, clients)]
+                cells.append(f"{r['per_second']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['errors']:>7}")
+            print(f"{method:<18} {clients:>7} | {cells[0]} | {cells[1]}")
     return 0
 
 

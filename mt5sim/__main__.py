@@ -1,4 +1,4 @@
-"""``python -m mt5sim serve | run | control``: the terminal process, the script runner, the control CLI."""
+"""``python -m mt5sim serve | broker | run | control``: terminal, trade server, script runner, control CLI."""
 
 from __future__ import annotations
 
@@ -28,12 +28,110 @@ def _load_config(path: str | None) -> dict | None:
     return data
 
 
+def _stop_event() -> threading.Event:
+    """Set by SIGTERM or Ctrl-C: the process then stops cleanly (state written before it exits)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _parse_servers(values: list[str] | None) -> list[tuple[str, int | None]] | None:
+    """``--server NAME[=OFFSET_SECONDS]`` options -> [(name, offset or None)]."""
+    out = []
+    for value in values or []:
+        name, sep, offset = value.partition("=")
+        name = name.strip()
+        if not name:
+            raise SystemExit(f"mt5sim: --server needs NAME[=OFFSET_SECONDS], got {value!r}")
+        try:
+            out.append((name, int(offset) if sep else None))
+        except ValueError:
+            raise SystemExit(f"mt5sim: --server {value!r}: the offset must be whole seconds") from None
+    return out
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """The trade server: accounts, orders, positions, history, prices and rules for its server names."""
+    parsed = protocol.parse_address(args.address)
+    if parsed is None:
+        print(f"mt5sim: --address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
+        return 2
+    sys.setswitchinterval(0.0005)
+    from .broker import Broker, BrokerServer
+
+    servers = _parse_servers(args.server)
+    if args.state:
+        os.makedirs(args.state, exist_ok=True)
+    broker = Broker(_load_config(args.config), args.state, seed=args.seed, servers=servers)
+    server = BrokerServer(broker, parsed[0], parsed[1])
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"mt5sim: cannot listen on {args.address}: {exc}", file=sys.stderr, flush=True)
+        broker.close()
+        return 1
+    stop = _stop_event()
+    names = ",".join(f"{n}(UTC{e.server_offset:+d}s)" for n, e in broker.engines.items())
+    print(f"mt5sim broker listening on {server.address} (servers={names}, state={args.state or 'memory'}, "
+          f"pid={os.getpid()})", flush=True)
+    while not stop.wait(0.5):
+        pass
+    print("mt5sim broker: stopping", flush=True)
+    server.stop()
+    broker.close()
+    print("mt5sim broker: stopped", flush=True)
+    return 0
+
+
+def cmd_terminal(args: argparse.Namespace, parsed: tuple[str, int]) -> int:
+    """``serve --broker``: a terminal whose accounts and markets are the broker's."""
+    from .terminal import RemoteTerminalServer
+
+    if protocol.parse_address(args.broker) is None:
+        print(f"mt5sim: --broker must be HOST:PORT, got {args.broker!r}", file=sys.stderr)
+        return 2
+    if args.state:
+        os.makedirs(args.state, exist_ok=True)
+    config = _load_config(args.config) or {}
+    server = RemoteTerminalServer(args.broker, parsed[0], parsed[1], state_dir=args.state,
+                                  server_name=args.server, terminal_overrides=config.get("terminal"))
+    stop = _stop_event()
+    if not server.connect(stop, wait=False):
+        print(f"mt5sim: waiting for the broker at {args.broker} ...", flush=True)
+        if not server.connect(stop, wait=True):
+            return 0
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"mt5sim: cannot listen on {args.address}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"mt5sim listening on {server.address} (broker={args.broker}, server={server.state.server_name}, "
+          f"state={args.state or 'memory'}, pid={os.getpid()})", flush=True)
+    while not stop.wait(0.5):
+        pass
+    print("mt5sim: stopping", flush=True)
+    server.stop()
+    print("mt5sim: stopped", flush=True)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     parsed = protocol.parse_address(args.address)
     if parsed is None:
         print(f"mt5sim: --address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
         return 2
     sys.setswitchinterval(0.0005)  # shorter GIL hand-over: lower latency for connection threads
+    if args.broker:
+        return cmd_terminal(args, parsed)
+    if args.server:
+        print("mt5sim: --server needs --broker (a single-process terminal has one server name: see --config)",
+              file=sys.stderr)
+        return 2
 
     from .engine import Engine
     from .server import TerminalServer
@@ -49,13 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine.close()
         return 1
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_event()
     print(f"mt5sim listening on {server.address} (state={args.state or 'memory'}, pid={os.getpid()})", flush=True)
     while not stop.wait(0.5):
         pass
@@ -146,7 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML/JSON file: accounts, symbols, ... (see docs/mt5sim.md)")
     serve.add_argument("--state", help="directory where accounts, orders and history persist")
     serve.add_argument("--seed", type=int, default=0, help="seed of the price feed")
+    serve.add_argument("--broker", help="HOST:PORT of a `python -m mt5sim broker`: accounts and markets live there "
+                                        "(without it the terminal is its own trade server)")
+    serve.add_argument("--server", help="with --broker: the broker's server name this terminal starts on "
+                                        "(default: the broker's first)")
     serve.set_defaults(func=cmd_serve)
+
+    broker = sub.add_parser("broker", help="run a trade server for terminals started with serve --broker")
+    broker.add_argument("--address", default="127.0.0.1:18800", help="HOST:PORT to listen on (port 0: any free port)")
+    broker.add_argument("--config", help="YAML/JSON file: accounts, symbols, ... (see docs/mt5sim.md)")
+    broker.add_argument("--state", help="directory where accounts, orders and history persist (one subdir per server)")
+    broker.add_argument("--seed", type=int, default=0, help="seed of the price feed")
+    broker.add_argument("--server", action="append", metavar="NAME[=OFFSET_SECONDS]",
+                        help="a server name this broker runs, with its clock offset from UTC (repeatable; "
+                             "default: the config's server.name and offset)")
+    broker.set_defaults(func=cmd_broker)
 
     run = sub.add_parser("run", help="run a MetaTrader5 script against a terminal")
     run.add_argument("--address", help="terminal HOST:PORT (default: $MT5SIM_ADDRESS)")

@@ -53,8 +53,6 @@ def _object_hook(obj: dict) -> Any:
     return obj
 
 
-
-
 def pack(message: Any) -> bytes:
     """Encode one message into a complete frame (header + body)."""
     body = msgpack.packb(message, default=_default, use_bin_type=True)
@@ -75,6 +73,10 @@ class FrameReader:
         self.buf = bytearray()
 
     def read(self) -> Any:
+        return unpack(self.read_body())
+
+    def read_body(self) -> bytes:
+        """The next frame's msgpack body, undecoded (a terminal relays broker replies as they are)."""
         buf = self.buf
         while True:
             if len(buf) >= 4:
@@ -85,7 +87,7 @@ class FrameReader:
                 if len(buf) >= end:
                     body = bytes(buf[4:end])
                     del buf[:end]
-                    return unpack(body)
+                    return body
                 want = max(65536, end - len(buf))
             else:
                 want = 65536
@@ -93,6 +95,11 @@ class FrameReader:
             if not chunk:
                 raise ConnectionClosed("connection closed by peer")
             buf += chunk
+
+
+def frame(body: bytes) -> bytes:
+    """A complete frame around an already packed body."""
+    return HEADER.pack(len(body)) + body
 
 
 def send(sock: socket.socket, message: Any) -> None:

@@ -56,6 +56,23 @@ class Session:
         self.books: set[str] = set()
 
 
+class TerminalView:
+    """What a remote terminal brings to each of its calls at a broker (INTERNALS.md, "Broker and terminals").
+
+    The broker's Engine holds accounts, orders, prices and rules; the terminal-local part of the
+    state (which login it is logged in to, its Market Watch, its terminal properties and whether it
+    considers itself connected to the trade server) belongs to the terminal and is swapped in for
+    the length of one call."""
+
+    __slots__ = ("login", "market_watch", "terminal", "connected")
+
+    def __init__(self, login: int | None, market_watch: set[str], terminal: dict, connected: bool = True) -> None:
+        self.login = login
+        self.market_watch = market_watch
+        self.terminal = terminal
+        self.connected = connected
+
+
 class Engine(OutcomeFaults, TradeServer):
     """Terminal state and trade server; see INTERNALS.md for the contract."""
 
@@ -316,6 +333,56 @@ class Engine(OutcomeFaults, TradeServer):
             finally:
                 if self._journal is not None:
                     self._journal.flush()
+
+    # ================================================================ broker side (remote terminals)
+    def _enter_view(self, view: TerminalView) -> tuple:
+        saved = (self.current_login, self.market_watch, self.terminal, self.connected)
+        self.current_login, self.market_watch = view.login, view.market_watch
+        self.terminal, self.connected = view.terminal, view.connected
+        return saved
+
+    def _leave_view(self, saved: tuple) -> None:
+        self.current_login, self.market_watch, self.terminal, self.connected = saved
+
+    def call_as(self, view: TerminalView, sess: Session, method: str, kwargs: dict) -> tuple[str, Any]:
+        """`call` on behalf of a remote terminal: its login, Market Watch and properties for this call."""
+        with self._lock:
+            saved = self._enter_view(view)
+            try:
+                return self.call(sess, method, kwargs)
+            finally:
+                self._leave_view(saved)
+
+    def control_as(self, view: TerminalView, name: str, kwargs: dict) -> tuple[str, Any]:
+        """`control` on behalf of a remote terminal (``reset(full=True)`` keeps its login, as locally)."""
+        with self._lock:
+            saved = self._enter_view(view)
+            try:
+                return self.control(name, kwargs)
+            finally:
+                view.login = self.current_login
+                self._leave_view(saved)
+
+    def authenticate_remote(self, login: int | None, password: str | None, server: str | None) -> tuple[int, bool]:
+        """A terminal's login at this trade server: (login, created). ``login=None`` = the default login.
+
+        Unlike a terminal's own saved password, a remote terminal must present the account's password
+        (the terminal sends the one it saved); a wrong or missing one is ``(-6, ...)``."""
+        with self._lock:
+            if login is None:
+                login = int(self.cfg["server"].get("default_login") or 0)
+                if not login:
+                    raise EngineError(ERR_AUTH)
+            acct = self.accounts.get(int(login))
+            if acct is not None and password is None and acct["password"] is not None:
+                raise EngineError(ERR_AUTH)
+            created = acct is None
+            try:
+                acct = self._authenticate(int(login), password, server)
+            finally:
+                if self._journal is not None:
+                    self._journal.flush()
+            return acct["login"], created
 
     def close(self) -> None:
         self._stop.set()
