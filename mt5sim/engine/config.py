@@ -27,6 +27,7 @@ SESSION_PRESETS: dict[str, dict[int, list[tuple[int, int]]]] = {
     "metal": {d: [(60, 1438)] for d in range(5)},
     "index": {d: [(60, 1435)] for d in range(5)},
     "crypto": {d: _FULL_DAY for d in range(7)},
+    "stocks": {d: [(990, 1380)] for d in range(5)},      # NYSE/Nasdaq 09:30-16:00 New York at UTC+2
     "always": {d: _FULL_DAY for d in range(7)},
 }
 _DAY_NAMES = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
@@ -43,7 +44,16 @@ SYMBOL_EXTRA_DEFAULTS: dict[str, Any] = {
     "no_prices": False,        # a symbol without quotes (order_send -> 10021)
     "history_csv": None,       # replay ticks or bars from this CSV inside its time span
     "path_prefix": "",
+    "execution": None,         # instant | market (None: the broker's server.execution)
+    "market_return": None,     # RETURN accepted for market orders in market execution (None: from the profile)
+    "commission": None,        # {per_lot, per_deal, charge: entry|exit|both} (None: the broker's server.commission)
+    "book_volume": 0.0,        # lots on each market-book level; > 0: market orders fill against that depth
 }
+
+EXECUTION_PROFILES = ("instant", "market")
+COMMISSION_CHARGES = ("entry", "exit", "both")
+# terminal.maxbars for "Unlimited" (the terminal reports a number; INT_MAX is what mt5sim reports).
+MAXBARS_UNLIMITED = 2_147_483_647
 
 # SymbolInfo defaults (every one of the 96 fields has one).
 SYMBOL_INFO_DEFAULTS: dict[str, Any] = {name: 0 for name in SYMBOL_INFO_FIELDS}
@@ -97,6 +107,9 @@ def load_config(config: dict | str | None) -> dict:
     user_symbols = user.pop("symbols", None)
     replace = bool(user.pop("symbols_replace", False))
     merged = _deep_merge(base, user)
+    terminal = merged.setdefault("terminal", {})
+    if terminal.get("maxbars") in (None, 0, "0", "unlimited", "Unlimited"):
+        terminal["maxbars"] = MAXBARS_UNLIMITED
     if user_symbols is not None:
         if replace:
             merged["symbols"] = list(user_symbols)
@@ -110,6 +123,13 @@ def load_config(config: dict | str | None) -> dict:
                     by_name[s["name"]] = dict(s)
                     order.append(s["name"])
             merged["symbols"] = [by_name[n] for n in order]
+    server = merged.get("server") or {}
+    execution = server.get("execution") or "instant"
+    if execution not in EXECUTION_PROFILES:
+        raise ValueError(f"server.execution must be one of {EXECUTION_PROFILES}, not {execution!r}")
+    for entry in merged["symbols"]:
+        entry["broker_execution"] = execution
+        entry["broker_commission"] = server.get("commission")
     return merged
 
 
@@ -158,10 +178,12 @@ def build_symbol(entry: dict, templates: dict) -> dict:
     spec: dict[str, Any] = dict(SYMBOL_INFO_DEFAULTS)
     spec.update(SYMBOL_EXTRA_DEFAULTS)
     template = entry.get("template")
-    if template:
-        spec.update(templates[template])
+    tpl = templates[template] if template else {}
+    spec.update(tpl)
     spec.update(entry)
     name = spec["name"]
+    _apply_execution_profile(spec, explicit_exemode="trade_exemode" in entry or "trade_exemode" in tpl)
+    spec["commission"] = _commission_spec(spec.get("commission") or spec.get("broker_commission"), name)
     if not spec.get("currency_base"):
         spec["currency_base"] = name[:3]
     if not spec.get("currency_profit"):
@@ -198,6 +220,32 @@ def build_symbol(entry: dict, templates: dict) -> dict:
     return spec
 
 
+def _apply_execution_profile(spec: dict, explicit_exemode: bool) -> None:
+    """instant: instant execution unless the symbol sets trade_exemode, RETURN accepted for market orders;
+    market (ECN): market execution unless set, FOK/IOC only for market orders (RETURN -> 10030)."""
+    profile = spec.get("execution") or spec.get("broker_execution") or "instant"
+    if profile not in EXECUTION_PROFILES:
+        raise ValueError(f"{spec['name']}: execution must be one of {EXECUTION_PROFILES}, not {profile!r}")
+    spec["execution"] = profile
+    if not explicit_exemode:
+        spec["trade_exemode"] = (C.SYMBOL_TRADE_EXECUTION_INSTANT if profile == "instant"
+                                 else C.SYMBOL_TRADE_EXECUTION_MARKET)
+    if spec.get("market_return") is None:
+        spec["market_return"] = profile == "instant"
+    spec["market_return"] = bool(spec["market_return"])
+    spec["book_volume"] = float(spec.get("book_volume") or 0.0)
+
+
+def _commission_spec(value: Any, name: str) -> dict:
+    """{per_lot, per_deal, charge} with floats; money in the account currency, charged per deal."""
+    value = dict(value or {})
+    out = {"per_lot": float(value.get("per_lot") or 0.0), "per_deal": float(value.get("per_deal") or 0.0),
+           "charge": str(value.get("charge") or "both")}
+    if out["charge"] not in COMMISSION_CHARGES:
+        raise ValueError(f"{name}: commission.charge must be one of {COMMISSION_CHARGES}")
+    return out
+
+
 def account_from_config(entry: dict, defaults: dict, server_name: str) -> dict:
     """An account record from an `accounts:` entry (or the demo defaults for an unknown login)."""
     a = dict(defaults)
@@ -232,4 +280,5 @@ def account_from_config(entry: dict, defaults: dict, server_name: str) -> dict:
         "trade_allowed": bool(a.get("trade_allowed", True)),
         "trade_expert": bool(a.get("trade_expert", True)),
         "fifo_close": bool(a.get("fifo_close", False)),
+        "limit_positions": int(a.get("limit_positions", 0) or 0),
     }

@@ -28,6 +28,9 @@ _EXPIRATION_BIT = {C.ORDER_TIME_GTC: C.SYMBOL_EXPIRATION_GTC, C.ORDER_TIME_DAY: 
                    C.ORDER_TIME_SPECIFIED: C.SYMBOL_EXPIRATION_SPECIFIED,
                    C.ORDER_TIME_SPECIFIED_DAY: C.SYMBOL_EXPIRATION_SPECIFIED_DAY}
 _FUTURES_MODES = {C.SYMBOL_CALC_MODE_FUTURES, C.SYMBOL_CALC_MODE_EXCH_FUTURES, C.SYMBOL_CALC_MODE_EXCH_FUTURES_FORTS}
+_DAY_MS = 86_400_000
+_AGG_LEN = 7   # [Vbuy, VOb, Vsell, VOs, Mbuy, Msell, swaps] per (login, symbol)
+_WEEKEND_SESSIONS = ("crypto", "always")
 _REQUEST_KEYS = ("action", "magic", "order", "symbol", "volume", "price", "stoplimit", "sl", "tp", "deviation",
                  "type", "type_filling", "type_time", "expiration", "comment", "position", "position_by")
 
@@ -174,6 +177,7 @@ class TradeServer:
                 if tick is not None:
                     pf = self._profit_factor(spec) * self._conv(spec["currency_profit"], acct["currency"])
                     profit += pf * ((tick[1] * a[0] - a[1]) + (a[3] - tick[2] * a[2]))
+            profit += a[6]          # swaps of the open positions count in profit and equity
         digits = acct["currency_digits"]
         balance = round(acct["balance"] + realized, digits)
         profit = round(profit - realized, digits)
@@ -205,9 +209,88 @@ class TradeServer:
         diff = close_price - open_price if pos_type == C.POSITION_TYPE_BUY else open_price - close_price
         return round(diff * volume * pf, acct["currency_digits"])
 
+    # ================================================================ commissions and swaps
+    @staticmethod
+    def _commission(spec: dict, volume: float, entry: bool) -> float:
+        """Commission (<= 0, account currency) of a deal leg of `volume` lots entering or exiting the market."""
+        if volume <= 0:
+            return 0.0
+        com = spec["commission"]
+        if com["charge"] != "both" and (com["charge"] == "entry") != entry:
+            return 0.0
+        return -(com["per_lot"] * volume + com["per_deal"])
+
+    @staticmethod
+    def _swap_share(pos: Position, volume: float, digits: int) -> float:
+        """The part of a position's accumulated swap that a deal closing `volume` lots realizes."""
+        if not pos.swap or pos.volume <= 0:
+            return 0.0
+        if volume >= pos.volume - 1e-9:
+            return pos.swap
+        return round(pos.swap * volume / pos.volume, digits)
+
+    def _swap_day(self, acct: dict, spec: dict, pos: Position) -> float:
+        """One night of swap for a position, in the account currency (SYMBOL_SWAP_MODE_*)."""
+        mode = spec["swap_mode"]
+        rate = spec["swap_long"] if pos.type == C.POSITION_TYPE_BUY else spec["swap_short"]
+        if not rate or mode == C.SYMBOL_SWAP_MODE_DISABLED:
+            return 0.0
+        ccy = acct["currency"]
+        if mode == C.SYMBOL_SWAP_MODE_POINTS:
+            amount, frm = rate * spec["point"] * self._profit_factor(spec) * pos.volume, spec["currency_profit"]
+        elif mode == C.SYMBOL_SWAP_MODE_CURRENCY_SYMBOL:
+            amount, frm = rate * pos.volume, spec["currency_base"]
+        elif mode == C.SYMBOL_SWAP_MODE_CURRENCY_MARGIN:
+            amount, frm = rate * pos.volume, spec["currency_margin"]
+        elif mode == C.SYMBOL_SWAP_MODE_CURRENCY_DEPOSIT:
+            amount, frm = rate * pos.volume, ccy
+        elif mode in (C.SYMBOL_SWAP_MODE_INTEREST_CURRENT, C.SYMBOL_SWAP_MODE_INTEREST_OPEN):
+            price = pos.price_open
+            if mode == C.SYMBOL_SWAP_MODE_INTEREST_CURRENT:
+                tick = self._tick(pos.symbol)
+                if tick is not None:
+                    price = tick[1] if pos.type == C.POSITION_TYPE_BUY else tick[2]
+            amount = price * self._profit_factor(spec) * pos.volume * rate / 100.0 / 360.0
+            frm = spec["currency_profit"]
+        else:   # REOPEN modes are not emulated (docs/mt5sim.md, "What is and is not emulated")
+            return 0.0
+        return amount * self._conv(frm, ccy)
+
+    def _run_rollovers(self, now_ms: int) -> None:
+        """Charge swaps at each broker midnight passed since the last call (the rollover of the day before)."""
+        day = now_ms // _DAY_MS
+        last = getattr(self, "_rollover_day", None)
+        if last is None or day <= last:
+            self._rollover_day = day
+            return
+        for d in range(max(last + 1, day - 366), day + 1):
+            self._rollover(d - 1)
+        self._rollover_day = day
+
+    def _rollover(self, trading_day: int) -> None:
+        """The rollover at the end of broker day `trading_day` (epoch days): a night of swap for every open
+        position, three nights on the symbol's swap_rollover3days; none after Saturday and Sunday unless the
+        symbol trades all week (crypto), which has no triple day."""
+        weekday = (trading_day + 3) % 7                 # 0 = Monday (1970-01-01 was a Thursday)
+        mt5_day = (weekday + 1) % 7                     # ENUM_DAY_OF_WEEK: 0 = Sunday
+        for pos in list(self.positions.values()):
+            spec = self.symbols.get(pos.symbol)
+            acct = self.accounts.get(pos.login)
+            if spec is None or acct is None:
+                continue
+            all_week = spec["sessions"] in _WEEKEND_SESSIONS
+            if weekday >= 5 and not all_week:
+                continue
+            nights = 3 if (not all_week and mt5_day == spec["swap_rollover3days"]) else 1
+            amount = round(self._swap_day(acct, spec, pos) * nights, acct["currency_digits"])
+            if amount:
+                self._pos_begin(pos)
+                pos.swap = round(pos.swap + amount, acct["currency_digits"])
+                self._pos_end(pos)
+
     # ================================================================ aggregates
     def _agg_apply(self, pos: Position, sign: float) -> None:
-        a = self._agg.setdefault(pos.login, {}).setdefault(pos.symbol, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        a = self._agg.setdefault(pos.login, {}).setdefault(pos.symbol, [0.0] * _AGG_LEN)
         if pos.type == C.POSITION_TYPE_BUY:
             a[0] += sign * pos.volume
             a[1] += sign * pos.volume * pos.price_open
@@ -216,12 +299,13 @@ class TradeServer:
             a[2] += sign * pos.volume
             a[3] += sign * pos.volume * pos.price_open
             a[5] += sign * pos.margin
+        a[6] += sign * pos.swap
         if abs(a[0]) < 1e-9 and abs(a[2]) < 1e-9:
             del self._agg[pos.login][pos.symbol]
 
     def _hypothetical_agg(self, login: int, symbol: str, changes: list[tuple[int, float, float, float]]) -> list:
         """The symbol aggregate after adding (type, volume, price, margin) legs (negative volume = reduce)."""
-        a = list(self._agg.get(login, {}).get(symbol, [0.0] * 6))
+        a = list(self._agg.get(login, {}).get(symbol, [0.0] * _AGG_LEN))
         for ptype, vol, price, margin in changes:
             if ptype == C.POSITION_TYPE_BUY:
                 a[0] += vol
@@ -570,6 +654,58 @@ class TradeServer:
         if total > limit + 1e-9:
             raise Reject(C.TRADE_RETCODE_LIMIT_VOLUME)
 
+    @staticmethod
+    def _fillable(spec: dict, volume: float) -> float:
+        """The volume the market book can fill now: all of it unless the symbol has a `book_volume`, then the
+        visible depth (ticks_bookdepth levels of book_volume lots), on the volume step."""
+        per_level = spec["book_volume"]
+        if per_level <= 0:
+            return volume
+        depth = per_level * max(1, int(spec["ticks_bookdepth"] or 1))
+        if volume <= depth + 1e-9:
+            return volume
+        step = spec["volume_step"] or 0.01
+        return round(math.floor(depth / step + 1e-9) * step, 8)
+
+    def _close_orders_volume(self, login: int, identifier: int) -> float:
+        return sum(o.volume_current for o in self._orders_by_login.get(login, {}).values()
+                   if o.position_id == identifier)
+
+    def _check_close_orders(self, acct: dict, target: Position, volume: float) -> None:
+        """Hedging: close orders of a position (pending orders with `position`) may not exceed its volume (10039)."""
+        waiting = self._close_orders_volume(acct["login"], target.identifier)
+        if waiting > 0 and waiting + volume > target.volume + 1e-9:
+            raise Reject(C.TRADE_RETCODE_CLOSE_ORDER_EXIST)
+
+    def _check_fifo(self, acct: dict, target: Position) -> None:
+        """ACCOUNT_FIFO_CLOSE: only the oldest position of a symbol may be closed (10045)."""
+        if not acct.get("fifo_close"):
+            return
+        for p in self._pos_by_login.get(acct["login"], {}).values():
+            if p.symbol == target.symbol and (p.time_msc, p.ticket) < (target.time_msc, target.ticket):
+                raise Reject(C.TRADE_RETCODE_FIFO_CLOSE)
+
+    def _check_positions_limit(self, acct: dict, symbol: str, pending: bool) -> None:
+        """The account's limit of open positions (10040). Hedging: pending orders count with positions; netting:
+        a request that could add a position on a symbol without one is refused once the limit is reached."""
+        limit = int(acct.get("limit_positions", 0) or 0)
+        if limit <= 0:
+            return
+        login = acct["login"]
+        positions = self._pos_by_login.get(login, {})
+        orders = self._orders_by_login.get(login, {}).values()
+        if acct["margin_mode"] == C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING:
+            count = len(positions) + sum(1 for o in orders if not o.position_id)
+        else:
+            held = {p.symbol for p in positions.values()}
+            if symbol in held:
+                return
+            count = len(held | {o.symbol for o in orders})
+            if pending and symbol in {o.symbol for o in orders}:
+                return
+        if count >= limit:
+            raise Reject(C.TRADE_RETCODE_LIMIT_POSITIONS)
+
     def _find_position(self, acct: dict, ticket: int) -> Position:
         pos = self.positions.get(ticket)
         if pos is None or pos.login != acct["login"]:
@@ -619,7 +755,12 @@ class TradeServer:
                     raise Reject(C.TRADE_RETCODE_INVALID_CLOSE_VOLUME)
                 close_vol = min(volume, target.volume)
                 open_vol = round(volume - close_vol, 8)
+                if hedging:
+                    self._check_close_orders(acct, target, volume)
+                    self._check_fifo(acct, target)
         self._check_direction(spec, buy and open_vol > 0, (not buy) and open_vol > 0)
+        if open_vol > 0 and (target is None or (not hedging and close_vol > 0)):
+            self._check_positions_limit(acct, spec["name"], pending=False)
         sl, tp = float(req.get("sl", 0.0)), float(req.get("tp", 0.0))
         if open_vol > 0 and (sl or tp):
             if not (spec["order_mode"] & C.SYMBOL_ORDER_SL) and sl or not (spec["order_mode"] & C.SYMBOL_ORDER_TP) and tp:
@@ -661,17 +802,31 @@ class TradeServer:
         if self.fault_requote > 0:
             self.fault_requote -= 1
             raise Reject(C.TRADE_RETCODE_REQUOTE)
+        # the market book's depth: FOK needs all of it, IOC fills what is there, RETURN keeps the rest as an order
+        filling = req.get("type_filling", 0)
+        filled = self._fillable(spec, volume)
+        if filled < volume - 1e-9 and (filling == C.ORDER_FILLING_FOK or filled <= 0
+                                       or exe in (C.SYMBOL_TRADE_EXECUTION_INSTANT, C.SYMBOL_TRADE_EXECUTION_REQUEST)):
+            raise Reject(C.TRADE_RETCODE_REJECT)
+        rest = round(volume - filled, 8)
+        if rest > 0:
+            close_vol = min(close_vol, filled)
+            open_vol = round(filled - close_vol, 8)
         now = self.now_ms()
         order = Order(ticket=self._new_order_ticket(), time_setup=now // 1000, time_setup_msc=now,
-                      time_done=now // 1000, time_done_msc=now, type=otype, type_filling=req.get("type_filling", 0),
+                      time_done=now // 1000, time_done_msc=now, type=otype, type_filling=filling,
                       type_time=req.get("type_time", 0), state=C.ORDER_STATE_FILLED, magic=req.get("magic", 0),
                       reason=C.ORDER_REASON_EXPERT, volume_initial=volume, volume_current=0.0, price_open=price,
                       sl=sl, tp=tp, price_current=price, symbol=spec["name"], comment=req.get("comment", ""),
                       login=login)
-        deal = self._execute(acct, spec, order, buy, volume, price, target, close_vol, open_vol, sl, tp,
+        if rest > 0:
+            order.volume_current = rest
+            order.state = C.ORDER_STATE_CANCELED if filling == C.ORDER_FILLING_IOC else C.ORDER_STATE_PARTIAL
+        deal = self._execute(acct, spec, order, buy, filled, price, target, close_vol, open_vol, sl, tp,
                              C.DEAL_REASON_EXPERT, order.comment, order.magic, now)
         self._after_trade(login)
-        return (C.TRADE_RETCODE_DONE, deal.ticket, order.ticket, volume, price, bid, ask)
+        retcode = C.TRADE_RETCODE_DONE_PARTIAL if rest > 0 else C.TRADE_RETCODE_DONE
+        return (retcode, deal.ticket, order.ticket, filled, price, bid, ask)
 
     def _execute(self, acct: dict, spec: dict, order: Order, buy: bool, volume: float, price: float,
                  target: Position | None, close_vol: float, open_vol: float, sl: float, tp: float,
@@ -682,6 +837,11 @@ class TradeServer:
         deal = Deal(ticket=self._new_deal_ticket(), order=order.ticket, time=now // 1000, time_msc=now,
                     type=C.DEAL_TYPE_BUY if buy else C.DEAL_TYPE_SELL, magic=magic, reason=reason, volume=volume,
                     price=price, symbol=spec["name"], comment=comment, login=login)
+        digits = acct["currency_digits"]
+        deal.commission = round(self._commission(spec, open_vol, True) + self._commission(spec, close_vol, False), digits)
+        if deal.commission:
+            acct["balance"] = round(acct["balance"] + deal.commission, digits)
+            self._log("A", self._account_dump(acct))
         if target is None:
             pos = Position(ticket=order.ticket, time=now // 1000, time_msc=now, time_update=now // 1000,
                            time_update_msc=now, type=ptype, magic=magic, identifier=order.ticket,
@@ -711,15 +871,17 @@ class TradeServer:
         else:
             profit = self._deal_profit(acct, spec, target.type, target.price_open, price, close_vol)
             deal.profit = profit
+            deal.swap = self._swap_share(target, close_vol, digits)
             deal.position_id = target.identifier
             order.position_id = target.identifier
-            acct["balance"] = round(acct["balance"] + profit, acct["currency_digits"])
+            acct["balance"] = round(acct["balance"] + profit + deal.swap, digits)
             self._log("A", self._account_dump(acct))
             if close_vol < target.volume - 1e-9:
                 deal.entry = C.DEAL_ENTRY_OUT
                 self._pos_begin(target)
                 share = close_vol / target.volume
                 target.margin -= target.margin * share
+                target.swap = round(target.swap - deal.swap, digits)
                 target.volume = round(target.volume - close_vol, 8)
                 target.time_update, target.time_update_msc = now // 1000, now
                 self._pos_end(target)
@@ -739,7 +901,13 @@ class TradeServer:
                                symbol=spec["name"], comment=comment, login=login,
                                margin=self._margin(acct, spec, open_vol, price))
                 self._pos_insert(pos)
-        self._order_to_history(order)
+        if order.state == C.ORDER_STATE_PARTIAL:
+            if order.ticket in self.orders:
+                self._log("O", order.dump())
+            else:
+                self._order_add(order)          # the rest of a RETURN market order waits for liquidity
+        else:
+            self._order_to_history(order)
         self._deal_add(deal)
         return deal
 
@@ -763,7 +931,12 @@ class TradeServer:
         if req.get("position") and acct["margin_mode"] == C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING:
             target = self._find_position(acct, req["position"])
             closes = (target.type == C.POSITION_TYPE_BUY) != buy
+            if closes:
+                self._check_close_orders(acct, target, volume)
+                self._check_fifo(acct, target)
         self._check_direction(spec, buy and not closes, (not buy) and not closes)
+        if not closes:
+            self._check_positions_limit(acct, spec["name"], pending=True)
         self._check_pending_prices(spec, otype, price, stoplimit, sl, tp, tick[1], tick[2])
         limit = acct["limit_orders"]
         if limit > 0 and len(self._orders_by_login.get(acct["login"], {})) >= limit:
@@ -907,22 +1080,28 @@ class TradeServer:
                       volume_initial=volume, volume_current=0.0, price_open=price, price_current=price,
                       symbol=pos.symbol, comment=comment, login=login)
         deals = []
+        digits = acct["currency_digits"]
+        charged = 0.0
         for p, pnl in ((pos, profit), (by, 0.0)):
             deal = Deal(ticket=self._new_deal_ticket(), order=order.ticket, time=now // 1000, time_msc=now,
                         type=C.DEAL_TYPE_SELL if p.type == C.POSITION_TYPE_BUY else C.DEAL_TYPE_BUY,
                         entry=C.DEAL_ENTRY_OUT_BY, magic=req.get("magic", 0), position_id=p.identifier,
                         reason=C.DEAL_REASON_EXPERT, volume=volume, price=price, profit=pnl, symbol=p.symbol,
                         comment=comment, login=login)
+            deal.swap = self._swap_share(p, volume, digits)
+            deal.commission = round(self._commission(spec, volume, False), digits)
+            charged += deal.swap + deal.commission
             deals.append(deal)
             if p.volume <= volume + 1e-9:
                 self._pos_delete(p)
             else:
                 self._pos_begin(p)
                 p.margin -= p.margin * volume / p.volume
+                p.swap = round(p.swap - deal.swap, digits)
                 p.volume = round(p.volume - volume, 8)
                 p.time_update, p.time_update_msc = now // 1000, now
                 self._pos_end(p)
-        acct["balance"] = round(acct["balance"] + profit, acct["currency_digits"])
+        acct["balance"] = round(acct["balance"] + profit + charged, digits)
         self._log("A", self._account_dump(acct))
         self._order_to_history(order)
         for d in deals:
@@ -985,6 +1164,8 @@ class TradeServer:
     @staticmethod
     def _first_trigger_order(order: Order, bids: np.ndarray, asks: np.ndarray) -> int | None:
         t, p = order.type, order.price_open
+        if t in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL):
+            return 0                            # a market order waiting for liquidity: any new tick
         if t == C.ORDER_TYPE_BUY_LIMIT:
             cond = asks <= p
         elif t == C.ORDER_TYPE_SELL_LIMIT:
@@ -1026,11 +1207,18 @@ class TradeServer:
             self._log("O", order.dump())
             return
         buy = is_buy(order.type)
+        market = order.type in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL)
         if order.type in (C.ORDER_TYPE_BUY_LIMIT, C.ORDER_TYPE_SELL_LIMIT):
             price = order.price_open
         else:
             price = ask if buy else bid
         volume = order.volume_current
+        rest = 0.0
+        if market:
+            volume = self._fillable(spec, volume)
+            rest = round(order.volume_current - volume, 8)
+            if volume <= 0:
+                return
         hedging = acct["margin_mode"] == C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING
         target = None
         if order.position_id and hedging:
@@ -1041,7 +1229,7 @@ class TradeServer:
         if target is not None and (target.type == C.POSITION_TYPE_BUY) != buy:
             close_vol = min(volume, target.volume)
             open_vol = round(volume - close_vol, 8)
-        elif target is not None and hedging:
+        elif target is not None and hedging and not (market and target.identifier == order.ticket):
             target = None
         if open_vol > 0:
             ptype = C.POSITION_TYPE_BUY if buy else C.POSITION_TYPE_SELL
@@ -1054,9 +1242,9 @@ class TradeServer:
                 order.comment = "[no money]"
                 self._order_to_history(order)
                 return
-        order.state = C.ORDER_STATE_FILLED
+        order.state = C.ORDER_STATE_PARTIAL if rest > 0 else C.ORDER_STATE_FILLED
         order.time_done, order.time_done_msc = t_ms // 1000, t_ms
-        order.volume_current = 0.0
+        order.volume_current = rest
         order.price_current = price
         self._execute(acct, spec, order, buy, volume, price, target, close_vol, open_vol, order.sl, order.tp,
                       C.DEAL_REASON_EXPERT, order.comment, order.magic, t_ms)
@@ -1108,6 +1296,8 @@ class TradeServer:
             self._close_by_stop(worst, "so", tick[1], tick[2], self.now_ms(), comment=comment)
 
     def _expire_orders(self, now_ms: int) -> bool:
+        """Time-driven server events: the rollovers (swaps) passed, then pending orders that expired."""
+        self._run_rollovers(now_ms)
         now_s = now_ms // 1000
         expired = [o for o in self.orders.values() if o.expire_at and o.expire_at <= now_s]
         for order in expired:

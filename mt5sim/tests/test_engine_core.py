@@ -113,13 +113,16 @@ def test_symbols_and_groups(h):
     assert "GBPUSD" in names and "USDJPY" in names and "EURUSD" not in names and "XAUUSD" in names
     assert {r[name_at] for r in h.call("symbols_get", group="eur*")} >= {"EURUSD", "EURJPY"}
     assert h.call("symbols_get", group="NOTHING*") == []
-    assert {r[name_at] for r in h.call("symbols_get", group="*,!*JPY*,!*USD*")} == {"EURGBP", "EURCHF", "DE40", "US500"}
+    every = {r[name_at] for r in h.call("symbols_get", group=None)}
+    expected = {n for n in every if "JPY" not in n and "USD" not in n}
+    assert expected >= {"EURGBP", "EURCHF", "EURAUD", "DE40", "US500", "JP225"} and "USDJPY" not in expected
+    assert {r[name_at] for r in h.call("symbols_get", group="*,!*JPY*,!*USD*")} == expected
 
 
 def test_default_symbol_properties(h):
     eurusd = h.symbol("EURUSD")
     assert eurusd["digits"] == 5 and eurusd["point"] == 0.00001 and eurusd["trade_contract_size"] == 100000.0
-    assert eurusd["volume_min"] == 0.01 and eurusd["volume_step"] == 0.01 and eurusd["path"] == "Forex\\EURUSD"
+    assert eurusd["volume_min"] == 0.01 and eurusd["volume_step"] == 0.01 and eurusd["path"] == "Forex\\Majors\\EURUSD"
     assert eurusd["currency_base"] == "EUR" and eurusd["currency_profit"] == "USD"
     assert eurusd["trade_exemode"] == C.SYMBOL_TRADE_EXECUTION_MARKET and eurusd["filling_mode"] == 3
     assert eurusd["bid"] > 0 and eurusd["ask"] > eurusd["bid"] and eurusd["spread"] > 0
