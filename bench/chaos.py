@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import Procs, free_port, machine, pct, setup_django, wait_port  # noqa: E402
+from bridge_project.processes import kill_group  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "chaos-1"
@@ -187,9 +188,7 @@ class Stack:
                 time.sleep(0.05)
 
     def kill_redis(self) -> None:
-        proc = self.procs.procs[f"redis-{self.redis_runs}"]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(self.procs.procs[f"redis-{self.redis_runs}"], wait=30)
 
     # pinned workers
     def start_worker(self, *, standby: bool, timeout: float = 120) -> str:
@@ -231,12 +230,8 @@ class Stack:
             time.sleep(0.05)
 
     def kill_worker(self, name: str) -> None:
-        proc = self.workers.pop(name)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()  # reaped: the lease names a process that no longer exists on this host
+        # reaped: the lease names a process that no longer exists on this host
+        kill_group(self.workers.pop(name), wait=30)
 
 
 class IpcFaults(threading.Thread):
@@ -356,12 +351,12 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
                            "BRIDGE_THROTTLE_RATE"))
         from django.db.models import Count
         from django.utils import timezone
-        from trading.reconciliation import reconciliation_request
 
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
         from trading.models import FINAL_STATES, TaskTransition, TradeTask
         from trading.orders import tag_of
+        from trading.reconciliation import reconciliation_request
 
         say(f"starting redis-server on port {redis_port} (no persistence)")
         stack.start_redis()

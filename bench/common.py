@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -15,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bridge_project.processes import start_group, stop_group
 
 
 def machine() -> str:
@@ -138,9 +139,7 @@ class Procs:
         self.log_dir, self.procs = log_dir, {}
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        proc = start_group(argv, log_path=self.log_dir / f"{name}.log", env=env, cwd=ROOT)
         self.procs[name] = proc
         return proc
 
@@ -156,14 +155,8 @@ class Procs:
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_group(proc, grace=15)
 
     def stop_all(self) -> None:
         for name in list(self.procs):

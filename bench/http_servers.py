@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, http_load, machine, wait_port  # noqa: E402
+from bridge_project.processes import start_group, stop_group  # noqa: E402
 
 
 def prepare(env: dict[str, str]) -> tuple[str, str]:
@@ -74,8 +75,8 @@ def main() -> None:
         for name, argv in SERVERS.items():
             port = free_port()
             server_env = {**env, "DB_CONN_MAX_AGE": "60"} if name in PERSISTENT_DB else env
-            proc = subprocess.Popen(argv(port), cwd=ROOT, env=server_env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            proc = start_group(argv(port), cwd=ROOT, env=server_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
             try:
                 wait_port(port)
                 http_load("127.0.0.1", port, "GET", path, headers, clients=2, seconds=1.0)  # warm-up
@@ -84,8 +85,7 @@ def main() -> None:
                     result = http_load("127.0.0.1", port, "GET", path, headers, clients=clients, seconds=args.seconds)
                     print(result.line(f"{name}, {clients:>2} clients"), flush=True)
             finally:
-                proc.terminate()
-                proc.wait(10)
+                stop_group(proc, grace=10)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, pct  # noqa: E402
+from bridge_project.processes import start_group, stop_group  # noqa: E402
 
 _LISTENING = re.compile(r"mt5sim listening on (\S+?):(\d+)\b")
 _BROKER_LISTENING = re.compile(r"mt5sim broker listening on (\S+?):(\d+)\b")
@@ -83,9 +82,7 @@ def worker(address: str, method: str, seconds: float, login: int, start_at: floa
 
 def _start(argv: list[str], log_path: Path, pattern: re.Pattern) -> tuple[subprocess.Popen, str]:
     """Start an mt5sim process and wait for its "listening on" line: (process, address)."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mt5sim", *argv], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_group([sys.executable, "-m", "mt5sim", *argv], log_path=log_path, cwd=ROOT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         match = pattern.search(log_path.read_text(errors="replace"))
@@ -99,15 +96,7 @@ def _start(argv: list[str], log_path: Path, pattern: re.Pattern) -> tuple[subpro
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_group(proc, grace=20)
 
 
 def start_layout(layout: str, workdir: str) -> tuple[list[subprocess.Popen], str]:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge_project.processes import signal_group, start_group, stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -34,11 +36,7 @@ class Proc:
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> Proc:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.popen = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        self.popen = start_group(self.argv, log_path=self.log_path, env=self.env, cwd=ROOT)
         return self
 
     @property
@@ -68,25 +66,13 @@ class Proc:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (a worker and any child it made)."""
         if self.popen is not None and self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_group(self.popen, sig)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the group, SIGKILL it after ``timeout``; nothing of it outlives the test. The exit code."""
         if self.popen is None:
-            return
-        self.kill(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            self.popen.wait(5)
-        # A group member that outlived the leader must not outlive the test run.
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            return None
+        return stop_group(self.popen, timeout)
 
 
 def start_sim(name: str, log_dir: Path, state_dir: Path, *, seed: int = 1, config: Path | None = None,

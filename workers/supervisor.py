@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import yaml
 from django.conf import settings
 
+from bridge_project.processes import signal_group, start_group, stop_group
 from terminals.config import TerminalConfig, load_terminals
 
 from .stack import daphne_argv, terminal_process_argvs
@@ -73,22 +74,11 @@ class Child:
     last_delay: float | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.popen = start_group(self.argv, log_path=self.log_path, env=self.env, cwd=ROOT)
         self.started_at = time.monotonic()
-        log.close()
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 @dataclass
@@ -222,23 +212,19 @@ class Supervisor:
             time.sleep(interval)
 
     def stop_all(self, timeout: float = 15.0) -> None:
+        """SIGTERM every child's group at once (reverse start order), then stop each within what is
+        left of ``timeout``: a group still running then is killed, and nothing of it outlives the bridge."""
         self.stopping = True
         _say("stopping…")
-        for child in reversed(self.children):
-            child.signal(signal.SIGTERM)
+        running = [child for child in reversed(self.children) if child.popen is not None]
+        for child in running:
+            if child.alive():
+                signal_group(child.popen, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
-            if child.popen is None:
-                continue
-            try:
-                child.popen.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _say(f"{child.name} did not stop in time: killing it")
-            child.signal(signal.SIGKILL)  # the whole group: nothing outlives the bridge
-            try:
-                child.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+        for child in running:
+            code = stop_group(child.popen, grace=max(0.1, deadline - time.monotonic()))
+            if code == -signal.SIGKILL:
+                _say(f"{child.name} did not stop in time: killed it")
         _say("stopped")
 
 

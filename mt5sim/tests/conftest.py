@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from bridge_project.processes import signal_group, start_group, stop_group
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 _LISTENING = re.compile(r"mt5sim listening on (\S+?):(\d+)\b")
@@ -70,9 +72,7 @@ class SimServer:
         if self.config is not None:
             argv += ["--config", str(self.config)]
         self._log_offset = len(self.log().encode())
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+        self.popen = start_group(argv, log_path=self.log_path, env=self.env, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[self._log_offset:].decode(errors="replace")
@@ -91,10 +91,7 @@ class SimServer:
 
     def signal(self, sig: int) -> None:
         if self.alive():
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_group(self.popen, sig)
 
     def kill(self) -> None:
         """SIGKILL: no chance to persist (tests of crash recovery)."""
@@ -106,17 +103,7 @@ class SimServer:
         """SIGTERM and wait (the engine persists its state); SIGKILL if it hangs. Returns the exit code."""
         if self.popen is None:
             return None
-        self.signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.popen.wait(10)
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # nothing of the group may outlive the test
-        except (ProcessLookupError, PermissionError):
-            pass
-        return self.popen.returncode
+        return stop_group(self.popen, timeout, kill_wait=10)  # nothing of the group outlives the test
 
     def restart(self, timeout: float = 60.0) -> SimServer:
         """Stop cleanly and start again on the same port with the same state dir."""

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bridge_project.processes import start_group, stop_group
 from tests.procs import ROOT, free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -81,17 +83,16 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
         BRIDGE_WORKER_HEARTBEAT_INTERVAL="0.5",  # workers write the database often, on purpose
         BRIDGE_SESSION_EXPIRY_SWEEP="0.5",  # and so does beat's sweep
     )
-    log = open(tmp_path / "run_bridge.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_bridge"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    log_path = tmp_path / "run_bridge.log"
+    proc = start_group([sys.executable, "manage.py", "run_bridge"], log_path=log_path, cwd=ROOT, env=env)
     children: set[int] = set()
     try:
-        deadline = time.monotonic() + 120
-        while "the bridge is up" not in (tmp_path / "run_bridge.log").read_text():
-            assert proc.poll() is None, (tmp_path / "run_bridge.log").read_text()
-            assert time.monotonic() < deadline, "run_bridge did not come up"
-            time.sleep(0.2)
+
+        def up() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return "the bridge is up" in log_path.read_text()
+
+        wait_until(up, 120, "run_bridge up")
         children = _descendants(proc.pid)
         import mt5sim
 
@@ -129,14 +130,14 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
         logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "var" / "log").glob("*.log"))
         assert "database is locked" not in logs
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(signal.SIGINT)  # Ctrl-C to the supervisor alone: it stops its children itself
         try:
             proc.wait(60)
-        finally:
-            log.close()
-    output = (tmp_path / "run_bridge.log").read_text()
+        except subprocess.TimeoutExpired:
+            stop_group(proc)  # the test fails below; nothing of it outlives the run
+    output = log_path.read_text()
     assert proc.returncode == 0, output
     assert "stopped" in output
-    time.sleep(0.5)
+    # run_bridge returns only once every child's process group is gone: nothing may be left now
     orphans = [pid for pid in children if _alive(pid)]
     assert orphans == [], f"processes left behind: {orphans}"
