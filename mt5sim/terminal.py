@@ -152,7 +152,7 @@ class TerminalState:
         with self.lock:
             login = self.login
             return self.version, [self.server_name, login, self.passwords.get(login) if login is not None else None,
-                                  sorted(self.market_watch or ()), self.terminal, self.trade_connected]
+                                  sorted(self.market_watch or ()), dict(self.terminal), self.trade_connected]
 
 
 class BrokerLink:
