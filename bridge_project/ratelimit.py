@@ -51,6 +51,7 @@ from redis.retry import Retry
 from rest_framework import exceptions as drf
 
 from . import metrics
+from .errors import error_body
 
 logger = logging.getLogger("bridge.ratelimit")
 
@@ -285,8 +286,6 @@ class RateLimited(drf.Throttled):
 
 def limited_response(wait: float, message: str = "rate limit exceeded") -> JsonResponse:
     """The 429 for plain Django views: the API's error body and ``Retry-After``."""
-    from .errors import error_body
-
     seconds = retry_after(wait)
     return JsonResponse(error_body("RateLimited", message, {"retryAfter": seconds}), status=429,
                         headers={"Retry-After": str(seconds)})

@@ -3,6 +3,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
+from sessions.models import LIVE_STATUSES, BridgeSession
 from terminals.models import Terminal
 
 
@@ -16,8 +17,6 @@ class TerminalAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Terminal]:
         # The live session bound to each terminal, in the same query (no query per row).
-        from sessions.models import LIVE_STATUSES, BridgeSession
-
         live = BridgeSession.objects.filter(terminal=OuterRef("pk"), status__in=LIVE_STATUSES)
         return super().get_queryset(request).annotate(live_session_id=Subquery(live.values("id")[:1]))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions as drf
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -112,14 +113,11 @@ def ops_access_denied(request: HttpRequest) -> JsonResponse | None:
     return JsonResponse(error_body("Forbidden", "ops endpoints need a staff user or the ops token"), status=403)
 
 
-try:  # the OpenAPI schema names the scheme (drf-spectacular finds extensions once imported)
-    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+class OpsTokenScheme(OpenApiAuthenticationExtension):
+    """OpenAPI: the ops token as a bearer scheme (drf-spectacular registers extensions when defined)."""
 
-    class OpsTokenScheme(OpenApiAuthenticationExtension):
-        target_class = "ops.auth.OpsTokenAuthentication"
-        name = "opsToken"
+    target_class = "ops.auth.OpsTokenAuthentication"
+    name = "opsToken"
 
-        def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
-            return {"type": "http", "scheme": "bearer", "description": "BRIDGE_OPS_TOKEN (or a staff login)"}
-except ImportError:  # pragma: no cover
-    pass
+    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+        return {"type": "http", "scheme": "bearer", "description": "BRIDGE_OPS_TOKEN (or a staff login)"}

@@ -29,7 +29,9 @@ from prometheus_client.registry import Collector
 from bridge_project import metrics as counters
 from ops import selectors as ops
 from sessions.models import BridgeSession
-from trading.models import TradeTask
+from streams import conf as streams_conf
+from streams.keys import FANOUT_STREAM
+from trading.models import TradeTask, UnownedOrder
 
 logger = logging.getLogger("bridge.ops.metrics")
 
@@ -169,11 +171,7 @@ class BridgeCollector(Collector):
         yield family
 
     def _orphans(self) -> Iterator:
-        """Bridge-tagged broker orders no task owns, as recorded by reconciliation (if it exists yet)."""
-        try:
-            from trading.models import UnownedOrder
-        except ImportError:
-            return
+        """Bridge-tagged broker orders no task owns, as recorded by reconciliation."""
         family = GaugeMetricFamily(
             "bridge_orphan_broker_orders", "Bridge-tagged orders/deals at a terminal that no task owns",
             labels=["terminal"],
@@ -212,11 +210,6 @@ class BridgeCollector(Collector):
     def _events(self) -> Iterator:
         """Every event handed to the /events stream goes through one Redis stream (the fan-out the relays
         read); Redis counts the entries ever added to it, trimming or not: no publisher call needed."""
-        try:
-            from streams import conf as streams_conf
-            from streams.keys import FANOUT_STREAM
-        except ImportError:
-            return
         family = CounterMetricFamily("bridge_events_published", "Events published to session streams (all channels)")
         try:
             info = counters.client_for(streams_conf.redis_url()).xinfo_stream(FANOUT_STREAM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
@@ -79,18 +80,15 @@ class IsWorkspace(BasePermission):
         return False
 
 
-try:  # OpenAPI: describe the API key as a bearer scheme (drf-spectacular extension, auto-registered)
-    from drf_spectacular.extensions import OpenApiAuthenticationExtension
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """OpenAPI: the API key as a bearer scheme (drf-spectacular registers extensions when defined)."""
 
-    class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-        target_class = "sessions.auth.ApiKeyAuthentication"
-        name = "ApiKey"
+    target_class = "sessions.auth.ApiKeyAuthentication"
+    name = "ApiKey"
 
-        def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
-            return {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "Workspace API key: `Authorization: Bearer mt5b_<prefix>_<secret>`",
-            }
-except ImportError:  # pragma: no cover - drf-spectacular is a pinned requirement
-    pass
+    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Workspace API key: `Authorization: Bearer mt5b_<prefix>_<secret>`",
+        }

@@ -41,6 +41,9 @@ from channels.utils import await_many_dispatch
 from redis.exceptions import RedisError
 
 from bridge_project.ratelimit import arate_limit_hit, client_ip_from_scope
+from sessions.auth import principal_for_key
+from sessions.models import LIVE_STATUSES, ApiKey, BridgeSession
+from sessions.services import session_expire_if_due, session_get
 
 from . import conf, ratelimit, relay, subscriptions, tickets
 from .keys import (
@@ -73,8 +76,6 @@ REDIS_ERRORS = (RedisError, OSError)
 
 
 def _live_session_of(workspace, session_id: str) -> tuple[str, str] | None:  # noqa: ANN001
-    from sessions.services import session_get
-
     try:
         session = session_get(workspace=workspace, session_id=session_id)
     except Exception:  # noqa: BLE001 - NotFound (another workspace's or unknown): same answer, 4401
@@ -86,8 +87,6 @@ def _live_session_of(workspace, session_id: str) -> tuple[str, str] | None:  # n
 
 def _authenticate(token: str | None, session_id: str | None) -> tuple[str, str, int] | None:
     """(session id, terminal name, key id) when the key is valid and the session is its workspace's and live."""
-    from sessions.auth import principal_for_key
-
     if not token or not session_id or len(token) > 256 or len(session_id) > 64:
         return None
     principal = principal_for_key(token)
@@ -99,8 +98,6 @@ def _authenticate(token: str | None, session_id: str | None) -> tuple[str, str, 
 
 def _authenticate_ticket(grant: tickets.Ticket) -> tuple[str, str, int] | None:
     """As ``_authenticate`` for a redeemed ticket: its key must still be active and its session live."""
-    from sessions.models import ApiKey
-
     key = ApiKey.objects.select_related("workspace").filter(
         pk=grant.key_id, workspace_id=grant.workspace_id, revoked_at__isnull=True).first()
     if key is None:
@@ -110,15 +107,10 @@ def _authenticate_ticket(grant: tickets.Ticket) -> tuple[str, str, int] | None:
 
 
 def _key_active(key_id: int) -> bool:
-    from sessions.models import ApiKey
-
     return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).exists()
 
 
 def _session_live(session_id: str) -> bool:
-    from sessions.models import LIVE_STATUSES, BridgeSession
-    from sessions.services import session_expire_if_due
-
     session = BridgeSession.objects.filter(id=session_id, status__in=LIVE_STATUSES).first()
     return session is not None and session_expire_if_due(session=session).live
 

@@ -34,9 +34,10 @@ account is that session's login, so a terminal still logged in to a previous acc
 * ``position`` opened / modified (sl, tp, volume: a partial close carries its reason) / closed with
   ``reason`` from the closing deal: ``client`` (client, mobile, web or expert/API), ``sl``, ``tp``,
   ``stop-out``, else ``other``; ``unknown`` when the snapshot holds no closing deal;
-* ``order`` with ``source: "terminal"`` for pending orders that appear, change or go away at the
-  broker (``filled``, ``cancelled``, ``expired``, ``rejected``), including orders made outside the
-  bridge; task state changes reach ``order`` from the tasks themselves (``source: "task"``);
+* ``order`` with ``source: "terminal"`` and ``taskId: null`` for pending orders that appear, change or go
+  away at the broker (``filled``, ``cancelled``, ``expired``, ``rejected``), including orders made outside
+  the bridge. Task changes are not made here: ``trading.events`` publishes them on the same ``order``
+  channel, without a ``source`` key (``taskId``, ``requestId``, ``kind``, ``state``, ``result``, ...);
 * ``account`` at once when balance, credit or margin change, else (equity drift) at most once per
   ``BRIDGE_EVENTS_ACCOUNT_INTERVAL``; ``profit`` (per position and total) at most once per
   ``BRIDGE_EVENTS_PROFIT_INTERVAL``. Both compare with what was last published, so the last value of a
@@ -49,6 +50,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from django.db import close_old_connections
+
+from sessions.models import BridgeSession, SessionStatus
+from terminals.config import get_terminal
 
 from . import conf
 from .publisher import publish_session_events, sync_redis
@@ -70,7 +76,6 @@ TIME_MS_FIELDS = ("time_msc", "time_update_msc", "time_setup_msc", "time_done_ms
 DEAL_ENTRY_OUT, DEAL_ENTRY_INOUT, DEAL_ENTRY_OUT_BY = 1, 2, 3
 CLOSE_REASONS = {0: "client", 1: "client", 2: "client", 3: "client", 4: "sl", 5: "tp", 6: "stop-out"}
 ORDER_FINAL_STATES = {2: "cancelled", 3: "partial", 4: "filled", 5: "rejected", 6: "expired"}
-SESSION_CACHE_SECONDS = 0.0  # > 0 only to spare the database when polling very fast
 CLOSE_DEAL_WAIT = 3.0
 RECENT_DEALS = 1000
 
@@ -136,32 +141,19 @@ class _TerminalState:
 
 
 _states: dict[str, _TerminalState] = {}
-_sessions: dict[str, tuple[float, tuple[str, int] | None]] = {}
 
 
 def _active_session(terminal_name: str) -> tuple[str, int] | None:
-    """(session id, login) of the terminal's active session, read every cycle (one indexed query): a
-    cached id could send a new session's first events to the one that just closed."""
-    from django.db import close_old_connections
-
-    from sessions.models import BridgeSession, SessionStatus
-
-    now = time.monotonic()
-    cached = _sessions.get(terminal_name)
-    if cached and now - cached[0] < SESSION_CACHE_SECONDS:
-        return cached[1]
+    """(session id, login) of the terminal's active session, read every cycle (one indexed query) and
+    never cached: a cached id could send a new session's first events to the one that just closed."""
     close_old_connections()
-    row = (BridgeSession.objects.filter(terminal__name=terminal_name, status=SessionStatus.ACTIVE)
-           .values_list("id", "login").first())
-    _sessions[terminal_name] = (now, row)
-    return row
+    return (BridgeSession.objects.filter(terminal__name=terminal_name, status=SessionStatus.ACTIVE)
+            .values_list("id", "login").first())
 
 
 def _utc_offset(terminal_name: str, snapshot: Any) -> int:
     if _part(snapshot, "times_utc", True):
         return 0
-    from terminals.config import get_terminal
-
     return get_terminal(terminal_name).utc_offset
 
 

@@ -7,12 +7,15 @@ import os
 import socket
 import threading
 
+from celery.signals import task_postrun, task_prerun
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
+from bridge_project.celery import app
 from terminals.config import get_terminal
 from terminals.gateway import TerminalGateway
 from terminals.lease import Lease, lease_acquire, lease_holder_name, lease_release, lease_renew
+from terminals.services import record_worker_heartbeat, sync_terminals
 
 logger = logging.getLogger("bridge.worker")
 
@@ -33,8 +36,6 @@ def held_lease() -> Lease:
 def hold_lease(name: str, *, wait: bool = True, say=print) -> Lease:  # noqa: ANN001 - a print-like callable
     """Acquire the lease of terminal ``name`` for this process, waiting while another worker holds it."""
     global _lease
-    from terminals.services import sync_terminals
-
     sync_terminals()
     holder, waited = lease_holder_name(name), False
     while True:
@@ -100,8 +101,6 @@ def gateway() -> TerminalGateway:
 
 
 def _heartbeat_loop(name: str, hostname: str, stop: threading.Event) -> None:
-    from terminals.services import record_worker_heartbeat, sync_terminals
-
     interval = settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL
     while not stop.is_set():
         try:
@@ -143,11 +142,6 @@ def keep_db_connections(max_age: int = 300) -> None:
     their database connection: the ASGI-safe default (0: a connection per request) would cost a
     connect per task. In a Celery worker, Django's close_old_connections runs around each task (it
     drops a connection that errored or expired) in place of the fixup's unconditional close."""
-    from celery.signals import task_postrun, task_prerun
-    from django.db import connections
-
-    from bridge_project.celery import app
-
     for alias in connections:
         connections[alias].settings_dict["CONN_MAX_AGE"] = max_age
     app.conf.update(CELERY_DB_REUSE_MAX=NEVER_RECYCLE)

@@ -33,11 +33,6 @@ def utc_to_broker(seconds: float, offset: int) -> float:
     return seconds + offset
 
 
-def broker_to_utc(seconds: float, offset: int) -> float:
-    """A terminal time as real UTC."""
-    return seconds - offset
-
-
 def record_to_utc(record: dict[str, Any], offset: int) -> dict[str, Any]:
     """A struct as a dict with its time fields moved to real UTC (in place, and returned)."""
     if offset:

@@ -48,7 +48,6 @@ def _events(session_id: str) -> list[dict]:
 @pytest.fixture(autouse=True)
 def _fresh_state() -> None:
     poll_events._states.clear()
-    poll_events._sessions.clear()
 
 
 def test_position_lifecycle_with_sl_hit_reason(make_session) -> None:  # noqa: ANN001

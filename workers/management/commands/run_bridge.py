@@ -6,6 +6,8 @@ import os
 
 from django.core.management.base import BaseCommand
 
+from workers.supervisor import run
+
 
 class Command(BaseCommand):
     help = "Run Redis (if needed), the sim terminals, pinned workers, beat and daphne; BRIDGE_PORT picks the port."
@@ -15,6 +17,4 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("BRIDGE_HOST", "127.0.0.1"))
 
     def handle(self, *args, port: int, host: str, **options) -> None:  # noqa: ANN002, ANN003
-        from workers.supervisor import run
-
         run(port=port, host=host)

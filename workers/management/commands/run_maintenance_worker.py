@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from bridge_project.celery import app
+from terminals.runtime import keep_db_connections
 
 
 class Command(BaseCommand):
@@ -13,13 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--beat", action="store_true", help="also run the beat scheduler in this process")
 
     def handle(self, *args, loglevel: str, beat: bool, **options) -> None:  # noqa: ANN002, ANN003
-        from django.conf import settings
-
-        from terminals.runtime import keep_db_connections
-
         keep_db_connections()
-        from bridge_project.celery import app
-
         argv = ["worker", "-Q", "bridge.maintenance", "-P", "solo", "-n", "maintenance@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel]
         if beat:

@@ -9,6 +9,8 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 
 from terminals.config import get_terminal
+from terminals.runtime import keep_db_connections
+from workers.poller import run_terminal_poller
 
 
 class Command(BaseCommand):
@@ -19,16 +21,12 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=None, help="seconds between snapshots")
 
     def handle(self, *args, name: str, interval: float | None, **options) -> None:  # noqa: ANN002, ANN003
-        from workers.poller import run_terminal_poller
-
         try:
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
         if interval is not None and not 0.01 <= interval <= 60:
             raise CommandError("--interval must be between 0.01 and 60 seconds")
-        from terminals.runtime import keep_db_connections
-
         keep_db_connections()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -9,6 +9,8 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 
 from terminals.config import get_terminal
+from terminals.runtime import keep_db_connections
+from workers.reader import run_terminal_reader
 
 
 class Command(BaseCommand):
@@ -18,14 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("name")
 
     def handle(self, *args, name: str, **options) -> None:  # noqa: ANN002, ANN003
-        from workers.reader import run_terminal_reader
-
         try:
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
-        from terminals.runtime import keep_db_connections
-
         keep_db_connections()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -7,8 +7,9 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from bridge_project.celery import app
 from terminals.config import get_terminal
-from terminals.runtime import TERMINAL_ENV
+from terminals.runtime import TERMINAL_ENV, give_up_lease, hold_lease, keep_db_connections
 
 
 def worker_argv(name: str, loglevel: str = "INFO") -> list[str]:
@@ -37,12 +38,8 @@ class Command(BaseCommand):
             get_terminal(name)
         except Exception as exc:  # noqa: BLE001
             raise CommandError(str(exc)) from exc
-        from terminals.runtime import keep_db_connections
-
         keep_db_connections()
-        os.environ[TERMINAL_ENV] = name
-        from bridge_project.celery import app
-        from terminals.runtime import give_up_lease, hold_lease
+        os.environ[TERMINAL_ENV] = name  # read by the worker's tasks (pinned_terminal) from here on
 
         def say(text: str) -> None:
             self.stdout.write(text)
