@@ -10,8 +10,9 @@ sides, blocking sockets: no multiplexing lock on the hot path). A request is for
 view (``TerminalState.view``) travels only when the terminal state changed since that link's last
 call. Without the broker, calls answer as a terminal without a trade server connection:
 ``terminal_info().connected`` is False, trade requests get 10031 (an ``order_send`` whose reply was
-lost answers ``IPC timeout``: its outcome is unknown), other calls ``(-1, 'Terminal: Call failed')``,
-``login``/``initialize(login=...)`` ``IPC timeout``; each call tries to reconnect.
+lost answers ``IPC timeout``: its outcome is unknown), read calls answer what the terminal last
+received for the same call (account, positions, ticks...; ``(-1, 'Terminal: Call failed')`` for a
+call never answered), ``login``/``initialize(login=...)`` ``IPC timeout``; each call tries to reconnect.
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ class RemoteTerminalServer(TerminalServer):
         self.broker_address = broker_address
         self.broker = parsed
         self.state = TerminalState(state_dir, server_name, terminal_overrides)
+        self.known: dict[tuple, bytes] = {}  # (server, login, method, kwargs) -> the broker's last answer
 
     def connect(self, stop: threading.Event, wait: bool = True) -> bool:
         """Learn the broker's servers and symbols; with ``wait``, until it answers or ``stop`` is set."""
@@ -331,9 +333,12 @@ class RemoteTerminalServer(TerminalServer):
         state = self.state
         if method in _FORWARDED:
             try:
-                return protocol.frame(link.request(call_id, method, kwargs))
+                body = link.request(call_id, method, kwargs)
             except LinkDown as exc:
                 return self._without_broker(call_id, method, kwargs, exc.sent)
+            if method not in _TRADES and len(body) <= _KNOWN_MAX_BYTES:
+                self._remember(method, kwargs, body)
+            return protocol.frame(body)
         if method == "initialize":
             login = kwargs.get("login")
             if login is not None or state.login is None:
@@ -392,11 +397,33 @@ class RemoteTerminalServer(TerminalServer):
             return _reply(call_id, status, payload)
         return _reply(call_id, protocol.STATUS_ERR, [-7, "Terminal: Unsupported function"])
 
+    def _known_key(self, method: str, kwargs: dict) -> tuple | None:
+        try:
+            key = (self.state.server_name, self.state.login, method, tuple(kwargs.items()))
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+    def _remember(self, method: str, kwargs: dict, body: bytes) -> None:
+        """Keep the last answer to each read call: without a broker the terminal shows what it last knew."""
+        key = self._known_key(method, kwargs)
+        if key is None:
+            return
+        if len(self.known) >= _KNOWN_MAX_ENTRIES and key not in self.known:
+            self.known.clear()
+        self.known[key] = body
+
     def _without_broker(self, call_id: Any, method: str, kwargs: dict, sent: bool) -> bytes:
         if method == "order_send" and sent:
             return _reply(call_id, protocol.STATUS_IPC_TIMEOUT, None)  # it may have executed
         if method in ("order_send", "order_check"):
             return _reply(call_id, protocol.STATUS_OK, _no_connection_result(method, kwargs))
+        key = self._known_key(method, kwargs)
+        body = self.known.get(key) if key is not None else None
+        if body is not None:
+            _, status, payload = protocol.unpack(body)
+            return _reply(call_id, status, payload)
         return _reply(call_id, protocol.STATUS_ERR, ERR_CALL_FAILED)
 
     def _login(self, link: BrokerLink, login: int | None, password: str | None,
@@ -488,6 +515,9 @@ class RemoteTerminalServer(TerminalServer):
         return status, payload
 
 
+_TRADES = frozenset({"order_send", "order_check"})
+_KNOWN_MAX_BYTES = 256 * 1024
+_KNOWN_MAX_ENTRIES = 4096
 _FORWARDED = frozenset({
     "account_info", "symbols_total", "symbols_get", "symbol_info", "symbol_info_tick",
     "copy_rates_from", "copy_rates_from_pos", "copy_rates_range", "copy_ticks_from", "copy_ticks_range",

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bridge_project.processes import kill_group, start_group, stop_group
 from mt5sim import protocol
 from mt5sim.control import Control, ControlError
 
@@ -59,9 +59,7 @@ class Proc:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         argv = list(self.argv)
         argv[argv.index("--address") + 1] = self.address
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", "mt5sim", *argv], cwd=ROOT, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = start_group([sys.executable, "-m", "mt5sim", *argv], log_path=self.log_path, cwd=ROOT)
 
         def listening() -> str | None:
             if self.popen.poll() is not None:
@@ -72,15 +70,15 @@ class Proc:
         self.address = wait_for(listening, 60, f"{argv[0]} listening")
         return self
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        os.killpg(self.popen.pid, sig)
-        try:
-            self.popen.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
+    def stop(self) -> None:
+        """SIGTERM (the process writes its state), SIGKILL after a grace; nothing of its group survives."""
+        if self.popen is not None:
+            stop_group(self.popen, 20)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, only what was journaled survives."""
+        if self.popen is not None:
+            kill_group(self.popen)
 
 
 class Stack:
@@ -259,11 +257,14 @@ def test_broker_restart_keeps_state_and_terminals_reconnect(two_terminals) -> No
     try:
         ticket = buy(a)[2]
         balance = a("account_info")[10]
-        stack.broker.stop(signal.SIGKILL)  # a crash: only the journal survives
+        assert [p[0] for p in a("positions_get")] == [ticket]
+        stack.broker.kill()  # a crash: only the journal survives
 
-        # meanwhile the terminal answers like one without a trade server connection
+        # meanwhile the terminal answers like one without a trade server connection: what it last knew
         assert a("terminal_info")[2] is False
-        assert a.raw("account_info") == ("err", [-1, "Terminal: Call failed"])
+        assert a("account_info")[10] == balance
+        assert [p[0] for p in a("positions_get")] == [ticket]
+        assert a.raw("history_deals_total", date_from=0, date_to=1) == ("err", [-1, "Terminal: Call failed"])
         refused = a("order_send", request=request(action=DEAL, symbol="EURUSD", volume=0.1, type=BUY,
                                                   type_filling=IOC))
         assert refused[0] == NO_CONNECTION
