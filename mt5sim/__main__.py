@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_control(args: argparse.Namespace) -> int:
     from .control import Control, ControlError
 
-    ctl = Control(args.address)
+    ctl = Control(args.address, server_name=args.server_name)
     action = args.action
     try:
         if action == "set-price":
@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("script_args", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
 
-    control = sub.add_parser("control", help="drive a running terminal (prices, faults, clock)")
+    control = sub.add_parser("control", help="drive a running terminal or broker (prices, faults, clock)")
     control.add_argument("--address", default=os.environ.get("MT5SIM_ADDRESS"), required="MT5SIM_ADDRESS" not in os.environ)
+    control.add_argument("--server-name", help="against a broker: which of its server names (default: its first)")
     actions = control.add_subparsers(dest="action", required=True)
     p = actions.add_parser("set-price")
     p.add_argument("symbol")

@@ -29,9 +29,16 @@ class ControlError(Exception):
 
 
 class Control:
-    """A connection to one terminal for ``ctl.*`` calls. Thread-safe; reconnects when dropped."""
+    """A connection to one terminal (or broker) for ``ctl.*`` calls. Thread-safe; reconnects when dropped.
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
+    Against a terminal started with ``serve --broker``, market- and trade-level controls reach its
+    broker (they act for every terminal of that server name) and terminal-level ones stay in the
+    terminal (see docs/mt5sim.md, "One broker, several terminals"). Against a broker address
+    (``python -m mt5sim broker``), ``server_name`` picks which of its server names is driven
+    (default: its first).
+    """
+
+    def __init__(self, address: str, timeout: float = 30.0, server_name: str | None = None) -> None:
         parsed = protocol.parse_address(address)
         if parsed is None:
             raise ValueError(f"not a host:port address: {address!r}")
@@ -42,6 +49,7 @@ class Control:
         self._sock: socket.socket | None = None
         self._reader: protocol.FrameReader | None = None
         self._next_id = 0
+        self._server_name = server_name
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -53,6 +61,8 @@ class Control:
 
     def call(self, name: str, **kwargs: Any) -> Any:
         """Send ``ctl.<name>`` and return its value; raises ControlError or OSError."""
+        if self._server_name is not None:
+            kwargs = dict(kwargs, server_name=self._server_name)
         with self._lock:
             for attempt in (1, 2):
                 if self._sock is None:

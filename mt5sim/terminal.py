@@ -470,6 +470,8 @@ class RemoteTerminalServer(TerminalServer):
     # -- controls ------------------------------------------------------------------------------
     def _terminal_control(self, link: BrokerLink, name: str, kwargs: dict) -> tuple[str, Any]:
         state = self.state
+        if "server_name" in kwargs:  # a terminal's controls go to the server name it is on
+            kwargs = {k: v for k, v in kwargs.items() if k != "server_name"}
         try:
             if name == "delay":
                 return protocol.STATUS_OK, self.faults.set_delay(kwargs.get("seconds", 0.0), kwargs.get("methods"))

@@ -375,3 +375,33 @@ def test_one_broker_several_server_names(stack: Stack) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_controls_against_the_broker_address(stack: Stack) -> None:
+    stack.start_broker("--server", "Demo-A=7200", "--server", "Demo-B=0")
+    ta = stack.start_terminal("ta")
+    tb = stack.start_terminal("tb", "--server", "Demo-B")
+    login = next(_logins)
+    a, b = connect(ta.address, login), connect(tb.address, login)
+    try:
+        with Control(stack.broker.address, server_name="Demo-B") as ctl_b:
+            ctl_b.freeze_feed("EURUSD")
+            ctl_b.set_price("EURUSD", 1.5, 1.5002)
+            assert b("symbol_info_tick", symbol="EURUSD")[1:3] == [1.5, 1.5002]
+            assert a("symbol_info_tick", symbol="EURUSD")[1] != 1.5  # another server name, its own prices
+            assert buy(b)[0] == DONE
+            assert ctl_b.state()["accounts"][str(login)]["positions"] == 1
+        cli = subprocess.run([sys.executable, "-m", "mt5sim", "control", "--address", stack.broker.address,
+                              "--server-name", "Demo-A", "state"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, check=True)
+        state_a = json.loads(cli.stdout)
+        assert state_a["server_offset"] == 7200 and state_a["accounts"][str(login)]["positions"] == 0
+        assert state_a["broker"] == {"servers": ["Demo-A", "Demo-B"], "default": "Demo-A"}
+        # a full reset through a terminal wipes its server's accounts and keeps the terminal logged in
+        with Control(tb.address) as ctl:
+            ctl.reset(full=True)
+        assert b("positions_get") == [] and b("account_info")[0] == login
+        assert b("account_info")[10] == 10_000.0
+    finally:
+        a.close()
+        b.close()
