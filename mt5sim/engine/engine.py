@@ -605,6 +605,8 @@ class Engine(OutcomeFaults, TradeServer):
         seed = (self.seed * 1_000_003 + tick[5]) & 0xFFFFFFFF
         rng = np.random.default_rng([seed, len(symbol), sum(map(ord, symbol))])
         vols = rng.integers(1, 50, size=2 * depth)
+        if spec.get("book_volume", 0) > 0:   # the depth market orders fill against (trading._fillable)
+            vols = np.full(2 * depth, spec["book_volume"])
         rows = []
         for i in range(depth - 1, -1, -1):
             v = int(vols[i])

@@ -937,7 +937,15 @@ class TradeServer:
         self._check_direction(spec, buy and not closes, (not buy) and not closes)
         if not closes:
             self._check_positions_limit(acct, spec["name"], pending=True)
-        self._check_pending_prices(spec, otype, price, stoplimit, sl, tp, tick[1], tick[2])
+        # exchange execution: a stop order whose price is already reached is accepted and activated at once
+        reached = (spec["trade_exemode"] == C.SYMBOL_TRADE_EXECUTION_EXCHANGE and price > 0
+                   and ((otype == C.ORDER_TYPE_BUY_STOP and tick[2] >= price)
+                        or (otype == C.ORDER_TYPE_SELL_STOP and tick[1] <= price)))
+        if reached:
+            if not _on_grid(price, spec["trade_tick_size"]):
+                raise Reject(C.TRADE_RETCODE_INVALID_PRICE)
+        else:
+            self._check_pending_prices(spec, otype, price, stoplimit, sl, tp, tick[1], tick[2])
         limit = acct["limit_orders"]
         if limit > 0 and len(self._orders_by_login.get(acct["login"], {})) >= limit:
             raise Reject(C.TRADE_RETCODE_LIMIT_ORDERS)
@@ -956,6 +964,13 @@ class TradeServer:
                       price_current=tick[2] if buy else tick[1], price_stoplimit=stoplimit, symbol=spec["name"],
                       comment=req.get("comment", ""), login=acct["login"], expire_at=expire_at)
         self._order_add(order)
+        if reached:
+            if not self._trigger_order(order, tick[1], tick[2], now):
+                # the activation needs margin the account does not have: the order is canceled
+                return (C.TRADE_RETCODE_REJECT_CANCEL, 0, order.ticket, volume, 0.0, tick[1], tick[2])
+            deal = self._deals_by_login[acct["login"]][-1]
+            self._after_trade(acct["login"])
+            return (C.TRADE_RETCODE_DONE, deal.ticket, order.ticket, volume, deal.price, tick[1], tick[2])
         return (C.TRADE_RETCODE_DONE, 0, order.ticket, volume, 0.0, 0.0, 0.0)
 
     # ================================================================ TRADE_ACTION_SLTP
@@ -1131,6 +1146,7 @@ class TradeServer:
         start = 0
         n = len(ticks)
         guard = 0
+        market_fills: dict[int, int] = {}
         while start < n and guard < 10000:
             guard += 1
             bids, asks = ticks["bid"][start:], ticks["ask"][start:]
@@ -1139,7 +1155,11 @@ class TradeServer:
                 order = self.orders.get(ticket)
                 if order is None:
                     continue
-                i = self._first_trigger_order(order, bids, asks)
+                if ticket in market_fills:      # a waiting market order fills at most once per tick
+                    i = market_fills[ticket] + 1 - start
+                    i = i if i < n - start else None
+                else:
+                    i = self._first_trigger_order(order, bids, asks)
                 if i is not None and (best_i is None or i < best_i):
                     best_i, best_kind, best_obj = i, "order", order
             for ticket in list(self._watch_pos.get(name, ())):
@@ -1154,6 +1174,8 @@ class TradeServer:
             tick = ticks[start + best_i]
             t_ms = int(tick["time_msc"])
             if best_kind == "order":
+                if best_obj.type in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL):
+                    market_fills[best_obj.ticket] = start + best_i
                 self._trigger_order(best_obj, float(tick["bid"]), float(tick["ask"]), t_ms)
             else:
                 self._close_by_stop(best_obj, best_kind, float(tick["bid"]), float(tick["ask"]), t_ms)
@@ -1196,8 +1218,10 @@ class TradeServer:
                 best, kind = i, k
         return best, kind
 
-    def _trigger_order(self, order: Order, bid: float, ask: float, t_ms: int) -> None:
-        """A pending order reached its price: a stop-limit becomes a limit, others are filled."""
+    def _trigger_order(self, order: Order, bid: float, ask: float, t_ms: int) -> bool:
+        """A pending order reached its price: a stop-limit becomes a limit, others are filled.
+
+        False when the activation is rejected (no margin for it) and the order canceled."""
         spec = self.symbols[order.symbol]
         acct = self.accounts[order.login]
         if order.type in (C.ORDER_TYPE_BUY_STOP_LIMIT, C.ORDER_TYPE_SELL_STOP_LIMIT):
@@ -1205,7 +1229,7 @@ class TradeServer:
             order.price_open = order.price_stoplimit
             order.price_stoplimit = 0.0
             self._log("O", order.dump())
-            return
+            return True
         buy = is_buy(order.type)
         market = order.type in (C.ORDER_TYPE_BUY, C.ORDER_TYPE_SELL)
         if order.type in (C.ORDER_TYPE_BUY_LIMIT, C.ORDER_TYPE_SELL_LIMIT):
@@ -1218,7 +1242,7 @@ class TradeServer:
             volume = self._fillable(spec, volume)
             rest = round(order.volume_current - volume, 8)
             if volume <= 0:
-                return
+                return True
         hedging = acct["margin_mode"] == C.ACCOUNT_MARGIN_MODE_RETAIL_HEDGING
         target = None
         if order.position_id and hedging:
@@ -1241,13 +1265,14 @@ class TradeServer:
                 order.time_done, order.time_done_msc = t_ms // 1000, t_ms
                 order.comment = "[no money]"
                 self._order_to_history(order)
-                return
+                return False
         order.state = C.ORDER_STATE_PARTIAL if rest > 0 else C.ORDER_STATE_FILLED
         order.time_done, order.time_done_msc = t_ms // 1000, t_ms
         order.volume_current = rest
         order.price_current = price
         self._execute(acct, spec, order, buy, volume, price, target, close_vol, open_vol, order.sl, order.tp,
                       C.DEAL_REASON_EXPERT, order.comment, order.magic, t_ms)
+        return True
 
     def _close_by_stop(self, pos: Position, kind: str, bid: float, ask: float, t_ms: int,
                        comment: str | None = None) -> None:
