@@ -192,6 +192,10 @@ BRIDGE_THROTTLE_REDIS_URL = env.str("BRIDGE_THROTTLE_REDIS_URL", default="")  # 
 # appending to X-Forwarded-For; the client IP is the N-th entry from the right.
 BRIDGE_TRUSTED_PROXY_COUNT = env.int("BRIDGE_TRUSTED_PROXY_COUNT", default=0)
 BRIDGE_OPS_TOKEN = env.str("BRIDGE_OPS_TOKEN", default="")
+# The staff dashboard (/ops/): seconds between the beat's samples of queue depth and events, and between
+# two polls of the page.
+BRIDGE_OPS_SAMPLE_INTERVAL = env.float("BRIDGE_OPS_SAMPLE_INTERVAL", default=10.0)
+BRIDGE_OPS_DASHBOARD_REFRESH = env.float("BRIDGE_OPS_DASHBOARD_REFRESH", default=5.0)
 # The read process and the poller give up on a hung terminal after this long (ms) and reconnect;
 # the order worker keeps MT5's default (a slow order must not be abandoned mid-call).
 BRIDGE_READ_TERMINAL_TIMEOUT_MS = env.int("BRIDGE_READ_TERMINAL_TIMEOUT_MS", default=5000)
@@ -265,7 +269,7 @@ STORAGES = {
 # Where Django admin is mounted (a less guessable path keeps scanners off the login form).
 BRIDGE_ADMIN_PATH = env.str("BRIDGE_ADMIN_PATH", default="admin/").strip("/") + "/"
 if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._~-]*(/[A-Za-z0-9._~-]+)*/", BRIDGE_ADMIN_PATH) or \
-        BRIDGE_ADMIN_PATH.split("/")[0] in {"mt5", "api", "static", "health", "metrics", "events"}:
+        BRIDGE_ADMIN_PATH.split("/")[0] in {"mt5", "api", "static", "health", "metrics", "events", "ops"}:
     raise ImproperlyConfigured(f"BRIDGE_ADMIN_PATH {BRIDGE_ADMIN_PATH!r}: letters, digits, '.', '_', '~', '-' "
                                "and '/' only, and not a path of the API, docs, static files or probes")
 
@@ -354,6 +358,8 @@ CELERY_BEAT_SCHEDULE = {
     "trading.reconcile_all": {"task": "trading.reconcile_all",
                               "schedule": env.float("BRIDGE_RECONCILE_INTERVAL", default=30.0)},
     "trading.purge_requests": {"task": "trading.purge_requests", "schedule": 3600.0},
+    # ops (docs/operations.md "Dashboard"): queue depths and the events counter for the dashboard's charts.
+    "ops.sample_dashboard": {"task": "ops.sample_dashboard", "schedule": BRIDGE_OPS_SAMPLE_INTERVAL},
 }
 
 # Terminal reads (terminals/reads.py; docs/reads.md): the largest number of ticks in one response

@@ -26,6 +26,7 @@ urlpatterns = [
     path("mt5/client/", include(client_api)),
     path("health", health, name="health"),
     path("metrics", metrics_view, name="metrics"),
+    path("ops/", include("ops.dashboard_urls")),  # the staff dashboard page and its data (docs/operations.md)
     path(settings.BRIDGE_ADMIN_PATH, admin.site.urls),  # BRIDGE_ADMIN_PATH, default admin/
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI from pinned local static files (drf-spectacular-sidecar, SPECTACULAR_SETTINGS), no CDN.

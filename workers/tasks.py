@@ -5,8 +5,9 @@ one. On a terminal's pinned worker (queue ``terminal.<name>``): ``workers.login_
 ``trading.execute``, ``trading.reconcile_terminal``, ``trading.refresh_symbol_specs``. On the
 maintenance worker (beat, ``bridge_project/settings.py``): ``sessions.expire_sessions``,
 ``sessions.redrive_logins``, ``trading.sweep_outbox``, ``trading.reconcile_all`` (fans out to each
-terminal's queue) and ``trading.purge_requests``. An error of the bridge inside a trading task is
-settled on the task by ``trading.task_errors.run_guarded`` (bounded retries).
+terminal's queue), ``trading.purge_requests`` and ``ops.sample_dashboard`` (the dashboard's samples).
+An error of the bridge inside a trading task is settled on the task by ``trading.task_errors.run_guarded``
+(bounded retries).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from celery import shared_task
 from celery.signals import task_success, worker_ready
 from django.db import close_old_connections
 
+from ops.sampling import take_sample
 from sessions.services import session_log_in, sessions_expire_due, sessions_redrive_logins
 from terminals.runtime import pinned_terminal, start_heartbeat
 from trading.execution import run_task
@@ -81,6 +83,11 @@ def reconcile_all_task() -> list[str]:
 @shared_task(name="trading.purge_requests")
 def purge_requests_task() -> int:
     return purge_expired_requests()
+
+
+@shared_task(name="ops.sample_dashboard")
+def sample_dashboard_task() -> dict:
+    return take_sample()
 
 
 # --- worker hooks ---------------------------------------------------------------------------------------
