@@ -97,9 +97,15 @@ def cmd_terminal(args: argparse.Namespace, parsed: tuple[str, int]) -> int:
         return 2
     if args.state:
         os.makedirs(args.state, exist_ok=True)
+    from .engine.journal import StateDirLocked
+
     config = _load_config(args.config) or {}
-    server = RemoteTerminalServer(args.broker, parsed[0], parsed[1], state_dir=args.state,
-                                  server_name=args.server, terminal_overrides=config.get("terminal"))
+    try:
+        server = RemoteTerminalServer(args.broker, parsed[0], parsed[1], state_dir=args.state,
+                                      server_name=args.server, terminal_overrides=config.get("terminal"))
+    except StateDirLocked as exc:
+        print(f"mt5sim: {exc}", file=sys.stderr, flush=True)
+        return 1
     stop = _stop_event()
     if not server.connect(stop, wait=False):
         print(f"mt5sim: waiting for the broker at {args.broker} ...", flush=True)

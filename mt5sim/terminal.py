@@ -17,6 +17,7 @@ call never answered), ``login``/``initialize(login=...)`` ``IPC timeout``; each 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 
 from . import protocol
 from .engine import _const as C
+from .engine.journal import StateDirLocked
 from .engine.trading import _REQUEST_KEYS
 from .server import TerminalServer
 
@@ -34,6 +36,7 @@ ERR_CALL_FAILED = [-1, "Terminal: Call failed"]
 ERR_INVALID_PARAMS = [-2, "Terminal: Invalid params"]
 ERR_NO_IPC = [-10004, "No IPC connection"]
 STATE_FILE = "terminal.json"
+LOCK_FILE = "terminal.lock"
 LINK_TIMEOUT = 65.0
 CONNECT_TIMEOUT = 2.0
 
@@ -62,6 +65,14 @@ class TerminalState:
         self.terminal: dict = {}
         self.changed_terminal: dict = {}  # set_terminal at run time (until reset)
         self.trade_connected = True  # ctl.trade_server
+        self._dir_lock = None
+        if state_dir:
+            self._dir_lock = open(os.path.join(state_dir, LOCK_FILE), "a+")  # noqa: SIM115 - held for the process life
+            try:
+                fcntl.flock(self._dir_lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                self._dir_lock.close()
+                raise StateDirLocked(f"state dir {state_dir} is used by another mt5sim terminal") from exc
         if self.path and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as handle:
                 saved = json.load(handle)

@@ -55,20 +55,29 @@ class Proc:
         self.popen: subprocess.Popen | None = None
         self.address = argv[argv.index("--address") + 1]
 
-    def start(self) -> Proc:
+    def start(self, wait: bool = True) -> Proc:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         argv = list(self.argv)
         argv[argv.index("--address") + 1] = self.address
         self.popen = start_group([sys.executable, "-m", "mt5sim", *argv], log_path=self.log_path, cwd=ROOT)
+        self.offset = offset
+        if wait:
+            self.wait_listening()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_bytes()[self.offset:].decode(errors="replace")
+
+    def wait_listening(self) -> None:
+        argv = self.argv
 
         def listening() -> str | None:
             if self.popen.poll() is not None:
                 raise AssertionError(f"{argv[0]} exited: {self.log_path.read_text()[-3000:]}")
-            match = self.pattern.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
+            match = self.pattern.search(self.log())
             return f"{match.group(1)}:{match.group(2)}" if match else None
 
         self.address = wait_for(listening, 60, f"{argv[0]} listening")
-        return self
 
     def stop(self) -> None:
         """SIGTERM (the process writes its state), SIGKILL after a grace; nothing of its group survives."""
@@ -405,3 +414,32 @@ def test_controls_against_the_broker_address(stack: Stack) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_terminal_started_before_its_broker_waits_for_it(stack: Stack) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a free port, chosen now, for the broker that is not there yet
+        probe.bind(("127.0.0.1", 0))
+        broker_address = f"127.0.0.1:{probe.getsockname()[1]}"
+    terminal = Proc(stack.workdir, "early", ["serve", "--broker", broker_address, "--address", "127.0.0.1:0",
+                                             "--state", str(stack.workdir / "early-state")], _TERMINAL)
+    stack.procs.append(terminal)
+    terminal.start(wait=False)
+    wait_for(lambda: "waiting for the broker" in terminal.log(), what="the terminal waiting")
+    assert _TERMINAL.search(terminal.log()) is None  # not listening: not ready
+    stack.broker = Proc(stack.workdir, "broker", ["broker", "--address", broker_address, "--seed", "3"], _BROKER)
+    stack.procs.append(stack.broker)
+    stack.broker.start()
+    terminal.wait_listening()
+    wire = connect(terminal.address, next(_logins))
+    try:
+        assert wire("terminal_info")[2] is True
+        assert buy(wire)[0] == DONE
+    finally:
+        wire.close()
+    # one terminal per state dir
+    second = subprocess.run([sys.executable, "-m", "mt5sim", "serve", "--broker", broker_address, "--address",
+                             "127.0.0.1:0", "--state", str(stack.workdir / "early-state")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and "used by another mt5sim terminal" in second.stderr
