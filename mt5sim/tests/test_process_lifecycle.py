@@ -100,6 +100,8 @@ def test_sigkill_of_a_client_mid_session_loses_nothing(sim_factory, detached):
                                 price=round(tick.ask - 0.02, 5), type_filling=mt5.ORDER_FILLING_RETURN))
         print(json.dumps({"positions": [a.order, b.order], "deals": [a.deal, b.deal], "order": p.order,
                           "retcodes": [a.retcode, b.retcode, p.retcode]}), flush=True)
+        mt5.symbol_info_tick("EURUSD")
+        print("busy", flush=True)
         while True:
             mt5.symbol_info_tick("EURUSD")   # busy with the terminal when the kill lands
     """
@@ -108,7 +110,7 @@ def test_sigkill_of_a_client_mid_session_loses_nothing(sim_factory, detached):
     assert line, proc.stderr.read()
     before = json.loads(line)
     assert before["retcodes"] == [10009, 10009, 10009]
-    time.sleep(0.2)
+    assert proc.stdout.readline().strip() == "busy", proc.stderr.read()  # in its loop of calls now
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     proc.stdout.close()
@@ -201,22 +203,30 @@ def test_ipc_timeout_with_and_without_execution(mt5, sim_control):
 def test_delay_holds_neither_the_engine_nor_other_connections(mt5, sim_server, sim_control):
     sim_control.delay(1.5, ["symbol_info_tick"])
     body = """
+        print(json.dumps({"calling": time.time()}), flush=True)
         start = time.monotonic()
         assert mt5.symbol_info_tick("EURUSD") is not None
-        print(json.dumps({"elapsed": time.monotonic() - start}))
+        print(json.dumps({"elapsed": time.monotonic() - start, "returned": time.time()}))
     """
     login = mt5.account_info().login
     procs = [client_process(sim_server, body, login, DEMO_PASSWORD) for _ in range(2)]
-    time.sleep(1.0)  # both are (very likely) waiting in their delay now
-    started = time.monotonic()
+    # Both clients are about to send their call; each is then held in its 1.5 s delay.
+    calling = [json.loads(proc.stdout.readline() or "{}").get("calling") for proc in procs]
+    assert None not in calling, [proc.stderr.read() for proc in procs]
+    window_start, started = time.time(), time.monotonic()
     assert mt5.account_info() is not None and mt5.positions_get() is not None
     assert time.monotonic() - started < 0.5  # neither the lock nor this connection was held
-    elapsed = []
+    window_end = time.time()
+    elapsed, returned = [], []
     for proc in procs:
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
-        elapsed.append(json.loads(out)["elapsed"])
+        result = json.loads(out.strip().splitlines()[-1])
+        elapsed.append(result["elapsed"])
+        returned.append(result["returned"])
     assert all(1.4 <= e < 2.9 for e in elapsed), elapsed  # concurrent, not one after the other
+    # This connection was served while both delayed calls were under way, not before or after them.
+    assert max(calling) <= window_start and window_end <= min(returned), (calling, window_start, window_end, returned)
     sim_control.delay(0)
 
 

@@ -7,13 +7,19 @@ the socket must see what happened, in order, with the terminal's broker time tur
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import redis
+from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
 from mt5sim.control import Control
+from streams.replay import read_since
+from tests.waiting import wait_until
 from trading.models import FINAL_STATES, TradeTask
+from trading.reads.snapshots import load_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
@@ -38,11 +44,26 @@ def _order(client: APIClient, sid: str, rid: str, **body) -> str:  # noqa: ANN00
 
 
 def _wait_final(task_id: str, timeout: float = 20) -> TradeTask:
-    deadline = time.monotonic() + timeout
-    while (task := TradeTask.objects.get(id=task_id)).state not in FINAL_STATES:
-        assert time.monotonic() < deadline, f"{task_id} still {task.state}"
-        time.sleep(0.05)
-    return task
+    return wait_until(lambda: (task := TradeTask.objects.get(id=task_id)).state in FINAL_STATES and task, timeout,
+                      f"{task_id} final")
+
+
+def _wait_watched(terminal: str, symbol: str, since: float) -> None:
+    """Until the terminal's poller has begun a cycle after ``since`` with ``symbol`` among its ticks: a
+    cycle reads the watched symbols first, so from then on it watches what was subscribed before."""
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+
+    def watched() -> bool:
+        snapshot = load_snapshot(client, terminal)
+        return snapshot is not None and snapshot.taken_at > since and symbol in snapshot.ticks
+
+    wait_until(watched, 10, f"the poller of {terminal} watching {symbol}")
+
+
+def _logged(session_id: str, since: int) -> list[dict]:
+    """The session's events after ``since`` as the replay log holds them."""
+    page = read_since(redis.Redis.from_url(django_settings.REDIS_URL), session_id, since)
+    return [json.loads(event) for event in page.events]
 
 
 class _Session:
@@ -72,7 +93,7 @@ def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eu
     sock.send({"type": "subscribe", "channels": ["quote:EURUSD", "order", "position", "account"],
                "request_id": "s"})
     sock.recv_until(lambda m: m.get("request_id") == "s")
-    time.sleep(0.3)  # the poller picks the new subscription up on its next cycle
+    _wait_watched("sim-a", "EURUSD", since=time.time())  # the poller picks the subscription up on its next cycle
     # a price move at the terminal -> a quote event, its time in real UTC (sim-a is UTC+3)
     eurusd_a.set_price("EURUSD", 1.10020, 1.10030)
     quote, _ = sock.recv_until(lambda m: m["type"] == "quote:EURUSD" and m["data"]["bid"] == 1.1002, timeout=5)
@@ -107,8 +128,13 @@ def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, sess
     sock.close()
     first = _order(client, session_a.id, "ev-e2e-gap-1")
     second = _order(client, session_a.id, "ev-e2e-gap-2")
-    _wait_final(first), _wait_final(second)
-    time.sleep(0.3)  # the poller's position/account events too
+    tickets = {_wait_final(first).position_ticket, _wait_final(second).position_ticket}
+
+    def positions_logged() -> bool:  # the poller's position events too, not only the worker's order events
+        return tickets <= {e["data"].get("ticket") for e in _logged(session_a.id, since)
+                           if e["type"] == "position" and e["data"].get("event") == "opened"}
+
+    wait_until(positions_logged, 10, "both positions' opened events logged")
     again = ws(session_a, query=f"since={since}")
     done, replayed = again.recv_until(lambda m: m["type"] == "resumed", timeout=10)
     seqs = [m["seq"] for m in replayed]

@@ -134,7 +134,7 @@ def test_profit_events_are_throttled_not_lost(make_session, settings) -> None:  
     after_poll(s.terminal, None, _snap(positions=[_pos(1, profit=1.0)]))
     for p in (2.0, 3.0, 4.0):
         after_poll(s.terminal, _snap(positions=[_pos(1)]), _snap(positions=[_pos(1, profit=p)]))
-    time.sleep(0.35)
+    time.sleep(0.35)  # time itself is the subject: the throttle interval (0.3 s) is over
     after_poll(s.terminal, _snap(positions=[_pos(1)]), _snap(positions=[_pos(1, profit=4.0)]))
     profits = [e for _, e in r.xrange("bridge:ev:fanout", "-", "+")][fanout_before:]
     totals = [e for e in profits if e[b"c"] == b"profit" and s.id.encode() in e[b"e"]]

@@ -111,6 +111,7 @@ def test_events_older_than_max_age_are_trimmed(make_session, settings) -> None: 
         publish_session_event(session.id, "order", _order(n))
     import time
 
+    # Time itself is the subject: the three events must become older than the max age (0.2 s).
     time.sleep(0.3)
     publish_session_event(session.id, "order", _order(3))
     r = redis.Redis.from_url(settings.REDIS_URL)

@@ -277,7 +277,7 @@ def test_messages_over_the_rate_get_rate_limited_and_a_flood_closes_the_socket(s
         if reply["type"] == "pong":
             break
         assert reply["error"]["code"] == "RateLimited" and time.monotonic() < deadline, reply
-        time.sleep(reply["error"]["details"]["retryAfter"])
+        time.sleep(reply["error"]["details"]["retryAfter"])  # the subject: the wait the server asked for
     for n in range(40):  # a flood: far more than a burst without waiting
         try:
             client.send({"type": "ping", "request_id": f"f{n}"})

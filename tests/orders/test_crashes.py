@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
 
 import pytest
 import redis
-from workers.tasks import execute_task, reconcile_all_task
+from django.utils import timezone
 
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
 from tests.procs import PYTHON, Proc, free_port, start_manage
+from tests.waiting import wait_until
 from trading.models import FINAL_STATES, TaskTransition, TradeTask
+from workers.tasks import execute_task, reconcile_all_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}
@@ -29,10 +30,17 @@ TERMINAL = "sim-b"
 
 
 def _wait_dead(proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while proc.alive():
-        assert time.monotonic() < deadline, f"{proc.name} did not die:\n{proc.log()[-2000:]}"
-        time.sleep(0.05)
+    wait_until(lambda: not proc.alive(), timeout, f"{proc.name} dead")
+
+
+def _wait_reconcile_due(task_id: str, after: float) -> None:
+    """Until the task was dispatched more than ``after`` seconds ago (BRIDGE_RECONCILE_AFTER): from then
+    on the periodic fan-out must pick its terminal."""
+    def due() -> bool:
+        dispatched = TradeTask.objects.get(id=task_id).dispatched_at
+        return dispatched is not None and (timezone.now() - dispatched).total_seconds() > after
+
+    wait_until(due, 10, f"{task_id} dispatched more than {after}s ago")
 
 
 def _restart(stack: Stack, env: dict[str, str] | None = None) -> Proc:
@@ -47,7 +55,7 @@ def _post(client, sid, rid, body=ORDER):  # noqa: ANN001, ANN202
 
 
 def _path(task: TradeTask) -> list[str]:
-    return list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
+    return list(TaskTransition.objects.filter(task=task).state_changes().values_list("to_state", flat=True))
 
 
 def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # noqa: ANN001
@@ -58,14 +66,18 @@ def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # 
     task = TradeTask.objects.get(id=task_id)
     assert task.state == "dispatched" and task.sent_at is None and task.attempts == 1
     assert sim(TERMINAL).broker_orders_of(task) == []
-    stack.start_worker(TERMINAL)  # its start-up reconciliation settles the orphan
+    worker = stack.start_worker(TERMINAL)  # its start-up reconciliation settles the orphan
     task = wait_final(task_id)
     assert task.state == "filled" and task.attempts == 2, task.result
     assert len(sim(TERMINAL).broker_orders_of(task)) == 1
+    transitions = TaskTransition.objects.filter(task=task).count()
     # A late redelivery of the same message (what Redis does after the visibility timeout) is a no-op.
-    execute_task.apply_async(args=[task_id], queue=f"terminal.{TERMINAL}")
-    time.sleep(1.0)
-    assert TradeTask.objects.get(id=task_id).state == "filled"
+    message = execute_task.apply_async(args=[task_id], queue=f"terminal.{TERMINAL}")
+    # The worker took it and ran it to the end (else this proves nothing about a redelivery).
+    wait_until(lambda: f"[{message.id}] succeeded" in worker.log(), 15, "the redelivered message consumed")
+    task = TradeTask.objects.get(id=task_id)
+    assert task.state == "filled" and task.attempts == 2
+    assert TaskTransition.objects.filter(task=task).count() == transitions
     assert len(sim(TERMINAL).broker_orders_of(task)) == 1
 
 
@@ -91,10 +103,8 @@ def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, c
     sid = open_session(client, TERMINAL)
     control(TERMINAL).delay(8.0, ["order_send"])
     task_id = _post(client, sid, "crash-c")
-    deadline = time.monotonic() + 10
-    while TradeTask.objects.get(id=task_id).sent_at is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: TradeTask.objects.get(id=task_id).sent_at is not None, 10, "order_send under way",
+               interval=0.02)
     worker.kill(signal.SIGKILL)  # the order_send is in flight, held by the terminal
     _wait_dead(worker)
     stack.start_worker(TERMINAL, env)
@@ -103,12 +113,9 @@ def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, c
     assert task.state == "unknown", (task.state, task.result)
     assert sim(TERMINAL).broker_orders_of(task) == []
     # The terminal executes the held request when its delay ends (the client is long gone).
-    deadline = time.monotonic() + 20
-    while not sim(TERMINAL).broker_orders_of(task):
-        assert time.monotonic() < deadline, "the delayed order never executed"
-        time.sleep(0.2)
+    wait_until(lambda: sim(TERMINAL).broker_orders_of(task), 20, "the delayed order executed", interval=0.2)
     settings.BRIDGE_RECONCILE_AFTER = 1
-    time.sleep(1.1)
+    _wait_reconcile_due(task_id, 1)
     assert reconcile_all_task.apply().get() == [TERMINAL]  # beat's job: fan out to the terminal's queue
     task = wait_final(task_id)
     assert task.state == "filled" and task.result["adopted"] is True, task.result
@@ -122,8 +129,11 @@ def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, 
     control(TERMINAL).ipc_timeout("order_send", 1, execute=False)
     task = wait_final(_post(client, sid, "lost-1"), states=("unknown",))
     assert task.result["error"]["code"] == "OutcomeUnknown" and task.result["error"]["mt5"] == -10005
-    time.sleep(2.5)
+    # Past the in-flight bound (2 s after order_send) nothing can still arrive: the order is proven lost.
+    wait_until(lambda: (timezone.now() - TradeTask.objects.get(id=task.id).sent_at).total_seconds() > 2.0, 10,
+               "the in-flight bound passed since order_send")
     settings.BRIDGE_RECONCILE_AFTER = 1
+    _wait_reconcile_due(task.id, 1)
     assert reconcile_all_task.apply().get() == [TERMINAL]
     task = wait_final(task.id)
     assert task.state == "failed" and task.result["error"]["code"] == "NotExecuted"
@@ -141,14 +151,15 @@ def private_redis(stack: Stack):  # noqa: ANN201
         proc = Proc(f"redis-{port}-{len(procs)}", argv, dict(os.environ), stack.log_dir).start()
         procs.append(proc)
         client = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def pong() -> bool:
             try:
-                client.ping()
-                return proc
+                return bool(client.ping())
             except redis.ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+                return False
+
+        wait_until(pong, 10, "redis answering PING")
+        return proc
 
     start()
     yield port, start, procs

@@ -11,10 +11,15 @@ import signal
 import time
 
 import pytest
+import redis
+from django.conf import settings as django_settings
 
 from mt5sim.control import Control
 from tests.procs import Proc
 from tests.reads.conftest import open_session, wait_until
+from trading.reads import conf as read_conf
+from trading.reads.readqueue import reader_status
+from trading.reads.snapshots import load_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,6 +32,17 @@ def _timed(client, path):  # noqa: ANN001, ANN202
     started = time.monotonic()
     response = client.get(path)
     return response, time.monotonic() - started
+
+
+def _snapshot_stale(terminal: str) -> bool:
+    """The terminal's snapshot is older than BRIDGE_SNAPSHOT_MAX_AGE (or gone): reads will not serve it."""
+    snapshot = load_snapshot(redis.Redis.from_url(django_settings.REDIS_URL), terminal)
+    return snapshot is None or snapshot.age() > read_conf.get("BRIDGE_SNAPSHOT_MAX_AGE")
+
+
+def _reader_sees_terminal_down(terminal: str) -> bool:
+    status = reader_status(redis.Redis.from_url(django_settings.REDIS_URL), terminal)
+    return status is not None and not status.get("terminal_ok", False)
 
 
 def _assert_502(client, path, within: float = FAST, reason: str | None = None):  # noqa: ANN001, ANN202
@@ -77,7 +93,7 @@ def test_hung_terminal_is_502_within_two_seconds(session_b, stack):
             _assert_502(session_b, path)
         # Snapshot reads: the poller is stuck too, so after BRIDGE_SNAPSHOT_MAX_AGE the snapshot is not
         # served and the fallback read cannot answer either.
-        time.sleep(2.1)
+        wait_until(lambda: _snapshot_stale("sim-b"), 10, "the snapshot of sim-b stale")
         _assert_502(session_b, "/mt5/client/account")
     finally:
         sim.kill(signal.SIGCONT)
@@ -88,10 +104,12 @@ def test_stopped_terminal_is_502_fast_and_reads_come_back_with_it(session_b, sta
     old = stack.sims["sim-b"]
     assert session_b.get("/mt5/client/account").status_code == 200
     old.stop()  # the terminal process is gone (connection refused)
-    time.sleep(1.2)  # the reader notices within its probe interval; the snapshot ages
+    # The reader notices within its probe interval (and says so in its heartbeat)...
+    wait_until(lambda: _reader_sees_terminal_down("sim-b"), 1.2, "the reader seeing sim-b down")
     for path in QUEUE_READS:
         _assert_502(session_b, path, within=0.5, reason="terminal_down")
-    time.sleep(1.0)
+    # ...and once the last snapshot is too old, snapshot reads fail fast too.
+    wait_until(lambda: _snapshot_stale("sim-b"), 10, "the snapshot of sim-b stale")
     _assert_502(session_b, "/mt5/client/account")
     # Same address, same state directory: the terminal comes back and so do the reads.
     stack.sims["sim-b"] = Proc(old.name, old.argv, old.env, old.log_path.parent).start()

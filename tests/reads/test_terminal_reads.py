@@ -308,7 +308,9 @@ def test_from_alone_runs_to_now(session_a, terminal_a):
 
 def test_history_of_a_position_within_a_window(session_a, terminal_a):
     opened = terminal_a.buy("USDCAD", 0.1)
-    time.sleep(1.1)
+    opened_second = int(time.time())
+    # Deal times filter by whole broker seconds: the close must fall in a later second than the open.
+    wait_until(lambda: int(time.time()) > opened_second, 2, "the next second")
     mt5 = terminal_a.mt5
     closed = mt5.order_send({"action": mt5.TRADE_ACTION_DEAL, "symbol": "USDCAD", "volume": 0.1,
                              "type": mt5.ORDER_TYPE_SELL, "position": opened.order, "type_filling": mt5.ORDER_FILLING_IOC})

@@ -15,6 +15,7 @@ from sessions.models import BridgeSession
 from sessions.services import sessions_expire_due
 from tests.conftest import Stack
 from tests.procs import start_manage
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,7 +68,9 @@ def test_wrong_password_is_login_failed_with_mt5_error_and_frees_terminal(stack:
 def test_heartbeat_extends_and_close_frees_and_revokes(stack: Stack, client: APIClient) -> None:
     body = _open(client, 70003, terminal="sim-a")
     sid = body["sessionId"]
-    time.sleep(1.1)
+    opened = int(time.time())
+    # expiresAt has whole seconds: a heartbeat in a later second than the open must move it on.
+    wait_until(lambda: int(time.time()) > opened, 2, "the next second")
     beat = client.post(f"/mt5/client/session/{sid}/heartbeat")
     assert beat.status_code == 200
     assert beat.json()["expiresAt"] > body["expiresAt"]
@@ -89,9 +92,8 @@ def test_session_without_heartbeat_expires_by_beat_and_frees_terminal(stack: Sta
         body = _open(client, 70005, terminal="sim-b")
         assert body["status"] == "active"
         sid = body["sessionId"]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and BridgeSession.objects.get(id=sid).status == "active":
-            time.sleep(0.2)
+        wait_until(lambda: BridgeSession.objects.get(id=sid).status != "active", 20, "the session swept",
+                   interval=0.2)
         assert BridgeSession.objects.get(id=sid).status == "expired"
         hb = client.post(f"/mt5/client/session/{sid}/heartbeat")
         assert hb.status_code == 401 and hb.json()["error"]["code"] == "SessionExpired"
