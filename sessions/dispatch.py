@@ -11,7 +11,7 @@ from bridge_project.celery import app, terminal_queue
 if TYPE_CHECKING:
     from sessions.models import BridgeSession
 
-logger = logging.getLogger("bridge.workers.dispatch")
+logger = logging.getLogger("bridge.sessions.dispatch")
 LOGIN_TASK = "workers.login_session"  # workers.tasks.login_session
 
 # Fail fast when the broker is away: the request that opened the session is not held for long.

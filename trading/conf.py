@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "BRIDGE_SYMBOL_SPEC_WAIT": _env.float("BRIDGE_SYMBOL_SPEC_WAIT", default=5.0),
     # A task whose execution raises an error of the bridge itself (not the terminal's, not the gateway's)
     # before it reached the terminal is tried again by reconciliation at most this many times in all;
-    # then it ends ``failed`` with ``BridgeError`` (trading.tasks).
+    # then it ends ``failed`` with ``BridgeError`` (trading.task_errors).
     "BRIDGE_TASK_MAX_ERRORS": _env.int("BRIDGE_TASK_MAX_ERRORS", default=3),
     # Test-only: make the pinned worker SIGKILL itself at a point of the execution path
     # (after_claim, after_send). Acts only in test mode (BRIDGE_TEST_MODE, set by the test run);

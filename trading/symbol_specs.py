@@ -76,7 +76,7 @@ def _meta(terminal_name: str) -> dict[str, Any] | None:
 def _request_refresh(terminal_name: str, session_id: str) -> None:
     """Ask the pinned worker to publish specs (at most once per few seconds per terminal)."""
     if redis_client().set(f"bridge:symspec-req:{terminal_name}", session_id, nx=True, ex=5):
-        # Sent by name (trading.tasks.refresh_symbol_specs): this module does not import the task module.
+        # Sent by name (workers.tasks.refresh_symbol_specs_task): this module does not import the task module.
         app.send_task("trading.refresh_symbol_specs", args=[session_id], queue=terminal_queue(terminal_name))
 
 
