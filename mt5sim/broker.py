@@ -10,7 +10,8 @@ link) or ``[server_name, login, password, market_watch, terminal, connected]``; 
 same ``[call_id, status, payload]`` a client expects, so the terminal relays it undecoded. Other
 connections (``Control``, ``python -m mt5sim control``) send ``[call_id, "ctl.<name>", kwargs]``
 and reach the default server name (or ``server_name=`` in kwargs). ``broker.hello``,
-``broker.auth`` and ``broker.ping`` serve terminals.
+``broker.auth`` and ``broker.ping`` serve terminals. ``ctl.trade_server`` at the broker address
+disconnects that server name from every terminal (each terminal's own one only its own).
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ class BrokerServer:
                         value = dict(value, broker={"servers": list(self.broker.engines),
                                                     "default": self.broker.default})
             elif method.startswith("broker."):
-                return self._broker_call(method[7:], kwargs)
+                return self._broker_call(link, method[7:], kwargs)
             elif from_terminal:
                 status, value = link.engine.call_as(link.view, link.session, method, kwargs)
             else:
@@ -245,9 +246,9 @@ class BrokerServer:
             return protocol.STATUS_IPC_TIMEOUT, None
         return protocol.STATUS_OK, value
 
-    def _broker_call(self, name: str, kwargs: dict) -> tuple[str, Any]:
-        if name == "ping":
-            return protocol.STATUS_OK, True
+    def _broker_call(self, link: _Link, name: str, kwargs: dict) -> tuple[str, Any]:
+        if name == "ping":  # False while the server name is "disconnected" (ctl.trade_server at the broker)
+            return protocol.STATUS_OK, bool(link.engine.connected)
         if name == "hello":
             return protocol.STATUS_OK, self.broker.hello()
         if name == "auth":

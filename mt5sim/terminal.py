@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from typing import Any
 
 from . import protocol
@@ -305,8 +306,6 @@ class RemoteTerminalServer(TerminalServer):
                 try:
                     out = self._handle(client, link, call_id, str(method), kwargs or {})
                 except Exception as exc:  # noqa: BLE001 - a bug answers "call failed", the terminal lives on
-                    import traceback
-
                     print(f"mt5sim terminal: {method} failed: {exc!r}", flush=True)
                     traceback.print_exc()
                     out = _reply(call_id, protocol.STATUS_ERR, ERR_CALL_FAILED)
@@ -462,10 +461,10 @@ class RemoteTerminalServer(TerminalServer):
 
     def _broker_alive(self, link: BrokerLink) -> bool:
         try:
-            status, _ = link.call("broker.ping", {})
+            status, payload = link.call("broker.ping", {})
         except LinkDown:
             return False
-        return status == protocol.STATUS_OK
+        return status == protocol.STATUS_OK and bool(payload)
 
     def _terminal_info(self, link: BrokerLink) -> list:
         state = self.state

@@ -338,7 +338,8 @@ class Engine(OutcomeFaults, TradeServer):
     def _enter_view(self, view: TerminalView) -> tuple:
         saved = (self.current_login, self.market_watch, self.terminal, self.connected)
         self.current_login, self.market_watch = view.login, view.market_watch
-        self.terminal, self.connected = view.terminal, view.connected
+        # connected: the terminal's own link to the trade server, and the server's (ctl.trade_server at the broker)
+        self.terminal, self.connected = view.terminal, view.connected and self.connected
         return saved
 
     def _leave_view(self, saved: tuple) -> None:

@@ -400,6 +400,12 @@ def test_controls_against_the_broker_address(stack: Stack) -> None:
             assert a("symbol_info_tick", symbol="EURUSD")[1] != 1.5  # another server name, its own prices
             assert buy(b)[0] == DONE
             assert ctl_b.state()["accounts"][str(login)]["positions"] == 1
+            # the server name's trade server goes down for every terminal on it
+            ctl_b.trade_server(connected=False)
+            assert b("terminal_info")[2] is False and a("terminal_info")[2] is True
+            assert buy(b)[0] == NO_CONNECTION and buy(a)[0] == DONE
+            ctl_b.trade_server(connected=True)
+            assert b("terminal_info")[2] is True
         cli = subprocess.run([sys.executable, "-m", "mt5sim", "control", "--address", stack.broker.address,
                               "--server-name", "Demo-A", "state"], cwd=ROOT, capture_output=True, text=True,
                              timeout=60, check=True)
