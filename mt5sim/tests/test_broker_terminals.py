@@ -410,7 +410,7 @@ def test_controls_against_the_broker_address(stack: Stack) -> None:
                               "--server-name", "Demo-A", "state"], cwd=ROOT, capture_output=True, text=True,
                              timeout=60, check=True)
         state_a = json.loads(cli.stdout)
-        assert state_a["server_offset"] == 7200 and state_a["accounts"][str(login)]["positions"] == 0
+        assert state_a["server_offset"] == 7200 and state_a["accounts"][str(login)]["positions"] == 1  # buy(a) only
         assert state_a["broker"] == {"servers": ["Demo-A", "Demo-B"], "default": "Demo-A"}
         # a full reset through a terminal wipes its server's accounts and keeps the terminal logged in
         with Control(tb.address) as ctl:
