@@ -23,6 +23,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from streams import poll_events
 from terminals.binding import terminal_binding
 from terminals.config import TerminalConfig, get_terminal
 from terminals.gateway import GatewayError, TerminalGateway, as_dict
@@ -32,12 +33,6 @@ from trading.reads import conf
 from trading.reads.snapshots import TerminalSnapshot, store_snapshot, wanted_quote_symbols
 
 logger = logging.getLogger("bridge.poller")
-
-
-def _poll_events() -> Any:
-    from streams import poll_events
-
-    return poll_events
 
 
 class TerminalPoller:
@@ -59,7 +54,7 @@ class TerminalPoller:
     def _symbols_to_watch(self, positions: list[dict], orders: list[dict]) -> tuple[set[str], set[str]]:
         """(symbols to keep ticks of, symbols to keep books of)."""
         try:
-            found = _poll_events().watched_symbols(self.terminal.name) or ()
+            found = poll_events.watched_symbols(self.terminal.name) or ()
             watched = set(found)
             # The events work may name the subset that needs books (``.depth``); else every watched symbol.
             depth = set(getattr(found, "depth", watched))
@@ -134,7 +129,7 @@ class TerminalPoller:
         self.cycles += 1
         self.last_good = taken_at
         try:
-            _poll_events().after_poll(self.terminal.name, previous, snapshot)
+            poll_events.after_poll(self.terminal.name, previous, snapshot)
         except Exception:  # noqa: BLE001
             logger.exception("after_poll failed")
         return snapshot
