@@ -9,6 +9,8 @@ class TradingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # In ready(), not at module level: trading.writes imports the models, which Django may import
+        # only once every app's apps.py is loaded; ready() runs when the app registry is full.
         from sessions.signals import session_ended
 
         from .writes import on_session_ended
