@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Aggregate, Count, DurationField, ExpressionWrapper, F, FloatField
+from django.db.models import Aggregate, Count, DurationField, ExpressionWrapper, F, FloatField, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -61,7 +61,7 @@ def _minute(value: datetime) -> datetime:
     return value.replace(second=0, microsecond=0)
 
 
-def _finished_in(start: datetime, now: datetime):  # noqa: ANN202 - a QuerySet
+def _finished_in(start: datetime, now: datetime) -> QuerySet[TradeTask]:
     return TradeTask.objects.filter(finished_at__gte=start, finished_at__lte=now, state__in=FINAL_STATES)
 
 

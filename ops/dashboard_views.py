@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 
 from bridge_project.errors import error_body
 from bridge_project.ratelimit import limited_response
@@ -41,6 +42,7 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
     })
 
 
+@csrf_exempt  # read-only (any other method is 405); a token client has no CSRF cookie
 @never_cache
 def dashboard_data(request: HttpRequest) -> JsonResponse:
     """The figures of the page, as JSON (``ops.dashboard.dashboard_data``)."""

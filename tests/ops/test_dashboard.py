@@ -22,6 +22,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from bridge_project.celery import app as celery_app
 from ops import dashboard, sampling
@@ -51,7 +52,7 @@ def clean_samples() -> Iterator[None]:
 
 
 @pytest.fixture
-def terminal_session(db, settings, tmp_path: Path) -> Iterator[BridgeSession]:  # noqa: ANN001
+def terminal_session(db, settings, tmp_path: Path) -> Iterator[BridgeSession]:
     """Two configured terminals; one whose worker beats, leased and bound to a live session (the real
     services), the other idle."""
     config = tmp_path / "terminals.yaml"
@@ -140,9 +141,11 @@ SVG_NS = b"http://www.w3.org/2000/svg"
 
 
 @pytest.mark.django_db
-def test_the_data_endpoint_also_takes_the_ops_token_and_refuses_writes(ops_client, staff_client) -> None:  # noqa: ANN001
-    assert ops_client.get(DATA).status_code == 200
-    response = ops_client.post(DATA)
+def test_the_data_endpoint_also_takes_the_ops_token_and_refuses_writes(ops_token: str) -> None:
+    api = APIClient(enforce_csrf_checks=True)
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {ops_token}")
+    assert api.get(DATA).status_code == 200
+    response = api.post(DATA)
     assert response.status_code == 405 and response.json()["error"]["code"] == "MethodNotAllowed"
 
 
@@ -277,7 +280,7 @@ def test_a_counter_that_went_down_starts_a_new_run_instead_of_a_negative_rate() 
 
 @pytest.mark.django_db
 def test_the_sample_list_is_capped_at_about_an_hour(terminal_session: BridgeSession, clean_samples: None,
-                                                    settings) -> None:  # noqa: ANN001
+                                                    settings) -> None:
     settings.BRIDGE_OPS_SAMPLE_INTERVAL = 600.0  # 6 per hour + 6: a cap of 12
     start = timezone.now() - timedelta(hours=3)
     for i in range(20):
@@ -289,7 +292,7 @@ def test_the_sample_list_is_capped_at_about_an_hour(terminal_session: BridgeSess
 
 @pytest.mark.django_db
 def test_the_beat_runs_the_sampling_task_by_name_on_the_maintenance_worker(
-    terminal_session: BridgeSession, clean_samples: None, settings,  # noqa: ANN001
+    terminal_session: BridgeSession, clean_samples: None, settings,
 ) -> None:
     import workers.tasks  # noqa: F401 - registers the tasks (the maintenance worker imports it)
 
@@ -329,7 +332,7 @@ CHART_POINTS = "return [...document.querySelectorAll('figure.chart')].map(f => [
 
 @pytest.mark.django_db(transaction=True)
 def test_headless_chromium_logs_in_and_draws_the_live_dashboard(
-    live_server, browser, terminal_session: BridgeSession, clean_samples: None, settings, tmp_path: Path,  # noqa: ANN001
+    live_server, browser, terminal_session: BridgeSession, clean_samples: None, settings, tmp_path: Path,
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -364,6 +367,11 @@ def test_headless_chromium_logs_in_and_draws_the_live_dashboard(
     assert points["chart-latency"] == 2 * 4  # p50 and p99 in 4 minutes
     assert points["chart-outcomes"] == 4  # one bar segment per (minute, state): 40, 25, 12 and 2 minutes ago
     assert points["chart-events"] >= 1 and points["chart-queue"] >= 3 * 2  # 3 samples of 2 terminals
+    lines = browser.execute_script(
+        "return Object.fromEntries(['chart-queue', 'chart-latency'].map("
+        "id => [id, document.querySelectorAll('#' + id + ' polyline').length]))")
+    # Samples 10 s apart are joined (one line per terminal); minutes minutes apart are not (a gap is a gap).
+    assert lines == {"chart-queue": 2, "chart-latency": 2 * 4}, lines
     row = browser.find_element(By.CSS_SELECTOR, f'#terminals tr[data-terminal="{TERMINAL}"]')
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
     assert cells[0] == f"{TERMINAL} · sim" and cells[1].startswith("alive") and str(session.login) in cells[2] and cells[3] == str(session.login)

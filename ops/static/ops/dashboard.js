@@ -91,8 +91,20 @@
     }
   }
 
+  /* Consecutive points further apart than maxGap seconds are not joined: a gap (no task finished, the
+   * sampler stopped) shows as a gap, not as a straight line that was never measured. */
+  function runs(points, maxGap) {
+    const result = [];
+    for (const p of points) {
+      const run = result[result.length - 1];
+      if (run && p[0] - run[run.length - 1][0] <= maxGap) run.push(p);
+      else result.push([p]);
+    }
+    return result;
+  }
+
   /* series: [{label, color, points: [[t, v], ...]}] */
-  function lineChart(figure, series, x0, x1, unit, emptyText) {
+  function lineChart(figure, series, x0, x1, maxGap, unit, emptyText) {
     const svg = figure.querySelector("svg");
     let top = 0;
     for (const s of series) for (const p of s.points) top = Math.max(top, p[1]);
@@ -101,7 +113,9 @@
     for (const s of series) {
       const points = s.points.filter((p) => p[0] >= x0 && p[0] <= x1);
       if (!points.length) continue;
-      el("polyline", { points: points.map((p) => x(p[0]) + "," + y(p[1])).join(" "), stroke: s.color }, svg);
+      for (const run of runs(points, maxGap)) {
+        el("polyline", { points: run.map((p) => x(p[0]) + "," + y(p[1])).join(" "), stroke: s.color }, svg);
+      }
       for (const p of points) {
         const dot = el("circle", { cx: x(p[0]), cy: y(p[1]), r: 2.2, fill: s.color, class: "pt" }, svg);
         el("title", {}, dot).textContent = s.label + " " + clock(p[0]) + ": " + number(p[1]) + unit;
@@ -175,20 +189,22 @@
 
   function draw(data) {
     const x1 = data.asOf, x0 = x1 - data.windowSeconds;
+    const sampleGap = 2.5 * data.sampling.intervalSeconds, minuteGap = 90;
     terminalsTable(data.terminals);
     const names = Object.keys(data.queueDepth);
     lineChart(document.getElementById("chart-queue"),
       names.map((name, i) => ({ label: name, color: PALETTE[i % PALETTE.length], points: data.queueDepth[name] })),
-      x0, x1, "", "no samples yet");
+      x0, x1, sampleGap, "", "no samples yet");
     const latency = data.tasks.latency;
     lineChart(document.getElementById("chart-latency"), [
       { label: "p50", color: "#1565c0", points: latency.p50 },
       { label: "p99", color: "#c62828", points: latency.p99 },
-    ], x0, x1, " s", "no task finished in the last hour");
+    ], x0, x1, minuteGap, " s", "no task finished in the last hour");
     stackedBars(document.getElementById("chart-outcomes"), data.tasks.minutes, data.tasks.finalStates,
       "no task finished in the last hour");
     lineChart(document.getElementById("chart-events"),
-      [{ label: "events/s", color: "#ef6c00", points: data.eventsPerSecond }], x0, x1, "/s", "no samples yet");
+      [{ label: "events/s", color: "#ef6c00", points: data.eventsPerSecond }], x0, x1, sampleGap, "/s",
+      "no samples yet");
     const s = data.sampling;
     document.getElementById("sampling").textContent = s.lastSampleAge === null
       ? "No samples of queue depth and events in the last hour: is the maintenance worker's beat running?"
