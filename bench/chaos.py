@@ -238,7 +238,7 @@ class IpcFaults(threading.Thread):
     """Arms one ``ipc_timeout("order_send", 1, execute=<random>)`` at a time on the terminal, each once
     the worker has taken its threshold of tasks, and waits until an order_send consumed it."""
 
-    def __init__(self, address: str, thresholds: list[float], taken, seed: int) -> None:  # noqa: ANN001
+    def __init__(self, address: str, thresholds: list[float], taken, seed: int) -> None:
         super().__init__(daemon=True, name="ipc-faults")
         from mt5sim.control import Control
 
@@ -302,7 +302,7 @@ def broker_records(address: str) -> tuple[list, list]:
 
 
 # --- the run ----------------------------------------------------------------------------------------
-def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
+def main() -> int:  # noqa: C901 - one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
@@ -316,7 +316,7 @@ def main() -> int:  # noqa: C901, PLR0912, PLR0915 - one linear script
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    def on_term(signum, frame):  # noqa: ANN001, ANN202, ARG001
+    def on_term(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
@@ -622,7 +622,7 @@ def stop_in_order(procs: Procs, stack: Stack) -> None:
     try:
         held = stack.holder()
         holder = held[0] if held else None
-    except Exception:  # noqa: BLE001 - the database may be what failed
+    except Exception:  # the database may be what failed
         pass
     workers = sorted(stack.workers, key=lambda name: name == holder)
     for name in [*workers, "web", "maintenance", "sim", f"redis-{stack.redis_runs}"]:

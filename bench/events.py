@@ -84,7 +84,7 @@ async def _client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.E
         out["per_client_orders"].append(orders)
 
 
-def client_process(url: str, headers: dict, count: int, conn, control, expected, start_ms: float) -> None:  # noqa: ANN001
+def client_process(url: str, headers: dict, count: int, conn, control, expected, start_ms: float) -> None:
     """Open ``count`` sockets, report ready, record until told to stop, send the figures back."""
 
     async def main() -> None:
@@ -99,7 +99,7 @@ def client_process(url: str, headers: dict, count: int, conn, control, expected,
                 pass
             try:
                 await _client(url, headers, ready, stop, out)
-            except Exception as exc:  # noqa: BLE001 - counted and shown, not hidden
+            except Exception as exc:  # counted and shown, not hidden
                 out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
                 out["target"] -= 1  # a socket that failed is not waited for
                 if out["connected"] >= out["target"]:
@@ -123,7 +123,7 @@ def client_process(url: str, headers: dict, count: int, conn, control, expected,
     asyncio.run(main())
 
 
-def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, seconds: float,  # noqa: ANN001
+def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, seconds: float,
               rate: float) -> dict:
     procs = 1 if clients < 50 else 2
     ctx = multiprocessing.get_context("spawn")
@@ -183,7 +183,7 @@ def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, 
     }
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
+def main() -> None:  # one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=10.0, help="ticks per second driven at the terminal")

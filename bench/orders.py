@@ -40,7 +40,7 @@ TERMINAL = "bench-1"
 ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.01}
 
 
-def wait_drained(tasks, timeout: float) -> None:  # noqa: ANN001 - a TradeTask queryset
+def wait_drained(tasks, timeout: float) -> None:  # a TradeTask queryset
     deadline = time.monotonic() + timeout
     while tasks.filter(state__in=["queued", "dispatched", "unknown"]).exists():
         if time.monotonic() > deadline:
@@ -49,7 +49,7 @@ def wait_drained(tasks, timeout: float) -> None:  # noqa: ANN001 - a TradeTask q
         time.sleep(0.5)
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
+def main() -> None:  # one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each acceptance run")
     parser.add_argument("--latency-samples", type=int, default=200)

@@ -114,7 +114,7 @@ def _sizes(port: int, path: str, headers: dict[str, str]) -> tuple[int, int]:
 
 
 # --- direct mt5sim calls, one process per client ---------------------------------------------------------
-def _direct_call(name: str):  # noqa: ANN202
+def _direct_call(name: str):
     import mt5sim
 
     if name == "account_info":
@@ -125,7 +125,7 @@ def _direct_call(name: str):  # noqa: ANN202
     return lambda: mt5sim.history_deals_get(now - 7 * 86400, now + 60)
 
 
-def _direct_worker(address: str, name: str, seconds: float, barrier, results) -> None:  # noqa: ANN001
+def _direct_worker(address: str, name: str, seconds: float, barrier, results) -> None:
     import mt5sim
 
     assert mt5sim.initialize(address), mt5sim.last_error()
@@ -161,7 +161,7 @@ def direct_load(address: str, name: str, clients: int, seconds: float) -> LoadRe
 
 
 # --- the run -------------------------------------------------------------------------------------------------
-def main() -> None:  # noqa: PLR0915 - one linear script
+def main() -> None:  # one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--deals", type=int, default=300, help="deals made at the terminal before measuring")

@@ -268,7 +268,7 @@ def _count_outage(where: str) -> None:
     metrics.redis_unavailable(where)
 
 
-def _json(request, status_code: int, code: str, message: str,  # noqa: ANN001
+def _json(request, status_code: int, code: str, message: str,
           details: dict[str, Any] | None = None) -> JsonResponse:
     """A Django-level error answer; it carries ``x-request-id`` itself when the request id is known
     (an error raised inside RequestIdMiddleware never passes back through it)."""
@@ -279,11 +279,11 @@ def _json(request, status_code: int, code: str, message: str,  # noqa: ANN001
     return response
 
 
-def json_404(request, exception=None) -> JsonResponse:  # noqa: ANN001 - Django handler signature
+def json_404(request, exception=None) -> JsonResponse:  # Django handler signature
     return _json(request, 404, "NotFound", "not found")
 
 
-def json_400(request, exception=None) -> JsonResponse:  # noqa: ANN001
+def json_400(request, exception=None) -> JsonResponse:
     """Django's 400 (``SuspiciousOperation``, ``BadRequest``): an oversized body read by Django itself
     (``RequestDataTooBig``) is 413 as everywhere else."""
     if isinstance(exception, RequestDataTooBig):
@@ -291,10 +291,10 @@ def json_400(request, exception=None) -> JsonResponse:  # noqa: ANN001
     return _json(request, 400, "ValidationError", "bad request")
 
 
-def json_403(request, exception=None) -> JsonResponse:  # noqa: ANN001
+def json_403(request, exception=None) -> JsonResponse:
     return _json(request, 403, "Forbidden", "permission denied")
 
 
-def json_500(request) -> JsonResponse:  # noqa: ANN001
+def json_500(request) -> JsonResponse:
     rid = getattr(request, "bridge_request_id", "-")
     return _json(request, 500, "InternalError", "internal error", {"requestId": rid})

@@ -172,7 +172,7 @@ def refuse_after_drf_checks(request: HttpRequest, view_func: Callable, args: tup
         if method not in view.http_method_names or not hasattr(view, method):
             raise MethodNotAllowed(drf_request.method)
         raise error
-    except Exception as exc:  # noqa: BLE001 - DRF's dispatch does the same: every exception is answered
+    except Exception as exc:  # DRF's dispatch does the same: every exception is answered
         response = view.handle_exception(exc)
     return view.finalize_response(drf_request, response, *args, **kwargs)
 

@@ -84,7 +84,7 @@ def loads_bounded(raw: bytes | str, *, depth: int | None = None, size: int | Non
 class BoundedJSONParser(JSONParser):
     """DRF's JSONParser with a nesting-depth bound and a size bound (see the module docstring)."""
 
-    def parse(self, stream, media_type=None, parser_context=None):  # noqa: ANN001, ANN201 - DRF signature
+    def parse(self, stream, media_type=None, parser_context=None):  # DRF signature
         parser_context = parser_context or {}
         encoding = get_encoding(parser_context)
         size = max_body_bytes()

@@ -133,7 +133,7 @@ def redis_url() -> str:
     return getattr(settings, "BRIDGE_THROTTLE_REDIS_URL", "") or settings.REDIS_URL
 
 
-def _script(url: str):  # noqa: ANN202 - redis.commands.core.Script
+def _script(url: str):  # redis.commands.core.Script
     script = _scripts.get(url)
     if script is None:
         with _lock:

@@ -176,7 +176,7 @@ class StrictBodyExtension(OpenApiSerializerExtension):
     target_class = "bridge_project.fields.RejectUnknownFieldsMixin"
     match_subclasses = True
 
-    def map_serializer(self, auto_schema, direction):  # noqa: ANN001, ANN201 - drf-spectacular signature
+    def map_serializer(self, auto_schema, direction):  # drf-spectacular signature
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         if direction == "request":
             schema["additionalProperties"] = False
@@ -190,7 +190,7 @@ class RequiredBodySchema(AutoSchema):
     """drf-spectacular marks a body required only when one of its fields is; a PATCH whose fields are
     all optional but that must change something (``min_fields``) needs its body all the same."""
 
-    def _get_request_body(self, direction="request"):  # noqa: ANN001, ANN202 - drf-spectacular signature
+    def _get_request_body(self, direction="request"):  # drf-spectacular signature
         body = super()._get_request_body(direction)
         if body is not None:
             body["required"] = True
@@ -209,7 +209,7 @@ class ExclusiveMinimumExtension(OpenApiSerializerFieldExtension):
     target_class = "bridge_project.schema.ExclusiveMinFloatField"
     match_subclasses = True
 
-    def map_serializer_field(self, auto_schema, direction):  # noqa: ANN001, ANN201
+    def map_serializer_field(self, auto_schema, direction):
         schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
         schema["minimum"] = self.target.exclusive_min
         schema["exclusiveMinimum"] = True

@@ -32,7 +32,7 @@ if BRIDGE_ENV not in {"development", "production"}:
 PRODUCTION = BRIDGE_ENV == "production"
 
 DEBUG = env.bool("DEBUG", default=False)
-DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - development only
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"  # development only
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
     if PRODUCTION:

@@ -70,7 +70,7 @@ _RETRY_RETCODES = (TRADE_RETCODE_REQUOTE, TRADE_RETCODE_PRICE_OFF)
 _HELPER_ATTEMPTS = 10
 
 
-def _RawOrder(order_type, symbol, volume, price, comment=None, ticket=None):  # noqa: N802 - MetaTrader5's name
+def _RawOrder(order_type, symbol, volume, price, comment=None, ticket=None):  # MetaTrader5's name
     """A market deal request as the package's helpers build it: no type_filling (so FOK), deviation 10."""
     request = {
         "action": TRADE_ACTION_DEAL,
@@ -102,17 +102,17 @@ def _market_order(order_type, price_field, symbol, volume, price, comment, ticke
     return result
 
 
-def Buy(symbol, volume, price=None, *, comment=None, ticket=None):  # noqa: N802 - MetaTrader5's name
+def Buy(symbol, volume, price=None, *, comment=None, ticket=None):  # MetaTrader5's name
     """Market buy; without a price, retries at the current ask while requoted or without prices."""
     return _market_order(ORDER_TYPE_BUY, "ask", symbol, volume, price, comment, ticket)
 
 
-def Sell(symbol, volume, price=None, *, comment=None, ticket=None):  # noqa: N802 - MetaTrader5's name
+def Sell(symbol, volume, price=None, *, comment=None, ticket=None):  # MetaTrader5's name
     """Market sell; without a price, retries at the current bid while requoted or without prices."""
     return _market_order(ORDER_TYPE_SELL, "bid", symbol, volume, price, comment, ticket)
 
 
-def Close(symbol, *, comment=None, ticket=None):  # noqa: N802 - MetaTrader5's name
+def Close(symbol, *, comment=None, ticket=None):  # MetaTrader5's name
     """Close the buy/sell positions of ``symbol`` (or the one ``ticket``) with opposite deals.
 
     True when all closed, "Partially" when some did, False when none did, None when a tick or a

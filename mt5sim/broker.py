@@ -184,7 +184,7 @@ class BrokerServer:
                 status, payload = self._dispatch(link, method, kwargs, len(message) > 3)
                 try:
                     frame = protocol.pack([call_id, status, payload])
-                except Exception as exc:  # noqa: BLE001 - an unserializable value must not kill the link
+                except Exception as exc:  # an unserializable value must not kill the link
                     print(f"mt5sim broker: cannot serialize reply to {method}: {exc!r}", file=sys.stderr, flush=True)
                     frame = protocol.pack([call_id, protocol.STATUS_ERR, _CALL_FAILED])
                 try:
@@ -236,7 +236,7 @@ class BrokerServer:
                 status, value = link.engine.call_as(link.view, link.session, method, kwargs)
             else:
                 return protocol.STATUS_ERR, _UNSUPPORTED
-        except Exception:  # noqa: BLE001 - an engine bug answers "call failed", the broker lives on
+        except Exception:  # an engine bug answers "call failed", the broker lives on
             print(f"mt5sim broker: {method} failed", file=sys.stderr, flush=True)
             traceback.print_exc()
             return protocol.STATUS_ERR, _CALL_FAILED

@@ -420,7 +420,7 @@ def _polite_shutdown(conn: _Connection) -> None:
     """Tell the terminal this client leaves; errors do not matter any more."""
     try:
         _exchange(conn, "shutdown", {})
-    except Exception:  # noqa: BLE001 - best effort on the way out
+    except Exception:  # best effort on the way out
         pass
 
 

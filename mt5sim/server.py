@@ -173,7 +173,7 @@ class TerminalServer:
                 status, payload = self._dispatch(session, str(method), kwargs or {})
                 try:
                     frame = protocol.pack([call_id, status, payload])
-                except Exception as exc:  # noqa: BLE001 - an unserializable engine value must not kill the link
+                except Exception as exc:  # an unserializable engine value must not kill the link
                     print(f"mt5sim: cannot serialize reply to {method}: {exc!r}", file=sys.stderr, flush=True)
                     frame = protocol.pack([call_id, protocol.STATUS_ERR, list(_CALL_FAILED)])
                 try:
@@ -188,7 +188,7 @@ class TerminalServer:
                 with self.engine_lock:
                     try:
                         self.engine.detach(session[0])
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         traceback.print_exc()
             try:
                 sock.close()
@@ -214,7 +214,7 @@ class TerminalServer:
                 if not session:
                     session.append(self.engine.attach())
                 status, value = self.engine.call(session[0], method, kwargs)
-            except Exception:  # noqa: BLE001 - an engine bug answers "call failed", the terminal lives on
+            except Exception:  # an engine bug answers "call failed", the terminal lives on
                 print(f"mt5sim: engine call {method} failed", file=sys.stderr, flush=True)
                 traceback.print_exc()
                 return protocol.STATUS_ERR, list(_CALL_FAILED)
@@ -242,7 +242,7 @@ class TerminalServer:
         with self.engine_lock:
             try:
                 status, value = self.engine.control(name, kwargs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 traceback.print_exc()
                 return protocol.STATUS_ERR, [-1, f"control {name} failed: {exc!r}"]
         if status == "err":

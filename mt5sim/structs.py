@@ -76,7 +76,7 @@ class _StructSequence(tuple):
     n_sequence_fields = 0
     n_unnamed_fields = 0
 
-    def __new__(cls, sequence: Any = (), dict: Any = None):  # noqa: A002 - same name as CPython's structseq
+    def __new__(cls, sequence: Any = (), dict: Any = None):  # same name as CPython's structseq
         try:
             items = tuple(sequence)
         except TypeError:

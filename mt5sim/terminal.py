@@ -68,7 +68,7 @@ class TerminalState:
         self.trade_connected = True  # ctl.trade_server
         self._dir_lock = None
         if state_dir:
-            self._dir_lock = open(os.path.join(state_dir, LOCK_FILE), "a+")  # noqa: SIM115 - held for the process life
+            self._dir_lock = open(os.path.join(state_dir, LOCK_FILE), "a+")  # held for the process life
             try:
                 fcntl.flock(self._dir_lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -305,7 +305,7 @@ class RemoteTerminalServer(TerminalServer):
                     return
                 try:
                     out = self._handle(client, link, call_id, str(method), kwargs or {})
-                except Exception as exc:  # noqa: BLE001 - a bug answers "call failed", the terminal lives on
+                except Exception as exc:  # a bug answers "call failed", the terminal lives on
                     print(f"mt5sim terminal: {method} failed: {exc!r}", flush=True)
                     traceback.print_exc()
                     out = _reply(call_id, protocol.STATUS_ERR, ERR_CALL_FAILED)

@@ -46,7 +46,7 @@ def ops_token_matches(token: str) -> bool:
 class OpsTokenAuthentication(BaseAuthentication):
     """``Bearer <ops token>``; anything else is left to the next authenticator (API key, session)."""
 
-    def authenticate(self, request):  # noqa: ANN001, ANN201 - DRF signature
+    def authenticate(self, request):  # DRF signature
         header = get_authorization_header(request).split()
         if len(header) != 2 or header[0].lower() != b"bearer":
             return None
@@ -58,7 +58,7 @@ class OpsTokenAuthentication(BaseAuthentication):
             return OpsPrincipal(), None
         return None
 
-    def authenticate_header(self, request) -> str:  # noqa: ANN001
+    def authenticate_header(self, request) -> str:
         return "Bearer"
 
 
@@ -90,7 +90,7 @@ def is_ops_user(user: object) -> bool:
 
 
 class IsStaffOrOpsToken(BasePermission):
-    def has_permission(self, request, view) -> bool:  # noqa: ANN001
+    def has_permission(self, request, view) -> bool:
         return is_ops_user(request.user)
 
 
@@ -119,5 +119,5 @@ class OpsTokenScheme(OpenApiAuthenticationExtension):
     target_class = "ops.auth.OpsTokenAuthentication"
     name = "opsToken"
 
-    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+    def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "BRIDGE_OPS_TOKEN (or a staff login)"}

@@ -52,7 +52,7 @@ class OpsView(APIView):
     permission_classes = [IsStaffOrOpsToken]
     throttle_classes: list = []  # ops_rate_limit instead, before authentication
 
-    def initial(self, request: Request, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def initial(self, request: Request, *args, **kwargs) -> None:
         wait = ops_rate_limit(request)
         if wait is not None:
             raise RateLimited(wait, OPS_RATE_LIMITED)

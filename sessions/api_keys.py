@@ -85,11 +85,11 @@ def rotate_api_key(row: ApiKey) -> tuple[ApiKey, str]:
 
 
 @receiver(post_save, sender=ApiKey, dispatch_uid="api_key_revoked_by_save")
-def _revoked_by_save(sender, instance: ApiKey, created: bool, update_fields=None, **kwargs) -> None:  # noqa: ANN001, ANN003
+def _revoked_by_save(sender, instance: ApiKey, created: bool, update_fields=None, **kwargs) -> None:
     if instance.revoked_at is not None and (update_fields is None or "revoked_at" in update_fields):
         close_key_sockets(instance.pk)
 
 
 @receiver(post_delete, sender=ApiKey, dispatch_uid="api_key_deleted")
-def _deleted(sender, instance: ApiKey, **kwargs) -> None:  # noqa: ANN001, ANN003
+def _deleted(sender, instance: ApiKey, **kwargs) -> None:
     close_key_sockets(instance.pk)

@@ -39,7 +39,7 @@ def principal_for_key(key: str) -> WorkspacePrincipal | None:
     return WorkspacePrincipal(row.workspace, row) if row else None
 
 
-def _refuse(request, message: str) -> AuthenticationFailed:  # noqa: ANN001
+def _refuse(request, message: str) -> AuthenticationFailed:
     """The exception for a failed authentication: 401, or 429 once the client IP is over its limit."""
     wait = limit_anonymous(request)
     if wait is not None:
@@ -48,7 +48,7 @@ def _refuse(request, message: str) -> AuthenticationFailed:  # noqa: ANN001
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    def authenticate(self, request):  # noqa: ANN001, ANN201 - DRF signature
+    def authenticate(self, request):  # DRF signature
         header = get_authorization_header(request).split()
         if not header:
             return None
@@ -63,7 +63,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise _refuse(request, "invalid or revoked API key")
         return principal, principal.api_key
 
-    def authenticate_header(self, request) -> str:  # noqa: ANN001
+    def authenticate_header(self, request) -> str:
         return "Bearer"
 
 
@@ -71,7 +71,7 @@ class IsWorkspace(BasePermission):
     """Allows workspace principals only (an API key was presented and valid). A request without
     credentials counts against its IP's limit (429 over it, else 401)."""
 
-    def has_permission(self, request, view) -> bool:  # noqa: ANN001
+    def has_permission(self, request, view) -> bool:
         if isinstance(request.user, WorkspacePrincipal):
             return True
         wait = limit_anonymous(request)
@@ -86,7 +86,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "sessions.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
-    def get_security_definition(self, auto_schema):  # noqa: ANN001, ANN201
+    def get_security_definition(self, auto_schema):
         return {
             "type": "http",
             "scheme": "bearer",

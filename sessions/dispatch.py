@@ -30,7 +30,7 @@ def publish_login(session: BridgeSession) -> bool:
         # Sent by name: the web tier never imports the worker's task module.
         app.send_task(LOGIN_TASK, args=[session.id], queue=terminal_queue(session.terminal.name),
                       retry=True, retry_policy=LOGIN_PUBLISH_RETRY_POLICY)
-    except Exception:  # noqa: BLE001 - the session row stands; its login is published again later
+    except Exception:  # the session row stands; its login is published again later
         logger.warning("publishing the login of session %s to terminal %s failed; it stays opening",
                        session.id, session.terminal.name, exc_info=True)
         metrics.redis_unavailable("login")

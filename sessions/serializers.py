@@ -20,14 +20,14 @@ def _text(max_length: int, **kwargs: Any) -> StrictCharField:
 
 
 class SessionOpenSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    accountId = _text(100, help_text="the client's name for the account")  # noqa: N815 - API field name
+    accountId = _text(100, help_text="the client's name for the account")  # API field name
     server = _text(200, help_text="the MT5 trade server, e.g. `MetaQuotes-Demo`")
     login = StrictIntegerField(min_value=1, max_value=2**63 - 1)
     password = _text(200, write_only=True)
     terminal = _text(63, required=False, help_text="a terminal by name (unknown: 404); default: a free one")
 
 
-def _ts(value) -> int | None:  # noqa: ANN001
+def _ts(value) -> int | None:
     return int(value.timestamp()) if value else None
 
 
@@ -56,7 +56,7 @@ def session_payload(session: BridgeSession) -> dict[str, Any]:
 class SessionSerializer(serializers.Serializer):
     """Schema-only description of ``session_payload`` for the OpenAPI document."""
 
-    sessionId = serializers.CharField()  # noqa: N815
+    sessionId = serializers.CharField()
     status = serializers.ChoiceField(
         choices=["opening", "active", "login_failed", "closed", "expired"],
         help_text="opening → active → closed | expired, or opening → login_failed (also after "
@@ -64,14 +64,14 @@ class SessionSerializer(serializers.Serializer):
         "SessionNotReady while opening); an ended session's queued tasks end cancelled (SessionEnded).",
     )
     terminal = serializers.CharField()
-    accountId = serializers.CharField()  # noqa: N815
+    accountId = serializers.CharField()
     login = serializers.IntegerField()
     server = serializers.CharField()
-    createdAt = serializers.IntegerField(help_text="unix seconds, UTC")  # noqa: N815
-    lastHeartbeatAt = serializers.IntegerField(help_text="unix seconds, UTC")  # noqa: N815
-    expiresAt = serializers.IntegerField(help_text="unix seconds, UTC")  # noqa: N815
-    heartbeatInterval = serializers.IntegerField(help_text="seconds; send a heartbeat at least this often")  # noqa: N815
+    createdAt = serializers.IntegerField(help_text="unix seconds, UTC")
+    lastHeartbeatAt = serializers.IntegerField(help_text="unix seconds, UTC")
+    expiresAt = serializers.IntegerField(help_text="unix seconds, UTC")
+    heartbeatInterval = serializers.IntegerField(help_text="seconds; send a heartbeat at least this often")
     broker = serializers.DictField(help_text="company, server, currency, leverage, connected (once active)")
     error = serializers.DictField(required=False, help_text="`{code, message}`: MT5's error when login_failed "
                                   "(code null for the bridge's own, e.g. LoginTimeout)")
-    endedAt = serializers.IntegerField(required=False, help_text="unix seconds, UTC; once ended")  # noqa: N815
+    endedAt = serializers.IntegerField(required=False, help_text="unix seconds, UTC; once ended")

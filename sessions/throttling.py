@@ -30,7 +30,7 @@ class WorkspaceRateThrottle(BaseThrottle):
     def __init__(self) -> None:
         self._wait: float | None = None
 
-    def allow_request(self, request, view) -> bool:  # noqa: ANN001
+    def allow_request(self, request, view) -> bool:
         user = request.user
         if not isinstance(user, WorkspacePrincipal):
             return True  # no valid key: limited per IP by sessions.auth

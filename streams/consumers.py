@@ -75,10 +75,10 @@ REPLAY_PAGE = 1000
 REDIS_ERRORS = (RedisError, OSError)
 
 
-def _live_session_of(workspace, session_id: str) -> tuple[str, str] | None:  # noqa: ANN001
+def _live_session_of(workspace, session_id: str) -> tuple[str, str] | None:
     try:
         session = session_get(workspace=workspace, session_id=session_id)
-    except Exception:  # noqa: BLE001 - NotFound (another workspace's or unknown): same answer, 4401
+    except Exception:  # NotFound (another workspace's or unknown): same answer, 4401
         return None
     if not session.live:
         return None
@@ -172,7 +172,7 @@ def server_backlog(send: Any) -> int | None:
 class EventsConsumer(AsyncWebsocketConsumer):
     """One client socket of one bridge session."""
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         """As channels' ``AsyncConsumer.__call__``, with a channel-layer receive that survives Redis going
         away (channels-redis raises from ``receive`` then, which would end the socket)."""
         self.scope = scope
@@ -311,7 +311,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 for group in self.groups_joined:
                     await self.channel_layer.group_discard(group, self.channel_name)
                 await subscriptions.unregister(self.redis, self.terminal, self.socket_id)
-        except Exception:  # noqa: BLE001 - the record expires by itself
+        except Exception:  # the record expires by itself
             logger.warning("could not remove subscriptions of socket %s", self.socket_id)
 
     # -- client messages ---------------------------------------------------------------------------
@@ -640,7 +640,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 active = await database_sync_to_async(_key_active)(self.key_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the database away: try again next round
+            except Exception:  # the database away: try again next round
                 logger.warning("socket %s: API key check failed; retrying", self.socket_id, exc_info=True)
                 continue
             if not active:
@@ -676,7 +676,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     await self.send(text_data=item)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("events writer failed for socket %s", getattr(self, "socket_id", "?"))
 
     async def _wait_drain(self, low: int, timeout: float) -> bool:
@@ -736,7 +736,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - Redis flapping: try again
+            except Exception as exc:  # Redis flapping: try again
                 logger.warning("socket %s: re-joining groups failed (%s); retrying", self.socket_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -780,7 +780,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 raise
             except REDIS_ERRORS as exc:
                 logger.warning("events housekeeping of socket %s: Redis unreachable (%s)", self.socket_id, exc)
-            except Exception:  # noqa: BLE001 - housekeeping retries next round
+            except Exception:  # housekeeping retries next round
                 logger.exception("events housekeeping failed for socket %s", self.socket_id)
 
     async def bridge_check(self, message: dict) -> None:

@@ -60,11 +60,11 @@ stats = {"forwarded": 0, "stale": 0, "errors": 0, "redis_restarts": 0}
 _watchers: weakref.WeakSet = weakref.WeakSet()
 
 
-def watch(socket_consumer) -> None:  # noqa: ANN001
+def watch(socket_consumer) -> None:
     _watchers.add(socket_consumer)
 
 
-def unwatch(socket_consumer) -> None:  # noqa: ANN001
+def unwatch(socket_consumer) -> None:
     _watchers.discard(socket_consumer)
 
 
@@ -115,7 +115,7 @@ def _notify_restart() -> None:
     for socket_consumer in list(_watchers):
         try:
             socket_consumer.redis_restarted()
-        except Exception:  # noqa: BLE001 - one socket must not keep the others from hearing it
+        except Exception:  # one socket must not keep the others from hearing it
             logger.exception("could not tell a socket that Redis restarted")
 
 
@@ -123,7 +123,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _forward_group(layer, group: str, messages: list[dict]) -> None:  # noqa: ANN001
+async def _forward_group(layer, group: str, messages: list[dict]) -> None:
     for message in messages:  # in order within one group (seq order)
         await layer.group_send(group, message)
 
@@ -195,7 +195,7 @@ async def _run() -> None:
             logger.warning("events relay %s: Redis unreachable (%s: %s)", consumer, type(exc).__name__, exc)
             next_check = 0.0
             await asyncio.sleep(0.5)
-        except Exception:  # noqa: BLE001 - the relay must outlive anything else too
+        except Exception:  # the relay must outlive anything else too
             stats["errors"] += 1
             logger.exception("events relay error")
             next_check = 0.0

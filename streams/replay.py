@@ -84,7 +84,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def read_since(client, session_id: str, since: int, limit: int = 1000) -> ReplayPage:  # noqa: ANN001
+def read_since(client, session_id: str, since: int, limit: int = 1000) -> ReplayPage:
     """Synchronous read (REST view) in one MULTI so the seq, the oldest entry and the page agree."""
     pipe = client.pipeline(transaction=True)
     for name, args, kwargs in _commands(session_id, since, limit):
@@ -92,7 +92,7 @@ def read_since(client, session_id: str, since: int, limit: int = 1000) -> Replay
     return _page(since, pipe.execute())
 
 
-async def aread_since(client, session_id: str, since: int, limit: int = 1000) -> ReplayPage:  # noqa: ANN001
+async def aread_since(client, session_id: str, since: int, limit: int = 1000) -> ReplayPage:
     """The same read on an asyncio Redis client (the consumer)."""
     pipe = client.pipeline(transaction=True)
     for name, args, kwargs in _commands(session_id, since, limit):
@@ -100,7 +100,7 @@ async def aread_since(client, session_id: str, since: int, limit: int = 1000) ->
     return _page(since, await pipe.execute())
 
 
-async def acurrent_state(client, session_id: str) -> tuple[int, int]:  # noqa: ANN001
+async def acurrent_state(client, session_id: str) -> tuple[int, int]:
     """(last seq, epoch) of the session; (0, 0) when it has no counter."""
     seq, epoch = await client.hmget(seq_key(session_id), "n", "e")
     return int(seq or 0), int(epoch or 0)

@@ -37,7 +37,7 @@ def record(quotes: set[str], depth: set[str], now: float | None = None) -> str:
     return json.dumps({"q": sorted(quotes), "d": sorted(depth), "exp": (now or time.time()) + SUBSCRIPTION_TTL})
 
 
-async def register(client, terminal: str, socket_id: str, quotes: set[str], depth: set[str]) -> None:  # noqa: ANN001
+async def register(client, terminal: str, socket_id: str, quotes: set[str], depth: set[str]) -> None:
     pipe = client.pipeline(transaction=False)
     if quotes or depth:
         pipe.hset(subs_key(terminal), socket_id, record(quotes, depth))
@@ -47,7 +47,7 @@ async def register(client, terminal: str, socket_id: str, quotes: set[str], dept
     await pipe.execute()
 
 
-async def unregister(client, terminal: str, socket_id: str) -> None:  # noqa: ANN001
+async def unregister(client, terminal: str, socket_id: str) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.hdel(subs_key(terminal), socket_id)
     pipe.incr(subs_version_key(terminal))
@@ -83,7 +83,7 @@ class _Cached:
 _cache: dict[str, _Cached] = {}
 
 
-def watched(client, terminal: str) -> WatchedSymbols:  # noqa: ANN001
+def watched(client, terminal: str) -> WatchedSymbols:
     """Synchronous read for the poller: one GET per call unless the subscriptions changed."""
     now = time.time()
     cached = _cache.setdefault(terminal, _Cached())

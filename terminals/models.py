@@ -46,7 +46,7 @@ class Terminal(models.Model):
     def queue(self) -> str:
         return f"terminal.{self.name}"
 
-    def worker_alive(self, now=None) -> bool:  # noqa: ANN001
+    def worker_alive(self, now=None) -> bool:
         """Alive when the pinned worker's heartbeat is newer than three intervals."""
         if self.worker_heartbeat_at is None:
             return False

@@ -33,7 +33,7 @@ def held_lease() -> Lease:
     return _lease
 
 
-def hold_lease(name: str, *, wait: bool = True, say=print) -> Lease:  # noqa: ANN001 - a print-like callable
+def hold_lease(name: str, *, wait: bool = True, say=print) -> Lease:  # a print-like callable
     """Acquire the lease of terminal ``name`` for this process, waiting while another worker holds it."""
     global _lease
     sync_terminals()
@@ -107,7 +107,7 @@ def _heartbeat_loop(name: str, hostname: str, stop: threading.Event) -> None:
             sync_terminals()
             _renew_or_exit()
             record_worker_heartbeat(name, hostname)
-        except Exception:  # noqa: BLE001 - a failed beat must not kill the worker; next one retries
+        except Exception:  # a failed beat must not kill the worker; next one retries
             logger.exception("heartbeat failed")
         finally:
             close_old_connections()

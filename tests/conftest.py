@@ -34,7 +34,7 @@ def _flush_survives_busy_workers() -> Iterator[None]:
 
     original = TransactionTestCase._fixture_teardown
 
-    def teardown_with_retry(self) -> None:  # noqa: ANN001
+    def teardown_with_retry(self) -> None:
         for attempt in range(5):
             try:
                 return original(self)
@@ -103,7 +103,7 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[Stack]:  # noqa: ANN001
+def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[Stack]:
     """Two mt5sim terminals (UTC+3 and UTC+0) and a terminals file naming them (no workers yet)."""
     sims: dict[str, Proc] = {}
     addresses: dict[str, str] = {}
@@ -152,7 +152,7 @@ def bridge_stack(sim_stack: Stack) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def stack(bridge_stack: Stack, settings) -> Stack:  # noqa: ANN001
+def stack(bridge_stack: Stack, settings) -> Stack:
     """Per test: the running stack, with this process's settings pointed at its terminals file."""
     settings.BRIDGE_TERMINALS_FILE = str(bridge_stack.terminals_file)
     for name, proc in bridge_stack.workers.items():
@@ -162,7 +162,7 @@ def stack(bridge_stack: Stack, settings) -> Stack:  # noqa: ANN001
 
 
 @pytest.fixture
-def workspace(db) -> Workspace:  # noqa: ANN001
+def workspace(db) -> Workspace:
     return Workspace.objects.create(name="ws-main")
 
 
@@ -180,7 +180,7 @@ def client(api_key: str) -> APIClient:
 
 
 @pytest.fixture
-def other_client(db) -> APIClient:  # noqa: ANN001
+def other_client(db) -> APIClient:
     """An API client of a second workspace."""
     ws = Workspace.objects.create(name="ws-other")
     api = APIClient()

@@ -153,19 +153,19 @@ class TaskSerializer(serializers.ModelSerializer):
         fields = ["taskId", "requestId", "sessionId", "kind", "state", "request", "result", "parentTaskId",
                   "createdAt", "updatedAt", "finishedAt", "attempts"]
 
-    def get_createdAt(self, task: TradeTask) -> float:  # noqa: N802
+    def get_createdAt(self, task: TradeTask) -> float:
         return task.created_at.timestamp()
 
-    def get_updatedAt(self, task: TradeTask) -> float:  # noqa: N802
+    def get_updatedAt(self, task: TradeTask) -> float:
         return task.updated_at.timestamp()
 
-    def get_finishedAt(self, task: TradeTask) -> float | None:  # noqa: N802
+    def get_finishedAt(self, task: TradeTask) -> float | None:
         return task.finished_at.timestamp() if task.finished_at else None
 
 
 class TaskListSerializer(serializers.Serializer):
     tasks = TaskSerializer(many=True)
-    nextCursor = serializers.CharField(allow_null=True)  # noqa: N815
+    nextCursor = serializers.CharField(allow_null=True)
 
 
 # --- GET /tasks: its query, as the schema states it (trading.queries.list_tasks then applies it) ----
@@ -200,7 +200,7 @@ def _query_text(pattern: str, message: str) -> StrictCharField:
 class TaskListQuery(serializers.Serializer):
     state = CommaChoicesField(list(TaskState.values), required=False)
     kind = CommaChoicesField(list(TaskKind.values), required=False)
-    requestId = _query_text(REQUEST_ID_PATTERN, "1 to 128 printable ASCII characters, no spaces")  # noqa: N815
+    requestId = _query_text(REQUEST_ID_PATTERN, "1 to 128 printable ASCII characters, no spaces")
     since = QueryNumberField(required=False, min_value=0, max_value=MAX_SINCE)
     limit = QueryIntegerField(required=False, min_value=1, max_value=MAX_LIMIT)
     cursor = _query_text(CURSOR_PATTERN, "not a cursor this API returned")

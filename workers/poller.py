@@ -58,7 +58,7 @@ class TerminalPoller:
             watched = set(found)
             # The events work may name the subset that needs books (``.depth``); else every watched symbol.
             depth = set(getattr(found, "depth", watched))
-        except Exception:  # noqa: BLE001 - the events work's bug must not stop snapshots
+        except Exception:  # the events work's bug must not stop snapshots
             logger.exception("watched_symbols failed")
             watched, depth = set(), set()
         wanted = wanted_quote_symbols(self.redis, self.terminal.name, conf.get("BRIDGE_QUOTE_INTEREST_TTL"))
@@ -130,7 +130,7 @@ class TerminalPoller:
         self.last_good = taken_at
         try:
             poll_events.after_poll(self.terminal.name, previous, snapshot)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("after_poll failed")
         return snapshot
 

@@ -94,7 +94,7 @@ def tune_twisted_http(limit: int) -> None:
         MAX_LENGTH = limit  # the request line, or one header line
         totalHeadersSize = 2 * limit  # the request line and every header line together
 
-        def lineReceived(self, line: bytes):  # noqa: ANN201 - Twisted's signature
+        def lineReceived(self, line: bytes):  # Twisted's signature
             if getattr(self, "_receivedHeaderSize", 0) + len(line) > self.totalHeadersSize:
                 return self._refuse(431, f"request header fields over {self.totalHeadersSize} bytes together")
             return super().lineReceived(line)
@@ -121,7 +121,7 @@ def tune_twisted_http(limit: int) -> None:
     form_parsing_option = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
     class BridgeWebRequest(http_protocol.WebRequest):
-        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *args, **kwargs) -> None:
             if form_parsing_option:
                 kwargs["parsePOSTFormSubmission"] = False
             super().__init__(*args, **kwargs)

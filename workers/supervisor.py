@@ -231,7 +231,7 @@ class Supervisor:
 def run(port: int, host: str = "127.0.0.1") -> None:
     supervisor = Supervisor(port=port, host=host)
 
-    def _stop(signum, frame) -> None:  # noqa: ANN001
+    def _stop(signum, frame) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)

@@ -101,7 +101,7 @@ def _on_worker_ready(**_: object) -> None:
     start_heartbeat()
     try:
         reconcile_terminal(name, startup=True)
-    except Exception:  # noqa: BLE001 - the periodic run retries; the worker must still start
+    except Exception:  # the periodic run retries; the worker must still start
         logger.exception("start-up reconciliation of %s failed", name)
     finally:
         close_old_connections()
@@ -109,7 +109,7 @@ def _on_worker_ready(**_: object) -> None:
 
 
 @task_success.connect
-def _publish_specs_after_login(sender=None, result=None, **_: object) -> None:  # noqa: ANN001
+def _publish_specs_after_login(sender=None, result=None, **_: object) -> None:
     """After a session logs in on this worker, publish that account's symbol specs for validation."""
     if getattr(sender, "name", None) != LOGIN_TASK or result != "active":
         return
@@ -118,5 +118,5 @@ def _publish_specs_after_login(sender=None, result=None, **_: object) -> None:  
         return
     try:
         symbol_specs_refresh(session_id=args[0])
-    except Exception:  # noqa: BLE001 - the web tier asks again on demand
+    except Exception:  # the web tier asks again on demand
         logger.exception("publishing symbol specs after login failed")

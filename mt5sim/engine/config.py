@@ -90,7 +90,7 @@ def default_config() -> dict:
     global _default_cache
     if _default_cache is None:
         with open(DEFAULT_CONFIG_PATH, encoding="utf-8") as f:
-            _default_cache = yaml.load(f, Loader=_Loader)  # noqa: S506 - a safe loader
+            _default_cache = yaml.load(f, Loader=_Loader)  # a safe loader
     return copy.deepcopy(_default_cache)
 
 
@@ -101,7 +101,7 @@ def load_config(config: dict | str | None) -> dict:
         user: dict = {}
     elif isinstance(config, str | os.PathLike):
         with open(config, encoding="utf-8") as f:
-            user = yaml.load(f, Loader=_Loader) or {}  # noqa: S506 - a safe loader
+            user = yaml.load(f, Loader=_Loader) or {}  # a safe loader
     else:
         user = copy.deepcopy(config)
     user_symbols = user.pop("symbols", None)

@@ -27,7 +27,7 @@ class Journal:
     def __init__(self, state_dir: str):
         os.makedirs(state_dir, exist_ok=True)
         self.path = os.path.join(state_dir, JOURNAL_NAME)
-        self._lock_file = open(os.path.join(state_dir, LOCK_NAME), "a+")  # noqa: SIM115
+        self._lock_file = open(os.path.join(state_dir, LOCK_NAME), "a+")
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -61,7 +61,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._file = open(self.path, "ab")
 
     def append(self, record: list) -> None:
         self._pending.append(self._packer.pack(record))
@@ -70,7 +70,7 @@ class Journal:
         if not self._pending:
             return
         if self._file is None:
-            self._file = open(self.path, "ab")  # noqa: SIM115
+            self._file = open(self.path, "ab")
         self._file.write(b"".join(self._pending))
         self._file.flush()
         self._pending.clear()

@@ -63,8 +63,8 @@ def start_daphne(log_dir: Path, extra_env: dict[str, str] | None = None, name: s
 
 
 @pytest.fixture(scope="session")
-def daphne(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker,  # noqa: ANN001
-           events_redis) -> Iterator[tuple[Proc, str]]:  # noqa: ANN001
+def daphne(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker,
+           events_redis) -> Iterator[tuple[Proc, str]]:
     """A daphne serving the bridge (its log: ``proc.log()``) and its ws:// base URL."""
     with django_db_blocker.unblock():
         proc, url = start_daphne(tmp_path_factory.mktemp("daphne"))
@@ -91,7 +91,7 @@ class LiveSession:
 
 
 @pytest.fixture
-def make_session(db) -> Callable[..., LiveSession]:  # noqa: ANN001
+def make_session(db) -> Callable[..., LiveSession]:
     """An active bridge session on a fresh terminal row (no terminal process behind it)."""
 
     def make(workspace: Workspace | None = None, login: int = 5001) -> LiveSession:
@@ -174,7 +174,7 @@ def ws_connect(url: str, session: LiveSession | None = None, *, query: str = "",
 def ws(daphne_url: str) -> Iterator[Callable[..., WsClient]]:
     opened: list[WsClient] = []
 
-    def open_ws(session: LiveSession | None = None, **kwargs) -> WsClient:  # noqa: ANN003
+    def open_ws(session: LiveSession | None = None, **kwargs) -> WsClient:
         client = ws_connect(daphne_url, session, **kwargs)
         opened.append(client)
         return client
@@ -183,13 +183,13 @@ def ws(daphne_url: str) -> Iterator[Callable[..., WsClient]]:
     for client in opened:
         try:
             client.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
 # -- the real stack: mt5sim terminals, pinned workers, pollers ------------------------------------------
 @pytest.fixture(scope="session")
-def event_pollers(bridge_stack) -> Iterator[dict[str, Proc]]:  # noqa: ANN001
+def event_pollers(bridge_stack) -> Iterator[dict[str, Proc]]:
     """A fast poller (50 ms) per stack terminal, the process that turns terminal changes into events."""
     from tests.procs import start_manage
 
@@ -208,7 +208,7 @@ def event_pollers(bridge_stack) -> Iterator[dict[str, Proc]]:  # noqa: ANN001
 
 
 @pytest.fixture
-def live_stack(stack, event_pollers, daphne_url):  # noqa: ANN001, ANN201
+def live_stack(stack, event_pollers, daphne_url):
     for name, proc in event_pollers.items():
         assert proc.alive(), f"poller of {name} died:\n{proc.log()[-2000:]}"
     return stack

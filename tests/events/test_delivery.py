@@ -15,7 +15,7 @@ from streams.publisher import dumps, now_msc, publish_session_event, sync_redis
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _subscribe(client, channels: list[str]) -> int:  # noqa: ANN001
+def _subscribe(client, channels: list[str]) -> int:
     client.send({"type": "subscribe", "channels": channels, "request_id": "s"})
     return client.recv_until(lambda m: m.get("request_id") == "s")[0]["seq"]
 
@@ -34,7 +34,7 @@ def _lose_one_live_message(session_id: str, data: dict) -> int:
     return seq
 
 
-def test_a_dropped_live_event_is_fetched_from_the_stream(ws, make_session) -> None:  # noqa: ANN001
+def test_a_dropped_live_event_is_fetched_from_the_stream(ws, make_session) -> None:
     session = make_session()
     client = ws(session)
     base = _subscribe(client, ["order", "quote:EURUSD"])
@@ -46,7 +46,7 @@ def test_a_dropped_live_event_is_fetched_from_the_stream(ws, make_session) -> No
     assert (second["seq"], second["data"]["taskId"]) == (base + 2, "tsk_next")
 
 
-def test_a_dropped_last_event_is_found_by_the_periodic_check(ws, make_session) -> None:  # noqa: ANN001
+def test_a_dropped_last_event_is_found_by_the_periodic_check(ws, make_session) -> None:
     session = make_session()
     client = ws(session)
     _subscribe(client, ["order"])
@@ -59,7 +59,7 @@ BLOB = "x" * 100_000
 COUNT = 400
 
 
-def _deliver(session, fast) -> tuple[list[int], float]:  # noqa: ANN001
+def _deliver(session, fast) -> tuple[list[int], float]:
     """Publish COUNT large order events (and quotes) and read them on ``fast``: (seqs, seconds)."""
     seqs: list[int] = []
 
@@ -80,7 +80,7 @@ def _deliver(session, fast) -> tuple[list[int], float]:  # noqa: ANN001
 
 
 def test_slow_client_is_closed_with_4429_others_get_everything_and_resume_loses_nothing(
-        ws, make_session, daphne) -> None:  # noqa: ANN001
+        ws, make_session, daphne) -> None:
     # Baseline on this machine, now: the same load to one client with nobody slow beside it.
     alone_session = make_session()
     alone = ws(alone_session)

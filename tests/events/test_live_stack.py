@@ -36,7 +36,7 @@ def _key(client: APIClient) -> str:
     return client._credentials["HTTP_AUTHORIZATION"].split()[1]
 
 
-def _order(client: APIClient, sid: str, rid: str, **body) -> str:  # noqa: ANN003
+def _order(client: APIClient, sid: str, rid: str, **body) -> str:
     r = client.post(f"{BASE}/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1, **body}, format="json",
                     HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid)
     assert r.status_code == 202, r.content
@@ -72,7 +72,7 @@ class _Session:
 
 
 @pytest.fixture
-def eurusd_a(live_stack):  # noqa: ANN001, ANN201
+def eurusd_a(live_stack):
     ctl = Control(live_stack.addresses["sim-a"])
     ctl.freeze_feed("EURUSD")
     ctl.set_price("EURUSD", 1.10000, 1.10010)
@@ -82,13 +82,13 @@ def eurusd_a(live_stack):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def session_a(live_stack, client: APIClient):  # noqa: ANN001, ANN201
+def session_a(live_stack, client: APIClient):
     sid = _open(client, "sim-a", 5001)
     yield _Session(client, sid)
     client.delete(f"{BASE}/session/{sid}")
 
 
-def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eurusd_a, ws) -> None:  # noqa: ANN001
+def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eurusd_a, ws) -> None:
     sock = ws(session_a)
     sock.send({"type": "subscribe", "channels": ["quote:EURUSD", "order", "position", "account"],
                "request_id": "s"})
@@ -121,7 +121,7 @@ def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eu
     assert account["data"]["balance"] < 100000 or account["data"]["balance"] > 0
 
 
-def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, session_a, eurusd_a, ws) -> None:  # noqa: ANN001
+def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, session_a, eurusd_a, ws) -> None:
     sock = ws(session_a)
     sock.send({"type": "subscribe", "channels": ["order"], "request_id": "s"})
     since = sock.recv_until(lambda m: m.get("request_id") == "s")[0]["seq"]
@@ -147,7 +147,7 @@ def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, sess
     assert {m["type"] for m in replayed} >= {"order", "position"}, [(m["type"], m["data"]) for m in replayed if m["type"] != "order"]
 
 
-def test_another_workspace_on_another_terminal_receives_nothing(live_stack, client, other_client, session_a,  # noqa: ANN001
+def test_another_workspace_on_another_terminal_receives_nothing(live_stack, client, other_client, session_a,
                                                                 eurusd_a, ws) -> None:
     other_sid = _open(other_client, "sim-b", 6001)
     try:

@@ -17,24 +17,24 @@ pytestmark = pytest.mark.django_db(transaction=True)
 NOW_MS = int(time.time() * 1000)
 
 
-def _pos(ticket: int, **kw) -> dict:  # noqa: ANN003
+def _pos(ticket: int, **kw) -> dict:
     base = {"ticket": ticket, "symbol": "EURUSD", "type": 0, "volume": 0.1, "price_open": 1.1, "sl": 1.09,
             "tp": 1.12, "price_current": 1.1, "profit": 0.0, "swap": 0.0, "magic": 0, "comment": "",
             "identifier": ticket, "reason": 3, "time_msc": NOW_MS, "time_update_msc": NOW_MS}
     return {**base, **kw}
 
 
-def _deal(ticket: int, position: int, reason: int, entry: int = 1, **kw) -> dict:  # noqa: ANN003
+def _deal(ticket: int, position: int, reason: int, entry: int = 1, **kw) -> dict:
     return {"ticket": ticket, "order": ticket + 1000, "position_id": position, "entry": entry, "reason": reason,
             "price": 1.09, "profit": -10.0, "volume": 0.1, "symbol": "EURUSD", "time_msc": NOW_MS + 1, **kw}
 
 
-def _account(login: int = 5001, **kw) -> dict:  # noqa: ANN003
+def _account(login: int = 5001, **kw) -> dict:
     return {"login": login, "balance": 1000.0, "credit": 0.0, "equity": 1000.0, "margin": 0.0,
             "margin_free": 1000.0, "margin_level": 0.0, "profit": 0.0, "currency": "USD", **kw}
 
 
-def _snap(**parts) -> dict:  # noqa: ANN003
+def _snap(**parts) -> dict:
     return {"account": _account(), "positions": [], "orders": [], "ticks": {}, "books": {}, "deals": [], **parts}
 
 
@@ -50,7 +50,7 @@ def _fresh_state() -> None:
     poll_events._states.clear()
 
 
-def test_position_lifecycle_with_sl_hit_reason(make_session) -> None:  # noqa: ANN001
+def test_position_lifecycle_with_sl_hit_reason(make_session) -> None:
     s = make_session()
     t = s.terminal
     after_poll(t, None, _snap())  # first cycle: baseline only
@@ -67,7 +67,7 @@ def test_position_lifecycle_with_sl_hit_reason(make_session) -> None:  # noqa: A
 
 @pytest.mark.parametrize(("deal_reason", "expected"), [(5, "tp"), (6, "stop-out"), (3, "client"), (0, "client"),
                                                        (8, "other")])
-def test_close_reasons(make_session, deal_reason: int, expected: str) -> None:  # noqa: ANN001
+def test_close_reasons(make_session, deal_reason: int, expected: str) -> None:
     s = make_session()
     after_poll(s.terminal, None, _snap(positions=[_pos(5)]))
     after_poll(s.terminal, _snap(positions=[_pos(5)]), _snap(deals=[_deal(6, 5, reason=deal_reason)]))
@@ -75,7 +75,7 @@ def test_close_reasons(make_session, deal_reason: int, expected: str) -> None:  
     assert [(c["event"], c["reason"]) for c in closed] == [("closed", expected)]
 
 
-def test_close_waits_for_a_late_deal_then_gives_up_as_unknown(make_session, monkeypatch) -> None:  # noqa: ANN001
+def test_close_waits_for_a_late_deal_then_gives_up_as_unknown(make_session, monkeypatch) -> None:
     s = make_session()
     after_poll(s.terminal, None, _snap(positions=[_pos(1), _pos(2)]))
     after_poll(s.terminal, _snap(positions=[_pos(1), _pos(2)]), _snap())  # both vanish, no deals yet
@@ -87,7 +87,7 @@ def test_close_waits_for_a_late_deal_then_gives_up_as_unknown(make_session, monk
     assert closed == {1: "tp", 2: "unknown"}
 
 
-def test_pending_orders_from_the_broker(make_session) -> None:  # noqa: ANN001
+def test_pending_orders_from_the_broker(make_session) -> None:
     s = make_session()
     past = int(time.time()) - 5
     limit = {"ticket": 40, "symbol": "EURUSD", "type": 2, "price_open": 1.05, "time_expiration": past,
@@ -105,7 +105,7 @@ def test_pending_orders_from_the_broker(make_session) -> None:  # noqa: ANN001
     assert all(e["data"]["source"] == "terminal" for e in _events(s.id) if e["type"] == "order")
 
 
-def test_account_changes_immediate_for_trades_throttled_for_equity(make_session, settings) -> None:  # noqa: ANN001
+def test_account_changes_immediate_for_trades_throttled_for_equity(make_session, settings) -> None:
     settings.BRIDGE_EVENTS_ACCOUNT_INTERVAL = 60
     s = make_session()
     after_poll(s.terminal, None, _snap())
@@ -118,7 +118,7 @@ def test_account_changes_immediate_for_trades_throttled_for_equity(make_session,
     assert [e["data"]["equity"] for e in _events(s.id) if e["type"] == "account"][-1] == 1003.0
 
 
-def test_nothing_leaks_when_the_terminal_is_on_another_account(make_session) -> None:  # noqa: ANN001
+def test_nothing_leaks_when_the_terminal_is_on_another_account(make_session) -> None:
     s = make_session(login=5001)
     after_poll(s.terminal, None, _snap(account=_account(login=9999), positions=[_pos(1)]))
     after_poll(s.terminal, _snap(account=_account(login=9999), positions=[_pos(1)]),
@@ -126,7 +126,7 @@ def test_nothing_leaks_when_the_terminal_is_on_another_account(make_session) -> 
     assert _events(s.id) == []
 
 
-def test_profit_events_are_throttled_not_lost(make_session, settings) -> None:  # noqa: ANN001
+def test_profit_events_are_throttled_not_lost(make_session, settings) -> None:
     settings.BRIDGE_EVENTS_PROFIT_INTERVAL = 0.3
     s = make_session()
     r = redis.Redis.from_url(settings.REDIS_URL)
@@ -143,7 +143,7 @@ def test_profit_events_are_throttled_not_lost(make_session, settings) -> None:  
     assert [json.loads(e[b"e"])["data"]["total"] for e in totals] == [1.0, 4.0]
 
 
-def test_a_new_session_on_the_terminal_gets_the_events_at_once_the_old_one_none(make_session) -> None:  # noqa: ANN001
+def test_a_new_session_on_the_terminal_gets_the_events_at_once_the_old_one_none(make_session) -> None:
     from django.utils import timezone
 
     from sessions.models import BridgeSession, SessionStatus

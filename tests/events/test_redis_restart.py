@@ -66,8 +66,8 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @pytest.fixture(scope="module")
-def private_stack(tmp_path_factory: pytest.TempPathFactory, django_db_setup,  # noqa: ANN001
-                  django_db_blocker) -> Iterator[tuple[PrivateRedis, Proc, str]]:  # noqa: ANN001
+def private_stack(tmp_path_factory: pytest.TempPathFactory, django_db_setup,
+                  django_db_blocker) -> Iterator[tuple[PrivateRedis, Proc, str]]:
     server = PrivateRedis(tmp_path_factory.mktemp("private-redis"))
     server.start()
     try:
@@ -83,7 +83,7 @@ def private_stack(tmp_path_factory: pytest.TempPathFactory, django_db_setup,  # 
 
 
 @pytest.fixture
-def stack(private_stack, settings) -> Iterator[tuple[PrivateRedis, Proc, str]]:  # noqa: ANN001
+def stack(private_stack, settings) -> Iterator[tuple[PrivateRedis, Proc, str]]:
     """This process's publisher writes to the private Redis for the test."""
     settings.REDIS_URL = private_stack[0].url
     publisher._clients.clear()
@@ -117,7 +117,7 @@ def _orders(client: WsClient, count: int, timeout: float = 20) -> tuple[list[dic
 
 
 def test_a_socket_open_across_a_redis_restart_gets_every_order_event_published_after_it(
-        stack, make_session) -> None:  # noqa: ANN001
+        stack, make_session) -> None:
     server, daphne, url = stack
     session = make_session()
     sock = ws_connect(url, session)
@@ -193,7 +193,7 @@ def test_a_socket_open_across_a_redis_restart_gets_every_order_event_published_a
         sock.close()
 
 
-def test_a_restart_with_nothing_published_yet_then_a_resume_from_before_it(stack, make_session) -> None:  # noqa: ANN001
+def test_a_restart_with_nothing_published_yet_then_a_resume_from_before_it(stack, make_session) -> None:
     server, _daphne, url = stack
     session = make_session()
     sock = ws_connect(url, session)
@@ -219,7 +219,7 @@ def test_a_restart_with_nothing_published_yet_then_a_resume_from_before_it(stack
 
 
 def test_while_redis_is_down_sockets_stay_open_new_ones_get_4503_and_delivery_resumes(
-        stack, make_session) -> None:  # noqa: ANN001
+        stack, make_session) -> None:
     server, _daphne, url = stack
     session = make_session()
     sock = ws_connect(url, session)

@@ -18,13 +18,13 @@ def _order(n: int, state: str = "filled") -> dict:
     return {"taskId": f"tsk_{n}", "requestId": f"req_{n}", "kind": "order.create", "state": state, "result": None}
 
 
-def _api(session) -> APIClient:  # noqa: ANN001
+def _api(session) -> APIClient:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {session.key}", HTTP_X_SESSION_ID=session.id)
     return api
 
 
-def test_seq_is_per_session_and_gapless_across_channels(make_session) -> None:  # noqa: ANN001
+def test_seq_is_per_session_and_gapless_across_channels(make_session) -> None:
     a, b = make_session(), make_session()
     seqs_a = [publish_session_event(a.id, ch, {"n": i}) for i, ch in enumerate(["order", "position", "account"] * 3)]
     seqs_b = [publish_session_event(b.id, "order", _order(i)) for i in range(2)]
@@ -35,7 +35,7 @@ def test_seq_is_per_session_and_gapless_across_channels(make_session) -> None:  
     assert publish_session_event(a.id, "order", _order(99)) == 10
 
 
-def test_reconnect_with_since_gets_missed_orders_in_order_then_live(ws, make_session) -> None:  # noqa: ANN001
+def test_reconnect_with_since_gets_missed_orders_in_order_then_live(ws, make_session) -> None:
     session = make_session()
     client = ws(session)
     client.send({"type": "subscribe", "channels": ["order", "position"], "request_id": "s"})
@@ -67,7 +67,7 @@ def test_reconnect_with_since_gets_missed_orders_in_order_then_live(ws, make_ses
     assert live["seq"] == last + 8
 
 
-def test_resume_message_replays_and_filters_channels(ws, make_session) -> None:  # noqa: ANN001
+def test_resume_message_replays_and_filters_channels(ws, make_session) -> None:
     session = make_session()
     publish_session_event(session.id, "order", _order(1))
     publish_session_event(session.id, "account", {"balance": 1})
@@ -81,7 +81,7 @@ def test_resume_message_replays_and_filters_channels(ws, make_session) -> None: 
     assert done == {"type": "resumed", "since": 0, "epoch": epoch, "seq": 3, "replayed": 2, "request_id": "r"}
 
 
-def test_resync_required_past_retention(ws, make_session, settings) -> None:  # noqa: ANN001
+def test_resync_required_past_retention(ws, make_session, settings) -> None:
     settings.BRIDGE_EVENTS_MAXLEN = 5
     session = make_session()
     for n in range(12):
@@ -104,7 +104,7 @@ def test_resync_required_past_retention(ws, make_session, settings) -> None:  # 
     assert ws(session, query="since=500").recv()["type"] == "resync_required"
 
 
-def test_events_older_than_max_age_are_trimmed(make_session, settings) -> None:  # noqa: ANN001
+def test_events_older_than_max_age_are_trimmed(make_session, settings) -> None:
     settings.BRIDGE_EVENTS_MAX_AGE = 0.2
     session = make_session()
     for n in range(3):
@@ -121,7 +121,7 @@ def test_events_older_than_max_age_are_trimmed(make_session, settings) -> None: 
     assert r.ttl(log_key(session.id)) > 0
 
 
-def test_recent_events_endpoint_pages_and_filters(make_session) -> None:  # noqa: ANN001
+def test_recent_events_endpoint_pages_and_filters(make_session) -> None:
     session = make_session()
     for n in range(5):
         publish_session_event(session.id, "order", _order(n))
@@ -137,7 +137,7 @@ def test_recent_events_endpoint_pages_and_filters(make_session) -> None:  # noqa
     assert rest["hasMore"] is False and rest["resyncRequired"] is False
 
 
-def test_recent_events_bad_input_and_isolation(make_session) -> None:  # noqa: ANN001
+def test_recent_events_bad_input_and_isolation(make_session) -> None:
     session, other = make_session(), make_session()
     publish_session_event(session.id, "order", _order(1))
     api = _api(session)
@@ -155,7 +155,7 @@ def test_recent_events_bad_input_and_isolation(make_session) -> None:  # noqa: A
     assert _api(other).get(RECENT).json()["events"] == []
 
 
-def test_resync_on_rest_when_retention_passed(make_session, settings) -> None:  # noqa: ANN001
+def test_resync_on_rest_when_retention_passed(make_session, settings) -> None:
     settings.BRIDGE_EVENTS_MAXLEN = 3
     session = make_session()
     for n in range(6):

@@ -17,20 +17,20 @@ from tests.events.conftest import start_daphne, ws_connect
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _status(session, status: str, previous: str, **extra) -> int:  # noqa: ANN001, ANN003
+def _status(session, status: str, previous: str, **extra) -> int:
     seq = publish_session_event(session.id, "session",
                                 {"sessionId": session.id, "status": status, "from": previous, **extra})
     assert seq is not None
     return seq
 
 
-def _ping(client, rid: str = "p") -> dict:  # noqa: ANN001
+def _ping(client, rid: str = "p") -> dict:
     client.send({"type": "ping", "request_id": rid})
     return client.recv_until(lambda m: m.get("request_id") == rid)[0]
 
 
 def test_session_events_reach_every_socket_without_subscribing_and_a_close_ends_them_with_4410(
-        ws, make_session) -> None:  # noqa: ANN001
+        ws, make_session) -> None:
     session, other = make_session(), make_session()
     bare = ws(session)  # subscribed to nothing
     orders = ws(session)
@@ -63,7 +63,7 @@ def test_session_events_reach_every_socket_without_subscribing_and_a_close_ends_
 
 
 @pytest.mark.parametrize("status", ["expired", "login_failed"])
-def test_every_final_status_ends_the_socket(ws, make_session, status: str) -> None:  # noqa: ANN001
+def test_every_final_status_ends_the_socket(ws, make_session, status: str) -> None:
     session = make_session()
     client = ws(session)
     _ping(client)
@@ -75,7 +75,7 @@ def test_every_final_status_ends_the_socket(ws, make_session, status: str) -> No
 
 
 def test_non_final_statuses_keep_the_socket_open_and_unsubscribe_cannot_drop_the_channel(
-        ws, make_session) -> None:  # noqa: ANN001
+        ws, make_session) -> None:
     session = make_session()
     client = ws(session)
     client.send({"type": "unsubscribe", "channels": ["session"], "request_id": "u"})
@@ -88,7 +88,7 @@ def test_non_final_statuses_keep_the_socket_open_and_unsubscribe_cannot_drop_the
 
 
 def test_a_final_session_event_in_a_replay_ends_the_socket_after_the_events_before_it(
-        ws, make_session) -> None:  # noqa: ANN001
+        ws, make_session) -> None:
     session = make_session()
     publish_session_event(session.id, "order", {"taskId": "tsk_1", "state": "filled"})
     _status(session, "active", "opening")
@@ -111,7 +111,7 @@ def test_a_final_session_event_in_a_replay_ends_the_socket_after_the_events_befo
     assert [(m["type"], m["seq"]) for m in seen] == [("order", 1), ("session", 2), ("order", 3), ("session", 4)]
 
 
-def test_rest_recent_events_carry_session_events_and_the_epoch(make_session) -> None:  # noqa: ANN001
+def test_rest_recent_events_carry_session_events_and_the_epoch(make_session) -> None:
     session = make_session()
     _status(session, "active", "opening")
     publish_session_event(session.id, "order", {"taskId": "tsk_1", "state": "filled"})
@@ -130,7 +130,7 @@ def test_rest_recent_events_carry_session_events_and_the_epoch(make_session) -> 
 
 
 @pytest.fixture
-def checking_daphne(tmp_path, django_db_blocker) -> Iterator[str]:  # noqa: ANN001
+def checking_daphne(tmp_path, django_db_blocker) -> Iterator[str]:
     """A daphne whose sockets check their session in the database every round (the fallback)."""
     with django_db_blocker.unblock():
         proc, url = start_daphne(tmp_path, {"BRIDGE_EVENTS_SESSION_CHECK_INTERVAL": "1"}, name="daphne-check")
@@ -138,7 +138,7 @@ def checking_daphne(tmp_path, django_db_blocker) -> Iterator[str]:  # noqa: ANN0
     proc.stop()
 
 
-def test_without_the_event_the_database_check_still_ends_the_socket(checking_daphne, make_session) -> None:  # noqa: ANN001
+def test_without_the_event_the_database_check_still_ends_the_socket(checking_daphne, make_session) -> None:
     session = make_session()
     client = ws_connect(checking_daphne, session)
     try:

@@ -16,14 +16,14 @@ def _order(task: str, state: str) -> dict:
     return {"taskId": task, "requestId": f"req-{task}", "kind": "order.create", "state": state, "result": None}
 
 
-def _subscribe(client, channels: list[str], rid: str = "r1") -> dict:  # noqa: ANN001
+def _subscribe(client, channels: list[str], rid: str = "r1") -> dict:
     client.send({"type": "subscribe", "channels": channels, "request_id": rid})
     reply, _ = client.recv_until(lambda m: m.get("request_id") == rid)
     assert reply["type"] == "subscribed", reply
     return reply
 
 
-def test_bad_credentials_close_with_4401(ws, make_session) -> None:  # noqa: ANN001
+def test_bad_credentials_close_with_4401(ws, make_session) -> None:
     session = make_session()
     other = make_session()
     assert ws(session, token="mt5b_nope_nope").close_code() == 4401
@@ -37,7 +37,7 @@ def test_bad_credentials_close_with_4401(ws, make_session) -> None:  # noqa: ANN
     assert client.recv()["type"] == "pong"
 
 
-def test_order_events_reach_the_subscribed_socket_in_seq_order(ws, make_session) -> None:  # noqa: ANN001
+def test_order_events_reach_the_subscribed_socket_in_seq_order(ws, make_session) -> None:
     session = make_session()
     client = ws(session)
     base = _subscribe(client, ["order"])["seq"]
@@ -49,7 +49,7 @@ def test_order_events_reach_the_subscribed_socket_in_seq_order(ws, make_session)
     assert all(m["sessionId"] == session.id for m in got)
 
 
-def test_bad_messages_get_error_and_the_socket_stays_open(ws, make_session) -> None:  # noqa: ANN001
+def test_bad_messages_get_error_and_the_socket_stays_open(ws, make_session) -> None:
     client = ws(make_session())
     bad = [
         "not json",
@@ -75,7 +75,7 @@ def test_bad_messages_get_error_and_the_socket_stays_open(ws, make_session) -> N
                                                "epoch": 0}
 
 
-def test_quotes_from_a_poll_reach_quote_subscribers_only(ws, make_session) -> None:  # noqa: ANN001
+def test_quotes_from_a_poll_reach_quote_subscribers_only(ws, make_session) -> None:
     session = make_session()
     quoted, silent = ws(session), ws(session)
     _subscribe(quoted, ["quote:EURUSD"])
@@ -91,7 +91,7 @@ def test_quotes_from_a_poll_reach_quote_subscribers_only(ws, make_session) -> No
     assert silent.drain(0.5) == []
 
 
-def test_another_workspace_session_receives_nothing(ws, make_session) -> None:  # noqa: ANN001
+def test_another_workspace_session_receives_nothing(ws, make_session) -> None:
     mine, theirs = make_session(), make_session()
     me, them = ws(mine), ws(theirs)
     _subscribe(me, ["order", "position", "account", "quote:EURUSD"])

@@ -79,7 +79,7 @@ def _nested(depth: int, leaf: str = "1") -> str:
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
-def test_deep_or_huge_messages_get_a_validation_error_and_the_socket_stays_open(ws, make_session) -> None:  # noqa: ANN001
+def test_deep_or_huge_messages_get_a_validation_error_and_the_socket_stays_open(ws, make_session) -> None:
     client = ws(make_session())
     limit = settings.BRIDGE_EVENTS_MAX_DEPTH
     refused = [
@@ -136,7 +136,7 @@ REVOKE_PATHS: dict[str, Callable[[ApiKey], Callable[[], object]]] = {
 
 
 @pytest.mark.parametrize("path", sorted(REVOKE_PATHS))
-def test_revoking_or_rotating_a_key_closes_its_sockets_with_4401_within_a_second(ws, make_session, path: str) -> None:  # noqa: ANN001
+def test_revoking_or_rotating_a_key_closes_its_sockets_with_4401_within_a_second(ws, make_session, path: str) -> None:
     session = make_session()
     other = make_session(workspace=session.workspace)  # same workspace, another key: unaffected
     by_header = ws(session)
@@ -159,7 +159,7 @@ def test_revoking_or_rotating_a_key_closes_its_sockets_with_4401_within_a_second
     assert ws(session).close_code() == 4401
 
 
-def test_a_revoked_socket_gets_no_more_events(ws, make_session) -> None:  # noqa: ANN001
+def test_a_revoked_socket_gets_no_more_events(ws, make_session) -> None:
     session = make_session()
     client = ws(session)
     client.send({"type": "subscribe", "channels": ["order"], "request_id": "s"})
@@ -182,7 +182,7 @@ STRICT_ENV = {
 
 
 @pytest.fixture(scope="module")
-def strict_url(tmp_path_factory, django_db_setup, django_db_blocker, events_redis) -> Iterator[str]:  # noqa: ANN001
+def strict_url(tmp_path_factory, django_db_setup, django_db_blocker, events_redis) -> Iterator[str]:
     with django_db_blocker.unblock():
         proc, url = start_daphne(tmp_path_factory.mktemp("daphne-strict"), STRICT_ENV, name="daphne-strict")
     try:
@@ -208,7 +208,7 @@ def _connect(url: str, session: LiveSession | None = None, *, token: str | None 
 def strict(strict_url: str) -> Iterator:
     opened: list[WsClient] = []
 
-    def open_ws(*args, **kwargs) -> WsClient:  # noqa: ANN002, ANN003
+    def open_ws(*args, **kwargs) -> WsClient:
         client = _connect(strict_url, *args, **kwargs)
         opened.append(client)
         return client
@@ -217,11 +217,11 @@ def strict(strict_url: str) -> Iterator:
     for client in opened:
         try:
             client.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
-def test_the_periodic_key_check_closes_a_socket_whose_revocation_sent_nothing(strict, make_session) -> None:  # noqa: ANN001
+def test_the_periodic_key_check_closes_a_socket_whose_revocation_sent_nothing(strict, make_session) -> None:
     session = make_session()
     client = strict(session)
     _ping(client)
@@ -232,7 +232,7 @@ def test_the_periodic_key_check_closes_a_socket_whose_revocation_sent_nothing(st
     assert took < 2.0
 
 
-def test_connects_per_key_are_limited_with_4429_and_retry_after(strict, make_session) -> None:  # noqa: ANN001
+def test_connects_per_key_are_limited_with_4429_and_retry_after(strict, make_session) -> None:
     session = make_session()
     other = make_session(workspace=session.workspace)
     for n in range(3):
@@ -243,7 +243,7 @@ def test_connects_per_key_are_limited_with_4429_and_retry_after(strict, make_ses
     _ping(strict(other), "another-key")  # the limit is the key's, not the workspace's or the address's
 
 
-def test_failed_connects_per_address_are_limited_but_a_valid_key_still_connects(strict, make_session) -> None:  # noqa: ANN001
+def test_failed_connects_per_address_are_limited_but_a_valid_key_still_connects(strict, make_session) -> None:
     session = make_session()
     source, elsewhere = (f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
                          for _ in range(2))
@@ -259,7 +259,7 @@ def test_failed_connects_per_address_are_limited_but_a_valid_key_still_connects(
     assert code == 4401
 
 
-def test_messages_over_the_rate_get_rate_limited_and_a_flood_closes_the_socket(strict, make_session) -> None:  # noqa: ANN001
+def test_messages_over_the_rate_get_rate_limited_and_a_flood_closes_the_socket(strict, make_session) -> None:
     client = strict(make_session())
     for n in range(8):
         client.send({"type": "ping", "request_id": f"b{n}"})
@@ -281,7 +281,7 @@ def test_messages_over_the_rate_get_rate_limited_and_a_flood_closes_the_socket(s
     for n in range(40):  # a flood: far more than a burst without waiting
         try:
             client.send({"type": "ping", "request_id": f"f{n}"})
-        except Exception:  # noqa: BLE001 - closed under the flood
+        except Exception:  # closed under the flood
             break
     code, seen, _ = _closed(client)
     assert code == 4429, (code, seen[-3:])
@@ -289,7 +289,7 @@ def test_messages_over_the_rate_get_rate_limited_and_a_flood_closes_the_socket(s
 
 
 # -- tickets -------------------------------------------------------------------------------------------------
-def test_a_ticket_opens_one_socket_once(ws, make_session) -> None:  # noqa: ANN001
+def test_a_ticket_opens_one_socket_once(ws, make_session) -> None:
     session = make_session()
     response = _api(session).post(TICKET)
     assert response.status_code == 201, response.content
@@ -311,7 +311,7 @@ def test_a_ticket_opens_one_socket_once(ws, make_session) -> None:  # noqa: ANN0
     assert ws(None, query=f"ticket={body['ticket']}&token={session.key}&session={session.id}").close_code() == 4401
 
 
-def test_expired_revoked_or_foreign_tickets_are_refused(ws, make_session, settings) -> None:  # noqa: ANN001
+def test_expired_revoked_or_foreign_tickets_are_refused(ws, make_session, settings) -> None:
     session = make_session()
     settings.BRIDGE_EVENTS_TICKET_TTL = 0.3
     expired = _ticket(session)
@@ -335,7 +335,7 @@ def test_expired_revoked_or_foreign_tickets_are_refused(ws, make_session, settin
     assert ws(None, query=f"ticket={pending}").close_code() == 4401
 
 
-def test_ticket_endpoint_answers_401_without_a_live_session_and_is_in_the_schema(make_session) -> None:  # noqa: ANN001
+def test_ticket_endpoint_answers_401_without_a_live_session_and_is_in_the_schema(make_session) -> None:
     session = make_session()
     no_session = APIClient()
     no_session.credentials(HTTP_AUTHORIZATION=f"Bearer {session.key}")

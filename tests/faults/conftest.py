@@ -109,7 +109,7 @@ def _forget_cached_clients() -> None:
 
 
 @pytest.fixture
-def on_private_redis(private_redis: PrivateRedis, settings) -> Iterator[PrivateRedis]:  # noqa: ANN001
+def on_private_redis(private_redis: PrivateRedis, settings) -> Iterator[PrivateRedis]:
     """This process (the web tier the test client drives, the sweeper it calls) uses the private
     Redis for everything: cache (throttle), symbol specs, event streams, metrics and the Celery broker."""
     from bridge_project.celery import app

@@ -29,13 +29,13 @@ QUEUE = f"terminal.{TERMINAL}"
 REPUBLISH_AFTER = 0.5
 
 
-def _post(client, sid: str, rid: str) -> str:  # noqa: ANN001
+def _post(client, sid: str, rid: str) -> str:
     r = client.post(f"{BASE}/orders", ORDER, format="json", HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid)
     assert r.status_code == 202, r.content
     return r.json()["taskId"]
 
 
-def _queued_ids(broker) -> list[str]:  # noqa: ANN001
+def _queued_ids(broker) -> list[str]:
     """Task ids of the messages in the terminal's queue list, read raw (the id is in the message)."""
     raw = broker.lrange(QUEUE, 0, -1)
     ids = [task_id_of(message) for message in raw]
@@ -43,7 +43,7 @@ def _queued_ids(broker) -> list[str]:  # noqa: ANN001
     return ids
 
 
-def _unacked_ids(broker) -> list[str]:  # noqa: ANN001
+def _unacked_ids(broker) -> list[str]:
     return [task_id_of(entry) for entry in broker.hvals("unacked")]
 
 
@@ -59,7 +59,7 @@ def _worker_alive() -> bool:
 
 
 def test_no_republish_to_a_dead_workers_queue_then_once_it_is_back(
-        stack, client, sim, private_worker, on_private_redis, settings) -> None:  # noqa: ANN001
+        stack, client, sim, private_worker, on_private_redis, settings) -> None:
     settings.BRIDGE_OUTBOX_REPUBLISH_AFTER = REPUBLISH_AFTER
     broker = on_private_redis.client()
     sid = open_session(client, TERMINAL)
@@ -88,7 +88,7 @@ def test_no_republish_to_a_dead_workers_queue_then_once_it_is_back(
 
 
 def test_no_republish_of_a_task_its_queue_holds_but_of_one_whose_message_was_lost(
-        stack, client, sim, control, private_worker, on_private_redis, settings) -> None:  # noqa: ANN001
+        stack, client, sim, control, private_worker, on_private_redis, settings) -> None:
     settings.BRIDGE_OUTBOX_REPUBLISH_AFTER = REPUBLISH_AFTER
     broker = on_private_redis.client()
     sid = open_session(client, TERMINAL)
@@ -130,7 +130,7 @@ def test_no_republish_of_a_task_its_queue_holds_but_of_one_whose_message_was_los
 
 
 def test_a_task_whose_delivery_died_with_its_worker_is_republished_not_left_for_the_visibility_timeout(
-        stack, client, sim, control, private_worker, on_private_redis, settings) -> None:  # noqa: ANN001
+        stack, client, sim, control, private_worker, on_private_redis, settings) -> None:
     """Found by bench/chaos.py: a worker SIGKILLed after kombu delivered a message but before it claimed
     the task leaves the message in ``unacked`` until the visibility timeout (300 s); the task must not
     wait that long behind a live, idle worker."""

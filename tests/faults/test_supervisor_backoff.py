@@ -50,7 +50,7 @@ class Watched:
 
 
 @pytest.fixture
-def supervisor(tmp_path: Path, settings):  # noqa: ANN001, ANN201
+def supervisor(tmp_path: Path, settings):
     settings.VAR_DIR = tmp_path
     sup = Supervisor(port=0, backoff_base=BASE, backoff_max=MAX, backoff_reset_after=RESET)
     yield sup
@@ -78,7 +78,7 @@ def test_backoff_grows_in_a_crash_loop_and_resets_after_a_healthy_run(supervisor
     assert child.restarts == 7 and child.popen.returncode == 3
 
 
-def test_reset_threshold_is_a_setting(settings) -> None:  # noqa: ANN001
+def test_reset_threshold_is_a_setting(settings) -> None:
     assert backoff_reset_after() == 30.0
     settings.BRIDGE_SUPERVISOR_BACKOFF_RESET = 7
     assert backoff_reset_after() == 7.0

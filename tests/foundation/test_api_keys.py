@@ -73,7 +73,7 @@ def test_create_api_key_command_prints_key_last(capsys: pytest.CaptureFixture[st
     assert Workspace.objects.filter(name="cli-ws").count() == 1
 
 
-def test_throttling_answers_429_with_retry_after(workspace: Workspace, settings) -> None:  # noqa: ANN001
+def test_throttling_answers_429_with_retry_after(workspace: Workspace, settings) -> None:
     from django.core.cache import cache
 
     settings.BRIDGE_THROTTLE_RATE = "3/min"

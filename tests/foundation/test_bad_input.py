@@ -47,7 +47,7 @@ def deep_json(levels: int) -> str:
     return '{"a":' + "[" * (levels - 1) + "]" * (levels - 1) + "}"
 
 
-def assert_error(response, status: int, code: str) -> dict:  # noqa: ANN001
+def assert_error(response, status: int, code: str) -> dict:
     assert response.status_code == status, (response.status_code, response.content[:500])
     body = json.loads(response.content)
     assert set(body) == {"error"}, body
@@ -70,7 +70,7 @@ class Live:
 
 
 @pytest.fixture
-def live(db) -> Live:  # noqa: ANN001
+def live(db) -> Live:
     """An active session (a terminal row, no process behind it) and a queued task of it."""
     workspace = Workspace.objects.create(name=f"ws-bad-{time.time_ns()}")
     key = create_api_key(workspace)[1]
@@ -148,7 +148,7 @@ def test_deep_json_is_400_on_every_json_endpoint_and_writes_nothing(live: Live) 
 
 
 @pytest.mark.django_db
-def test_depth_limit_is_exact_and_a_setting(live: Live, settings) -> None:  # noqa: ANN001
+def test_depth_limit_is_exact_and_a_setting(live: Live, settings) -> None:
     api = session_client(live)
     at_limit = json.dumps({**GOOD_OPEN, "extra": json.loads(deep_json(DEPTH - 1))})
     error = assert_error(api.post(OPEN, data=at_limit, content_type="application/json"), 400, "ValidationError")
@@ -213,7 +213,7 @@ def test_two_request_ids_are_refused_never_joined(live: Live) -> None:
 
 
 @pytest.mark.django_db
-def test_required_request_id_is_checked_after_auth(live: Live, settings) -> None:  # noqa: ANN001
+def test_required_request_id_is_checked_after_auth(live: Live, settings) -> None:
     settings.BRIDGE_REQUIRE_REQUEST_ID = True
     assert_error(APIClient().post(OPEN, GOOD_OPEN, format="json"), 401, "Unauthorized")
     error = assert_error(session_client(live).post(OPEN, GOOD_OPEN, format="json"), 400, "ValidationError")
@@ -238,7 +238,7 @@ def test_multipart_without_boundary_is_400_after_auth(live: Live) -> None:
 
 
 @pytest.mark.django_db
-def test_oversized_header_is_431_before_anything_else(live: Live, settings) -> None:  # noqa: ANN001
+def test_oversized_header_is_431_before_anything_else(live: Live, settings) -> None:
     huge = "Bearer " + "k" * 40_000
     response = APIClient().get(f"{API}/account", HTTP_AUTHORIZATION=huge, HTTP_X_REQUEST_ID="big-1")
     error = assert_error(response, 431, "RequestHeaderFieldsTooLarge")
@@ -261,7 +261,7 @@ def test_oversized_header_is_431_before_anything_else(live: Live, settings) -> N
 # --- Django's own answers ----------------------------------------------------------------------------
 
 
-def _boom(request: HttpRequest):  # noqa: ANN202
+def _boom(request: HttpRequest):
     raise RuntimeError("secret internals")
 
 
@@ -278,7 +278,7 @@ handler500 = "bridge_project.errors.json_500"
 
 
 @pytest.mark.django_db
-def test_django_level_errors_carry_the_body_and_request_id(settings) -> None:  # noqa: ANN001
+def test_django_level_errors_carry_the_body_and_request_id(settings) -> None:
     settings.ROOT_URLCONF = __name__
     client = Client(raise_request_exception=False)
     response = client.get("/no/such/page", HTTP_X_REQUEST_ID="nf-1")
@@ -303,7 +303,7 @@ def test_django_level_errors_carry_the_body_and_request_id(settings) -> None:  #
 
 
 @pytest.mark.django_db
-def test_plain_views_answer_their_own_refusals_before_header_errors(settings) -> None:  # noqa: ANN001
+def test_plain_views_answer_their_own_refusals_before_header_errors(settings) -> None:
     settings.BRIDGE_OPS_TOKEN = "ops-token-for-tests"
     client = Client()
     assert_error(client.get("/metrics", HTTP_X_REQUEST_ID="has space"), 401, "Unauthorized")
@@ -397,7 +397,7 @@ def _compose_web_argv(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker  # noqa: ANN001
+def servers(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db_blocker
             ) -> Iterator[dict[str, int]]:
     """A daphne as run_bridge starts it and a gunicorn as compose starts it, on free ports."""
     log_dir: Path = tmp_path_factory.mktemp("bad-input-servers")
@@ -418,7 +418,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db
 
 
 @pytest.fixture
-def server_key(transactional_db) -> str:  # noqa: ANN001
+def server_key(transactional_db) -> str:
     """An API key committed where the servers see it."""
     return create_api_key(Workspace.objects.create(name=f"ws-srv-{time.time_ns()}"))[1]
 

@@ -89,7 +89,7 @@ def assert_rate_limited(answer: Answer, max_wait: float) -> None:
     assert body["error"]["details"]["retryAfter"] == wait, body
 
 
-def answer_of(response) -> Answer:  # noqa: ANN001 - a Django test client response
+def answer_of(response) -> Answer:  # a Django test client response
     return Answer(response.status_code, {k.lower(): v for k, v in response.items()}, response.content)
 
 
@@ -132,7 +132,7 @@ class Web:
                 for n in range(per_client):
                     method, path, headers = request(i, n)
                     answers[i].append(self.call(method, path, headers, conn=conn))
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:  # reported below
                 errors.append(exc)
             finally:
                 conn.close()
@@ -149,7 +149,7 @@ class Web:
 
 
 @pytest.fixture
-def web(tmp_path: Path, django_db_blocker) -> Iterator[Callable[..., Web]]:  # noqa: ANN001
+def web(tmp_path: Path, django_db_blocker) -> Iterator[Callable[..., Web]]:
     """Start gunicorn with extra environment (the rates under test); stopped after the test."""
     procs: list[Proc] = []
 
@@ -216,7 +216,7 @@ def test_rate_limit_hit_is_atomic_exact_and_says_how_long_to_wait() -> None:
     assert asyncio.run(from_async()) is not None
 
 
-def test_rate_limit_hit_fails_open_when_its_redis_is_unreachable(settings) -> None:  # noqa: ANN001
+def test_rate_limit_hit_fails_open_when_its_redis_is_unreachable(settings) -> None:
     before = metrics.read_counter("bridge_redis_unavailable").get(("throttle",), 0)
     settings.BRIDGE_THROTTLE_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     assert [ratelimit.rate_limit_hit(scope="t-down", key="k", rate="1/min") for _ in range(5)] == [None] * 5
@@ -225,7 +225,7 @@ def test_rate_limit_hit_fails_open_when_its_redis_is_unreachable(settings) -> No
     assert after[("throttle",)] >= before + 5
 
 
-def test_client_ip_uses_forwarded_for_only_behind_the_configured_trusted_proxies(settings) -> None:  # noqa: ANN001
+def test_client_ip_uses_forwarded_for_only_behind_the_configured_trusted_proxies(settings) -> None:
     class Req:
         def __init__(self, remote: str, forwarded: str | None = None):
             self.META = {"REMOTE_ADDR": remote}
@@ -254,7 +254,7 @@ def test_client_ip_uses_forwarded_for_only_behind_the_configured_trusted_proxies
 
 
 # -- the client API over a real server -------------------------------------------------------------------
-def test_sixteen_concurrent_clients_get_exactly_the_workspace_limit_through(web) -> None:  # noqa: ANN001
+def test_sixteen_concurrent_clients_get_exactly_the_workspace_limit_through(web) -> None:
     server = web(BRIDGE_THROTTLE_RATE="60/min")
     _, key = new_key("rl-sixteen")
     answers, seconds = server.flood(lambda i, n: ("GET", UNKNOWN_TASK, bearer(key)), clients=16, per_client=10)
@@ -268,7 +268,7 @@ def test_sixteen_concurrent_clients_get_exactly_the_workspace_limit_through(web)
     assert server.call("GET", UNKNOWN_TASK, bearer(other)).status == 404
 
 
-def test_unauthenticated_and_bad_key_floods_are_limited_per_client_ip(web) -> None:  # noqa: ANN001
+def test_unauthenticated_and_bad_key_floods_are_limited_per_client_ip(web) -> None:
     server = web(BRIDGE_THROTTLE_IP_RATE="30/min")
     _, key = new_key("rl-anon")
     bad = [{}, bearer("mt5b_abcdef123456_wrongsecret"), bearer("garbage"), {"Authorization": "Basic eDp5"},
@@ -295,7 +295,7 @@ def test_unauthenticated_and_bad_key_floods_are_limited_per_client_ip(web) -> No
     assert [a.status for a in forged] == [401] * 30 + [429]
 
 
-def test_limits_per_api_key_and_per_workspace(settings) -> None:  # noqa: ANN001
+def test_limits_per_api_key_and_per_workspace(settings) -> None:
     settings.BRIDGE_THROTTLE_RATE = "8/min"
     settings.BRIDGE_THROTTLE_KEY_RATE = "5/min"
     workspace, key_a = new_key("rl-keys")
@@ -312,7 +312,7 @@ def test_limits_per_api_key_and_per_workspace(settings) -> None:  # noqa: ANN001
     assert c.get(UNKNOWN_TASK).status_code == 404
 
 
-def test_trusted_proxy_count_limits_each_forwarded_client(settings) -> None:  # noqa: ANN001
+def test_trusted_proxy_count_limits_each_forwarded_client(settings) -> None:
     settings.BRIDGE_THROTTLE_IP_RATE = "2/min"
     settings.BRIDGE_TRUSTED_PROXY_COUNT = 1
     proxy = APIClient(REMOTE_ADDR="10.9.9.9")
@@ -326,14 +326,14 @@ def test_trusted_proxy_count_limits_each_forwarded_client(settings) -> None:  # 
 
 
 # -- admin login ---------------------------------------------------------------------------------------
-def test_admin_login_brute_force_is_answered_429_per_ip_and_per_username(settings) -> None:  # noqa: ANN001
+def test_admin_login_brute_force_is_answered_429_per_ip_and_per_username(settings) -> None:
     settings.BRIDGE_THROTTLE_ADMIN_IP_RATE = "5/min"
     settings.BRIDGE_THROTTLE_ADMIN_USER_RATE = "3/min"
     users = get_user_model()
     users.objects.create_superuser("rl-admin", "a@example.com", "right-password-1")
     users.objects.create_superuser("rl-other", "o@example.com", "right-password-2")
 
-    def attempt(browser: Client, username: str, password: str):  # noqa: ANN202
+    def attempt(browser: Client, username: str, password: str):
         return browser.post(reverse("admin:login"), {"username": username, "password": password, "next": reverse("admin:index")})
 
     first = Client(REMOTE_ADDR="198.51.100.7")
@@ -363,7 +363,7 @@ def test_admin_login_brute_force_is_answered_429_per_ip_and_per_username(setting
 
 
 # -- ops endpoints ------------------------------------------------------------------------------------
-def test_ops_endpoints_are_limited_per_token_and_per_ip(settings) -> None:  # noqa: ANN001
+def test_ops_endpoints_are_limited_per_token_and_per_ip(settings) -> None:
     settings.BRIDGE_OPS_TOKEN = OPS_TOKEN
     settings.BRIDGE_THROTTLE_OPS_RATE = "4/min"
 
@@ -409,7 +409,7 @@ def _admin_login_post(server: Web, source: str, username: str, password: str) ->
         conn.close()
 
 
-def test_redis_down_lets_every_request_through_and_nothing_is_500(web, tmp_path) -> None:  # noqa: ANN001
+def test_redis_down_lets_every_request_through_and_nothing_is_500(web, tmp_path) -> None:
     limiter_redis = PrivateRedis(free_port(), tmp_path)
     limiter_redis.start()
     try:

@@ -210,7 +210,7 @@ def _call(method: str, url: str, headers: dict[str, str], body: dict | None = No
 
 
 @pytest.fixture
-def fuzz_server(stack, api_key, tmp_path):  # noqa: ANN001, ANN201 - fixtures of tests/conftest.py
+def fuzz_server(stack, api_key, tmp_path):  # fixtures of tests/conftest.py
     """The bridge's daphne (``workers.stack``, as run_bridge starts it) on the stack, with readers and
     pollers of both terminals; yields its URL, process (its access log) and credentials."""
     from tests.procs import PYTHON, Proc, free_port
@@ -278,7 +278,7 @@ headers = {{ Authorization = "Bearer {server['ops_token']}" }}
     return config
 
 
-def test_the_served_schema_states_what_the_server_enforces(fuzz_server, tmp_path):  # noqa: ANN001
+def test_the_served_schema_states_what_the_server_enforces(fuzz_server, tmp_path):
     url, web = fuzz_server["url"], fuzz_server["web"]
     key = fuzz_server["key"]
     status, session = _call("POST", f"{url}/mt5/client/session/open?wait=20", {"Authorization": f"Bearer {key}"},

@@ -18,7 +18,7 @@ GOOD = {"accountId": "acc-1", "server": "Demo", "login": 5001, "password": "s3cr
 
 
 @pytest.fixture(autouse=True)
-def terminals_file(tmp_path, settings):  # noqa: ANN001, ANN201
+def terminals_file(tmp_path, settings):
     path = tmp_path / "terminals.yaml"
     path.write_text(
         yaml.safe_dump({"terminals": [{"name": "t-1", "backend": "sim", "address": "127.0.0.1:1", "utc_offset": 0}]})
@@ -27,7 +27,7 @@ def terminals_file(tmp_path, settings):  # noqa: ANN001, ANN201
     return path
 
 
-def _assert_error(response, status: int, code: str) -> dict:  # noqa: ANN001
+def _assert_error(response, status: int, code: str) -> dict:
     assert response.status_code == status, response.content
     body = response.json()
     assert set(body) == {"error"}
@@ -126,10 +126,10 @@ def test_unknown_url_and_method_use_the_error_shape(client: APIClient) -> None:
     _assert_error(client.put("/mt5/client/session/open", GOOD, format="json"), 405, "MethodNotAllowed")
 
 
-def test_unexpected_exception_is_500_in_shape_without_internals(client: APIClient, monkeypatch) -> None:  # noqa: ANN001
+def test_unexpected_exception_is_500_in_shape_without_internals(client: APIClient, monkeypatch) -> None:
     from sessions import services
 
-    def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def boom(*args, **kwargs):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(services, "session_open", boom)

@@ -23,7 +23,7 @@ _seq = itertools.count(1)
 
 
 @pytest.fixture
-def ops_token(settings) -> str:  # noqa: ANN001
+def ops_token(settings) -> str:
     settings.BRIDGE_OPS_TOKEN = OPS_TOKEN
     return OPS_TOKEN
 
@@ -36,7 +36,7 @@ def ops_client(ops_token: str) -> APIClient:
 
 
 @pytest.fixture
-def staff_client(db) -> Client:  # noqa: ANN001
+def staff_client(db) -> Client:
     user = get_user_model().objects.create_superuser("ops-admin", "ops@example.com", "pw-ops-admin-1")
     browser = Client()
     browser.force_login(user)
@@ -70,7 +70,7 @@ def make_session(workspace: Workspace, terminal: Terminal, status: str = Session
 
 
 def make_task(session: BridgeSession, *, state: str = TaskState.QUEUED, kind: str = "order.create",
-              age: float = 0.0, **fields) -> TradeTask:  # noqa: ANN003
+              age: float = 0.0, **fields) -> TradeTask:
     """A ledger row as the API would insert it (with its first transition), ``age`` seconds old."""
     n = next(_seq)
     task = TradeTask.objects.create(

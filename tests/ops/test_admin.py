@@ -24,7 +24,7 @@ MAX_QUERIES = 12
 
 
 @pytest.fixture
-def world(db) -> dict:  # noqa: ANN001
+def world(db) -> dict:
     """Two terminals (names no running worker consumes), two workspaces, a session on each terminal."""
     t1 = Terminal.objects.create(name="ops-t1", backend="sim", address="127.0.0.1:1")
     t2 = Terminal.objects.create(name="ops-t2", backend="sim", address="127.0.0.1:2")
@@ -35,11 +35,11 @@ def world(db) -> dict:  # noqa: ANN001
     drain_queue("ops-t2")
 
 
-def _rows(response) -> set[str]:  # noqa: ANN001
+def _rows(response) -> set[str]:
     return {t.id for t in response.context["cl"].result_list}
 
 
-def _get(browser: Client, url: str, max_queries: int = MAX_QUERIES):  # noqa: ANN202
+def _get(browser: Client, url: str, max_queries: int = MAX_QUERIES):
     with CaptureQueriesContext(connection) as queries:
         response = browser.get(url)
     assert response.status_code == 200, response.content[:500]
@@ -160,7 +160,7 @@ def test_counts_stay_bounded(staff_client: Client, world: dict, monkeypatch: pyt
     assert TradeTask.objects.count() == 8
 
 
-def test_non_staff_cannot_open_the_tasks_admin(client) -> None:  # noqa: ANN001
+def test_non_staff_cannot_open_the_tasks_admin(client) -> None:
     assert Client().get(CHANGELIST).status_code == 302  # to the admin login
 
 

@@ -99,7 +99,7 @@ def _syntax_errors(source: bytes) -> list[str]:
     parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
     errors: list[str] = []
 
-    def walk(node) -> None:  # noqa: ANN001
+    def walk(node) -> None:
         if node.type == "ERROR" or node.is_missing:
             errors.append(f"line {node.start_point[0] + 1}: {node.type} {node.text[:60]!r}")
         for child in node.children:
@@ -202,7 +202,7 @@ def _docker_compose() -> list[str] | None:
 
 @pytest.mark.skipif(_docker_compose() is None, reason="no docker compose CLI here (the parse test above still runs)")
 @pytest.mark.parametrize("profile", [[], ["--profile", "windows"]], ids=["linux", "windows-profile"])
-def test_docker_compose_config_is_valid(profile: list[str], tmp_path) -> None:  # noqa: ANN001
+def test_docker_compose_config_is_valid(profile: list[str], tmp_path) -> None:
     cli = _docker_compose()
     env_file = tmp_path / ".env"  # compose refuses to start without its secrets: generate them as a user would
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_env.py"), "--allowed-hosts", "bridge.example",

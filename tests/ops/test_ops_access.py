@@ -18,7 +18,7 @@ def _bearer(value: str) -> APIClient:
     return api
 
 
-def _assert_error(response, status: int, code: str) -> None:  # noqa: ANN001
+def _assert_error(response, status: int, code: str) -> None:
     assert response.status_code == status, (response.status_code, response.content)
     assert response.json()["error"]["code"] == code
     assert set(response.json()["error"]) == {"code", "message", "details"}
@@ -36,7 +36,7 @@ def test_wrong_ops_token_is_401(path: str, ops_token: str) -> None:
 
 
 @pytest.mark.parametrize("path", OPS_PATHS)
-def test_no_token_configured_means_no_token_works(path: str, settings) -> None:  # noqa: ANN001
+def test_no_token_configured_means_no_token_works(path: str, settings) -> None:
     settings.BRIDGE_OPS_TOKEN = ""
     _assert_error(_bearer("").get(path), 401, "Unauthorized")
     _assert_error(_bearer("anything").get(path), 401, "Unauthorized")

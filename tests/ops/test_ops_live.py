@@ -57,7 +57,7 @@ def _wait_alive(ops_client: APIClient, name: str, timeout: float = 20.0) -> dict
     return state
 
 
-def _restart_worker(stack: Stack, name: str, **env: str):  # noqa: ANN202
+def _restart_worker(stack: Stack, name: str, **env: str):
     stack.workers[name].stop()
     return stack.start_worker(name, env)
 
@@ -85,7 +85,7 @@ def test_terminals_show_live_workers_and_the_bound_session(stack: Stack, client:
 
 
 def test_a_killed_worker_shows_down_within_its_heartbeat_grace(stack: Stack, ops_client: APIClient,
-                                                               settings) -> None:  # noqa: ANN001
+                                                               settings) -> None:
     interval = 1.0
     settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL = interval
     worker = _restart_worker(stack, "sim-b", BRIDGE_WORKER_HEARTBEAT_INTERVAL=str(interval))
@@ -114,7 +114,7 @@ def test_a_killed_worker_shows_down_within_its_heartbeat_grace(stack: Stack, ops
 
 
 def test_queued_task_age_grows_queue_depth_from_broker_then_drains(
-    stack: Stack, client: APIClient, ops_client: APIClient, settings, clean_metrics: None,  # noqa: ANN001
+    stack: Stack, client: APIClient, ops_client: APIClient, settings, clean_metrics: None,
 ) -> None:
     settings.BRIDGE_OPS_STUCK_AFTER = 1.0
     settings.BRIDGE_METRICS_SETTLE_SECONDS = 0.0

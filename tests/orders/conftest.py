@@ -81,7 +81,7 @@ def sim(stack: Stack) -> Callable[[str], Terminal]:
 
 
 @pytest.fixture
-def control(stack: Stack):  # noqa: ANN201
+def control(stack: Stack):
     controls: list[Control] = []
 
     def make(name: str) -> Control:
@@ -94,6 +94,6 @@ def control(stack: Stack):  # noqa: ANN201
         try:
             ctl.delay(0)
             ctl.ipc_timeout("order_send", 0)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         ctl.close()

@@ -48,7 +48,7 @@ def _restart(stack: Stack, env: dict[str, str] | None = None) -> Proc:
     return stack.start_worker(TERMINAL, env)
 
 
-def _post(client, sid, rid, body=ORDER):  # noqa: ANN001, ANN202
+def _post(client, sid, rid, body=ORDER):
     r = client.post("/mt5/client/orders", body, format="json", HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid)
     assert r.status_code == 202, r.content
     return r.json()["taskId"]
@@ -58,7 +58,7 @@ def _path(task: TradeTask) -> list[str]:
     return list(TaskTransition.objects.filter(task=task).state_changes().values_list("to_state", flat=True))
 
 
-def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # noqa: ANN001
+def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:
     crashing = _restart(stack, {"BRIDGE_CRASH_AT": "after_claim"})
     sid = open_session(client, TERMINAL)
     task_id = _post(client, sid, "crash-a")
@@ -81,7 +81,7 @@ def test_a_killed_after_claim_before_order_send(stack, client, sim) -> None:  # 
     assert len(sim(TERMINAL).broker_orders_of(task)) == 1
 
 
-def test_b_killed_after_order_send_returned_before_the_result_was_stored(stack, client, sim) -> None:  # noqa: ANN001
+def test_b_killed_after_order_send_returned_before_the_result_was_stored(stack, client, sim) -> None:
     crashing = _restart(stack, {"BRIDGE_CRASH_AT": "after_send"})
     sid = open_session(client, TERMINAL)
     task_id = _post(client, sid, "crash-b")
@@ -97,7 +97,7 @@ def test_b_killed_after_order_send_returned_before_the_result_was_stored(stack, 
     assert _path(task) == ["queued", "dispatched", "filled"]
 
 
-def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, control, settings) -> None:  # noqa: ANN001
+def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, control, settings) -> None:
     env = {"BRIDGE_INFLIGHT_BOUND": "30", "BRIDGE_RECONCILE_AFTER": "1"}
     worker = _restart(stack, env)
     sid = open_session(client, TERMINAL)
@@ -123,7 +123,7 @@ def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, c
     assert _path(task) == ["queued", "dispatched", "unknown", "filled"]
 
 
-def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, sim, control, settings) -> None:  # noqa: ANN001
+def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, sim, control, settings) -> None:
     _restart(stack, {"BRIDGE_INFLIGHT_BOUND": "2", "BRIDGE_RECONCILE_AFTER": "1"})
     sid = open_session(client, TERMINAL)
     control(TERMINAL).ipc_timeout("order_send", 1, execute=False)
@@ -141,7 +141,7 @@ def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, 
 
 
 @pytest.fixture
-def private_redis(stack: Stack):  # noqa: ANN201
+def private_redis(stack: Stack):
     """A redis-server of this test only (never the shared one), restartable on the same port."""
     port = free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -178,7 +178,7 @@ def _http(method: str, url: str, body: dict | None, headers: dict[str, str]) -> 
         return exc.code, json.loads(exc.read())
 
 
-def test_redis_restart_while_tasks_are_queued(stack, api_key, sim, control, private_redis) -> None:  # noqa: ANN001
+def test_redis_restart_while_tasks_are_queued(stack, api_key, sim, control, private_redis) -> None:
     port, start_redis, procs = private_redis
     url = f"redis://127.0.0.1:{port}/0"
     env = {**stack.env, "REDIS_URL": url, "CELERY_BROKER_URL": url, "BRIDGE_OUTBOX_REPUBLISH_AFTER": "2",

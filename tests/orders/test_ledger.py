@@ -17,13 +17,13 @@ BASE = "/mt5/client"
 ORDER = {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}
 
 
-def _post(client, sid, body, rid=None, path="/orders", **headers):  # noqa: ANN001, ANN003, ANN202
+def _post(client, sid, body, rid=None, path="/orders", **headers):
     if rid is not None:
         headers["HTTP_X_REQUEST_ID"] = rid
     return client.post(BASE + path, body, format="json", HTTP_X_SESSION_ID=sid, **headers)
 
 
-def test_replay_returns_same_task_same_status_and_header(stack, client, sim) -> None:  # noqa: ANN001
+def test_replay_returns_same_task_same_status_and_header(stack, client, sim) -> None:
     sid = open_session(client, "sim-b")
     first = _post(client, sid, ORDER, "led-1")
     assert first.status_code == 202 and "Idempotent-Replayed" not in first
@@ -38,7 +38,7 @@ def test_replay_returns_same_task_same_status_and_header(stack, client, sim) -> 
     assert len(sim("sim-b").broker_orders_of(TradeTask.objects.get())) == 1
 
 
-def test_same_request_id_other_payload_is_409_naming_the_task(stack, client) -> None:  # noqa: ANN001
+def test_same_request_id_other_payload_is_409_naming_the_task(stack, client) -> None:
     sid = open_session(client, "sim-b")
     first = _post(client, sid, ORDER, "led-2").json()
     r = _post(client, sid, {**ORDER, "volume": 0.2}, "led-2")
@@ -50,7 +50,7 @@ def test_same_request_id_other_payload_is_409_naming_the_task(stack, client) -> 
     assert TradeTask.objects.count() == 1
 
 
-def test_twenty_concurrent_identical_requests_make_one_task_and_one_broker_order(stack, client, api_key, sim) -> None:  # noqa: ANN001
+def test_twenty_concurrent_identical_requests_make_one_task_and_one_broker_order(stack, client, api_key, sim) -> None:
     sid = open_session(client, "sim-b")
     barrier = threading.Barrier(20)
 
@@ -99,7 +99,7 @@ def test_twenty_concurrent_identical_requests_make_one_task_and_one_broker_order
         ({"type": "BUY", "volume": 0.1}, "symbol"),
     ],
 )
-def test_bad_order_is_400_naming_the_field_and_creates_nothing(stack, client, body, field) -> None:  # noqa: ANN001
+def test_bad_order_is_400_naming_the_field_and_creates_nothing(stack, client, body, field) -> None:
     sid = open_session(client, "sim-b")
     r = _post(client, sid, body, "bad-1")
     assert r.status_code == 400, r.content
@@ -108,7 +108,7 @@ def test_bad_order_is_400_naming_the_field_and_creates_nothing(stack, client, bo
     assert TradeTask.objects.count() == 0
 
 
-def test_sixteen_character_comment_is_accepted(stack, client) -> None:  # noqa: ANN001
+def test_sixteen_character_comment_is_accepted(stack, client) -> None:
     sid = open_session(client, "sim-b")
     r = _post(client, sid, {**ORDER, "comment": "x" * 16}, "cm-1")
     assert r.status_code == 202
@@ -116,7 +116,7 @@ def test_sixteen_character_comment_is_accepted(stack, client) -> None:  # noqa: 
     assert task.state == "filled" and task.mt5_request["comment"] == f"{task.tag}|{'x' * 16}"
 
 
-def test_other_malformed_writes_are_4xx_never_500(stack, client) -> None:  # noqa: ANN001
+def test_other_malformed_writes_are_4xx_never_500(stack, client) -> None:
     sid = open_session(client, "sim-b")
     cases = [
         client.post(f"{BASE}/orders", "not json", content_type="application/json", HTTP_X_SESSION_ID=sid),
@@ -143,7 +143,7 @@ def test_other_malformed_writes_are_4xx_never_500(stack, client) -> None:  # noq
     assert TradeTask.objects.count() == 0
 
 
-def test_workspaces_never_see_each_others_tasks(stack, client, other_client) -> None:  # noqa: ANN001
+def test_workspaces_never_see_each_others_tasks(stack, client, other_client) -> None:
     sid = open_session(client, "sim-b")
     task_id = _post(client, sid, ORDER, "iso-1").json()["taskId"]
     assert other_client.get(f"{BASE}/tasks/{task_id}").status_code == 404
@@ -158,7 +158,7 @@ def test_workspaces_never_see_each_others_tasks(stack, client, other_client) -> 
     assert r.status_code == 202 and r.json()["taskId"] != task_id
 
 
-def test_task_list_filters_and_cursor_pages(stack, client) -> None:  # noqa: ANN001
+def test_task_list_filters_and_cursor_pages(stack, client) -> None:
     sid = open_session(client, "sim-b")
     ids = [_post(client, sid, ORDER, f"list-{i}").json()["taskId"] for i in range(5)]
     for task_id in ids:

@@ -121,17 +121,17 @@ class Terminal:
         self.ctl.close()
 
     @property
-    def mt5(self):  # noqa: ANN201 - the module
+    def mt5(self):  # the module
         return mt5sim
 
-    def buy(self, symbol: str, volume: float = 0.1, **extra: object):  # noqa: ANN201
+    def buy(self, symbol: str, volume: float = 0.1, **extra: object):
         result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_DEAL, "symbol": symbol, "volume": volume,
                                     "type": mt5sim.ORDER_TYPE_BUY, "type_filling": mt5sim.ORDER_FILLING_IOC,
                                     **extra})
         assert result is not None and result.retcode == mt5sim.TRADE_RETCODE_DONE, (result, mt5sim.last_error())
         return result
 
-    def buy_limit(self, symbol: str, price: float, volume: float = 0.1):  # noqa: ANN201
+    def buy_limit(self, symbol: str, price: float, volume: float = 0.1):
         result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_PENDING, "symbol": symbol, "volume": volume,
                                     "type": mt5sim.ORDER_TYPE_BUY_LIMIT, "price": price,
                                     "type_filling": mt5sim.ORDER_FILLING_RETURN})

@@ -28,7 +28,7 @@ QUEUE_READS = ("/mt5/client/symbols/EURUSD", "/mt5/client/quotes/history?symbol=
                "/mt5/client/ticks/EURUSD?count=5", "/mt5/client/depth/EURUSD", "/mt5/client/history/deals")
 
 
-def _timed(client, path):  # noqa: ANN001, ANN202
+def _timed(client, path):
     started = time.monotonic()
     response = client.get(path)
     return response, time.monotonic() - started
@@ -45,7 +45,7 @@ def _reader_sees_terminal_down(terminal: str) -> bool:
     return status is not None and not status.get("terminal_ok", False)
 
 
-def _assert_502(client, path, within: float = FAST, reason: str | None = None):  # noqa: ANN001, ANN202
+def _assert_502(client, path, within: float = FAST, reason: str | None = None):
     response, took = _timed(client, path)
     assert response.status_code == 502, (path, response.status_code, response.content)
     error = response.json()["error"]
@@ -57,7 +57,7 @@ def _assert_502(client, path, within: float = FAST, reason: str | None = None): 
 
 
 @pytest.fixture
-def session_b(other_client, reads):  # noqa: ANN001, ANN201
+def session_b(other_client, reads):
     open_session(other_client, "sim-b", 6001)
     return other_client
 

@@ -10,12 +10,12 @@ from tests.reads.conftest import wait_until
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _status(client, path: str) -> tuple[int, dict]:  # noqa: ANN001
+def _status(client, path: str) -> tuple[int, dict]:
     response = client.get(path)
     return response.status_code, response.json()
 
 
-def test_an_account_switched_by_hand_is_served_to_nobody(session_a, terminal_a) -> None:  # noqa: ANN001
+def test_an_account_switched_by_hand_is_served_to_nobody(session_a, terminal_a) -> None:
     wait_until(lambda: _status(session_a, "/mt5/client/account")[1].get("source") == "snapshot", timeout=5)
     assert terminal_a.mt5.login(5999, password="pw", server="Demo"), terminal_a.mt5.last_error()
     for path in ("/mt5/client/account", "/mt5/client/positions", "/mt5/client/history/deals",

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 K1, K2, K3 = generate_key(), generate_key(), generate_key()
 
 
-def _use(settings, current: str, *old: str) -> None:  # noqa: ANN001
+def _use(settings, current: str, *old: str) -> None:
     settings.BRIDGE_CREDENTIALS_KEY = current
     settings.BRIDGE_CREDENTIALS_OLD_KEYS = list(old)
 
@@ -49,7 +49,7 @@ def _legacy_blob(key: str, plaintext: str, context: str) -> bytes:
     return LEGACY_VERSION + nonce + AESGCM(decode_key(key)).encrypt(nonce, plaintext.encode(), context.encode())
 
 
-def test_secrets_name_their_key_and_old_keys_decrypt_them(settings) -> None:  # noqa: ANN001
+def test_secrets_name_their_key_and_old_keys_decrypt_them(settings) -> None:
     _use(settings, K1)
     blob = encrypt_secret("pw-1", "sess_a")
     assert blob[:1] == VERSION and blob_key_id(blob) == key_id(decode_key(K1)) and len(blob_key_id(blob)) == 4
@@ -85,7 +85,7 @@ def _row(workspace: Workspace, n: int, blob: bytes, status: str = SessionStatus.
     return row
 
 
-def test_rotate_credentials_key_reencrypts_every_stored_secret(settings) -> None:  # noqa: ANN001
+def test_rotate_credentials_key_reencrypts_every_stored_secret(settings) -> None:
     workspace = Workspace.objects.create(name="ws-cred")
     _use(settings, K1)
     under_k1 = _row(workspace, 1, lambda sid: encrypt_secret("pw-one", sid), SessionStatus.ACTIVE)
@@ -117,7 +117,7 @@ def test_rotate_credentials_key_reencrypts_every_stored_secret(settings) -> None
     assert "re-encrypted 0, already current 3" in again.getvalue()
 
 
-def test_rotation_reports_secrets_no_configured_key_can_open(settings) -> None:  # noqa: ANN001
+def test_rotation_reports_secrets_no_configured_key_can_open(settings) -> None:
     workspace = Workspace.objects.create(name="ws-cred-lost")
     _use(settings, K3)
     lost = _row(workspace, 5, lambda sid: encrypt_secret("pw-lost", sid))
@@ -138,7 +138,7 @@ def test_rotation_reports_secrets_no_configured_key_can_open(settings) -> None: 
 
 
 # -- a real worker and terminal ------------------------------------------------------------------------------
-def _wait(predicate, timeout: float, what: str):  # noqa: ANN001, ANN202
+def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -148,7 +148,7 @@ def _wait(predicate, timeout: float, what: str):  # noqa: ANN001, ANN202
         time.sleep(0.05)
 
 
-def test_a_session_opened_under_the_old_key_logs_in_after_rotation(sim_stack: Stack, tmp_path, settings) -> None:  # noqa: ANN001
+def test_a_session_opened_under_the_old_key_logs_in_after_rotation(sim_stack: Stack, tmp_path, settings) -> None:
     """Worker 1 knows the new key and the old one; worker 2, after the rotation, only the new one."""
     name = f"cred-sim-{time.time_ns() % 10**6}"
     sim, address = start_sim(name, tmp_path, tmp_path / "state", seed=77)
@@ -163,7 +163,7 @@ def test_a_session_opened_under_the_old_key_logs_in_after_rotation(sim_stack: St
         settings.BRIDGE_TERMINALS_FILE = str(terminals_file)
         env = {**os.environ, **_db_env(), "BRIDGE_TERMINALS_FILE": str(terminals_file)}
 
-        def worker(keys: dict[str, str]):  # noqa: ANN202
+        def worker(keys: dict[str, str]):
             proc = start_manage(f"worker-{name}-{len(workers)}", ["run_terminal_worker", name, "--loglevel", "INFO"],
                                 {**env, **keys}, tmp_path)
             workers.append(proc)

@@ -26,7 +26,7 @@ def _open(client: APIClient, terminal: str, login: int) -> str:
     return response.json()["sessionId"]
 
 
-def test_a_lost_login_message_is_published_again(stack: Stack, client: APIClient, monkeypatch, settings) -> None:  # noqa: ANN001
+def test_a_lost_login_message_is_published_again(stack: Stack, client: APIClient, monkeypatch, settings) -> None:
     monkeypatch.setattr(services, "publish_login", lambda session: False)  # the publish after commit is lost
     sid = _open(client, "sim-a", 71001)
     assert BridgeSession.objects.get(id=sid).login_published_at is None
@@ -43,7 +43,7 @@ def test_a_lost_login_message_is_published_again(stack: Stack, client: APIClient
 
 
 def test_a_login_that_never_completes_ends_login_failed_and_frees_the_terminal(
-        stack: Stack, client: APIClient, monkeypatch, settings) -> None:  # noqa: ANN001
+        stack: Stack, client: APIClient, monkeypatch, settings) -> None:
     monkeypatch.setattr(services, "publish_login", lambda session: False)
     sid = _open(client, "sim-b", 71002)
     settings.BRIDGE_SESSION_LOGIN_TIMEOUT = 0.5

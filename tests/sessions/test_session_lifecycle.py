@@ -23,7 +23,7 @@ OPEN = "/mt5/client/session/open"
 PASSWORD = "Pa55-word-XYZ"  # the password that must never appear in clear
 
 
-def _open(client: APIClient, login: int, password: str = PASSWORD, **extra) -> dict:  # noqa: ANN003
+def _open(client: APIClient, login: int, password: str = PASSWORD, **extra) -> dict:
     body = {"accountId": f"acc-{login}", "server": "Demo-Server", "login": login, "password": password, **extra}
     response = client.post(f"{OPEN}?wait=20", body, format="json")
     assert response.status_code == 201, response.content
@@ -84,7 +84,7 @@ def test_heartbeat_extends_and_close_frees_and_revokes(stack: Stack, client: API
     _close(client, reopened["sessionId"])
 
 
-def test_session_without_heartbeat_expires_by_beat_and_frees_terminal(stack: Stack, client: APIClient, settings) -> None:  # noqa: ANN001
+def test_session_without_heartbeat_expires_by_beat_and_frees_terminal(stack: Stack, client: APIClient, settings) -> None:
     settings.BRIDGE_SESSION_TTL = 2
     env = {**stack.env, "BRIDGE_SESSION_EXPIRY_SWEEP": "0.5"}
     maint = start_manage("maintenance-expiry", ["run_maintenance_worker", "--beat"], env, stack.log_dir)
@@ -126,7 +126,7 @@ def test_workspaces_cannot_see_each_others_sessions(stack: Stack, client: APICli
     _close(client, sid)
 
 
-def test_password_is_never_stored_or_logged_in_clear(stack: Stack, client: APIClient, caplog) -> None:  # noqa: ANN001
+def test_password_is_never_stored_or_logged_in_clear(stack: Stack, client: APIClient, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     body = _open(client, 70009, terminal="sim-b")
     sid = body["sessionId"]

@@ -35,7 +35,7 @@ def fresh_snapshot(session: BridgeSession) -> TerminalSnapshot | None:
     the terminal's bound session only while the terminal shows that session's account), else None."""
     try:
         snapshot = load_snapshot(redis_client(), _terminal(session))
-    except Exception:  # noqa: BLE001 - a corrupt or unreachable snapshot just means "ask the terminal"
+    except Exception:  # a corrupt or unreachable snapshot just means "ask the terminal"
         logger.exception("cannot load the snapshot of %s", _terminal(session))
         return None
     if snapshot is None or snapshot.age() > conf.get("BRIDGE_SNAPSHOT_MAX_AGE"):

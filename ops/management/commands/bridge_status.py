@@ -44,10 +44,10 @@ def render_table(statuses: list[TerminalStatus]) -> list[str]:
 class Command(BaseCommand):
     help = "Terminals: pinned worker alive and last heartbeat, broker queue depth, oldest queued task, session."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print the /ops/terminals JSON instead of a table")
 
-    def handle(self, *args, json: bool = False, **options) -> None:  # noqa: A002, ANN002, ANN003
+    def handle(self, *args, json: bool = False, **options) -> None:
         now = timezone.now()
         statuses = terminal_statuses(now)
         if json:

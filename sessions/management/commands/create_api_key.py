@@ -11,11 +11,11 @@ from sessions.models import Workspace
 class Command(BaseCommand):
     help = "Create an API key for workspace NAME (the workspace is created if missing). Shown once."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("--workspace", required=True)
         parser.add_argument("--name", default="", help="a label for the key")
 
-    def handle(self, *args, workspace: str, name: str, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, workspace: str, name: str, **options) -> None:
         workspace = workspace.strip()
         if not workspace or len(workspace) > 100:
             raise CommandError("--workspace must be 1 to 100 characters")

@@ -10,10 +10,10 @@ from sessions.api_keys import api_key_by_prefix, revoke_api_key
 class Command(BaseCommand):
     help = "Revoke the API key with prefix PREFIX; requests and open /events sockets with it are refused at once."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("prefix", help="the key's prefix: mt5b_<prefix>_<secret>, as the admin shows it")
 
-    def handle(self, *args, prefix: str, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, prefix: str, **options) -> None:
         row = api_key_by_prefix(prefix)
         if row is None:
             raise CommandError(f"no API key with prefix {prefix!r}")

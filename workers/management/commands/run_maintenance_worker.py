@@ -12,11 +12,11 @@ from terminals.runtime import keep_db_connections
 class Command(BaseCommand):
     help = "Run the worker of queue bridge.maintenance (session expiry, outbox sweeps); --beat embeds beat."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("--loglevel", default="INFO")
         parser.add_argument("--beat", action="store_true", help="also run the beat scheduler in this process")
 
-    def handle(self, *args, loglevel: str, beat: bool, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, loglevel: str, beat: bool, **options) -> None:
         keep_db_connections()
         argv = ["worker", "-Q", "bridge.maintenance", "-P", "solo", "-n", "maintenance@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel]

@@ -16,14 +16,14 @@ from workers.poller import run_terminal_poller
 class Command(BaseCommand):
     help = "Run the snapshot poller of terminal NAME (interval: --interval or BRIDGE_POLL_INTERVAL, default 0.25s)."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("name")
         parser.add_argument("--interval", type=float, default=None, help="seconds between snapshots")
 
-    def handle(self, *args, name: str, interval: float | None, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, name: str, interval: float | None, **options) -> None:
         try:
             get_terminal(name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CommandError(str(exc)) from exc
         if interval is not None and not 0.01 <= interval <= 60:
             raise CommandError("--interval must be between 0.01 and 60 seconds")

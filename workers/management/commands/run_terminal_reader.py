@@ -16,13 +16,13 @@ from workers.reader import run_terminal_reader
 class Command(BaseCommand):
     help = "Run the read process of terminal NAME: request/reply reads over Redis, one at a time."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("name")
 
-    def handle(self, *args, name: str, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, name: str, **options) -> None:
         try:
             get_terminal(name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CommandError(str(exc)) from exc
         keep_db_connections()
         stop = threading.Event()

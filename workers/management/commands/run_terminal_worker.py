@@ -29,14 +29,14 @@ def worker_argv(name: str, loglevel: str = "INFO") -> list[str]:
 class Command(BaseCommand):
     help = "Run the pinned worker of terminal NAME (consumes only queue terminal.NAME, -P solo)."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("name")
         parser.add_argument("--loglevel", default="INFO")
 
-    def handle(self, *args, name: str, loglevel: str, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, name: str, loglevel: str, **options) -> None:
         try:
             get_terminal(name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CommandError(str(exc)) from exc
         keep_db_connections()
         os.environ[TERMINAL_ENV] = name  # read by the worker's tasks (pinned_terminal) from here on
