@@ -481,6 +481,7 @@ class SymbolFeed:
         """The D1 bar of a day as a tuple (cached once the day is over)."""
         if (day + 1) * DAY_MS <= now_ms and day in self._day_summary:
             return self._day_summary[day]
+        was_cached = day in self._base_cache
         m1 = self.minute_bars(day, now_ms)
         if len(m1) == 0:
             res = None
@@ -490,6 +491,12 @@ class SymbolFeed:
                    int(m1["real_volume"].sum()))
         if (day + 1) * DAY_MS <= now_ms:
             self._day_summary[day] = res
+            if not was_cached:
+                # a finished day generated only for its summary (symbol_info's previous close, D1 bars) is not kept:
+                # with many symbols, one day of ticks each is what a broker-sized Market Watch can afford
+                self._base_cache.pop(day, None)
+                for key in [k for k in self._final_cache if k[0] == day]:
+                    del self._final_cache[key]
         return res
 
 
