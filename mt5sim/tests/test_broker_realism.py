@@ -385,3 +385,22 @@ def test_maxbars_small_limit_caps_rates():
         assert failed.value.err == (-1, "Terminal: Call failed")
     finally:
         h.close()
+
+
+def test_swaps_survive_a_restart_and_are_not_charged_twice(tmp_path):
+    state = str(tmp_path / "state")
+    h = Harness(None, state)
+    try:
+        h.set_price("EURUSD", 1.10000, 1.10010)
+        ticket = h.buy("EURUSD", 1.0)["order"]
+        h.ctl("set_clock", at=WEDNESDAY_NOON_UTC + 2 * DAY)       # Wednesday (x3) and Thursday nights
+        assert h.positions(ticket=ticket)[0]["swap"] == -28.80    # -7.20 * 4
+    finally:
+        h.close()
+    again = Harness(None, state, pin_at=WEDNESDAY_NOON_UTC + 2 * DAY)
+    try:
+        assert again.positions(ticket=ticket)[0]["swap"] == -28.80
+        again.ctl("set_clock", at=WEDNESDAY_NOON_UTC + 2 * DAY + 3600)   # same broker day: nothing more
+        assert again.positions(ticket=ticket)[0]["swap"] == -28.80
+    finally:
+        again.close()
