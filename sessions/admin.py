@@ -17,13 +17,13 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
 from bridge_project import ratelimit
 
 from .api_keys import create_api_key, revoke_api_key, rotate_api_key
-from .models import LIVE_STATUSES, ApiKey, BridgeSession, SessionStatus, Workspace
+from .models import LIVE_STATUSES, ApiKey, BridgeSession, Workspace
+from .services import sessions_expire
 
 
 @admin.register(Workspace)
@@ -78,10 +78,9 @@ class BridgeSessionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Expire selected sessions (frees their terminals)")
     def expire(self, request: HttpRequest, queryset: QuerySet[BridgeSession]) -> None:
-        count = queryset.filter(status__in=LIVE_STATUSES).update(
-            status=SessionStatus.EXPIRED, ended_at=timezone.now()
-        )
-        self.message_user(request, f"expired {count} session(s)")
+        ids = list(queryset.filter(status__in=LIVE_STATUSES).values_list("id", flat=True))
+        count = sessions_expire(session_ids=ids, by=f"admin:{request.user.get_username()}")
+        self.message_user(request, f"expired {count} session(s): terminals freed, queued tasks cancelled")
 
 
 def admin_login_refused(wait: float) -> HttpResponse:

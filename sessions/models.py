@@ -104,8 +104,18 @@ class BridgeSession(models.Model):
         return self.status in LIVE_STATUSES
 
 
+class SessionTransitionQuerySet(models.QuerySet):
+    def status_changes(self) -> models.QuerySet:
+        """Only the changes of status (not the changes of fields such as a heartbeat)."""
+        return self.exclude(from_status=models.F("to_status"))
+
+
 class SessionTransition(models.Model):
-    """Every status change of a session, with its time and why (written by ``session_transition`` only)."""
+    """Every change of a session, with its time and why (written by ``session_change`` only): a change
+    of status, or of fields only (``from_status == to_status``, ``detail["change"]``: heartbeat,
+    login_published, reencrypted)."""
+
+    objects = SessionTransitionQuerySet.as_manager()
 
     session = models.ForeignKey(BridgeSession, on_delete=models.CASCADE, related_name="transitions")
     from_status = models.CharField(max_length=16, blank=True, default="")

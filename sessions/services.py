@@ -1,6 +1,6 @@
 """Bridge sessions: one state machine, ``opening → active → closed | expired | login_failed``.
 
-Every status change goes through ``session_transition``: a conditional UPDATE (so two actors, e.g. a
+Every change of a session goes through ``session_change``: a conditional UPDATE (so two actors, e.g. a
 close and a login finishing, can never both win), the ``SessionTransition`` row in the same
 transaction, and after commit the ``session`` event on the session's stream. Ending a session also
 clears the terminal's account binding, wipes the encrypted password and sends ``session_ended`` (the
@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from bridge_project.errors import BridgeError, NotFound, SessionExpired, Unauthorized
@@ -72,27 +73,34 @@ def _publish_session_event(session_id: str, data: dict[str, Any]) -> None:
         logger.exception("publishing the session event of %s failed", session_id)
 
 
-def session_transition(
+def session_change(
     *,
     session_id: str,
     from_statuses: tuple[str, ...],
-    to_status: str,
+    to_status: str | None = None,
+    fields: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
+    change: str = "",
     lease: Lease | None = None,
-    **fields: Any,
+    where: Q | None = None,
 ) -> BridgeSession | None:
-    """Move a session from one of ``from_statuses`` to ``to_status`` (setting ``fields``), or None
-    when it was in none of them. Writes the transition, ends what an end must end, and emits the
-    ``session`` event after commit. ``to_status == active`` needs the worker's ``lease``: the
-    terminal is bound to the session in the same transaction, or nothing changes."""
-    detail = detail or {}
-    now = timezone.now()
+    """The one writer of a session row: move it from one of ``from_statuses`` (and matching ``where``)
+    to ``to_status`` (None: the status stays) setting ``fields``; None when it no longer matched.
+
+    Writes the ``SessionTransition`` row of every change (a change of fields only, e.g. a heartbeat,
+    is recorded with ``change`` in its detail and ``from_status == to_status``); a change of status
+    also ends what an end must end and emits the ``session`` event after commit. ``to_status ==
+    active`` needs the worker's ``lease``: the terminal is bound to the session in the same
+    transaction, or nothing changes."""
+    fields = dict(fields or {})
+    detail = {**(detail or {}), **({"change": change} if change else {})}
     if to_status in END_STATUSES:
-        fields.setdefault("ended_at", now)
+        fields.setdefault("ended_at", timezone.now())
         fields["password_encrypted"] = b""
     with transaction.atomic():
         session = (BridgeSession.objects.select_for_update().select_related("terminal")
-                   .filter(id=session_id, status__in=from_statuses).first())
+                   .filter(Q(id=session_id, status__in=from_statuses) & (where if where is not None else Q()))
+                   .first())
         if session is None:
             return None
         previous = session.status
@@ -103,15 +111,18 @@ def session_transition(
                 return None
         for name, value in fields.items():
             setattr(session, name, value)
-        session.status = to_status
+        if to_status is not None:
+            session.status = to_status
         session.save(update_fields=[*fields, "status", "updated_at"])
-        SessionTransition.objects.create(session=session, from_status=previous, to_status=to_status, detail=detail)
-        if to_status in END_STATUSES:
-            terminal_unbind(session_id=session.id)
-            session_ended.send(sender=BridgeSession, session=session, reason=detail.get("reason", to_status))
-        event = _session_event(session, previous, detail)
-        transaction.on_commit(lambda: _publish_session_event(session_id, event))
-    logger.info("session %s: %s -> %s %s", session_id, previous, to_status, detail or "")
+        SessionTransition.objects.create(session=session, from_status=previous, to_status=session.status,
+                                         detail=detail)
+        if to_status is not None and to_status != previous:
+            if to_status in END_STATUSES:
+                terminal_unbind(session_id=session.id)
+                session_ended.send(sender=BridgeSession, session=session, reason=detail.get("reason", to_status))
+            event = _session_event(session, previous, detail)
+            transaction.on_commit(lambda: _publish_session_event(session_id, event))
+            logger.info("session %s: %s -> %s %s", session_id, previous, to_status, detail or "")
     return session
 
 
@@ -136,8 +147,8 @@ def _candidate_terminals(requested: str | None) -> list[Terminal]:
 def _publish_login(session: BridgeSession) -> None:
     """Publish the login to the terminal's queue and stamp the login outbox (the sweeper's clock)."""
     if publish_login(session) is not False:  # None: a publisher that does not report
-        BridgeSession.objects.filter(id=session.id, status=SessionStatus.OPENING).update(
-            login_published_at=timezone.now())
+        session_change(session_id=session.id, from_statuses=(SessionStatus.OPENING,),
+                       fields={"login_published_at": timezone.now()}, change="login_published")
 
 
 def session_open(
@@ -177,21 +188,22 @@ def session_open(
 
 def session_activate(*, session_id: str, broker: dict[str, Any], lease: Lease) -> BridgeSession | None:
     """The login succeeded on the lease holder's terminal: ``opening → active``, terminal bound."""
-    return session_transition(session_id=session_id, from_statuses=(SessionStatus.OPENING,),
-                              to_status=SessionStatus.ACTIVE, lease=lease, broker=broker,
-                              detail={"server": broker.get("server")})
+    return session_change(session_id=session_id, from_statuses=(SessionStatus.OPENING,),
+                          to_status=SessionStatus.ACTIVE, lease=lease, fields={"broker": broker},
+                          detail={"server": broker.get("server")})
 
 
 def session_fail_login(*, session_id: str, code: int | None, message: str, reason: str = "") -> BridgeSession | None:
     """The login failed (MT5's error, or the bridge's ``reason``): ``opening → login_failed``."""
-    return session_transition(session_id=session_id, from_statuses=(SessionStatus.OPENING,),
-                              to_status=SessionStatus.LOGIN_FAILED, error_code=code, error_message=message[:500],
-                              detail={"reason": reason or "login_failed", "mt5": code})
+    return session_change(session_id=session_id, from_statuses=(SessionStatus.OPENING,),
+                          to_status=SessionStatus.LOGIN_FAILED,
+                          fields={"error_code": code, "error_message": message[:500]},
+                          detail={"reason": reason or "login_failed", "mt5": code})
 
 
 def session_close(*, session: BridgeSession) -> BridgeSession:
     """Close a session and free its terminal; its queued tasks end ``cancelled``."""
-    closed = session_transition(session_id=session.id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.CLOSED,
+    closed = session_change(session_id=session.id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.CLOSED,
                                 detail={"reason": "closed"})
     if closed is None:
         session.refresh_from_db()
@@ -202,7 +214,7 @@ def session_close(*, session: BridgeSession) -> BridgeSession:
 def session_expire_if_due(*, session: BridgeSession) -> BridgeSession:
     """Expire the session now if its heartbeat deadline has passed (requests see expiry at once)."""
     if session.live and session.expires_at <= timezone.now():
-        expired = session_transition(session_id=session.id, from_statuses=LIVE_STATUSES,
+        expired = session_change(session_id=session.id, from_statuses=LIVE_STATUSES,
                                      to_status=SessionStatus.EXPIRED, detail={"reason": "expired"})
         if expired is None:
             session.refresh_from_db()
@@ -217,7 +229,7 @@ def sessions_expire_due(*, now: datetime | None = None) -> int:
     due = BridgeSession.objects.filter(status__in=LIVE_STATUSES, expires_at__lte=now).values_list("id", flat=True)
     count = 0
     for session_id in list(due):
-        if session_transition(session_id=session_id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.EXPIRED,
+        if session_change(session_id=session_id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.EXPIRED,
                               detail={"reason": "expired"}):
             count += 1
     if count:
@@ -257,10 +269,9 @@ def session_heartbeat(*, session: BridgeSession) -> BridgeSession:
         raise SessionExpired(f"session is {session.status}", {"sessionId": session.id, "status": session.status})
     now = timezone.now()
     expires = now + timedelta(seconds=settings.BRIDGE_SESSION_TTL)
-    updated = BridgeSession.objects.filter(id=session.id, status__in=LIVE_STATUSES).update(
-        last_heartbeat_at=now, expires_at=expires
-    )
-    if not updated:
+    updated = session_change(session_id=session.id, from_statuses=LIVE_STATUSES,
+                             fields={"last_heartbeat_at": now, "expires_at": expires}, change="heartbeat")
+    if updated is None:
         session.refresh_from_db()
         raise SessionExpired(f"session is {session.status}", {"sessionId": session.id, "status": session.status})
     session.last_heartbeat_at, session.expires_at = now, expires
@@ -369,3 +380,17 @@ def session_log_in(*, session_id: str) -> str:
         return "skipped"
     logger.info("session %s active on %s", session_id, session.terminal.name)
     return "active"
+
+
+def session_reencrypt_password(*, session_id: str, current: bytes, fresh: bytes) -> bool:
+    """Store ``fresh`` (the same password under the current key) if the stored blob is still ``current``."""
+    return session_change(session_id=session_id, from_statuses=tuple(SessionStatus.values),
+                          where=Q(password_encrypted=current), fields={"password_encrypted": fresh},
+                          change="reencrypted") is not None
+
+
+def sessions_expire(*, session_ids: list[str], by: str) -> int:
+    """Expire these sessions now (an operator's action): each through the state machine."""
+    return sum(1 for session_id in session_ids
+               if session_change(session_id=session_id, from_statuses=LIVE_STATUSES, to_status=SessionStatus.EXPIRED,
+                                 detail={"reason": "expired", "by": by}) is not None)

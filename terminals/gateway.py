@@ -109,7 +109,7 @@ class TerminalGateway:
     # -- reads ------------------------------------------------------------------------------
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         self.ensure_connected()
-        result = getattr(self.mt5, name)(*args, **kwargs)
+        result = getattr(self._mt5, name)(*args, **kwargs)
         if result is None:
             error = self._fail(name)
             if error.ipc_failure:

@@ -198,12 +198,11 @@ class TaskAdmin(admin.ModelAdmin):
     # -- actions: each calls the trading service that owns the rule ----------------------------------
     @admin.action(description="Cancel selected queued tasks")
     def cancel_queued(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
-        from .states import move
+        from .states import task_change
 
         done = skipped = 0
         for task_id in queryset.values_list("id", flat=True):
-            moved = move(task_id, [TaskState.QUEUED], TaskState.CANCELLED,
-                         detail={"by": "admin", "user": request.user.get_username()})
+            moved = task_change(task_id=task_id, from_states=[TaskState.QUEUED], to_state=TaskState.CANCELLED, detail={"by": "admin", "user": request.user.get_username()})
             done, skipped = (done + 1, skipped) if moved else (done, skipped + 1)
         self.message_user(request, f"cancelled {done} task(s)")
         if skipped:

@@ -36,7 +36,7 @@ import signal
 import time
 from typing import Any
 
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from sessions.models import BridgeSession, SessionStatus
@@ -51,7 +51,7 @@ from . import orders
 from .conf import conf
 from .lookup import AMBIGUOUS, NOT_AN_OUTCOME, Trace, find_trace, history_synced
 from .models import TaskKind, TaskState, TradeTask
-from .states import claim, move
+from .states import Increment, task_change, task_claim
 
 logger = logging.getLogger("bridge.trading.execution")
 
@@ -125,7 +125,7 @@ def run_task(task_id: str) -> str:
     if terminal is not None and terminal.id == lease.terminal_id:
         # The common case in one statement: claim (and record) a queued task of this terminal,
         # fenced by this worker's lease token.
-        claimed = claim(task_id, lease)
+        claimed = task_claim(task_id=task_id, lease=lease)
         if claimed is not None:
             claimed.terminal = terminal
             crash_point("after_claim")
@@ -140,11 +140,11 @@ def run_task(task_id: str) -> str:
     if task.state == TaskState.QUEUED:
         # This terminal's row is not the one cached (it was re-created): claim with the row's id.
         _terminal_rows[task.terminal.name] = task.terminal
-        claimed = claim(task_id, lease)
+        claimed = task_claim(task_id=task_id, lease=lease)
         if claimed is None:
             # The fence refused it: the lease row was re-created or moved. Renew or retake it (a worker
             # whose lease another holds exits here), then claim once more.
-            claimed = claim(task_id, refresh_lease())
+            claimed = task_claim(task_id=task_id, lease=refresh_lease())
         if claimed is None:
             return "not-queued"
         claimed.terminal = task.terminal
@@ -183,8 +183,7 @@ def _account_refusal(gw: TerminalGateway, task: TradeTask) -> str | None:
 
 def _cancel_unsent(task: TradeTask, code: str, message: str) -> str:
     """End a task that was never sent (ownership refused it): ``cancelled`` with the bridge reason."""
-    move(task.id, [TaskState.DISPATCHED], TaskState.CANCELLED, detail={"reason": code, "bridge": message},
-         result={"error": {"code": code, "message": message}, "source": "bridge"})
+    task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.CANCELLED, detail={"reason": code, "bridge": message}, fields={"result": {"error": {"code": code, "message": message}, "source": "bridge"}})
     logger.warning("task %s not sent: %s (%s)", task.id, code, message)
     return f"cancelled-{code}"
 
@@ -227,9 +226,10 @@ def recover(task: TradeTask, reason: str) -> str:
                 if refusal[0] == "LeaseLost":
                     return "lease-lost"
                 return _cancel_unsent(task, *refusal)
-            resent = (TradeTask.objects.filter(id=task.id, state=TaskState.DISPATCHED, sent_at__isnull=True)
-                      .filter(fence_condition(lease)).update(attempts=F("attempts") + 1))
-            if not resent:
+            resent = task_change(task_id=task.id, from_states=[TaskState.DISPATCHED],
+                                 where=Q(sent_at__isnull=True) & Q(fence_condition(lease)),
+                                 fields={"attempts": Increment()}, detail={"reason": reason}, change="attempt")
+            if resent is None:
                 return "raced"
             task.refresh_from_db()
             logger.info("task %s (%s): claimed but never sent; sending now", task.id, reason)
@@ -259,12 +259,10 @@ def recover(task: TradeTask, reason: str) -> str:
         except (GatewayError, OSError) as exc:
             missing = f"terminal_unreachable: {exc}"
     if missing is None:
-        move(task.id, RECOVERABLE, TaskState.FAILED,
-             detail={"reason": reason, "lookup": "not found", "sentAgo": round(age, 3)},
-             result={**(task.result or {}), "error": {
+        task_change(task_id=task.id, from_states=RECOVERABLE, to_state=TaskState.FAILED, detail={"reason": reason, "lookup": "not found", "sentAgo": round(age, 3)}, fields={"result": {**(task.result or {}), "error": {
                  "code": "NotExecuted",
                  "message": "sent, but not found at the terminal after the in-flight bound, with the terminal "
-                            "connected on the task's account and its history synced: it never executed"}})
+                            "connected on the task's account and its history synced: it never executed"}}})
         return "failed-not-found"
     _keep_unknown(task, reason, missing, age)
     return f"unknown-{missing.split(':')[0]}"
@@ -277,10 +275,10 @@ def _keep_unknown(task: TradeTask, reason: str, missing: str, age: float) -> Non
              **((task.result or {}).get("error") or {}), "unknownBecause": missing}
     result = {**(task.result or {}), "error": error}
     if task.state == TaskState.DISPATCHED:
-        move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN, result=result,
-             detail={"reason": reason, "lookup": missing, "sentAgo": round(age, 3)})
+        task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.UNKNOWN, detail={"reason": reason, "lookup": missing, "sentAgo": round(age, 3)}, fields={"result": result})
     else:
-        TradeTask.objects.filter(id=task.id, state=TaskState.UNKNOWN).update(result=result, updated_at=timezone.now())
+        task_change(task_id=task.id, from_states=[TaskState.UNKNOWN], fields={"result": result},
+                    detail={"reason": reason, "lookup": missing}, change="reason")
 
 
 def adopt(task: TradeTask, trace: Trace, reason: str, from_states: tuple[str, ...] = RECOVERABLE) -> TradeTask | None:
@@ -291,8 +289,7 @@ def adopt(task: TradeTask, trace: Trace, reason: str, from_states: tuple[str, ..
         value = getattr(trace, name)
         if value:
             fields[name] = value
-    return move(task.id, from_states, trace.state, detail={"reason": reason, "adoptedFrom": trace.found_in},
-                **fields)
+    return task_change(task_id=task.id, from_states=from_states, to_state=trace.state, detail={"reason": reason, "adoptedFrom": trace.found_in}, fields=fields)
 
 
 # --- sending ---------------------------------------------------------------------------------------
@@ -369,8 +366,9 @@ def _mark_sent(task: TradeTask, request: dict[str, Any], lease: Lease) -> bool:
     owner = Exists(Terminal.objects.filter(id=OuterRef("terminal_id"), lease_token=lease.token,
                                            bound_session_id=OuterRef("session_id")))
     active = Exists(BridgeSession.objects.filter(id=OuterRef("session_id"), status=SessionStatus.ACTIVE))
-    return bool(TradeTask.objects.filter(id=task.id, state=TaskState.DISPATCHED).filter(owner, active).update(
-        sent_at=timezone.now(), mt5_request=request, updated_at=timezone.now()))
+    sent = task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], where=Q(owner) & Q(active),
+                       fields={"sent_at": timezone.now(), "mt5_request": request}, change="sent")
+    return sent is not None
 
 
 def _fresh_price(gw: TerminalGateway, request: dict[str, Any]) -> float | None:
@@ -393,15 +391,13 @@ def send(task: TradeTask) -> str:
             return _cancel_unsent(task, "AccountMismatch", refusal)
         request, info = _build(gw, task)
     except Rejected as exc:
-        move(task.id, [TaskState.DISPATCHED], TaskState.REJECTED, detail={"bridge": exc.comment},
-             result={"retcode": exc.retcode, "retcodeText": C.retcode_text(exc.retcode), "comment": exc.comment,
-                     "source": "bridge"})
+        task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.REJECTED, detail={"bridge": exc.comment}, fields={"result": {"retcode": exc.retcode, "retcodeText": C.retcode_text(exc.retcode), "comment": exc.comment,
+                     "source": "bridge"}})
         return "rejected"
     except (GatewayError, OSError) as exc:
         code = getattr(exc, "code", -10000)
-        move(task.id, [TaskState.DISPATCHED], TaskState.FAILED, detail={"stage": "prepare"},
-             result={"error": {"code": "BridgeUnavailable", "message": f"terminal unreachable before sending: {exc}",
-                               "mt5": code}})
+        task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED, detail={"stage": "prepare"}, fields={"result": {"error": {"code": "BridgeUnavailable", "message": f"terminal unreachable before sending: {exc}",
+                               "mt5": code}}})
         return "failed"
     reference = float(request.get("price") or 0.0)
     retries = 0
@@ -426,7 +422,8 @@ def send(task: TradeTask) -> str:
             if fresh is not None and orders.within_deviation(reference, fresh, int(request.get("deviation", 0)), point):
                 retries += 1
                 request = {**request, "price": fresh}
-                TradeTask.objects.filter(id=task.id).update(attempts=F("attempts") + 1)  # committed before resending
+                task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], fields={"attempts": Increment()},
+                            detail={"retcode": retcode, "price": fresh}, change="attempt")  # committed before resending
                 task.attempts += 1
                 logger.info("task %s: retcode %s, retry %d at %s", task.id, retcode, retries, fresh)
                 if retcode == C.RETCODE_PRICE_OFF:
@@ -448,7 +445,7 @@ def _store_result(task: TradeTask, request: dict[str, Any], result: Any, retries
         fields["deal_ticket"] = deal_ticket
     if task.kind == TaskKind.ORDER_CREATE and deal_ticket:
         fields["position_ticket"] = _position_of(task, order_ticket, deal_ticket)
-    move(task.id, [TaskState.DISPATCHED], state, detail={"retcode": retcode, "retries": retries}, **fields)
+    task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=state, detail={"retcode": retcode, "retries": retries}, fields=fields)
     return state
 
 
@@ -492,13 +489,11 @@ def _store_unknown_or_failed(task: TradeTask, request: dict[str, Any], error: tu
         code, message = error or (-1, "order_send returned None")
         failure = {"error": {"code": "TerminalError", "message": message, "mt5": code}}
     if result is None and code in NOT_SENT_CODES:
-        move(task.id, [TaskState.DISPATCHED], TaskState.FAILED, detail={"mt5": code, "message": message},
-             result=failure, mt5_request=request)
+        task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED, detail={"mt5": code, "message": message}, fields={"result": failure, "mt5_request": request})
         return "failed"
     # The request may or may not have been executed: never resend blindly; look, else reconcile later.
     failure["error"]["code"] = "OutcomeUnknown"
-    unknown = move(task.id, [TaskState.DISPATCHED], TaskState.UNKNOWN, detail={"mt5": code, "message": message},
-                   result=failure, mt5_request=request)
+    unknown = task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.UNKNOWN, detail={"mt5": code, "message": message}, fields={"result": failure, "mt5_request": request})
     if unknown is not None:
         unknown.terminal = task.terminal
         try:

@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from bridge_project.errors import Conflict
 
 from .models import RequestReceipt, TradeTask
-from .states import create
+from .states import task_create
 
 
 def fingerprint(operation: str, target: str, payload: dict[str, Any], *, account: str) -> str:
@@ -80,7 +80,7 @@ def insert_or_replay(task: TradeTask, after_insert: Callable[[TradeTask], None])
     validation; here the insert itself is the arbiter, and a lost race is answered from the winner.
     """
     try:
-        create(task)
+        task_create(task=task)
     except IntegrityError:
         # Lost the race on (workspace, request_id) to a concurrent identical (or not) request; a
         # tag collision (2^-50) also lands here and is answered by a retry with a new tag.

@@ -110,8 +110,18 @@ class TradeTask(models.Model):
         return self.state in FINAL_STATES
 
 
+class TaskTransitionQuerySet(models.QuerySet):
+    def state_changes(self) -> models.QuerySet:
+        """Only the changes of state (not the changes of fields, whose from and to states are equal)."""
+        return self.exclude(from_state=models.F("to_state"))
+
+
 class TaskTransition(models.Model):
-    """Every state change of a task, with its time (audit trail and latency figures)."""
+    """Every change of a task, with its time (audit trail and latency figures): a change of state,
+    or of fields only (``from_state == to_state``, ``detail["change"]`` says which: sent, attempt,
+    edited, published, ...). Written by ``trading.states`` only."""
+
+    objects = TaskTransitionQuerySet.as_manager()
 
     task = models.ForeignKey(TradeTask, on_delete=models.CASCADE, related_name="transitions")
     from_state = models.CharField(max_length=12, blank=True, default="")

@@ -42,6 +42,7 @@ from bridge_project.celery import app, terminal_queue
 
 from .conf import conf
 from .models import TaskState, TradeTask
+from .states import task_change
 
 logger = logging.getLogger("bridge.trading.outbox")
 
@@ -76,13 +77,15 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
         metrics.redis_unavailable("publish")
         try:
             if stamped:
-                TradeTask.objects.filter(id=task_id, state=TaskState.QUEUED).update(published_at=None)
+                task_change(task_id=task_id, from_states=[TaskState.QUEUED], fields={"published_at": None},
+                            change="publish_failed")
         except Exception:  # noqa: BLE001 - the insert time then stands as the last publish: swept later
             logger.exception("clearing published_at of task %s failed", task_id)
         return False
     if not stamped:
         try:
-            TradeTask.objects.filter(id=task_id).update(published_at=timezone.now())
+            task_change(task_id=task_id, from_states=[TaskState.QUEUED], fields={"published_at": timezone.now()},
+                        change="published")
         except Exception:  # noqa: BLE001 - the message is out; at worst the sweeper looks again
             logger.exception("stamping published_at of task %s failed", task_id)
     return True

@@ -9,7 +9,8 @@ from datetime import timedelta
 from django.utils import timezone
 
 from .conf import conf
-from .models import FINAL_STATES, RequestReceipt, TradeTask
+from .models import FINAL_STATES, TradeTask
+from .states import tasks_purge
 
 
 def purge_expired_requests(now=None) -> int:  # noqa: ANN001
@@ -19,6 +20,4 @@ def purge_expired_requests(now=None) -> int:  # noqa: ANN001
     # A task that still has a child within retention (a modify/cancel of its order) stays.
     expired = TradeTask.objects.filter(state__in=FINAL_STATES, finished_at__lt=cutoff).exclude(
         children__finished_at__gte=cutoff).exclude(children__finished_at__isnull=True, children__isnull=False)
-    RequestReceipt.objects.filter(task__in=expired).delete()
-    _, per_model = TradeTask.objects.filter(id__in=list(expired.values_list("id", flat=True))).delete()
-    return per_model.get("trading.TradeTask", 0)
+    return tasks_purge(task_ids=list(expired.values_list("id", flat=True)))

@@ -1,16 +1,19 @@
-"""Task state changes: conditional, recorded in TaskTransition, published after commit.
+"""The one writer of task rows: every change of a task's state or fields, its history and its event.
 
-Every state change of a task goes through ``move`` (or ``claim``, the worker's ``queued →
-dispatched``): an ``UPDATE ... WHERE state = expected`` so two actors (the pinned worker, a
-PATCH/DELETE, reconciliation) can never both win a transition, the ``TaskTransition`` row in the
-same transaction, and the ``order`` event once it is committed.
+``task_change`` is the only function that updates a ``TradeTask`` row (the state, and fields such as
+``attempts``, the sent mark, an in-place edit, the outbox's ``published_at``): a conditional update
+(``WHERE state IN from_states`` plus any condition the caller adds, e.g. the lease's fencing token)
+so two actors (the pinned worker, a PATCH/DELETE, reconciliation, the sweeper) can never both win,
+the ``TaskTransition`` row in the same statement, and the ``order`` event once it is committed. A
+change of fields without a change of state is a transition too (``from_state == to_state``, its
+``change`` in the detail): the history and the event stream hold every change, in order.
+``task_create`` is the insert with its first transition, ``tasks_purge`` the retention's delete.
 
-On PostgreSQL a move from one state is ONE statement: a data-modifying CTE updates the row and
-inserts its transition (both or neither: a statement is atomic), and returns the row. That is one
-round trip and one commit instead of five (BEGIN, SELECT ... FOR UPDATE, UPDATE, INSERT, COMMIT) on
-the order path. The conditional ``WHERE state = %s`` re-checked under the row lock is what
-``SELECT ... FOR UPDATE`` + a check in Python gave. Moves from several states (recovery) and other
-databases (SQLite in development) take the ORM path.
+On PostgreSQL a change is ONE statement built by ``_change_statement``: a data-modifying CTE locks
+the row if it still matches, updates it and inserts its transition (both or neither: a statement is
+atomic), and returns the row; the conditions are compiled by the ORM from a ``Q``. That is one round
+trip and one commit on the order path instead of five (BEGIN, SELECT ... FOR UPDATE, UPDATE, INSERT,
+COMMIT). Other databases (SQLite in development) take the same steps through the ORM in a transaction.
 """
 
 from __future__ import annotations
@@ -20,68 +23,64 @@ from contextlib import nullcontext
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from terminals.lease import Lease
-from terminals.models import Terminal
+from terminals.lease import Lease, fence_condition
 
-from .events import publish_task_state
-from .models import FINAL_STATES, TaskState, TaskTransition, TradeTask
+from .events import publish_task_change
+from .models import FINAL_STATES, RequestReceipt, TaskState, TaskTransition, TradeTask
 
 
 class Increment:
-    """A field value for ``move``: add ``by`` to the column in the same update (e.g. attempts)."""
+    """A field value for ``task_change``: add ``by`` to the column in the same update (e.g. attempts)."""
 
     def __init__(self, by: int = 1):
         self.by = by
 
 
-def _one_statement_move(task_id: str, from_state: str, to_state: str, detail_sql: str, detail_params: list[Any],
-                        fields: dict[str, Any], extra_where: dict[str, Any], fence: Lease | None = None) -> TradeTask | None:
-    """UPDATE the task from ``from_state`` and INSERT its transition in one statement (PostgreSQL)."""
-    opts = TradeTask._meta
-    sets, params = [], []
-    for name, value in {**fields, "state": to_state, "updated_at": timezone.now()}.items():
-        field = opts.get_field(name)
-        column = connection.ops.quote_name(field.column)
+def _json(value: dict[str, Any]) -> Any:
+    return TaskTransition._meta.get_field("detail").get_db_prep_save(value, connection)
+
+
+def _change_statement(task_id: str, from_states: list[str], to_state: str | None, fields: dict[str, Any],
+                      where: Q, detail: dict[str, Any], detail_columns: dict[str, str]) -> tuple[str, list[Any]]:
+    """The single statement of a change (PostgreSQL): lock the row if it matches, update it, record
+    the transition; returns the updated row with its previous state as ``previous_state``."""
+    quote = connection.ops.quote_name
+    table = quote(TradeTask._meta.db_table)
+    matching = TradeTask.objects.filter(Q(id=task_id, state__in=from_states) & where).values("id", "state")
+    match_sql, match_params = matching.query.sql_with_params()
+    sets, set_params = [], []
+    values = {**fields, "updated_at": timezone.now()}
+    if to_state is not None:
+        values["state"] = to_state
+    for name, value in values.items():
+        field = TradeTask._meta.get_field(name)
+        column = quote(field.column)
         if isinstance(value, Increment):
-            sets.append(f"{column} = {column} + %s")
-            params.append(value.by)
+            sets.append(f"{column} = t.{column} + %s")
+            set_params.append(value.by)
         else:
             sets.append(f"{column} = %s")
-            params.append(field.get_db_prep_save(value, connection))
-    where = [f"{connection.ops.quote_name(opts.pk.column)} = %s", "state = %s"]
-    params += [task_id, from_state]
-    for name, value in extra_where.items():
-        field = opts.get_field(name)
-        where.append(f"{connection.ops.quote_name(field.column)} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    if fence is not None:
-        where.append(f"EXISTS (SELECT 1 FROM {connection.ops.quote_name(Terminal._meta.db_table)} lease "
-                     "WHERE lease.id = %s AND lease.lease_token = %s)")
-        params += [fence.terminal_id, fence.token]
-    transitions = connection.ops.quote_name(TaskTransition._meta.db_table)
+            set_params.append(field.get_db_prep_save(value, connection))
+    detail_sql = "%s::jsonb" + "".join(f" || jsonb_build_object(%s, {quote(TradeTask._meta.get_field(column).column)})"
+                                       for column in detail_columns.values())
+    detail_params = [_json(detail), *detail_columns.keys()]
+    transitions = quote(TaskTransition._meta.db_table)
     sql = (
-        f"WITH moved AS (UPDATE {connection.ops.quote_name(opts.db_table)} SET {', '.join(sets)} "
-        f"WHERE {' AND '.join(where)} RETURNING *), "
+        f"WITH matched AS ({match_sql} FOR UPDATE), "
+        f"changed AS (UPDATE {table} t SET {', '.join(sets)} FROM matched WHERE t.id = matched.id "
+        "RETURNING t.*, matched.state AS previous_state), "
         f"recorded AS (INSERT INTO {transitions} (task_id, from_state, to_state, at, detail) "
-        f"SELECT id, %s, %s, %s, {detail_sql} FROM moved) "
-        "SELECT * FROM moved"
+        f"SELECT id, previous_state, state, %s, {detail_sql} FROM changed) "
+        "SELECT * FROM changed"
     )
-    params += [from_state, to_state, timezone.now(), *detail_params]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        columns = [column.name for column in cursor.description]
-    task = _task_of_row(dict(zip(columns, row, strict=True)))
-    transaction.on_commit(lambda: publish_task_state(task))
-    return task
+    return sql, [*match_params, *set_params, timezone.now(), *detail_params]
 
 
 def _task_of_row(row: dict[str, Any]) -> TradeTask:
-    """A TradeTask from a ``RETURNING *`` row (column name → value), JSON columns decoded as the ORM does."""
+    """A TradeTask from a ``RETURNING`` row (column name → value), JSON columns decoded as the ORM does."""
     fields = TradeTask._meta.concrete_fields
     values = []
     for field in fields:
@@ -92,94 +91,110 @@ def _task_of_row(row: dict[str, Any]) -> TradeTask:
     return TradeTask.from_db(connection.alias, [field.attname for field in fields], values)
 
 
-def _json(value: dict[str, Any]) -> Any:
-    return TaskTransition._meta.get_field("detail").get_db_prep_save(value, connection)
-
-
-def move(
+def task_change(
+    *,
     task_id: str,
     from_states: Iterable[str],
-    to_state: str,
-    *,
+    to_state: str | None = None,
+    fields: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
-    **fields: Any,
+    change: str = "",
+    where: Q | None = None,
+    detail_columns: dict[str, str] | None = None,
 ) -> TradeTask | None:
-    """Move a task from one of ``from_states`` to ``to_state`` (setting ``fields``; an ``Increment``
-    adds to the column); None if it was no longer in one of them (someone else moved it first)."""
+    """Change a task still in one of ``from_states`` (and matching ``where``): move it to ``to_state``
+    (None: the state stays) and set ``fields`` (an ``Increment`` adds to the column). Writes the
+    transition (``detail``, plus ``change`` when given, plus ``detail_columns``: detail key → column,
+    read after the update) and publishes the ``order`` event after commit. None if the task no longer
+    matched: someone else changed it first, or the caller's condition (a fence) failed."""
     from_states = list(from_states)
-    now = timezone.now()
+    fields = dict(fields or {})
+    detail = {**(detail or {}), **({"change": change} if change else {})}
     if to_state in FINAL_STATES:
-        fields.setdefault("finished_at", now)
-    if len(from_states) == 1 and connection.vendor == "postgresql":
-        return _one_statement_move(task_id, from_states[0], to_state, "%s", [_json(detail or {})], fields, {})
-    return _locked_move(task_id, from_states, to_state, detail, fields)
-
-
-def _locked_move(task_id: str, from_states: list[str], to_state: str, detail: dict[str, Any] | None,
-                 fields: dict[str, Any], fence: Lease | None = None) -> TradeTask | None:
-    """The portable move: lock the row, check its state (and the fence), update it, record the transition."""
-    with transaction.atomic():
-        task = TradeTask.objects.select_for_update().filter(id=task_id, state__in=from_states).first()
-        if task is None:
+        fields.setdefault("finished_at", timezone.now())
+    where = where if where is not None else Q()
+    detail_columns = detail_columns or {}
+    if connection.vendor != "postgresql":
+        return _change_in_transaction(task_id, from_states, to_state, fields, where, detail, detail_columns)
+    sql, params = _change_statement(task_id, from_states, to_state, fields, where, detail, detail_columns)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is None:
             return None
-        if fence is not None and not Terminal.objects.filter(id=fence.terminal_id, lease_token=fence.token).exists():
+        columns = [column.name for column in cursor.description]
+    values = dict(zip(columns, row, strict=True))
+    task = _task_of_row(values)
+    previous = values["previous_state"]
+    transaction.on_commit(lambda: publish_task_change(task, previous=previous, change=change))
+    return task
+
+
+def _change_in_transaction(task_id: str, from_states: list[str], to_state: str | None, fields: dict[str, Any],
+                           where: Q, detail: dict[str, Any], detail_columns: dict[str, str]) -> TradeTask | None:
+    """The same change through the ORM (databases other than PostgreSQL): lock, check, update, record."""
+    with transaction.atomic():
+        task = TradeTask.objects.select_for_update().filter(Q(id=task_id, state__in=from_states) & where).first()
+        if task is None:
             return None
         previous = task.state
         for name, value in fields.items():
             setattr(task, name, getattr(task, name) + value.by if isinstance(value, Increment) else value)
-        task.state = to_state
+        if to_state is not None:
+            task.state = to_state
         task.save(update_fields=[*fields, "state", "updated_at"])
-        TaskTransition.objects.create(task=task, from_state=previous, to_state=to_state, detail=detail or {})
-        transaction.on_commit(lambda: publish_task_state(task))
+        detail = {**detail, **{key: getattr(task, column) for key, column in detail_columns.items()}}
+        TaskTransition.objects.create(task=task, from_state=previous, to_state=task.state, detail=detail)
+        change = detail.get("change", "")
+        transaction.on_commit(lambda: publish_task_change(task, previous=previous, change=change))
     return task
 
 
-def claim(task_id: str, lease: Lease) -> TradeTask | None:
+def task_claim(*, task_id: str, lease: Lease) -> TradeTask | None:
     """The pinned worker's claim: ``queued → dispatched`` for a task of the terminal whose ``lease``
     it holds, fenced by the lease's token (a stale worker's claim is refused), one attempt counted,
     the transition's detail ``{"attempt": n}``; committed when this returns (call it outside any
     transaction). None when the task is not queued, belongs to another terminal or the lease moved."""
-    if connection.vendor == "postgresql":
-        return _one_statement_move(task_id, TaskState.QUEUED, TaskState.DISPATCHED,
-                                   "jsonb_build_object('attempt', attempts)", [],
-                                   {"attempts": Increment(), "dispatched_at": timezone.now()},
-                                   {"terminal_id": lease.terminal_id}, fence=lease)
-    task = TradeTask.objects.filter(id=task_id, terminal_id=lease.terminal_id).only("attempts").first()
-    if task is None:
-        return None
-    return _locked_move(task_id, [TaskState.QUEUED], TaskState.DISPATCHED, {"attempt": task.attempts + 1},
-                        {"attempts": Increment(), "dispatched_at": timezone.now()}, fence=lease)
+    return task_change(
+        task_id=task_id, from_states=[TaskState.QUEUED], to_state=TaskState.DISPATCHED,
+        fields={"attempts": Increment(), "dispatched_at": timezone.now()},
+        where=Q(terminal_id=lease.terminal_id) & Q(fence_condition(lease)),
+        detail_columns={"attempt": "attempts"},
+    )
 
 
-def record_created(task: TradeTask) -> None:
-    """The first transition ('' → queued) of a task just inserted (call inside its transaction)."""
-    TaskTransition.objects.create(task=task, from_state="", to_state=TaskState.QUEUED, detail={})
-    transaction.on_commit(lambda: publish_task_state(task))
-
-
-def create(task: TradeTask) -> None:
-    """Insert a new (queued) task with its first transition, both or neither; its event after commit.
+def task_create(*, task: TradeTask) -> None:
+    """Insert a new (queued) task with its first transition ('' → queued), both or neither; its
+    event after commit.
 
     Outside a transaction this commits. On PostgreSQL it is one statement (a CTE inserting the task
-    and its transition): no BEGIN/COMMIT round trips, no ORM compilation on the write path. A unique
-    violation (request id, tag) raises IntegrityError with nothing written, as the ORM path does.
+    and its transition). A unique violation (request id, tag) raises IntegrityError with nothing
+    written, as the ORM path does.
     """
     if connection.vendor != "postgresql":
         with transaction.atomic():
             task.save(force_insert=True)
-            record_created(task)
-        return
-    fields = list(TradeTask._meta.concrete_fields)
-    values = [f.get_db_prep_save(f.pre_save(task, True), connection) for f in fields]
-    quote = connection.ops.quote_name
-    sql = (
-        f"WITH created AS (INSERT INTO {quote(TradeTask._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id), "
-        f"recorded AS (INSERT INTO {quote(TaskTransition._meta.db_table)} (task_id, from_state, to_state, at, detail) "
-        "SELECT id, '', %s, %s, %s FROM created) SELECT id FROM created"
-    )
-    params = [*values, TaskState.QUEUED, timezone.now(), _json({})]
-    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-    task._state.adding = False
-    transaction.on_commit(lambda: publish_task_state(task))
+            TaskTransition.objects.create(task=task, from_state="", to_state=TaskState.QUEUED, detail={})
+    else:
+        fields = list(TradeTask._meta.concrete_fields)
+        values = [f.get_db_prep_save(f.pre_save(task, True), connection) for f in fields]
+        quote = connection.ops.quote_name
+        sql = (
+            f"WITH created AS (INSERT INTO {quote(TradeTask._meta.db_table)} "
+            f"({', '.join(quote(f.column) for f in fields)}) VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id), "
+            f"recorded AS (INSERT INTO {quote(TaskTransition._meta.db_table)} (task_id, from_state, to_state, at, detail) "
+            "SELECT id, '', %s, %s, %s FROM created) SELECT id FROM created"
+        )
+        params = [*values, TaskState.QUEUED, timezone.now(), _json({})]
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+        task._state.adding = False
+    transaction.on_commit(lambda: publish_task_change(task, previous="", change=""))
+
+
+def tasks_purge(*, task_ids: list[str]) -> int:
+    """Delete these tasks with their transitions and receipts (request-id retention); how many tasks."""
+    with transaction.atomic():
+        RequestReceipt.objects.filter(task_id__in=task_ids).delete()
+        _, per_model = TradeTask.objects.filter(id__in=task_ids).delete()
+    return per_model.get(TradeTask._meta.label, 0)

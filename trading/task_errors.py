@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.utils import timezone
+from django.db.models import Q
 
 from terminals.gateway import GatewayError
 
 from .conf import conf
 from .models import TaskState, TradeTask
-from .states import move
+from .states import task_change
 
 logger = logging.getLogger("bridge.trading.task_errors")
 
@@ -77,27 +77,25 @@ def settle_error(task_id: str, exc: BaseException, where: str) -> str:
     kind = type(exc).__name__
     message = _redacted(f"{kind}: {exc}" if str(exc) else kind)
     if task.sent_at is not None:
-        move(task_id, [TaskState.DISPATCHED], TaskState.UNKNOWN,
-             detail={"reason": "bridge_error", "where": where, "exception": kind},
-             result={**(task.result or {}), "error": {
+        task_change(task_id=task_id, from_states=[TaskState.DISPATCHED], to_state=TaskState.UNKNOWN, detail={"reason": "bridge_error", "where": where, "exception": kind}, fields={"result": {**(task.result or {}), "error": {
                  "code": "OutcomeUnknown", "message": "the bridge failed after sending; the outcome is looked up",
-                 "unknownBecause": "bridge_error", "bridgeError": {"exception": kind, "message": message}}})
+                 "unknownBecause": "bridge_error", "bridgeError": {"exception": kind, "message": message}}}})
         return "unknown-bridge_error"
     previous = (task.result or {}).get("error") or {}
     errors = int(previous.get("errors", 0)) + 1 if previous.get("code") == "BridgeError" else 1
     error = {"code": "BridgeError", "message": message, "exception": kind, "errors": errors}
     limit = max(1, int(conf("BRIDGE_TASK_MAX_ERRORS")))
     if errors >= limit:
-        moved = move(task_id, [TaskState.DISPATCHED], TaskState.FAILED,
-                     detail={"reason": "bridge_error", "where": where, "exception": kind, "errors": errors},
-                     result={"error": {**error, "message": f"{message} (error {errors} of {limit}: not retried)"},
-                             "source": "bridge"})
+        moved = task_change(task_id=task_id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED, detail={"reason": "bridge_error", "where": where, "exception": kind, "errors": errors}, fields={"result": {"error": {**error, "message": f"{message} (error {errors} of {limit}: not retried)"},
+                             "source": "bridge"}})
         if moved is not None:
             logger.error("task %s failed after %d errors of the bridge: %s", task_id, errors, message)
             return "failed-BridgeError"
         return "error"
-    TradeTask.objects.filter(id=task_id, state=TaskState.DISPATCHED, sent_at__isnull=True).update(
-        result={"error": error, "source": "bridge"}, updated_at=timezone.now())
+    task_change(task_id=task_id, from_states=[TaskState.DISPATCHED], where=Q(sent_at__isnull=True),
+                fields={"result": {"error": error, "source": "bridge"}},
+                detail={"reason": "bridge_error", "where": where, "exception": kind, "errors": errors},
+                change="bridge_error")
     logger.warning("task %s: error %d of %d of the bridge (%s); reconciliation tries it again", task_id, errors,
                    limit, message)
     return "error-retry"

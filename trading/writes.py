@@ -20,7 +20,7 @@ from .ledger import Outcome, find_previous, fingerprint, insert_or_replay, recor
 from .models import TaskKind, TaskState, TradeTask
 from .orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
 from .outbox import publish_task
-from .states import move
+from .states import task_change
 
 
 def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, payload: dict[str, Any],
@@ -115,9 +115,9 @@ def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: 
                 return None
             merged = {**locked.request, **changes}
             validate_order_create(merged, spec)
-            locked.request = merged
-            locked.save(update_fields=["request", "updated_at"])
-            return record_receipt(session.workspace_id, request_id, fp, locked, 200)
+            edited = task_change(task_id=task.id, from_states=[TaskState.QUEUED], fields={"request": merged},
+                                 detail={"by": "client", "requestId": request_id}, change="edited")
+            return record_receipt(session.workspace_id, request_id, fp, edited, 200)
 
         outcome = _in_place(session, request_id, fp, edit_in_place)
         if outcome is not None:
@@ -159,7 +159,7 @@ def cancel_order(session: BridgeSession, request_id: str, task_id: str, *,
     if task.state == TaskState.QUEUED:
 
         def cancel_in_place() -> Outcome | None:
-            cancelled = move(task.id, [TaskState.QUEUED], TaskState.CANCELLED, detail={"by": "client"})
+            cancelled = task_change(task_id=task.id, from_states=[TaskState.QUEUED], to_state=TaskState.CANCELLED, detail={"by": "client"})
             if cancelled is None:
                 return None
             return record_receipt(session.workspace_id, request_id, fp, cancelled, 200)
@@ -229,9 +229,8 @@ def tasks_cancel_of_ended_session(*, session_id: str, reason: str) -> int:
     cancelled = 0
     queued = TradeTask.objects.filter(session_id=session_id, state=TaskState.QUEUED).values_list("id", flat=True)
     for task_id in list(queued):
-        if move(task_id, [TaskState.QUEUED], TaskState.CANCELLED, detail={"by": "session", "reason": reason},
-                result={"error": {"code": "SessionEnded", "message": f"the session ended ({reason}) before the "
-                                  "task ran: nothing was sent"}, "source": "bridge"}):
+        if task_change(task_id=task_id, from_states=[TaskState.QUEUED], to_state=TaskState.CANCELLED, detail={"by": "session", "reason": reason}, fields={"result": {"error": {"code": "SessionEnded", "message": f"the session ended ({reason}) before the "
+                                  "task ran: nothing was sent"}, "source": "bridge"}}):
             cancelled += 1
     return cancelled
 

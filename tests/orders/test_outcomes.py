@@ -14,14 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 from rest_framework.test import APIClient
-from trading.reconciliation import reconciliation_request
-from workers.tasks import reconcile_terminal_task
 
 from bridge_project.celery import terminal_queue
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, open_session, wait_final
 from tests.waiting import wait_until
 from trading.models import TaskTransition, TradeTask, UnownedOrder
+from trading.reconciliation import reconciliation_request
+from workers.tasks import reconcile_terminal_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
@@ -79,7 +79,7 @@ def _reconcile_terminal() -> None:
 
 
 def _path(task: TradeTask) -> list[str]:
-    return list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
+    return list(TaskTransition.objects.filter(task=task).state_changes().values_list("to_state", flat=True))
 
 
 def _unknown_because(task: TradeTask) -> str:

@@ -12,7 +12,6 @@ import time
 
 import pytest
 from rest_framework.test import APIClient
-from trading.reconciliation import reconciliation_request
 
 import mt5sim
 from sessions.models import BridgeSession, SessionTransition
@@ -22,6 +21,7 @@ from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
 from tests.waiting import wait_until
 from trading.models import TaskTransition, TradeTask
 from trading.outbox import publish_task
+from trading.reconciliation import reconciliation_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
@@ -93,7 +93,7 @@ def test_a_second_tenant_with_a_slow_login_never_touches_the_first_tenants_accou
     # The login fails; B's session ends and B's id is refused from then on.
     session = wait_until(lambda: BridgeSession.objects.filter(id=sid_b, status="login_failed").first(), 20, "login_failed")
     assert session.error_code == -6
-    assert list(SessionTransition.objects.filter(session_id=sid_b).values_list("to_status", flat=True)) == [
+    assert list(SessionTransition.objects.filter(session_id=sid_b).status_changes().values_list("to_status", flat=True)) == [
         "opening", "login_failed"]
     again = _post(other_client, sid_b, "own-b-close-2", f"/mt5/client/positions/{ticket}/close", {})
     assert again.status_code == 401 and again.json()["error"]["code"] == "SessionExpired"

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import pytest
 import redis
 from django.conf import settings as django_settings
-from workers.tasks import reconcile_all_task
 
 from sessions.models import BridgeSession
 from streams.replay import read_since
@@ -26,6 +25,7 @@ from trading.models import TaskKind, TaskTransition, TradeTask
 from trading.orders import new_tag
 from trading.outbox import publish_task
 from trading.task_errors import _redacted
+from workers.tasks import reconcile_all_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TERMINAL = "sim-b"
@@ -36,7 +36,7 @@ def _insert_unbuildable(session: BridgeSession, name: str) -> TradeTask:
     task = TradeTask(workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
                 request_id=name, fingerprint="0" * 64, kind=TaskKind.ORDER_CREATE,
                 request={"symbol": "EURUSD", "type": "BUY_FUTURE", "volume": 0.1}, tag=new_tag())
-    states.create(task)
+    states.task_create(task=task)
     assert publish_task(task.id, TERMINAL)
     return task
 
@@ -88,10 +88,10 @@ def test_an_error_of_the_bridge_is_retried_a_bounded_number_of_times_then_the_ta
         assert error["message"].startswith("KeyError: 'BUY_FUTURE'") and error["errors"] == MAX_ERRORS
         assert task.attempts == MAX_ERRORS and task.sent_at is None and task.finished_at is not None
         assert sim(TERMINAL).broker_orders_of(task) == []  # nothing ever reached the terminal
-        transitions = list(TaskTransition.objects.filter(task=task))
+        transitions = list(TaskTransition.objects.filter(task=task).state_changes())
         assert [t.to_state for t in transitions] == ["queued", "dispatched", "failed"]
         assert transitions[-1].detail["reason"] == "bridge_error" and transitions[-1].detail["errors"] == MAX_ERRORS
-    # states.move published the order event of the failure on the session's stream.
+    # states.task_change published the order event of the failure on the session's stream.
     page = read_since(redis.Redis.from_url(django_settings.REDIS_URL), sid, 0)
     failed = [e for e in page.events if '"state":"failed"' in e.replace(" ", "")]
     assert any(first.id in e for e in failed) and any(second.id in e for e in failed), page.events

@@ -42,7 +42,7 @@ def test_market_order_fills_once_with_tag_magic_and_every_field(stack, client, s
     assert order.ticket == task.order_ticket and order.magic == 4242 and order.volume_initial == 0.2
     positions = [p for p in sim("sim-a").positions() if p.ticket == task.position_ticket]
     assert positions and positions[0].sl == 1.09 and positions[0].tp == 1.12
-    states = list(TaskTransition.objects.filter(task=task).values_list("from_state", "to_state"))
+    states = list(TaskTransition.objects.filter(task=task).state_changes().values_list("from_state", "to_state"))
     assert states == [("", "queued"), ("queued", "dispatched"), ("dispatched", "filled")]
     got = client.get(f"{BASE}/tasks/{task.id}").json()
     assert got["state"] == "filled" and got["result"]["order"] == task.order_ticket and got["attempts"] == 1
@@ -176,7 +176,7 @@ def test_ipc_timeout_after_execution_becomes_unknown_then_adopted_never_resent(s
     task = wait_final(_post(client, sid, "/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1},
                             "w-ipc-1").json()["taskId"])
     assert task.state == "filled" and task.result.get("adopted") is True, task.result
-    path = list(TaskTransition.objects.filter(task=task).values_list("to_state", flat=True))
+    path = list(TaskTransition.objects.filter(task=task).state_changes().values_list("to_state", flat=True))
     assert path == ["queued", "dispatched", "unknown", "filled"]
     assert len(sim("sim-a").broker_orders_of(task)) == 1 and task.order_ticket
 
@@ -196,10 +196,9 @@ def test_stop_limit_and_day_orders_carry_every_field(stack, client, sim, eurusd)
 def test_reconciliation_reports_a_tagged_order_no_task_owns(stack, client, sim) -> None:  # noqa: ANN001
     import time
 
-    from workers.tasks import reconcile_terminal_task
-
     import mt5sim
     from trading.models import UnownedOrder
+    from workers.tasks import reconcile_terminal_task
 
     open_session(client, "sim-a")
     stray = "b:zzstray" + str(int(time.time()) % 1000).zfill(3)

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from sessions.crypto import CredentialError, keyring, needs_reencryption, reencrypt_secret
 from sessions.models import BridgeSession
+from sessions.services import session_reencrypt_password
 
 
 class Command(BaseCommand):
@@ -52,7 +53,7 @@ class Command(BaseCommand):
                 if dry_run:
                     counts["reencrypted"] += 1
                     continue
-                updated = BridgeSession.objects.filter(pk=pk, password_encrypted=blob).update(password_encrypted=fresh)
+                updated = session_reencrypt_password(session_id=pk, current=blob, fresh=fresh)
                 counts["reencrypted" if updated else "changed"] += 1
             last_pk = batch[-1][0]
             self.stdout.write(
