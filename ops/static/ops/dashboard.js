@@ -68,6 +68,7 @@
     const step = 600; // a tick every 10 minutes, on the clock's round minutes
     for (let t = Math.ceil(x0 / step) * step; t <= x1; t += step) {
       el("line", { x1: x(t), x2: x(t), y1: M.top, y2: M.top + ph, class: "grid" }, svg);
+      if (x(t) < M.left + 16 || x(t) > W - M.right - 16) continue; // its label would be cut or hit the axis
       el("text", { x: x(t), y: H - 6, "text-anchor": "middle" }, svg).textContent = clock(t);
     }
     el("line", { x1: M.left, x2: M.left, y1: M.top, y2: M.top + ph, class: "axis" }, svg);
@@ -128,19 +129,20 @@
   }
 
   /* Stacked bars, one per minute: counts = {state: [n per minute]} */
-  function stackedBars(figure, minutes, counts, emptyText) {
+  function stackedBars(figure, minutes, counts, x0, x1, emptyText) {
     const svg = figure.querySelector("svg");
     const states = Object.keys(counts);
     const totals = minutes.map((_, i) => states.reduce((sum, s) => sum + counts[s][i], 0));
-    const x0 = minutes[0], x1 = minutes[minutes.length - 1] + 60;
     const { x, y } = frame(svg, x0, x1, niceMax(Math.max(0, ...totals)));
-    const width = Math.max(1, x(x0 + 60) - x(x0) - 1);
+    const slot = x(x0 + 60) - x(x0);
     let drawn = 0;
     minutes.forEach((t, i) => {
       let base = 0;
       for (const state of states) {
         const n = counts[state][i];
         if (!n) continue;
+        // The current minute is still going: its bar is cut at the right edge ("now").
+        const width = Math.max(1, Math.min(slot - 1, x(x1) - x(t) - 0.5));
         const rect = el("rect", {
           x: x(t) + 0.5, y: y(base + n), width, height: y(base) - y(base + n),
           fill: STATE_COLORS[state] || "#78909c", class: "pt",
@@ -200,15 +202,19 @@
       { label: "p50", color: "#1565c0", points: latency.p50 },
       { label: "p99", color: "#c62828", points: latency.p99 },
     ], x0, x1, minuteGap, " s", "no task finished in the last hour");
-    stackedBars(document.getElementById("chart-outcomes"), data.tasks.minutes, data.tasks.finalStates,
+    stackedBars(document.getElementById("chart-outcomes"), data.tasks.minutes, data.tasks.finalStates, x0, x1,
       "no task finished in the last hour");
     lineChart(document.getElementById("chart-events"),
       [{ label: "events/s", color: "#ef6c00", points: data.eventsPerSecond }], x0, x1, sampleGap, "/s",
       "no samples yet");
     const s = data.sampling;
-    document.getElementById("sampling").textContent = s.lastSampleAge === null
+    const note = document.getElementById("sampling");
+    const late = s.lastSampleAge === null || s.lastSampleAge > 3 * s.intervalSeconds;
+    note.className = late ? "warn" : "muted";
+    note.textContent = s.lastSampleAge === null
       ? "No samples of queue depth and events in the last hour: is the maintenance worker's beat running?"
-      : s.samples + " samples, one every " + s.intervalSeconds + " s; the last " + seconds(s.lastSampleAge) + " ago.";
+      : s.samples + " samples, one every " + s.intervalSeconds + " s; the last was " + seconds(s.lastSampleAge) +
+        " ago" + (late ? ": the sampler is late (is the maintenance worker's beat running?)" : ".");
   }
 
   async function poll() {
