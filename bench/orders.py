@@ -155,10 +155,10 @@ def main() -> None:  # one linear script
         print(f"4. drain: {args.drain} tasks queued with the worker stopped, then drained by one pinned worker")
         procs.stop("worker")
         from sessions.models import BridgeSession
-        from trading.writes import place_order
+        from trading.services import order_place
 
         bridge_session = BridgeSession.objects.select_related("terminal").get(id=session["sessionId"])
-        ids = [place_order(bridge_session, f"drain-{i}-{time.time()}", dict(ORDER)).task.id for i in range(args.drain)]
+        ids = [order_place(session=bridge_session, request_id=f"drain-{i}-{time.time()}", data=dict(ORDER)).task.id for i in range(args.drain)]
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
         wait_drained(TradeTask.objects.filter(id__in=ids), 900)
         rows = list(TradeTask.objects.filter(id__in=ids).values_list("state", "dispatched_at", "finished_at"))

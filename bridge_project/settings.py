@@ -367,3 +367,76 @@ CELERY_BEAT_SCHEDULE = {
 # EURUSD -> EURUSDm / EURUSD.pro (0 disables).
 BRIDGE_READ_MAX_TICKS = env.int("BRIDGE_READ_MAX_TICKS", default=100_000)
 BRIDGE_SYMBOL_SUFFIX_MAX = env.int("BRIDGE_SYMBOL_SUFFIX_MAX", default=6)
+
+
+# --- the order path (trading; docs/orders.md) -----------------------------------------------------
+# Magic number stamped on every bridge order when the client gives none.
+BRIDGE_MAGIC = env.int("BRIDGE_MAGIC", default=770_001)
+# Default max deviation (points) for market orders and closes when the client gives none.
+BRIDGE_DEFAULT_DEVIATION = env.int("BRIDGE_DEFAULT_DEVIATION", default=20)
+# How many times a requote / price changed / price off is retried with a fresh price.
+BRIDGE_ORDER_RETRIES = env.int("BRIDGE_ORDER_RETRIES", default=3)
+# Longest time an order_send can still act at the terminal after it was sent (IPC timeout of
+# the MetaTrader5 module is 60 s): a sent task not found at the terminal before this is
+# ``unknown``, after it ``failed`` (it never executed).
+BRIDGE_INFLIGHT_BOUND = env.float("BRIDGE_INFLIGHT_BOUND", default=90.0)
+# The outbox sweeper re-publishes a task still ``queued`` this long after its last publish.
+BRIDGE_OUTBOX_REPUBLISH_AFTER = env.float("BRIDGE_OUTBOX_REPUBLISH_AFTER", default=15.0)
+# A task still queued behind a delivery (kombu "unacked") older than this was received by a worker
+# that died before its claim (a live one claims within milliseconds): the sweeper re-publishes it.
+BRIDGE_OUTBOX_DELIVERY_GRACE = env.float("BRIDGE_OUTBOX_DELIVERY_GRACE", default=15.0)
+# Beat period of the outbox sweep and of the reconciliation fan-out.
+BRIDGE_OUTBOX_SWEEP_INTERVAL = env.float("BRIDGE_OUTBOX_SWEEP_INTERVAL", default=5.0)
+BRIDGE_RECONCILE_INTERVAL = env.float("BRIDGE_RECONCILE_INTERVAL", default=30.0)
+# Periodic reconciliation only looks at dispatched/unknown tasks older than this.
+BRIDGE_RECONCILE_AFTER = env.float("BRIDGE_RECONCILE_AFTER", default=30.0)
+# Days of terminal history scanned for bridge-tagged orders no task owns.
+BRIDGE_UNOWNED_SCAN_DAYS = env.float("BRIDGE_UNOWNED_SCAN_DAYS", default=2.0)
+# Request ids (and their tasks) are kept this many days; then purged (docs/orders.md).
+BRIDGE_REQUEST_ID_RETENTION_DAYS = env.int("BRIDGE_REQUEST_ID_RETENTION_DAYS", default=30)
+# How long POST /orders waits for the terminal's symbol specs when none are cached.
+BRIDGE_SYMBOL_SPEC_WAIT = env.float("BRIDGE_SYMBOL_SPEC_WAIT", default=5.0)
+# A task whose execution raises an error of the bridge itself (not the terminal's, not the gateway's)
+# before it reached the terminal is tried again by reconciliation at most this many times in all;
+# then it ends ``failed`` with ``BridgeError`` (trading.task_errors).
+BRIDGE_TASK_MAX_ERRORS = env.int("BRIDGE_TASK_MAX_ERRORS", default=3)
+# Test-only: make the pinned worker SIGKILL itself at a point of the execution path
+# (after_claim, after_send). Acts only in test mode (BRIDGE_TEST_MODE, set by the test run);
+# production refuses to start with either set (bridge_project/settings.py).
+BRIDGE_CRASH_AT = env.str("BRIDGE_CRASH_AT", default="")
+
+# --- the read path (trading/reads; docs/reads.md) -------------------------------------------------
+# Web tier: how long a request/reply read may take before 502 BridgeUnavailable.
+BRIDGE_READ_TIMEOUT = env.float("BRIDGE_READ_TIMEOUT", default=2.0)
+# ... plus this much per 10,000 bars/ticks asked for (large copies take longer to serialize).
+BRIDGE_READ_TIMEOUT_PER_10K = env.float("BRIDGE_READ_TIMEOUT_PER_10K", default=0.5)
+# A reader heartbeat older than this means the read process is gone (web answers 502 at once).
+BRIDGE_READER_HEARTBEAT_TTL = env.float("BRIDGE_READER_HEARTBEAT_TTL", default=2.0)
+# Poller: seconds between two snapshots of account, positions, orders, ticks and books.
+BRIDGE_POLL_INTERVAL = env.float("BRIDGE_POLL_INTERVAL", default=0.25)
+# A snapshot older than this is not served (the poller is stuck or gone): the read falls back to
+# the read queue, and answers 502 when that fails too.
+BRIDGE_SNAPSHOT_MAX_AGE = env.float("BRIDGE_SNAPSHOT_MAX_AGE", default=2.0)
+# Symbols asked for on /quotes/{symbol} stay watched by the poller this long (seconds).
+BRIDGE_QUOTE_INTEREST_TTL = env.float("BRIDGE_QUOTE_INTEREST_TTL", default=300.0)
+# BRIDGE_READ_MAX_TICKS and BRIDGE_SYMBOL_SUFFIX_MAX: with the terminal reads above.
+
+# --- events (streams; docs/events.md) ---------------------------------------------------------------
+# At most this many replayable events are kept per session (exact MAXLEN).
+BRIDGE_EVENTS_MAXLEN = env.int("BRIDGE_EVENTS_MAXLEN", default=10_000)
+# Replayable events older than this many seconds are trimmed (checked on every publish).
+BRIDGE_EVENTS_MAX_AGE = env.float("BRIDGE_EVENTS_MAX_AGE", default=24 * 3600)
+# Length of the fan-out stream that relays read (a buffer, not a history).
+BRIDGE_EVENTS_FANOUT_MAXLEN = env.int("BRIDGE_EVENTS_FANOUT_MAXLEN", default=20_000)
+# Minimum seconds between two ``profit`` events of one terminal (throttle).
+BRIDGE_EVENTS_PROFIT_INTERVAL = env.float("BRIDGE_EVENTS_PROFIT_INTERVAL", default=0.5)
+# Minimum seconds between two ``account`` events caused by equity/margin-level drift alone. Balance, margin and free-margin changes caused by trades are published at once.
+BRIDGE_EVENTS_ACCOUNT_INTERVAL = env.float("BRIDGE_EVENTS_ACCOUNT_INTERVAL", default=1.0)
+# Replayable events a socket may have waiting to be written before it is closed with 4429.
+BRIDGE_EVENTS_CLIENT_MAX_PENDING = env.int("BRIDGE_EVENTS_CLIENT_MAX_PENDING", default=2_000)
+# Bytes buffered by the server for a socket above which the bridge stops writing to it.
+BRIDGE_EVENTS_CLIENT_HIGH_WATER = env.int("BRIDGE_EVENTS_CLIENT_HIGH_WATER", default=1 << 20)
+# Seconds a socket may stay above the high-water mark before it is closed with 4429.
+BRIDGE_EVENTS_CLIENT_STALL_TIMEOUT = env.float("BRIDGE_EVENTS_CLIENT_STALL_TIMEOUT", default=15.0)
+# Seconds between a socket's database checks that its session is still live (the fallback: a session that ends closes its sockets at once through its final ``session`` event).
+BRIDGE_EVENTS_SESSION_CHECK_INTERVAL = env.float("BRIDGE_EVENTS_SESSION_CHECK_INTERVAL", default=30.0)

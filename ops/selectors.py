@@ -208,7 +208,7 @@ def task_json(task: TradeTask, now: datetime, stuck_seconds: float) -> dict[str,
     }
 
 
-def list_tasks(
+def tasks_for_ops(
     *,
     states: list[str] | None = None,
     older_than: float | None = None,

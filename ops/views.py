@@ -141,7 +141,7 @@ class OpsTasksView(OpsView):
         "final ones newest first. `stuck`: not final and older than BRIDGE_OPS_STUCK_AFTER seconds.",
     )
     def get(self, request: Request) -> Response:
-        return Response(ops.list_tasks(**_parse_tasks_query(request)))
+        return Response(ops.tasks_for_ops(**_parse_tasks_query(request)))
 
 
 @csrf_exempt

@@ -1,4 +1,4 @@
-"""Event stream settings: read from Django settings when set there, else from the environment.
+"""Event stream settings, read from Django settings (bridge_project/settings.py reads the environment).
 
 Retention of replayable events (order, position, account) per session is bounded two ways, whichever
 bites first: ``BRIDGE_EVENTS_MAXLEN`` entries (exact trimming) and ``BRIDGE_EVENTS_MAX_AGE`` seconds.
@@ -6,16 +6,12 @@ bites first: ``BRIDGE_EVENTS_MAXLEN`` entries (exact trimming) and ``BRIDGE_EVEN
 
 from __future__ import annotations
 
-import environ
 from django.conf import settings
-
-_env = environ.Env()
 
 
 def _setting(name: str, cast: type, default: object) -> object:
-    if hasattr(settings, name):
-        return cast(getattr(settings, name))
-    return cast(_env(name, default=default))
+    """The setting from Django settings (read from the environment in bridge_project/settings.py)."""
+    return cast(getattr(settings, name, default))
 
 
 def events_maxlen() -> int:

@@ -12,7 +12,7 @@ stays open. Credentials: the ``Authorization`` and ``x-session-id`` headers, a s
   the fallback);
 * 4410: the session ended while the socket was open (its final ``session`` event was sent first; the
   30-second database check is the fallback should that event be lost);
-* 4429: the client cannot keep up (see ``streams.outbox``; resume with ``?since=``), or it went over a
+* 4429: the client cannot keep up (see ``streams.send_queue``; resume with ``?since=``), or it went over a
   rate limit: connects per key or failed connects per IP, or a flood of messages (``streams.ratelimit``);
 * 4503: Redis was unreachable while the socket opened (after an ``Unavailable`` error): try again.
 
@@ -55,10 +55,10 @@ from .keys import (
     parse_channel,
     replay_group,
 )
-from .outbox import Outbox
 from .publisher import dumps
 from .relay import async_redis, ensure_relay, redis_slot
 from .replay import ReplayPage, acurrent_state, aread_since
+from .send_queue import SendQueue
 
 logger = logging.getLogger("bridge.events")
 
@@ -259,7 +259,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.epoch = 0
         self.last_seq = 0
         self.groups_joined: set[str] = set()
-        self.outbox = Outbox(conf.client_max_pending())
+        self.send_queue = SendQueue(conf.client_max_pending())
         self.restart_task: asyncio.Task | None = None
         ensure_relay()
         try:
@@ -510,8 +510,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
     async def _room_for_replay(self) -> None:
         """Replay at the pace the client reads: never more than half the pending limit queued at once
         (a replay is not a reason to close a socket; a client that stops reading still is)."""
-        low = self.outbox.max_pending // 2
-        while self.outbox.ordered_pending >= low and not self.closing:
+        low = self.send_queue.max_pending // 2
+        while self.send_queue.ordered_pending >= low and not self.closing:
             if self.writer.done():  # the socket went away mid-replay
                 self.closing = True
                 return
@@ -564,11 +564,11 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 # Another sequence: Redis restarted empty (or an old event came late). The stream decides.
                 await self._sync_with_stream()
                 if not replayable and self._wants(channel) and epoch == self.epoch:
-                    self.outbox.put_latest(channel, text)
+                    self.send_queue.put_latest(channel, text)
                 return
         if not epoch:  # published while the session had no sequence (a quote after a restart)
             if not replayable and self._wants(channel):
-                self.outbox.put_latest(channel, text)
+                self.send_queue.put_latest(channel, text)
             return
         if seq > self.last_seq:
             if replayable and seq == self.last_seq + 1:
@@ -582,14 +582,14 @@ class EventsConsumer(AsyncWebsocketConsumer):
         elif replayable:
             return  # already delivered (replay overlap)
         if self._wants(channel) and not self.closing:
-            self.outbox.put_latest(channel, text)
+            self.send_queue.put_latest(channel, text)
 
     def _wants(self, channel: str) -> bool:
         return channel in self.subs or channel in ALWAYS
 
     def _deliver(self, channel: str, text: str) -> None:
         """Queue one ordered event; a final ``session`` event also ends the socket (4410) once written."""
-        self.outbox.put(text)
+        self.send_queue.put(text)
         if channel == "session" and _session_status(text) in FINAL_SESSION_STATUSES:
             self._end(CLOSE_SESSION_ENDED)
 
@@ -597,7 +597,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         """Close the socket with ``code`` after what is queued; nothing more is queued or handled."""
         if not self.closing:
             self.closing = True
-            self.outbox.put_close(code)
+            self.send_queue.put_close(code)
 
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Close once (the writer, a revocation and a flood may each want to)."""
@@ -649,24 +649,24 @@ class EventsConsumer(AsyncWebsocketConsumer):
 
     # -- writing ---------------------------------------------------------------------------------------
     def _reply(self, payload: dict) -> None:
-        self.outbox.put(dumps(payload))
+        self.send_queue.put(dumps(payload))
 
     async def _write_loop(self) -> None:
         high = conf.client_high_water()
         stall = conf.client_stall_timeout()
         try:
             while True:
-                await self.outbox.wait()
+                await self.send_queue.wait()
                 while True:
-                    if self.outbox.overflowed:
-                        await self._too_slow(f"more than {self.outbox.max_pending} ordered messages pending")
+                    if self.send_queue.overflowed:
+                        await self._too_slow(f"more than {self.send_queue.max_pending} ordered messages pending")
                         return
                     backlog = server_backlog(self.base_send)
                     if backlog is not None and backlog > high:
                         if not await self._wait_drain(high // 4, stall):
                             await self._too_slow(f"server buffer over {high} bytes for {stall}s")
                             return
-                    item = self.outbox.pop()
+                    item = self.send_queue.pop()
                     if item is None:
                         break
                     if isinstance(item, int):
@@ -683,7 +683,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-            if self.outbox.overflowed:
+            if self.send_queue.overflowed:
                 return False
             backlog = server_backlog(self.base_send)
             if backlog is None or backlog <= low:
@@ -768,7 +768,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     if not await database_sync_to_async(_session_live)(self.session_id):
                         # The fallback: the session's final ``session`` event should have closed it already.
                         if not self.closing:
-                            self.outbox.put(dumps(_error("SessionExpired", "the session is no longer live")))
+                            self.send_queue.put(dumps(_error("SessionExpired", "the session is no longer live")))
                             self._end(CLOSE_SESSION_ENDED)
                         return
                 if now - last_groups >= GROUP_REFRESH_SECONDS:

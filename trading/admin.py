@@ -157,7 +157,7 @@ class TaskAdmin(admin.ModelAdmin):
             qs = qs.defer("request", "mt5_request", "result", "fingerprint")
         return qs
 
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet[TradeTask], search_term: str):  # noqa: ANN201
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[TradeTask], search_term: str):
         """Exact matches only, each served by an index: task id, request id, or a ticket."""
         term = search_term.strip()
         if not term:

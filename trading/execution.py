@@ -36,6 +36,7 @@ import signal
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -48,7 +49,6 @@ from terminals.models import Terminal
 from terminals.runtime import gateway, held_lease, pinned_terminal, refresh_lease
 
 from . import orders
-from .conf import conf
 from .lookup import AMBIGUOUS, NOT_AN_OUTCOME, Trace, find_trace, history_synced
 from .models import TaskKind, TaskState, TradeTask
 from .states import Increment, task_change, task_claim
@@ -75,9 +75,9 @@ NOT_SENT_CODES = {
 def crash_point(name: str) -> None:
     """Test-only: SIGKILL this worker here when BRIDGE_CRASH_AT names this point (docs/orders.md), in
     test mode only (BRIDGE_TEST_MODE: the test run sets it; production refuses both at start-up)."""
-    if conf("BRIDGE_CRASH_AT") != name:
+    if settings.BRIDGE_CRASH_AT != name:
         return
-    if not conf("BRIDGE_TEST_MODE"):
+    if not settings.BRIDGE_TEST_MODE:
         logger.error("BRIDGE_CRASH_AT=%s ignored: crash points act only in test mode", name)
         return
     logger.warning("BRIDGE_CRASH_AT=%s: killing the worker (pid %s)", name, os.getpid())
@@ -251,7 +251,7 @@ def recover(task: TradeTask, reason: str) -> str:
     missing = None
     if trace is not None:
         missing = "ambiguous_match" if trace.state == AMBIGUOUS else "in_flight_at_terminal"
-    if missing is None and age < conf("BRIDGE_INFLIGHT_BOUND"):
+    if missing is None and age < settings.BRIDGE_INFLIGHT_BOUND:
         missing = "within_inflight_bound"
     if missing is None:
         try:
@@ -415,7 +415,7 @@ def send(task: TradeTask) -> str:
             return _store_unknown_or_failed(task, request, error)
         retcode = int(result.retcode)
         retryable = (request["action"] == C.TRADE_ACTION_DEAL and retcode in C.RETRYABLE_RETCODES
-                     and retries < conf("BRIDGE_ORDER_RETRIES"))
+                     and retries < settings.BRIDGE_ORDER_RETRIES)
         if retryable:
             fresh = _fresh_price(gw, request)
             point = float(getattr(info, "point", 0.0) or 0.0)

@@ -17,10 +17,10 @@ import secrets
 import time
 from typing import Any
 
+from django.conf import settings
+
 from bridge_project.errors import ValidationFailed
 from terminals import constants as C
-
-from .conf import conf
 
 TAG_PREFIX = "b:"
 TAG_LENGTH = 12
@@ -169,8 +169,8 @@ def order_create_request(task_request: dict[str, Any], tag: str, utc_offset: int
         "stoplimit": _float(task_request.get("stoplimit")),
         "sl": _float(task_request.get("sl")),
         "tp": _float(task_request.get("tp")),
-        "deviation": int(task_request.get("deviation", conf("BRIDGE_DEFAULT_DEVIATION"))),
-        "magic": int(task_request.get("magic", conf("BRIDGE_MAGIC"))),
+        "deviation": int(task_request.get("deviation", settings.BRIDGE_DEFAULT_DEVIATION)),
+        "magic": int(task_request.get("magic", settings.BRIDGE_MAGIC)),
         "comment": mt5_comment(tag, task_request.get("comment")),
         "type_filling": C.FILLING_TYPES[filling] if filling else default_filling(int(symbol_info.filling_mode), pending),
         "type_time": C.TIME_TYPES[task_request.get("type_time") or "GTC"],
@@ -192,8 +192,8 @@ def position_close_request(task_request: dict[str, Any], tag: str, position: Any
         "volume": float(task_request.get("volume") or position.volume),
         "type": otype,
         "price": market_price(otype, tick),
-        "deviation": int(task_request.get("deviation", conf("BRIDGE_DEFAULT_DEVIATION"))),
-        "magic": int(conf("BRIDGE_MAGIC")),
+        "deviation": int(task_request.get("deviation", settings.BRIDGE_DEFAULT_DEVIATION)),
+        "magic": int(settings.BRIDGE_MAGIC),
         "comment": tag,
         "type_filling": default_filling(int(symbol_info.filling_mode), False),
         "position": int(position.ticket),
@@ -208,7 +208,7 @@ def position_modify_request(task_request: dict[str, Any], position: Any) -> dict
         "position": int(position.ticket),
         "sl": float(task_request["sl"]) if "sl" in task_request else float(position.sl),
         "tp": float(task_request["tp"]) if "tp" in task_request else float(position.tp),
-        "magic": int(conf("BRIDGE_MAGIC")),
+        "magic": int(settings.BRIDGE_MAGIC),
     }
 
 

@@ -34,13 +34,13 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from bridge_project import metrics
 from bridge_project.celery import app, terminal_queue
 
-from .conf import conf
 from .models import TaskState, TradeTask
 from .states import task_change
 
@@ -71,7 +71,7 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
     try:
         app.send_task(EXECUTE_TASK_NAME, args=[task_id], queue=terminal_queue(terminal_name),
                                  retry=True, retry_policy=PUBLISH_RETRY_POLICY)
-    except Exception:  # noqa: BLE001 - the sweeper re-publishes; the accepted write stands
+    except Exception:
         logger.warning("publishing task %s to %s failed; the outbox sweeper will retry", task_id, terminal_name,
                        exc_info=True)
         metrics.redis_unavailable("publish")
@@ -79,14 +79,14 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
             if stamped:
                 task_change(task_id=task_id, from_states=[TaskState.QUEUED], fields={"published_at": None},
                             change="publish_failed")
-        except Exception:  # noqa: BLE001 - the insert time then stands as the last publish: swept later
+        except Exception:
             logger.exception("clearing published_at of task %s failed", task_id)
         return False
     if not stamped:
         try:
             task_change(task_id=task_id, from_states=[TaskState.QUEUED], fields={"published_at": timezone.now()},
                         change="published")
-        except Exception:  # noqa: BLE001 - the message is out; at worst the sweeper looks again
+        except Exception:
             logger.exception("stamping published_at of task %s failed", task_id)
     return True
 
@@ -145,7 +145,7 @@ def held_task_ids(terminal_names: list[str], fresh_seconds: float | None = None)
     client = broker_client()
     if client is None:
         return {name: set() for name in terminal_names}
-    fresh = conf("BRIDGE_OUTBOX_DELIVERY_GRACE") if fresh_seconds is None else fresh_seconds
+    fresh = settings.BRIDGE_OUTBOX_DELIVERY_GRACE if fresh_seconds is None else fresh_seconds
     pipe = client.pipeline(transaction=True)
     for name in terminal_names:
         for key in queue_keys(terminal_queue(name)):
@@ -169,7 +169,7 @@ def held_task_ids(terminal_names: list[str], fresh_seconds: float | None = None)
 
 
 # -- the sweeper -----------------------------------------------------------------------------------------
-def sweep_outbox(now=None) -> int:  # noqa: ANN001
+def sweep_outbox(now=None) -> int:
     """Re-publish stale ``queued`` tasks whose message is gone, to terminals with a live worker.
 
     Stale: still ``queued`` and last published (or created) more than BRIDGE_OUTBOX_REPUBLISH_AFTER
@@ -177,7 +177,7 @@ def sweep_outbox(now=None) -> int:  # noqa: ANN001
     re-published; never raises on a broker outage (that terminal's sweep is skipped and logged).
     """
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=conf("BRIDGE_OUTBOX_REPUBLISH_AFTER"))
+    cutoff = now - timedelta(seconds=settings.BRIDGE_OUTBOX_REPUBLISH_AFTER)
     stale = list(
         TradeTask.objects.filter(state=TaskState.QUEUED, created_at__lte=cutoff)
         .filter(Q(published_at__isnull=True) | Q(published_at__lte=cutoff))

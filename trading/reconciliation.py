@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -25,7 +26,6 @@ from terminals.models import Terminal
 from terminals.runtime import gateway
 from terminals.services import sync_terminals
 
-from .conf import conf
 from .execution import RECOVERABLE, adopt, recover
 from .lookup import _tuple, find_trace
 from .models import TaskState, TradeTask, UnownedOrder
@@ -46,7 +46,7 @@ def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str
     tasks = TradeTask.objects.select_related("terminal", "session").filter(terminal__name=terminal_name,
                                                                        state__in=RECOVERABLE)
     if not startup:
-        cutoff = now - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
+        cutoff = now - timedelta(seconds=settings.BRIDGE_RECONCILE_AFTER)
         tasks = tasks.filter(Q(dispatched_at__lte=cutoff) | Q(dispatched_at__isnull=True))
     outcomes: dict[str, int] = {}
     reason = "startup" if startup else "reconciliation"
@@ -88,7 +88,7 @@ def report_unowned(terminal_name: str) -> tuple[int, int]:
     gw = gateway()
     offset = int(get_terminal(terminal_name).utc_offset)
     now = int(time.time()) + offset
-    date_from = max(1, now - int(conf("BRIDGE_UNOWNED_SCAN_DAYS") * 86400))
+    date_from = max(1, now - int(settings.BRIDGE_UNOWNED_SCAN_DAYS * 86400))
     found: list[tuple[str, Any]] = []
     for source, items in (
         ("orders", _tuple(gw, "orders_get")),
@@ -131,8 +131,8 @@ def reconciliation_fan_out() -> list[str]:
     """Ask each terminal's worker to reconcile when it has dispatched/unknown tasks past the threshold,
     or tasks failed within the unowned-scan window (a tagged order that executes late is adopted)."""
     now = timezone.now()
-    cutoff = now - timedelta(seconds=conf("BRIDGE_RECONCILE_AFTER"))
-    recent = now - timedelta(days=conf("BRIDGE_UNOWNED_SCAN_DAYS"))
+    cutoff = now - timedelta(seconds=settings.BRIDGE_RECONCILE_AFTER)
+    recent = now - timedelta(days=settings.BRIDGE_UNOWNED_SCAN_DAYS)
     names = sorted(set(
         TradeTask.objects.filter(
             (Q(state__in=[TaskState.DISPATCHED, TaskState.UNKNOWN])
@@ -142,7 +142,7 @@ def reconciliation_fan_out() -> list[str]:
     ))
     for name in names:
         app.send_task(RECONCILE_TERMINAL_TASK, kwargs={"startup": False}, queue=terminal_queue(name),
-                      expires=conf("BRIDGE_RECONCILE_INTERVAL") * 2)
+                      expires=settings.BRIDGE_RECONCILE_INTERVAL * 2)
     return names
 
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
-from .conf import conf
 from .models import FINAL_STATES, TradeTask
 from .states import tasks_purge
 
 
-def purge_expired_requests(now=None) -> int:  # noqa: ANN001
+def purge_expired_requests(now=None) -> int:
     """Delete finished tasks (and receipts) older than the retention; returns how many tasks."""
     now = now or timezone.now()
-    cutoff = now - timedelta(days=conf("BRIDGE_REQUEST_ID_RETENTION_DAYS"))
+    cutoff = now - timedelta(days=settings.BRIDGE_REQUEST_ID_RETENTION_DAYS)
     # A task that still has a child within retention (a modify/cancel of its order) stays.
     expired = TradeTask.objects.filter(state__in=FINAL_STATES, finished_at__lt=cutoff).exclude(
         children__finished_at__gte=cutoff).exclude(children__finished_at__isnull=True, children__isnull=False)

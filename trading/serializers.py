@@ -20,8 +20,8 @@ from terminals.constants import FILLING_TYPES, ORDER_TYPES, TIME_TYPES
 
 from .models import TaskKind, TaskState, TradeTask
 from .orders import USER_COMMENT_MAX
-from .queries import MAX_LIMIT
 from .reads.serializers import SYMBOL_PATTERN, QueryIntegerField, QueryNumberField
+from .selectors import MAX_LIMIT
 
 MAX_PRICE = 1e12
 MAX_VOLUME = 1e9
@@ -168,7 +168,7 @@ class TaskListSerializer(serializers.Serializer):
     nextCursor = serializers.CharField(allow_null=True)
 
 
-# --- GET /tasks: its query, as the schema states it (trading.queries.list_tasks then applies it) ----
+# --- GET /tasks: its query, as the schema states it (trading.selectors.task_list then applies it) ----
 
 MAX_SINCE = 253402300799  # 9999-12-31T23:59:59Z: the last second a datetime holds
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"

@@ -27,7 +27,6 @@ from bridge_project.celery import app, terminal_queue
 from bridge_project.errors import BridgeUnavailable, Unavailable
 from sessions.models import BridgeSession
 from terminals import runtime
-from trading.conf import conf
 
 SPEC_FIELDS = (
     "name", "digits", "point", "trade_tick_size", "volume_min", "volume_max", "volume_step", "volume_limit",
@@ -93,7 +92,7 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
         meta = json.loads(raw_meta) if raw_meta else None
         if meta is None or meta.get("sessionId") != session_id:
             _request_refresh(terminal_name, session_id)
-            deadline = time.monotonic() + conf("BRIDGE_SYMBOL_SPEC_WAIT")
+            deadline = time.monotonic() + settings.BRIDGE_SYMBOL_SPEC_WAIT
             while (meta is None or meta.get("sessionId") != session_id) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 meta = _meta(terminal_name)

@@ -21,7 +21,6 @@ from django.db.models import Q
 
 from terminals.gateway import GatewayError
 
-from .conf import conf
 from .models import TaskState, TradeTask
 from .states import task_change
 
@@ -41,11 +40,11 @@ def run_guarded(task_id: str, where: str, work: Callable[[], str]) -> str:
         return work()
     except TERMINAL_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - any other error is the bridge's own: counted, bounded
+    except Exception as exc:
         logger.exception("task %s: %s raised", task_id, where)
         try:
             return settle_error(task_id, exc, where)
-        except Exception:  # noqa: BLE001 - e.g. the database is the failure: the next reconciliation counts it
+        except Exception:
             logger.exception("task %s: recording the error failed", task_id)
             return "error-unrecorded"
         finally:
@@ -84,7 +83,7 @@ def settle_error(task_id: str, exc: BaseException, where: str) -> str:
     previous = (task.result or {}).get("error") or {}
     errors = int(previous.get("errors", 0)) + 1 if previous.get("code") == "BridgeError" else 1
     error = {"code": "BridgeError", "message": message, "exception": kind, "errors": errors}
-    limit = max(1, int(conf("BRIDGE_TASK_MAX_ERRORS")))
+    limit = max(1, int(settings.BRIDGE_TASK_MAX_ERRORS))
     if errors >= limit:
         moved = task_change(task_id=task_id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED, detail={"reason": "bridge_error", "where": where, "exception": kind, "errors": errors}, fields={"result": {"error": {**error, "message": f"{message} (error {errors} of {limit}: not retried)"},
                              "source": "bridge"}})

@@ -1,4 +1,4 @@
-"""Write and task endpoints. Thin: validation of the body here, the rules in ``trading.writes``."""
+"""Write and task endpoints. Thin: validation of the body here, the rules in ``trading.services``."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from bridge_project.schema import (
 from sessions.services import require_active_session, session_get
 from trading.reads import views as reads
 
-from . import writes
+from . import services
 from .ledger import Outcome
 from .models import TaskKind, TaskState
-from .queries import MAX_LIMIT, list_tasks, task_of_workspace
 from .reads.views import READ_ERRORS, SYMBOL_QUERY
+from .selectors import MAX_LIMIT, task_list, task_of_workspace
 from .serializers import (
     CURSOR_PATTERN,
     MAX_SINCE,
@@ -113,8 +113,8 @@ class OrderCollectionView(APIView):
     def post(self, request: Request) -> Response:
         session = require_active_session(request)
         data = _body(OrderCreateSerializer, request)
-        return _answer(writes.place_order(session, request._request.bridge_request_id, data,
-                                       fresh_id=_fresh(request)))
+        return _answer(services.order_place(session=session, request_id=request._request.bridge_request_id, data=data,
+                                             fresh_id=_fresh(request)))
 
     @extend_schema(operation_id="orders_list_pending", parameters=operation_parameters(SYMBOL_QUERY),
                    responses={200: OpenApiTypes.OBJECT, **READ_ERRORS},
@@ -135,8 +135,8 @@ class OrderDetailView(APIView):
     def patch(self, request: Request, task_id: str) -> Response:
         session = require_active_session(request)
         data = _body(OrderPatchSerializer, request)
-        return _answer(writes.patch_order(session, request._request.bridge_request_id, _task_id(task_id), data,
-                                       fresh_id=_fresh(request)))
+        return _answer(services.order_patch(session=session, request_id=request._request.bridge_request_id,
+                                             task_id=_task_id(task_id), changes=data, fresh_id=_fresh(request)))
 
     @extend_schema(operation_id="order_cancel", request=None, parameters=_write_parameters(TASK_ID),
                    responses={200: OpenApiResponse(TaskSerializer, description="queued task cancelled"),
@@ -146,8 +146,8 @@ class OrderDetailView(APIView):
                    "`order.cancel` task (202). Otherwise 409." + REPLAY_NOTE)
     def delete(self, request: Request, task_id: str) -> Response:
         session = require_active_session(request)
-        return _answer(writes.cancel_order(session, request._request.bridge_request_id, _task_id(task_id),
-                                       fresh_id=_fresh(request)))
+        return _answer(services.order_cancel(session=session, request_id=request._request.bridge_request_id,
+                                              task_id=_task_id(task_id), fresh_id=_fresh(request)))
 
 
 class PositionView(APIView):
@@ -173,8 +173,8 @@ class PositionView(APIView):
     def patch(self, request: Request, ticket: int) -> Response:
         session = require_active_session(request)
         data = _body(PositionModifySerializer, request)
-        return _answer(writes.modify_position(session, request._request.bridge_request_id, _ticket(ticket), data,
-                                       fresh_id=_fresh(request)))
+        return _answer(services.position_modify(session=session, request_id=request._request.bridge_request_id,
+                                                 ticket=_ticket(ticket), data=data, fresh_id=_fresh(request)))
 
 
 class PositionCloseView(APIView):
@@ -188,8 +188,8 @@ class PositionCloseView(APIView):
     def post(self, request: Request, ticket: int) -> Response:
         session = require_active_session(request)
         data = _body(PositionCloseSerializer, request)
-        return _answer(writes.close_position(session, request._request.bridge_request_id, _ticket(ticket), data,
-                                       fresh_id=_fresh(request)))
+        return _answer(services.position_close(session=session, request_id=request._request.bridge_request_id,
+                                                ticket=_ticket(ticket), data=data, fresh_id=_fresh(request)))
 
 
 class TaskDetailView(APIView):
@@ -228,12 +228,12 @@ class TaskListView(APIView):
         except NotFound as exc:  # unknown, or another workspace's
             raise Unauthorized("unknown session", {"x-session-id": ["unknown"]}) from exc
         _task_query(request)
-        tasks, cursor = list_tasks(session, request.query_params)
+        tasks, cursor = task_list(session, request.query_params)
         return Response({"tasks": TaskSerializer(tasks, many=True).data, "nextCursor": cursor})
 
 
 def _task_query(request: Request) -> None:
-    """The query of GET /tasks checked as the schema states it (list_tasks refuses unknown parameters)."""
+    """The query of GET /tasks checked as the schema states it (task_list refuses unknown parameters)."""
     params = request.query_params
     query_serializer = TaskListQuery(data={k: params.get(k) for k in params})
     if not query_serializer.is_valid():

@@ -29,7 +29,6 @@ from terminals.config import TerminalConfig, get_terminal
 from terminals.gateway import GatewayError, TerminalGateway, as_dict
 from terminals.reads import ReadError, TerminalReads
 from terminals.timeutil import record_to_utc
-from trading.reads import conf
 from trading.reads.snapshots import TerminalSnapshot, store_snapshot, wanted_quote_symbols
 
 logger = logging.getLogger("bridge.poller")
@@ -43,7 +42,7 @@ class TerminalPoller:
         self.terminal = terminal
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
         self.reads = TerminalReads(gateway or TerminalGateway(terminal, timeout_ms=settings.BRIDGE_READ_TERMINAL_TIMEOUT_MS))
-        self.interval = interval if interval is not None else conf.get("BRIDGE_POLL_INTERVAL")
+        self.interval = interval if interval is not None else settings.BRIDGE_POLL_INTERVAL
         self.previous: TerminalSnapshot | None = None
         self.seen_deals: dict[int, int] = {}
         self.deals_primed = False
@@ -61,7 +60,7 @@ class TerminalPoller:
         except Exception:  # the events work's bug must not stop snapshots
             logger.exception("watched_symbols failed")
             watched, depth = set(), set()
-        wanted = wanted_quote_symbols(self.redis, self.terminal.name, conf.get("BRIDGE_QUOTE_INTEREST_TTL"))
+        wanted = wanted_quote_symbols(self.redis, self.terminal.name, settings.BRIDGE_QUOTE_INTEREST_TTL)
         held = {p["symbol"] for p in positions} | {o["symbol"] for o in orders}
         return watched | wanted | held, depth
 

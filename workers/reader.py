@@ -27,7 +27,6 @@ from terminals.binding import terminal_binding
 from terminals.config import TerminalConfig, get_terminal
 from terminals.gateway import GatewayError, TerminalGateway
 from terminals.reads import ReadError, TerminalReads
-from trading.reads import conf
 from trading.reads.readqueue import RAW_MARK, REPLY_TTL, RedisClock, heartbeat_key, queue_key
 
 logger = logging.getLogger("bridge.reader")
@@ -92,12 +91,12 @@ class TerminalReader:
 
     # -- heartbeat -----------------------------------------------------------------------------
     def beat(self) -> None:
-        ttl = conf.get("BRIDGE_READER_HEARTBEAT_TTL")
+        ttl = settings.BRIDGE_READER_HEARTBEAT_TTL
         body = {"reader": self.identity, "at": time.time(), **self.state.snapshot()}
         self.redis.set(heartbeat_key(self.terminal.name), json.dumps(body), px=int(ttl * 1000))
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
-        interval = conf.get("BRIDGE_READER_HEARTBEAT_TTL") / 4
+        interval = settings.BRIDGE_READER_HEARTBEAT_TTL / 4
         while not stop.is_set():
             try:
                 self.beat()

@@ -17,7 +17,6 @@ from django.conf import settings as django_settings
 from mt5sim.control import Control
 from tests.procs import Proc
 from tests.reads.conftest import open_session, wait_until
-from trading.reads import conf as read_conf
 from trading.reads.readqueue import reader_status
 from trading.reads.snapshots import load_snapshot
 
@@ -37,7 +36,7 @@ def _timed(client, path):
 def _snapshot_stale(terminal: str) -> bool:
     """The terminal's snapshot is older than BRIDGE_SNAPSHOT_MAX_AGE (or gone): reads will not serve it."""
     snapshot = load_snapshot(redis.Redis.from_url(django_settings.REDIS_URL), terminal)
-    return snapshot is None or snapshot.age() > read_conf.get("BRIDGE_SNAPSHOT_MAX_AGE")
+    return snapshot is None or snapshot.age() > django_settings.BRIDGE_SNAPSHOT_MAX_AGE
 
 
 def _reader_sees_terminal_down(terminal: str) -> bool:

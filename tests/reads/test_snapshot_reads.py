@@ -9,7 +9,6 @@ import redis
 from django.conf import settings as django_settings
 
 from tests.reads.conftest import wait_until
-from trading.reads import conf as read_conf
 from trading.reads.snapshots import load_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,11 +114,11 @@ def test_a_stopped_poller_leaves_reads_answered(session_a, reads):
         on this terminal writes fresh ones (then nothing is stale to fall back from)."""
         snapshot = load_snapshot(client, "sim-a")
         return (snapshot is None or snapshot.taken_at > stopped
-                or snapshot.age() > read_conf.get("BRIDGE_SNAPSHOT_MAX_AGE"))
+                or snapshot.age() > django_settings.BRIDGE_SNAPSHOT_MAX_AGE)
 
     wait_until(aged_or_refreshed, 10, "the snapshot of sim-a stale (or refreshed by another poller)")
     snapshot = load_snapshot(client, "sim-a")
-    stale = snapshot is None or snapshot.age() > read_conf.get("BRIDGE_SNAPSHOT_MAX_AGE")
+    stale = snapshot is None or snapshot.age() > django_settings.BRIDGE_SNAPSHOT_MAX_AGE
     body = session_a.get("/mt5/client/account").json()
     assert body["login"] == 5001 and time.time() - body["asOf"] < 2.0
     if stale:  # nothing kept it fresh: the read went to the terminal itself (unless a fresh one came since)

@@ -21,8 +21,6 @@ from django.conf import settings
 
 from bridge_project.errors import BridgeUnavailable, NotFound, Unavailable, ValidationFailed
 
-from . import conf
-
 QUEUE_KEY = "bridge:read:{terminal}"
 REPLY_KEY = "bridge:read:reply:{id}"
 HEARTBEAT_KEY = "bridge:reader:{terminal}"
@@ -146,7 +144,7 @@ def _call_reader(terminal: str, op: str, args: dict[str, Any], timeout: float | 
                  session: str) -> Any:
     client = redis_client()
     raise_if_unavailable(terminal, reader_status(client, terminal))
-    timeout = timeout if timeout is not None else conf.get("BRIDGE_READ_TIMEOUT")
+    timeout = timeout if timeout is not None else settings.BRIDGE_READ_TIMEOUT
     request_id = uuid.uuid4().hex
     reply = reply_key(request_id)
     started = time.monotonic()

@@ -11,6 +11,7 @@ import re
 import time
 from typing import Any
 
+from django.conf import settings
 from django.http import QueryDict
 from rest_framework import serializers
 
@@ -18,8 +19,6 @@ from bridge_project.errors import ValidationFailed
 from terminals.reads import TICK_FLAGS, TIMEFRAME_SECONDS
 from terminals.symbols import valid_symbol
 from terminals.timeutil import MAX_TIME, MIN_TIME, parse_time
-
-from . import conf as read_conf
 
 HISTORY_DEFAULT_DAYS = 7
 MAX_COUNT = 2**31 - 1
@@ -212,7 +211,7 @@ class TicksQuery(_CountFromTo):
 
 
 def max_ticks_per_request() -> int:
-    return int(read_conf.get("BRIDGE_READ_MAX_TICKS"))
+    return int(settings.BRIDGE_READ_MAX_TICKS)
 
 
 class HistoryQuery(serializers.Serializer):

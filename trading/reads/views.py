@@ -1,4 +1,4 @@
-"""Read endpoints (GET, under a live session). Thin: validation here, rules in services."""
+"""Read endpoints (GET, under a live session). Thin: validation here, reads in selectors.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from bridge_project.schema import (
 )
 from sessions.services import require_active_session
 
-from . import services
+from . import selectors
 from .readqueue import RawJSON
 from .serializers import (
     GROUP_PATTERN,
@@ -101,7 +101,7 @@ class AccountView(APIView):
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
         _no_query(request)
-        return Response(services.account(session))
+        return Response(selectors.account(session))
 
 
 class PositionsView(APIView):
@@ -110,20 +110,20 @@ class PositionsView(APIView):
                    description="`{positions: [...], orders: [...]}`: open positions and pending orders." + SNAPSHOT_NOTE)
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
-        return Response(services.positions(session, _symbol_filter(request)))
+        return Response(selectors.positions(session, _symbol_filter(request)))
 
 
 def position_detail(request: Request, ticket: int) -> Response:
     """GET /positions/{ticket}: one open position (called by trading's PositionView.get)."""
     session = require_active_session(request)
     _no_query(request)
-    return Response(services.position(session, int(ticket)))
+    return Response(selectors.position(session, int(ticket)))
 
 
 def orders_list(request: Request) -> Response:
     """GET /orders: pending orders (called by trading's OrderCollectionView.get, which also serves POST)."""
     session = require_active_session(request)
-    return Response(services.orders(session, _symbol_filter(request)))
+    return Response(selectors.orders(session, _symbol_filter(request)))
 
 
 class SymbolsView(APIView):
@@ -136,7 +136,7 @@ class SymbolsView(APIView):
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
         query = validated(SymbolsQuery, request.query_params)
-        return Response(services.symbols(session, query.get("group")))
+        return Response(selectors.symbols(session, query.get("group")))
 
 
 class SymbolDetailView(APIView):
@@ -147,7 +147,7 @@ class SymbolDetailView(APIView):
     def get(self, request: Request, symbol: str) -> Response:
         session = require_active_session(request)
         _no_query(request)
-        return Response(services.symbol_info(session, validate_symbol(symbol)))
+        return Response(selectors.symbol_info(session, validate_symbol(symbol)))
 
 
 class QuoteView(APIView):
@@ -159,7 +159,7 @@ class QuoteView(APIView):
     def get(self, request: Request, symbol: str) -> Response:
         session = require_active_session(request)
         _no_query(request)
-        return Response(services.quote(session, validate_symbol(symbol)))
+        return Response(selectors.quote(session, validate_symbol(symbol)))
 
 
 class BarsView(APIView):
@@ -174,7 +174,7 @@ class BarsView(APIView):
                     "and `next`; without `to` it ends now (or at `from` when that is later)." + COUNT_RULES)
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
-        return _raw(services.bars(session, validated(BarsQuery, request.query_params)))
+        return _raw(selectors.bars(session, validated(BarsQuery, request.query_params)))
 
 
 class TicksView(APIView):
@@ -190,7 +190,7 @@ class TicksView(APIView):
     def get(self, request: Request, symbol: str) -> Response:
         session = require_active_session(request)
         symbol = validate_symbol(symbol)
-        return _raw(services.ticks(session, symbol, validated(TicksQuery, request.query_params)))
+        return _raw(selectors.ticks(session, symbol, validated(TicksQuery, request.query_params)))
 
 
 class DepthView(APIView):
@@ -201,7 +201,7 @@ class DepthView(APIView):
     def get(self, request: Request, symbol: str) -> Response:
         session = require_active_session(request)
         _no_query(request)
-        return Response(services.depth(session, validate_symbol(symbol)))
+        return Response(selectors.depth(session, validate_symbol(symbol)))
 
 
 class HistoryView(APIView):
@@ -215,7 +215,7 @@ class HistoryView(APIView):
                     "or to `from` when that is later), real-UTC times. `from` after `to` is a 400.")
     def get(self, request: Request) -> Response:
         session = require_active_session(request)
-        return _raw(services.history(session, self.kind, validated(HistoryQuery, request.query_params)))
+        return _raw(selectors.history(session, self.kind, validated(HistoryQuery, request.query_params)))
 
 
 class HistoryOrdersView(HistoryView):

@@ -14,13 +14,12 @@ from django.utils import timezone
 from bridge_project.errors import Conflict, NotFound, ValidationFailed
 from sessions.models import BridgeSession
 from terminals import constants as C
+from trading.ledger import Outcome, find_previous, fingerprint, insert_or_replay, record_receipt
+from trading.models import TaskKind, TaskState, TradeTask
+from trading.orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
+from trading.outbox import publish_task
+from trading.states import task_change
 from trading.symbol_specs import get_spec
-
-from .ledger import Outcome, find_previous, fingerprint, insert_or_replay, record_receipt
-from .models import TaskKind, TaskState, TradeTask
-from .orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
-from .outbox import publish_task
-from .states import task_change
 
 
 def _new_task(session: BridgeSession, request_id: str, fp: str, kind: str, payload: dict[str, Any],
@@ -55,7 +54,7 @@ def _previous(session: BridgeSession, request_id: str, fp: str, fresh_id: bool) 
     return None if fresh_id else find_previous(session.workspace_id, request_id, fp)
 
 
-def place_order(session: BridgeSession, request_id: str, data: dict[str, Any], *, fresh_id: bool = False) -> Outcome:
+def order_place(*, session: BridgeSession, request_id: str, data: dict[str, Any], fresh_id: bool = False) -> Outcome:
     """POST /orders → an ``order.create`` task, validated against the symbol's spec first."""
     fp = fingerprint("order.create", "", data, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
@@ -97,7 +96,7 @@ def _working_pending(task: TradeTask) -> bool:
 PENDING_MODIFIABLE = {"price", "stoplimit", "sl", "tp", "expiration", "type_time"}
 
 
-def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: dict[str, Any], *,
+def order_patch(*, session: BridgeSession, request_id: str, task_id: str, changes: dict[str, Any],
         fresh_id: bool = False) -> Outcome:
     """PATCH /orders/{taskId}: edit a queued task in place (200), or modify the working pending order
     at the broker through a new ``order.modify`` task (202); 409 otherwise."""
@@ -147,7 +146,7 @@ def patch_order(session: BridgeSession, request_id: str, task_id: str, changes: 
                                                                                    "state": task.state})
 
 
-def cancel_order(session: BridgeSession, request_id: str, task_id: str, *,
+def order_cancel(*, session: BridgeSession, request_id: str, task_id: str,
         fresh_id: bool = False) -> Outcome:
     """DELETE /orders/{taskId}: cancel a queued task (200), or remove the working pending order at the
     broker through a new ``order.cancel`` task (202); 409 otherwise."""
@@ -186,7 +185,7 @@ def _position_symbol(session: BridgeSession, ticket: int) -> str | None:
     return row.get("symbol") if row else None
 
 
-def close_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any], *,
+def position_close(*, session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any],
         fresh_id: bool = False) -> Outcome:
     """POST /positions/{ticket}/close → a ``position.close`` task (partial when volume is given)."""
     fp = fingerprint("position.close", str(ticket), data, account=_account(session))
@@ -204,7 +203,7 @@ def close_position(session: BridgeSession, request_id: str, ticket: int, data: d
     return _new_task(session, request_id, fp, TaskKind.POSITION_CLOSE, data, position_ticket=ticket)
 
 
-def modify_position(session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any], *,
+def position_modify(*, session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any],
         fresh_id: bool = False) -> Outcome:
     """PATCH /positions/{ticket} → a ``position.modify`` task (SL/TP)."""
     fp = fingerprint("position.modify", str(ticket), data, account=_account(session))

@@ -11,8 +11,7 @@ from django.db.models import Q
 
 from bridge_project.errors import NotFound, ValidationFailed
 from sessions.models import BridgeSession, Workspace
-
-from .models import TaskKind, TaskState, TradeTask
+from trading.models import TaskKind, TaskState, TradeTask
 
 MAX_LIMIT = 200
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,7 +50,7 @@ def _choices(raw: str | None, allowed: list[str], name: str) -> list[str] | None
     return values
 
 
-def list_tasks(session: BridgeSession, params: Any) -> tuple[list[TradeTask], str | None]:
+def task_list(session: BridgeSession, params: Any) -> tuple[list[TradeTask], str | None]:
     """The session's tasks, newest first: ``state``/``kind`` (comma lists), ``requestId``, ``since``
     (unix seconds, created at or after), ``limit`` (1-200), ``cursor`` (from the previous page)."""
     unknown = sorted(set(params) - {"state", "kind", "requestId", "since", "limit", "cursor"})

@@ -18,7 +18,7 @@ import asyncio
 from collections import deque
 
 
-class Outbox:
+class SendQueue:
     def __init__(self, max_pending: int):
         # ("m", text) ordered message | ("l", key) latest slot | ("x", code) close the socket
         self._items: deque[tuple[str, str | int]] = deque()

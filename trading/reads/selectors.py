@@ -14,14 +14,13 @@ import time
 from typing import Any
 
 import redis
+from django.conf import settings
 
 from bridge_project.errors import BridgeUnavailable, NotFound
 from sessions.models import BridgeSession
 from terminals.reads import TIMEFRAME_SECONDS
-
-from . import conf
-from .readqueue import RawJSON, call_reader, redis_client
-from .snapshots import TerminalSnapshot, load_snapshot, note_quote_interest
+from trading.reads.readqueue import RawJSON, call_reader, redis_client
+from trading.reads.snapshots import TerminalSnapshot, load_snapshot, note_quote_interest
 
 logger = logging.getLogger("bridge.reads")
 
@@ -38,7 +37,7 @@ def fresh_snapshot(session: BridgeSession) -> TerminalSnapshot | None:
     except Exception:  # a corrupt or unreachable snapshot just means "ask the terminal"
         logger.exception("cannot load the snapshot of %s", _terminal(session))
         return None
-    if snapshot is None or snapshot.age() > conf.get("BRIDGE_SNAPSHOT_MAX_AGE"):
+    if snapshot is None or snapshot.age() > settings.BRIDGE_SNAPSHOT_MAX_AGE:
         return None
     if snapshot.session_id != session.id or snapshot.account.get("login") != session.login:
         return None  # taken for another session (or for none): never served to this one
@@ -135,7 +134,7 @@ def depth(session: BridgeSession, symbol: str) -> dict[str, Any]:
 
 def _copy_timeout(size: int) -> float:
     """Deadline of a copy: the base read timeout, plus time to serialize a large answer."""
-    return conf.get("BRIDGE_READ_TIMEOUT") + conf.get("BRIDGE_READ_TIMEOUT_PER_10K") * size / 10_000
+    return settings.BRIDGE_READ_TIMEOUT + settings.BRIDGE_READ_TIMEOUT_PER_10K * size / 10_000
 
 
 def bars(session: BridgeSession, query: dict[str, Any]) -> RawJSON:
@@ -151,8 +150,7 @@ def bars(session: BridgeSession, query: dict[str, Any]) -> RawJSON:
 
 
 def ticks(session: BridgeSession, symbol: str, query: dict[str, Any]) -> RawJSON:
-    size = abs(query["count"]) if query.get("count") is not None else query.get("limit") or conf.get(
-        "BRIDGE_READ_MAX_TICKS")
+    size = abs(query["count"]) if query.get("count") is not None else query.get("limit") or settings.BRIDGE_READ_MAX_TICKS
     return call_reader(_terminal(session), "ticks", {"symbol": symbol, **query}, timeout=_copy_timeout(size),
                        raw=True, session=session.id)
 
