@@ -69,7 +69,7 @@ def _publish_session_event(session_id: str, data: dict[str, Any]) -> None:
     """Announce the committed change (streams turns it into the ``session`` event)."""
     try:
         session_changed.send(sender=BridgeSession, session_id=session_id, data=data)
-    except Exception:  # noqa: BLE001 - the database holds the change; the stream is best effort
+    except Exception:  # the database holds the change; the stream is best effort
         logger.exception("publishing the session event of %s failed", session_id)
 
 
@@ -299,7 +299,7 @@ def session_get(*, workspace: Workspace, session_id: str) -> BridgeSession:
     return session_expire_if_due(session=session)
 
 
-def require_live_session(request) -> BridgeSession:  # noqa: ANN001 - DRF request
+def require_live_session(request) -> BridgeSession:  # DRF request
     """The live (opening or active) session named by ``x-session-id`` for this workspace, else 401.
 
     Missing or unknown (including another workspace's) → ``Unauthorized``; closed, expired or
@@ -317,7 +317,7 @@ def require_live_session(request) -> BridgeSession:  # noqa: ANN001 - DRF reques
     return session
 
 
-def require_active_session(request) -> BridgeSession:  # noqa: ANN001 - DRF request
+def require_active_session(request) -> BridgeSession:  # DRF request
     """The ``active`` session of ``x-session-id``: what writes and terminal reads need. Still
     ``opening`` → ``409 SessionNotReady`` (nothing is queued or read); ended → 401 as above."""
     session = require_live_session(request)

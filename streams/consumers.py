@@ -676,7 +676,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                     await self.send(text_data=item)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # the record expires by itself
             logger.exception("events writer failed for socket %s", getattr(self, "socket_id", "?"))
 
     async def _wait_drain(self, low: int, timeout: float) -> bool:

@@ -152,7 +152,7 @@ class TerminalGateway:
         Never reconnects first: a send must go out on the connection the caller checked."""
         try:
             result = self._mt5.order_send(request)
-        except Exception as exc:  # noqa: BLE001 - a dropped link mid-call: the outcome is unknown
+        except Exception as exc:  # a dropped link mid-call: the outcome is unknown
             self._connected = False
             return None, (-10000, f"order_send raised {type(exc).__name__}: {exc}")
         if result is None:

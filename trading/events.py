@@ -39,5 +39,5 @@ def publish_task_change(task: TradeTask, *, previous: str, change: str) -> None:
     """Publish one change of the task to its session's stream; failures are logged, not raised."""
     try:
         publish_session_event(task.session_id, "order", order_event(task, previous=previous, change=change))
-    except Exception:
+    except Exception:  # the ledger already holds the change; the stream is best effort
         logger.exception("publishing the order event of task %s failed", task.id)

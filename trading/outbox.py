@@ -71,7 +71,7 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
     try:
         app.send_task(EXECUTE_TASK_NAME, args=[task_id], queue=terminal_queue(terminal_name),
                                  retry=True, retry_policy=PUBLISH_RETRY_POLICY)
-    except Exception:
+    except Exception:  # the sweeper re-publishes; the accepted write stands
         logger.warning("publishing task %s to %s failed; the outbox sweeper will retry", task_id, terminal_name,
                        exc_info=True)
         metrics.redis_unavailable("publish")
@@ -79,14 +79,14 @@ def publish_task(task_id: str, terminal_name: str, *, stamped: bool = False) -> 
             if stamped:
                 task_change(task_id=task_id, from_states=[TaskState.QUEUED], fields={"published_at": None},
                             change="publish_failed")
-        except Exception:
+        except Exception:  # the insert time then stands as the last publish: swept later
             logger.exception("clearing published_at of task %s failed", task_id)
         return False
     if not stamped:
         try:
             task_change(task_id=task_id, from_states=[TaskState.QUEUED], fields={"published_at": timezone.now()},
                         change="published")
-        except Exception:
+        except Exception:  # the insert time then stands as the last publish: swept later
             logger.exception("stamping published_at of task %s failed", task_id)
     return True
 

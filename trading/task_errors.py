@@ -40,11 +40,11 @@ def run_guarded(task_id: str, where: str, work: Callable[[], str]) -> str:
         return work()
     except TERMINAL_ERRORS:
         raise
-    except Exception as exc:
+    except Exception as exc:  # any other error is the bridge's own: counted, bounded
         logger.exception("task %s: %s raised", task_id, where)
         try:
             return settle_error(task_id, exc, where)
-        except Exception:
+        except Exception:  # e.g. the database is the failure: the next reconciliation counts it
             logger.exception("task %s: recording the error failed", task_id)
             return "error-unrecorded"
         finally:

@@ -129,7 +129,7 @@ class TerminalPoller:
         self.last_good = taken_at
         try:
             poll_events.after_poll(self.terminal.name, previous, snapshot)
-        except Exception:
+        except Exception:  # the events work's bug must not stop snapshots
             logger.exception("after_poll failed")
         return snapshot
 

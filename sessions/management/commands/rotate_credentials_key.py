@@ -20,11 +20,11 @@ from sessions.services import session_reencrypt_password
 class Command(BaseCommand):
     help = "Re-encrypt every stored secret (session MT5 passwords) under the current BRIDGE_CREDENTIALS_KEY."
 
-    def add_arguments(self, parser):  # noqa: ANN001
+    def add_arguments(self, parser):
         parser.add_argument("--batch-size", type=int, default=500, help="rows read per query (default 500)")
         parser.add_argument("--dry-run", action="store_true", help="count what would be re-encrypted; write nothing")
 
-    def handle(self, *args, batch_size: int, dry_run: bool, **options) -> None:  # noqa: ANN002, ANN003
+    def handle(self, *args, batch_size: int, dry_run: bool, **options) -> None:  # ANN003
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         ring = keyring()
