@@ -118,11 +118,13 @@ def start_layout(layout: str, workdir: str) -> tuple[list[subprocess.Popen], str
     return [terminal, broker], address
 
 
-def run_phase(address: str, method: str, clients: int, seconds: float, login_base: int) -> dict:
+def run_phase(address: str, method: str, clients: int, seconds: float, login: int) -> dict:
+    """``clients`` processes on one account: a terminal is logged in to one account at a time (clients on
+    different logins would switch it under each other and close positions of the wrong account)."""
     start_at = time.time() + 1.5  # every client connected and logged in before the clock starts
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", address, method, str(seconds),
-                               str(login_base + i), str(start_at)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-             for i in range(clients)]
+                               str(login), str(start_at)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             for _ in range(clients)]
     results = []
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 60)
