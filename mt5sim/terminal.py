@@ -273,6 +273,7 @@ class RemoteTerminalServer(TerminalServer):
         self.broker = parsed
         self.state = TerminalState(state_dir, server_name, terminal_overrides)
         self.known: dict[tuple, bytes] = {}  # (server, login, method, kwargs) -> the broker's last answer
+        self.known_bytes = 0
 
     def connect(self, stop: threading.Event, wait: bool = True) -> bool:
         """Learn the broker's servers and symbols; with ``wait``, until it answers or ``stop`` is set."""
@@ -420,9 +421,12 @@ class RemoteTerminalServer(TerminalServer):
         key = self._known_key(method, kwargs)
         if key is None:
             return
-        if len(self.known) >= _KNOWN_MAX_ENTRIES and key not in self.known:
-            self.known.clear()
+        if (len(self.known) >= _KNOWN_MAX_ENTRIES or self.known_bytes > _KNOWN_MAX_TOTAL) and key not in self.known:
+            self.known.clear()  # calls with ever new arguments (a moving date_from): start over, memory stays bounded
+            self.known_bytes = 0
+        previous = self.known.get(key)
         self.known[key] = body
+        self.known_bytes += len(body) - (len(previous) if previous is not None else 0)
 
     def _without_broker(self, call_id: Any, method: str, kwargs: dict, sent: bool) -> bytes:
         if method == "order_send" and sent:
@@ -530,6 +534,7 @@ class RemoteTerminalServer(TerminalServer):
 _TRADES = frozenset({"order_send", "order_check"})
 _KNOWN_MAX_BYTES = 256 * 1024
 _KNOWN_MAX_ENTRIES = 4096
+_KNOWN_MAX_TOTAL = 32 * 1024 * 1024
 _FORWARDED = frozenset({
     "account_info", "symbols_total", "symbols_get", "symbol_info", "symbol_info_tick",
     "copy_rates_from", "copy_rates_from_pos", "copy_rates_range", "copy_ticks_from", "copy_ticks_range",
