@@ -302,7 +302,7 @@ def broker_records(address: str) -> tuple[list, list]:
 
 
 # --- the run ----------------------------------------------------------------------------------------
-def main() -> int:  # noqa: C901 - one linear script
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
@@ -313,214 +313,273 @@ def main() -> int:  # noqa: C901 - one linear script
                         help="PostgreSQL database of the run: dropped and created again")
     parser.add_argument("--settle-timeout", type=float, default=420,
                         help="bound on the final wait (s): above the broker's 300 s visibility timeout")
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
+    return parser.parse_args()
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+class ChaosRun:
+    """One run: the stack, the chaos phase, the settling phase and the figures, in that order."""
 
-    load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    work = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
-    redis_port, sim_port, web_port = free_port(), free_port(), free_port()
-    sim_address = f"127.0.0.1:{sim_port}"
-    (work / "sim.yaml").write_text("account_defaults:\n  balance: 1000000000.0\n  leverage: 500\n")
-    (work / "terminals.yaml").write_text(
-        f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {sim_address}\n    utc_offset: 0\n")
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
-        "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
-        "BRIDGE_THROTTLE_RATE": "100000000/min", "BRIDGE_SESSION_TTL": "3600", "LOG_LEVEL": "INFO",
-        # Short bounds so the run ends in minutes (production: 90 s, 30 s, 30 s, 5 s, 15 s).
-        "BRIDGE_INFLIGHT_BOUND": str(INFLIGHT_BOUND), "BRIDGE_RECONCILE_AFTER": str(INFLIGHT_BOUND),
-        "BRIDGE_RECONCILE_INTERVAL": "3", "BRIDGE_OUTBOX_SWEEP_INTERVAL": "1", "BRIDGE_OUTBOX_REPUBLISH_AFTER": "3",
-    }
-    procs = Procs(work)
-    stack = Stack(procs, env, redis_port, sim_port)
-    clients: Clients | None = None
-    ipc: IpcFaults | None = None
-    try:
-        say(f"work directory (logs): {work}")
-        db_name = create_database(args.database_url)
-        say(f"database: PostgreSQL {db_name} dropped and created; migrating")
-        setup_django(env, ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "BRIDGE_TERMINALS_FILE",
-                           "BRIDGE_VAR_DIR", "BRIDGE_INFLIGHT_BOUND", "BRIDGE_RECONCILE_AFTER",
-                           "BRIDGE_THROTTLE_RATE"))
-        from django.db.models import Count
-        from django.utils import timezone
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.rng = args, random.Random(args.seed)
+        self.load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        self.work = work = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
+        self.redis_port, self.sim_port, self.web_port = free_port(), free_port(), free_port()
+        self.sim_address = f"127.0.0.1:{self.sim_port}"
+        (work / "sim.yaml").write_text("account_defaults:\n  balance: 1000000000.0\n  leverage: 500\n")
+        (work / "terminals.yaml").write_text(
+            f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {self.sim_address}\n    utc_offset: 0\n")
+        redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": args.database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
+            "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
+            "BRIDGE_THROTTLE_RATE": "100000000/min", "BRIDGE_SESSION_TTL": "3600", "LOG_LEVEL": "INFO",
+            # Short bounds so the run ends in minutes (production: 90 s, 30 s, 30 s, 5 s, 15 s).
+            "BRIDGE_INFLIGHT_BOUND": str(INFLIGHT_BOUND), "BRIDGE_RECONCILE_AFTER": str(INFLIGHT_BOUND),
+            "BRIDGE_RECONCILE_INTERVAL": "3", "BRIDGE_OUTBOX_SWEEP_INTERVAL": "1", "BRIDGE_OUTBOX_REPUBLISH_AFTER": "3",
+        }
+        self.procs = Procs(work)
+        self.stack = Stack(self.procs, self.env, self.redis_port, self.sim_port)
+        self.clients: Clients | None = None
+        self.ipc: IpcFaults | None = None
+        self.db_name = ""
+        self.workspace = None
+        self.sid = ""
+        # the chaos phase's progress and findings
+        self.kills_done, self.redis_done = 0, False
+        self.idle_since, self.last_taken = time.monotonic(), -1
+        self.unplanned: list[str] = []
+        self.orphans: list[str] = []  # tasks left dispatched by a killed worker
+        self.takeover_seconds: list[float] = []
+        self.stranded: dict[str, float] = {}  # task id -> seconds since the bench started, when first seen stranded
 
+    # -- the stack ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        say(f"work directory (logs): {self.work}")
+        self.db_name = create_database(self.args.database_url)
+        say(f"database: PostgreSQL {self.db_name} dropped and created; migrating")
+        setup_django(self.env, ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "BRIDGE_TERMINALS_FILE",
+                                "BRIDGE_VAR_DIR", "BRIDGE_INFLIGHT_BOUND", "BRIDGE_RECONCILE_AFTER",
+                                "BRIDGE_THROTTLE_RATE"))
+        say(f"starting redis-server on port {self.redis_port} (no persistence)")
+        self.stack.start_redis()
+        say(f"starting mt5sim terminal {TERMINAL} on {self.sim_address} (in-memory state)")
+        self.procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", self.sim_address,
+                                 "--config", str(self.work / "sim.yaml"), "--seed", str(self.args.seed)], self.env)
+        wait_port(self.sim_port)
+        say("starting the pinned worker")
+        first = self.stack.start_worker(standby=False)
+        say(f"{first} ready (pid {self.stack.workers[first].pid}); starting gunicorn (4 sync workers) on port "
+            f"{self.web_port} and the maintenance worker with beat (outbox sweep every 1 s, reconcile fan-out "
+            "every 3 s)")
+        self.procs.start("web", self._web_argv(), self._env_of("web"))
+        self.procs.start("maintenance", [PYTHON, "manage.py", "run_maintenance_worker", "--beat", "--loglevel", "INFO"],
+                         self.env)
+        wait_port(self.web_port, 60)
+
+    def _web_argv(self) -> list[str]:
+        return [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{self.web_port}", "-w", "4", "-k", "sync",
+                "--log-level", "warning", "bridge_project.wsgi:application"]
+
+    def _env_of(self, name: str) -> dict[str, str]:
+        return {**self.env, "DB_CONN_MAX_AGE": "60"} if name == "web" else self.env
+
+    def open_session(self) -> dict[str, str]:
+        """A live session on the terminal; the auth headers of its workspace's key."""
         from sessions.api_keys import create_api_key
         from sessions.models import Workspace
-        from trading.models import FINAL_STATES, TaskTransition, TradeTask
-        from trading.orders import tag_of
-        from trading.reconciliation import reconciliation_request
 
-        say(f"starting redis-server on port {redis_port} (no persistence)")
-        stack.start_redis()
-        say(f"starting mt5sim terminal {TERMINAL} on {sim_address} (in-memory state)")
-        procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", sim_address,
-                            "--config", str(work / "sim.yaml"), "--seed", str(args.seed)], env)
-        wait_port(sim_port)
-        say("starting the pinned worker")
-        first = stack.start_worker(standby=False)
-        say(f"{first} ready (pid {stack.workers[first].pid}); starting gunicorn (4 sync workers) on port {web_port} "
-            "and the maintenance worker with beat (outbox sweep every 1 s, reconcile fan-out every 3 s)")
-        procs.start("web", [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{web_port}", "-w", "4", "-k", "sync",
-                            "--log-level", "warning", "bridge_project.wsgi:application"],
-                    {**env, "DB_CONN_MAX_AGE": "60"})
-        procs.start("maintenance", [PYTHON, "manage.py", "run_maintenance_worker", "--beat", "--loglevel", "INFO"], env)
-        wait_port(web_port, 60)
-
-        workspace = Workspace.objects.create(name=f"chaos-{args.seed}")
-        key = create_api_key(workspace)[1]
-        auth = {"Authorization": f"Bearer {key}"}
+        self.workspace = Workspace.objects.create(name=f"chaos-{self.args.seed}")
+        auth = {"Authorization": f"Bearer {create_api_key(self.workspace)[1]}"}
         deadline = time.monotonic() + 90
         while True:
-            status, session, _ = call(web_port, "POST", "/mt5/client/session/open?wait=20",
+            status, session, _ = call(self.web_port, "POST", "/mt5/client/session/open?wait=20",
                                       {"accountId": "chaos", "server": "Demo", "login": 7001, "password": "pw",
                                        "terminal": TERMINAL}, auth)
             if status == 201 and session.get("status") == "active":
                 break
             if status == 201:
-                call(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
+                call(self.web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
             if time.monotonic() > deadline:
                 raise SystemExit(f"could not open a session: {status} {session}")
-            time.sleep(1)
-        sid = session["sessionId"]
-        say(f"session {sid} active on {TERMINAL} (login 7001)")
+            time.sleep(1)  # a retry pace: the next open is the check
+        self.sid = session["sessionId"]
+        say(f"session {self.sid} active on {TERMINAL} (login 7001)")
+        return auth
 
-        # The chaos plan, in units of progress. Kills and IPC timeouts are placed by how many tasks
-        # the worker has taken (not queued any more), so each one hits a worker that is trading.
-        n = args.orders
-        kill_at = sorted(rng.uniform(0.04, 0.92) * n for _ in range(args.kills))
-        standby_after = rng.randint(2, max(2, args.kills - 3)) if args.kills >= 4 else None  # after that kill
-        redis_at = rng.uniform(0.35, 0.65) * n  # by accepted orders: the web tier is writing
-        ipc_at = sorted(rng.uniform(0.02, 0.9) * n for _ in range(args.ipc_timeouts))
-        say(f"plan: {args.kills} worker kills at taken-task counts {[int(x) for x in kill_at]}; a second worker "
-            f"after kill {standby_after}; Redis killed at {int(redis_at)} accepted; {args.ipc_timeouts} IPC timeouts")
+    # -- the chaos phase ---------------------------------------------------------------------------
+    def plan(self) -> None:
+        """The chaos plan, in units of progress. Kills and IPC timeouts are placed by how many tasks the
+        worker has taken (not queued any more), so each one hits a worker that is trading."""
+        n, args, rng = self.args.orders, self.args, self.rng
+        self.kill_at = sorted(rng.uniform(0.04, 0.92) * n for _ in range(args.kills))
+        self.standby_after = rng.randint(2, max(2, args.kills - 3)) if args.kills >= 4 else None  # after that kill
+        self.redis_at = rng.uniform(0.35, 0.65) * n  # by accepted orders: the web tier is writing
+        self.ipc_at = sorted(rng.uniform(0.02, 0.9) * n for _ in range(args.ipc_timeouts))
+        say(f"plan: {args.kills} worker kills at taken-task counts {[int(x) for x in self.kill_at]}; a second "
+            f"worker after kill {self.standby_after}; Redis killed at {int(self.redis_at)} accepted; "
+            f"{args.ipc_timeouts} IPC timeouts")
 
-        clients = Clients(web_port, {**auth, "x-session-id": sid}, n, args.clients, args.seed, give_up_after=600)
-        say(f"submitting {n} orders ({ORDER['symbol']} {ORDER['type']} {ORDER['volume']}) from {args.clients} clients")
-        clients.start()
-        session_tasks = TradeTask.objects.filter(session_id=sid)
-        kills_done, redis_done = 0, False
-        ipc = IpcFaults(sim_address, ipc_at, lambda: TradeTask.objects.filter(session_id=sid).exclude(state="queued").count(),
-                        args.seed + 1)
-        ipc.start()
-        idle_since, last_taken = time.monotonic(), -1
-        unplanned: list[str] = []
-        orphans: list[str] = []  # tasks left dispatched by a killed worker
-        takeover_seconds: list[float] = []
+    def _session_tasks(self):
+        from trading.models import TradeTask
+
+        return TradeTask.objects.filter(session_id=self.sid)
+
+    def chaos_phase(self, auth: dict[str, str]) -> None:
+        n = self.args.orders
+        self.clients = Clients(self.web_port, {**auth, "x-session-id": self.sid}, n, self.args.clients,
+                               self.args.seed, give_up_after=600)
+        say(f"submitting {n} orders ({ORDER['symbol']} {ORDER['type']} {ORDER['volume']}) from "
+            f"{self.args.clients} clients")
+        self.clients.start()
+        self.ipc = IpcFaults(self.sim_address, self.ipc_at,
+                             lambda: self._session_tasks().exclude(state="queued").count(), self.args.seed + 1)
+        self.ipc.start()
         last_report = 0.0
         while True:
-            taken = session_tasks.exclude(state="queued").count()
-            accepted = len(clients.accepted)
-            now = time.monotonic()
-            if now - last_report > 5:
-                last_report = now
-                say(f"progress: {accepted} accepted, {taken} taken by a worker, kills {kills_done}/{args.kills}, "
-                    f"IPC timeouts {len(ipc.done)}/{args.ipc_timeouts}, Redis restarted: {redis_done}")
-            # A supervisor restarts what died on its own (counted: the chaos is ours, not theirs).
-            for pname in ("web", "maintenance"):
-                proc = procs.procs[pname]
-                if proc.poll() is not None:
-                    unplanned.append(f"{pname} exited with {proc.returncode}")
-                    say(f"!! {pname} exited on its own ({proc.returncode}): restarting it")
-                    procs.start(pname, proc.args, {**env, "DB_CONN_MAX_AGE": "60"} if pname == "web" else env)
-            for wname, proc in list(stack.workers.items()):
-                if proc.poll() is not None:
-                    unplanned.append(f"{wname} exited with {proc.returncode}")
-                    say(f"!! {wname} exited on its own ({proc.returncode}):\n{procs.log(wname)[-1500:]}")
-                    stack.workers.pop(wname)
-                    if stack.standby == wname:
-                        stack.standby = None
-                    stack.start_worker(standby=bool(stack.workers))
-            if not redis_done and accepted >= redis_at:
-                queued = session_tasks.filter(state="queued").count()
-                say(f"SIGKILL redis-server ({queued} tasks queued, their messages in Redis)")
-                stack.kill_redis()
-                time.sleep(rng.uniform(1.0, 3.0))
-                stack.start_redis()
-                redis_done = True
-                say("redis-server restarted empty on the same port")
-            if kills_done < len(kill_at) and taken >= kill_at[kills_done]:
-                time.sleep(rng.uniform(0.0, 0.3))
-                victim, token = stack.wait_holder()
-                stack.kill_worker(victim)
-                kills_done += 1
-                # Nothing executes between the kill and the next worker's start: what is dispatched now
-                # was in the killed worker's hands.
-                in_flight = list(session_tasks.filter(state="dispatched").values_list("id", "sent_at"))
-                orphans.extend(t for t, _ in in_flight)
-                flight = ", ".join(f"{t} ({'send mark committed' if s else 'not sent'})" for t, s in in_flight)
-                say(f"kill {kills_done}/{args.kills}: SIGKILL {victim} (lease token {token}); orphaned: {flight or 'none'}")
-                if stack.standby is not None:
-                    standby, t_kill = stack.standby, time.monotonic()
-                    stack.standby = None
-                    new, new_token = stack.wait_holder(standby)
-                    takeover_seconds.append(time.monotonic() - t_kill)
-                    say(f"   standby {new} took the lease over (token {new_token}) and is ready after "
-                        f"{takeover_seconds[-1]:.1f} s; starting a replacement standby")
-                    stack.start_worker(standby=True)
-                else:
-                    t_kill = time.monotonic()
-                    new = stack.start_worker(standby=False)
-                    say(f"   restarted as {new} (ready after {time.monotonic() - t_kill:.1f} s)")
-                if kills_done == standby_after:
-                    second = stack.start_worker(standby=True)
-                    say(f"second worker {second} started: it logged {WAITING_FOR_LEASE!r}")
-            if taken != last_taken:
-                idle_since, last_taken = time.monotonic(), taken
-            # The chaos phase ends when every fault was dealt, or when the worker has taken nothing for
-            # 10 s after the last order was accepted (what is still queued then waits in the next phase).
-            if (clients.done() and kills_done >= len(kill_at) and redis_done
-                    and (len(ipc.done) >= len(ipc_at) or time.monotonic() - idle_since > 10)):
+            taken = self._session_tasks().exclude(state="queued").count()
+            if time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                say(f"progress: {len(self.clients.accepted)} accepted, {taken} taken by a worker, kills "
+                    f"{self.kills_done}/{self.args.kills}, IPC timeouts {len(self.ipc.done)}/{self.args.ipc_timeouts}, "
+                    f"Redis restarted: {self.redis_done}")
+            self._restart_what_died()
+            if not self.redis_done and len(self.clients.accepted) >= self.redis_at:
+                self._restart_redis()
+            if self.kills_done < len(self.kill_at) and taken >= self.kill_at[self.kills_done]:
+                self._kill_worker()
+            if taken != self.last_taken:
+                self.idle_since, self.last_taken = time.monotonic(), taken
+            if self._chaos_over():
                 break
-            time.sleep(0.05)
-        ipc.finish()
-        say(f"chaos phase done: {len(clients.accepted)} accepted, {len(ipc.done)} IPC timeouts dealt; "
-            f"HTTP answers {dict(sorted(clients.statuses.items()))}")
+            time.sleep(0.05)  # the loop's pace
+        self.ipc.finish()
+        say(f"chaos phase done: {len(self.clients.accepted)} accepted, {len(self.ipc.done)} IPC timeouts dealt; "
+            f"HTTP answers {dict(sorted(self.clients.statuses.items()))}")
 
-        # Settle: every task final; reconciliation is driven once a task is past the in-flight bound.
-        # A task still queued while the live worker has taken nothing for STRANDED_AFTER seconds is
-        # stranded: nothing but the broker's visibility timeout will bring its message back.
-        ids = list(clients.accepted.values())
-        deadline = time.monotonic() + args.settle_timeout
+    def _chaos_over(self) -> bool:
+        """Every fault was dealt, or the worker has taken nothing for 10 s after the last order was
+        accepted (what is still queued then waits in the next phase)."""
+        return (self.clients.done() and self.kills_done >= len(self.kill_at) and self.redis_done
+                and (len(self.ipc.done) >= len(self.ipc_at) or time.monotonic() - self.idle_since > 10))
+
+    def _restart_what_died(self) -> None:
+        """A supervisor restarts what died on its own (counted: the chaos is ours, not theirs)."""
+        for pname in ("web", "maintenance"):
+            proc = self.procs.procs[pname]
+            if proc.poll() is not None:
+                self.unplanned.append(f"{pname} exited with {proc.returncode}")
+                say(f"!! {pname} exited on its own ({proc.returncode}): restarting it")
+                self.procs.start(pname, proc.args, self._env_of(pname))
+        for wname, proc in list(self.stack.workers.items()):
+            if proc.poll() is not None:
+                self.unplanned.append(f"{wname} exited with {proc.returncode}")
+                say(f"!! {wname} exited on its own ({proc.returncode}):\n{self.procs.log(wname)[-1500:]}")
+                self.stack.workers.pop(wname)
+                if self.stack.standby == wname:
+                    self.stack.standby = None
+                self.stack.start_worker(standby=bool(self.stack.workers))
+
+    def _restart_redis(self) -> None:
+        queued = self._session_tasks().filter(state="queued").count()
+        say(f"SIGKILL redis-server ({queued} tasks queued, their messages in Redis)")
+        self.stack.kill_redis()
+        time.sleep(self.rng.uniform(1.0, 3.0))  # Redis stays down a while: the chaos plan, not a wait
+        self.stack.start_redis()
+        self.redis_done = True
+        say("redis-server restarted empty on the same port")
+
+    def _kill_worker(self) -> None:
+        time.sleep(self.rng.uniform(0.0, 0.3))  # a random moment: the chaos plan, not a wait
+        victim, token = self.stack.wait_holder()
+        self.stack.kill_worker(victim)
+        self.kills_done += 1
+        # Nothing executes between the kill and the next worker's start: what is dispatched now was in
+        # the killed worker's hands.
+        in_flight = list(self._session_tasks().filter(state="dispatched").values_list("id", "sent_at"))
+        self.orphans.extend(t for t, _ in in_flight)
+        flight = ", ".join(f"{t} ({'send mark committed' if s else 'not sent'})" for t, s in in_flight)
+        say(f"kill {self.kills_done}/{self.args.kills}: SIGKILL {victim} (lease token {token}); orphaned: "
+            f"{flight or 'none'}")
+        if self.stack.standby is not None:
+            standby, t_kill = self.stack.standby, time.monotonic()
+            self.stack.standby = None
+            new, new_token = self.stack.wait_holder(standby)
+            self.takeover_seconds.append(time.monotonic() - t_kill)
+            say(f"   standby {new} took the lease over (token {new_token}) and is ready after "
+                f"{self.takeover_seconds[-1]:.1f} s; starting a replacement standby")
+            self.stack.start_worker(standby=True)
+        else:
+            t_kill = time.monotonic()
+            new = self.stack.start_worker(standby=False)
+            say(f"   restarted as {new} (ready after {time.monotonic() - t_kill:.1f} s)")
+        if self.kills_done == self.standby_after:
+            second = self.stack.start_worker(standby=True)
+            say(f"second worker {second} started: it logged {WAITING_FOR_LEASE!r}")
+
+    # -- settling ----------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Every task final; reconciliation is driven once a task is past the in-flight bound. A task
+        still queued while the live worker has taken nothing for STRANDED_AFTER seconds is stranded:
+        nothing but the broker's visibility timeout will bring its message back."""
+        from trading.models import FINAL_STATES, TradeTask
+
+        ids = list(self.clients.accepted.values())
+        deadline = time.monotonic() + self.args.settle_timeout
         last_ask = last_report = 0.0
-        stranded: dict[str, float] = {}  # task id -> seconds since the bench started, when first seen stranded
         while True:
             pending = list(TradeTask.objects.filter(id__in=ids).exclude(state__in=FINAL_STATES)
                            .values_list("id", "state", "sent_at", "dispatched_at"))
             if not pending or time.monotonic() > deadline:
                 break
             now = time.monotonic()
-            taken = session_tasks.exclude(state="queued").count()
-            if taken != last_taken:
-                idle_since, last_taken = now, taken
-            if now - idle_since > STRANDED_AFTER:
-                for tid, state, _, _ in pending:
-                    if state == "queued" and tid not in stranded:
-                        stranded[tid] = now - T0
-                        say(f"!! {tid} is stranded: queued, while the worker has taken nothing for "
-                            f"{now - idle_since:.0f} s")
+            taken = self._session_tasks().exclude(state="queued").count()
+            if taken != self.last_taken:
+                self.idle_since, self.last_taken = now, taken
+            if now - self.idle_since > STRANDED_AFTER:
+                self._note_stranded(pending, now)
             if now - last_report > 10:
                 last_report = now
                 queued = [tid for tid, state, _, _ in pending if state == "queued"]
                 say(f"settling: {dict(Counter(state for _, state, _, _ in pending))} not final yet"
                     + (f"; queued: {queued[:5]}" if queued else ""))
-            old = [tid for tid, state, sent, disp in pending if state in ("dispatched", "unknown")
-                   and (timezone.now() - (sent or disp)).total_seconds() > INFLIGHT_BOUND + 1]
-            if old and now - last_ask > 5:
+            if now - last_ask > 5 and self._ask_reconciliation(pending):
                 last_ask = now
-                say(f"asking the terminal to reconcile {len(old)} dispatched/unknown task(s) past the in-flight bound")
-                reconciliation_request(task_ids=old)
-            time.sleep(0.5)
+            time.sleep(0.5)  # the loop's pace
 
-        # --- the figures, from the ledger and from mt5sim's own history ------------------------------
-        working, history = broker_records(sim_address)
+    def _note_stranded(self, pending: list[tuple], now: float) -> None:
+        for tid, state, _, _ in pending:
+            if state == "queued" and tid not in self.stranded:
+                self.stranded[tid] = now - T0
+                say(f"!! {tid} is stranded: queued, while the worker has taken nothing for "
+                    f"{now - self.idle_since:.0f} s")
+
+    def _ask_reconciliation(self, pending: list[tuple]) -> bool:
+        """Ask the terminal to reconcile the dispatched/unknown tasks past the in-flight bound; whether any."""
+        from django.utils import timezone
+
+        from trading.reconciliation import reconciliation_request
+
+        old = [tid for tid, state, sent, disp in pending if state in ("dispatched", "unknown")
+               and (timezone.now() - (sent or disp)).total_seconds() > INFLIGHT_BOUND + 1]
+        if old:
+            say(f"asking the terminal to reconcile {len(old)} dispatched/unknown task(s) past the in-flight bound")
+            reconciliation_request(task_ids=old)
+        return bool(old)
+
+    # -- the figures, from the ledger and from mt5sim's own history -----------------------------------
+    def report(self) -> int:
+        findings = self._findings()
+        self._print_figures(findings)
+        return self._print_problems(findings)
+
+    def _findings(self) -> dict:
+        from django.db.models import Count
+
+        from trading.models import FINAL_STATES, TaskTransition, TradeTask
+        from trading.orders import tag_of
+
+        working, history = broker_records(self.sim_address)
         by_tag: Counter[str] = Counter()
         untagged = []
         for order in working + history:
@@ -529,90 +588,121 @@ def main() -> int:  # noqa: C901 - one linear script
                 untagged.append(order)
             else:
                 by_tag[tag] += 1
-        tasks = list(TradeTask.objects.filter(workspace=workspace).values(
+        tasks = list(TradeTask.objects.filter(workspace=self.workspace).values(
             "id", "request_id", "tag", "state", "created_at", "dispatched_at", "finished_at"))
         task_tags = {t["tag"] for t in tasks}
-        dup_orders = {t["id"]: by_tag[t["tag"]] for t in tasks if by_tag[t["tag"]] > 1}
-        dup_requests = list(TradeTask.objects.filter(workspace=workspace).values("request_id")
-                            .annotate(n=Count("id")).filter(n__gt=1).values_list("request_id", "n"))
         rids_with_task = {t["request_id"] for t in tasks}
-        no_task = [rid for rid in clients.request_ids if rid not in rids_with_task]
-        left = [t["id"] for t in tasks if t["state"] in ("queued", "dispatched")]
-        untracked_tagged = {tag: c for tag, c in by_tag.items() if tag not in task_tags}
         executed_states = ("filled", "partial", "placed")
-        mismatched = [t["id"] for t in tasks if t["state"] in FINAL_STATES
-                      and by_tag[t["tag"]] != (1 if t["state"] in executed_states else 0)]
-        unknown = [t["id"] for t in tasks if t["state"] == "unknown"]
-        times = sorted(((t["finished_at"] - t["created_at"]).total_seconds(), t["id"]) for t in tasks
-                       if t["state"] in FINAL_STATES and t["finished_at"])
         waits = sorted(((t["dispatched_at"] - t["created_at"]).total_seconds(), t["id"]) for t in tasks
                        if t["dispatched_at"])
-        wait_of = {tid: w for w, tid in waits}
-        ipc_tasks = list(TaskTransition.objects.filter(task__workspace=workspace, to_state="unknown",
-                                                       detail__mt5=-10005).values_list("task__state", flat=True))
-        duplicates = len(dup_orders) + len(dup_requests)
-        lost = len(no_task) + len(left)
-        untracked = sum(untracked_tagged.values()) + len(untagged)
+        return {
+            "working": working, "history": history, "untagged": untagged, "tasks": tasks,
+            "dup_orders": {t["id"]: by_tag[t["tag"]] for t in tasks if by_tag[t["tag"]] > 1},
+            "dup_requests": list(TradeTask.objects.filter(workspace=self.workspace).values("request_id")
+                                 .annotate(n=Count("id")).filter(n__gt=1).values_list("request_id", "n")),
+            "no_task": [rid for rid in self.clients.request_ids if rid not in rids_with_task],
+            "left": [t["id"] for t in tasks if t["state"] in ("queued", "dispatched")],
+            "untracked_tagged": {tag: c for tag, c in by_tag.items() if tag not in task_tags},
+            "mismatched": [t["id"] for t in tasks if t["state"] in FINAL_STATES
+                           and by_tag[t["tag"]] != (1 if t["state"] in executed_states else 0)],
+            "unknown": [t["id"] for t in tasks if t["state"] == "unknown"],
+            "times": sorted(((t["finished_at"] - t["created_at"]).total_seconds(), t["id"]) for t in tasks
+                            if t["state"] in FINAL_STATES and t["finished_at"]),
+            "waits": waits, "wait_of": {tid: w for w, tid in waits},
+            "ipc_tasks": list(TaskTransition.objects.filter(task__workspace=self.workspace, to_state="unknown",
+                                                            detail__mt5=-10005).values_list("task__state", flat=True)),
+            "paths": {tid: " > ".join(TaskTransition.objects.filter(task_id=tid).order_by("at", "id")
+                                      .values_list("to_state", flat=True)) for tid in self.orphans},
+        }
 
+    def _print_figures(self, f: dict) -> None:
+        args, clients, ipc = self.args, self.clients, self.ipc
+        duplicates = len(f["dup_orders"]) + len(f["dup_requests"])
+        lost = len(f["no_task"]) + len(f["left"])
+        untracked = sum(f["untracked_tagged"].values()) + len(f["untagged"])
         print()
-        print(f"chaos run (seed {args.seed}) on: {machine()}; load average at start {load_start}, at the end "
+        print(f"chaos run (seed {args.seed}) on: {machine()}; load average at start {self.load_start}, at the end "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        print(f"stack: PostgreSQL (database {db_name}), own redis-server, 1 mt5sim terminal, pinned worker(s), "
+        print(f"stack: PostgreSQL (database {self.db_name}), own redis-server, 1 mt5sim terminal, pinned worker(s), "
               "maintenance worker + beat, gunicorn 4 sync workers; BRIDGE_INFLIGHT_BOUND=5 s, broker visibility "
               f"timeout {os.environ.get('BRIDGE_VISIBILITY_TIMEOUT', '300')} s")
-        takeover = (f"a second worker that waited for the lease and took it over {len(takeover_seconds)} time(s) "
-                    f"(max {max(takeover_seconds):.1f} s from kill to ready)" if takeover_seconds else "no standby takeover")
-        print(f"faults: {kills_done} SIGKILLs of the pinned worker (restarted each time), 1 Redis SIGKILL + empty "
-              f"restart, {takeover}")
+        takeover = (f"a second worker that waited for the lease and took it over {len(self.takeover_seconds)} time(s) "
+                    f"(max {max(self.takeover_seconds):.1f} s from kill to ready)" if self.takeover_seconds
+                    else "no standby takeover")
+        print(f"faults: {self.kills_done} SIGKILLs of the pinned worker (restarted each time), 1 Redis SIGKILL + "
+              f"empty restart, {takeover}")
         print(f"        {len(ipc.done)} order_send IPC timeouts ({sum(ipc.done)} executed by the terminal, "
-              f"{len(ipc.done) - sum(ipc.done)} not); unplanned exits: {len(unplanned)} {unplanned or ''}")
-        print(f"submitted:            {n} orders ({args.clients} clients), HTTP answers {dict(sorted(clients.statuses.items()))}")
-        print(f"accepted tasks:       {len(tasks)} (clients saw {len(clients.accepted)} request ids accepted, "
+              f"{len(ipc.done) - sum(ipc.done)} not); unplanned exits: {len(self.unplanned)} {self.unplanned or ''}")
+        print(f"submitted:            {args.orders} orders ({args.clients} clients), HTTP answers "
+              f"{dict(sorted(clients.statuses.items()))}")
+        print(f"accepted tasks:       {len(f['tasks'])} (clients saw {len(clients.accepted)} request ids accepted, "
               f"{clients.replayed} of them on a replayed retry)")
-        print(f"duplicates:           {duplicates} (tasks with >1 broker order: {len(dup_orders)}; request ids with "
-              f">1 task: {len(dup_requests)})")
-        print(f"lost:                 {lost} (request ids without a task: {len(no_task)}; tasks left "
-              f"queued/dispatched: {len(left)})")
-        print(f"untracked orders:     {untracked} (tagged, no task: {sum(untracked_tagged.values())}; untagged: "
-              f"{len(untagged)}); broker orders in all: {len(working) + len(history)}")
-        print(f"final state vs broker mismatches: {len(mismatched)}; 500 answers: {len(clients.errors_500)}")
-        print(f"tasks by state:       {dict(sorted(Counter(t['state'] for t in tasks).items()))}")
-        print(f"tasks answered an IPC timeout: {len(ipc_tasks)} -> {dict(sorted(Counter(ipc_tasks).items()))}")
-        paths = {tid: " > ".join(TaskTransition.objects.filter(task_id=tid).order_by("at", "id")
-                                 .values_list("to_state", flat=True)) for tid in orphans}
-        print(f"orphaned by a kill:   {len(orphans)} -> {dict(sorted(Counter(paths.values()).items()))}")
+        print(f"duplicates:           {duplicates} (tasks with >1 broker order: {len(f['dup_orders'])}; request ids "
+              f"with >1 task: {len(f['dup_requests'])})")
+        print(f"lost:                 {lost} (request ids without a task: {len(f['no_task'])}; tasks left "
+              f"queued/dispatched: {len(f['left'])})")
+        print(f"untracked orders:     {untracked} (tagged, no task: {sum(f['untracked_tagged'].values())}; "
+              f"untagged: {len(f['untagged'])}); broker orders in all: {len(f['working']) + len(f['history'])}")
+        print(f"final state vs broker mismatches: {len(f['mismatched'])}; 500 answers: {len(clients.errors_500)}")
+        print(f"tasks by state:       {dict(sorted(Counter(t['state'] for t in f['tasks']).items()))}")
+        print(f"tasks answered an IPC timeout: {len(f['ipc_tasks'])} -> {dict(sorted(Counter(f['ipc_tasks']).items()))}")
+        print(f"orphaned by a kill:   {len(self.orphans)} -> {dict(sorted(Counter(f['paths'].values()).items()))}")
+        times, waits, wait_of = f["times"], f["waits"], f["wait_of"]
         seconds = [x for x, _ in times]
         print(f"accept -> final:      max {seconds[-1] if seconds else float('nan'):.1f} s "
               f"({times[-1][1] if times else '-'}), p50 {pct(seconds, 50):.2f} s, p99 {pct(seconds, 99):.1f} s")
         print(f"longest wait for a claim: {waits[-1][0] if waits else float('nan'):.1f} s; stranded (queued, worker "
-              f"idle > {STRANDED_AFTER:.0f} s): {len(stranded)} "
-              f"{[(tid, round(wait_of.get(tid, float('nan')))) for tid in stranded][:10] or ''}")
-        print(f"still unknown:        {len(unknown)} {unknown[:10] or ''}")
-        print(f"run time:             {time.monotonic() - T0:.0f} s; logs in {work}")
-        problems = {"stranded queued tasks (seconds queued)": {t: round(wait_of.get(t, -1)) for t in stranded},
-                    "duplicate tasks (>1 broker order)": dup_orders, "request ids with >1 task": dup_requests,
-                    "request ids without a task": no_task, "tasks left queued/dispatched": left,
-                    "tagged broker orders without a task": untracked_tagged,
-                    "untagged broker orders": [(o.ticket, o.comment) for o in untagged],
-                    "final state contradicts the broker": mismatched, "500 answers": clients.errors_500,
+              f"idle > {STRANDED_AFTER:.0f} s): {len(self.stranded)} "
+              f"{[(tid, round(wait_of.get(tid, float('nan')))) for tid in self.stranded][:10] or ''}")
+        print(f"still unknown:        {len(f['unknown'])} {f['unknown'][:10] or ''}")
+        print(f"run time:             {time.monotonic() - T0:.0f} s; logs in {self.work}")
+
+    def _print_problems(self, f: dict) -> int:
+        clients, wait_of = self.clients, f["wait_of"]
+        problems = {"stranded queued tasks (seconds queued)": {t: round(wait_of.get(t, -1)) for t in self.stranded},
+                    "duplicate tasks (>1 broker order)": f["dup_orders"], "request ids with >1 task": f["dup_requests"],
+                    "request ids without a task": f["no_task"], "tasks left queued/dispatched": f["left"],
+                    "tagged broker orders without a task": f["untracked_tagged"],
+                    "untagged broker orders": [(o.ticket, o.comment) for o in f["untagged"]],
+                    "final state contradicts the broker": f["mismatched"], "500 answers": clients.errors_500,
                     "refused (4xx)": clients.refused, "gave up": clients.gave_up}
         for label, items in problems.items():
             if items:
                 print(f"  {label}: {list(items.items())[:10] if isinstance(items, dict) else list(items)[:10]}")
-        failed = duplicates or lost or untracked or mismatched or clients.errors_500
-        note = (f" (but {len(stranded)} task(s) stranded in queued until the broker's visibility timeout)"
-                if stranded else "")
+        failed = (f["dup_orders"] or f["dup_requests"] or f["no_task"] or f["left"] or f["untracked_tagged"]
+                  or f["untagged"] or f["mismatched"] or clients.errors_500)
+        note = (f" (but {len(self.stranded)} task(s) stranded in queued until the broker's visibility timeout)"
+                if self.stranded else "")
         print("RESULT:", ("FAIL" if failed else "OK: exactly once") + note)
         return 1 if failed else 0
+
+    def stop(self) -> None:
+        if self.clients is not None:
+            self.clients.stop.set()
+        if self.ipc is not None and self.ipc.is_alive():
+            self.ipc.stop.set()
+        stop_in_order(self.procs, self.stack)
+
+
+def main() -> int:
+    run = ChaosRun(_arguments())
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        run.start()
+        auth = run.open_session()
+        run.plan()
+        run.chaos_phase(auth)
+        run.settle()
+        return run.report()
     except KeyboardInterrupt:
         say("interrupted: stopping everything")
         return 130
     finally:
-        if clients is not None:
-            clients.stop.set()
-        if ipc is not None and ipc.is_alive():
-            ipc.stop.set()
-        stop_in_order(procs, stack)
+        run.stop()
 
 
 def stop_in_order(procs: Procs, stack: Stack) -> None:

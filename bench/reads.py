@@ -161,7 +161,15 @@ def direct_load(address: str, name: str, clients: int, seconds: float) -> LoadRe
 
 
 # --- the run -------------------------------------------------------------------------------------------------
-def main() -> None:  # one linear script
+READS = [
+    ("GET /account (snapshot)", "/mt5/client/account", "account_info"),
+    ("GET /quotes/history 1000 M1 bars", "/mt5/client/quotes/history?symbol=EURUSD&timeframe=M1&count=1000",
+     "copy_rates_from_pos"),
+    ("GET /history/deals (7 days)", "/mt5/client/history/deals", "history_deals_get"),
+]
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--deals", type=int, default=300, help="deals made at the terminal before measuring")
@@ -169,8 +177,103 @@ def main() -> None:  # one linear script
     parser.add_argument("--server", choices=["gunicorn", "uvicorn"], default="gunicorn",
                         help="REST server: gunicorn sync workers (as deployed) or one uvicorn process")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers (docker-compose: 4)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def _start_stack(procs: Procs, args: argparse.Namespace, env: dict[str, str], work: Path, address: str,
+                 sim_port: int, web_port: int) -> None:
+    """The terminal, its pinned worker, read process and poller, and the REST tier; ready when this returns."""
+    procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
+                        str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
+    wait_port(sim_port)
+    procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
+    procs.start("reader", [PYTHON, "manage.py", "run_terminal_reader", TERMINAL], env)
+    procs.start("poller", [PYTHON, "manage.py", "run_terminal_poller", TERMINAL], env)
+    if args.server == "gunicorn":  # the REST tier of docker-compose: sync WSGI workers
+        procs.start("web", [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers),
+                            "-k", "sync", "--log-level", "warning", "bridge_project.wsgi:application"], env)
+    else:
+        procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
+                            "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
+    wait_port(web_port)
+    procs.wait_log("reader", "ready")
+    procs.wait_log("poller", "ready")
+
+
+def _open_session(procs: Procs, web_port: int, auth: dict[str, str]) -> dict:
+    """A live session on the bench terminal (the pinned worker needs a few seconds to start)."""
+    from sessions.models import LIVE_STATUSES, BridgeSession
+
+    # An earlier, interrupted run may have left its session live on the bench terminal.
+    BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
+    deadline = time.monotonic() + 90
+    while True:
+        status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
+                                  {"accountId": "bench", "server": "Demo", "login": 5001, "password": "pw",
+                                   "terminal": TERMINAL}, auth)
+        if status == 201 and session.get("status") == "active":
+            return session
+        if status == 201:
+            request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"could not open a session: {status} {session}\n{procs.log('worker')[-2000:]}")
+        time.sleep(1)  # a retry pace, not a wait for a condition: the next open is the check
+
+
+def _make_deals(address: str, count: int) -> None:
+    """``count`` deals at the terminal, so /history/deals has that many to carry."""
+    import mt5sim
+
+    assert mt5sim.initialize(address), mt5sim.last_error()
+    for i in range(count):
+        result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.01,
+                                    "type": i % 2, "type_filling": mt5sim.ORDER_FILLING_IOC})
+        assert result is not None and result.retcode == mt5sim.TRADE_RETCODE_DONE, (result, mt5sim.last_error())
+    mt5sim.shutdown()
+
+
+def _check_reads(web_port: int, headers: dict[str, str], deals: int) -> int:
+    """Warm-up, and a check that each read answers what it should; the deals /history/deals carries."""
+    deal_count = 0
+    for _label, path, _ in READS:
+        status, body = request(web_port, "GET", path, None, headers)
+        assert status == 200, (path, status, body)
+        if "bars" in body:
+            assert body["count"] == 1000
+        if "deals" in body:
+            assert body["count"] >= deals, body["count"]
+            deal_count = body["count"]
+        if "login" in body:
+            assert body["source"] == "snapshot", body
+    return deal_count
+
+
+def _measure(web_port: int, address: str, session_id: str, headers: dict[str, str], seconds: float) -> None:
+    print(f"{'':<44} {'throughput':>15}   {'latency':>14}")
+    # The web tier's own floor: API-key auth and the session lookup, no terminal involved.
+    print("GET /session/{id} (web tier only: auth + session row, for reference)")
+    for clients in CLIENTS:
+        result = http_load(web_port, f"/mt5/client/session/{session_id}", headers, clients, seconds)
+        print("   " + result.line(f"bridge, {clients:>2} client(s)"))
+    result = inprocess_load(f"/mt5/client/session/{session_id}", headers, seconds)
+    print("   " + result.line("in-process Django, 1 client"))
+    for label, path, function in READS:
+        print(label)
+        for clients in CLIENTS:
+            result = http_load(web_port, path, headers, clients, seconds)
+            print("   " + result.line(f"bridge, {clients:>2} client(s)"))
+            if result.failures:
+                statuses = sorted({status for status, _ in result.failures})
+                print(f"      failed answers: statuses {statuses}, e.g. {result.failures[0][1][:200]!r}")
+        result = inprocess_load(path, headers, seconds)
+        print("   " + result.line("in-process Django, 1 client"))
+        for clients in CLIENTS:
+            result = direct_load(address, function, clients, seconds)
+            print("   " + result.line(f"mt5sim.{function}, {clients:>2} process(es)"))
+
+
+def main() -> None:
+    args = _arguments()
     work = Path(tempfile.mkdtemp(prefix="bench-reads-"))
     sim_port, web_port = free_port(), free_port()
     address = f"127.0.0.1:{sim_port}"
@@ -192,94 +295,19 @@ def main() -> None:  # one linear script
               f"poller (every {conf.get('BRIDGE_POLL_INTERVAL')} s); 1 mt5sim terminal at UTC+3")
         print(f"clients: keep-alive HTTP, {'gzip accepted' if args.gzip else 'no compression'}; "
               "everything shares this machine's cores (load generator included)\n")
-
-        procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
-                            str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
-        wait_port(sim_port)
-        procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
-        procs.start("reader", [PYTHON, "manage.py", "run_terminal_reader", TERMINAL], env)
-        procs.start("poller", [PYTHON, "manage.py", "run_terminal_poller", TERMINAL], env)
-        if args.server == "gunicorn":  # the REST tier of docker-compose: sync WSGI workers
-            procs.start("web", [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers),
-                                "-k", "sync", "--log-level", "warning", "bridge_project.wsgi:application"], env)
-        else:
-            procs.start("web", [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(web_port),
-                                "--log-level", "warning", "--no-access-log", "bridge_project.asgi:application"], env)
-        wait_port(web_port)
-        procs.wait_log("reader", "ready")
-        procs.wait_log("poller", "ready")
-        from sessions.models import LIVE_STATUSES, BridgeSession
-
-        # An earlier, interrupted run may have left its session live on the bench terminal.
-        BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
+        _start_stack(procs, args, env, work, address, sim_port, web_port)
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-reads-{int(time.time())}")
         auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
-        deadline = time.monotonic() + 90
-        while True:  # the pinned worker needs a few seconds to start
-            status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
-                                      {"accountId": "bench", "server": "Demo", "login": 5001, "password": "pw",
-                                       "terminal": TERMINAL}, auth)
-            if status == 201 and session.get("status") == "active":
-                break
-            if status == 201:
-                request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
-            if time.monotonic() > deadline:
-                raise SystemExit(f"could not open a session: {status} {session}\n{procs.log('worker')[-2000:]}")
-            time.sleep(1)
-
-        import mt5sim
-
-        assert mt5sim.initialize(address), mt5sim.last_error()
-        for i in range(args.deals):
-            result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.01,
-                                        "type": i % 2, "type_filling": mt5sim.ORDER_FILLING_IOC})
-            assert result is not None and result.retcode == mt5sim.TRADE_RETCODE_DONE, (result, mt5sim.last_error())
-        mt5sim.shutdown()
-
+        session = _open_session(procs, web_port, auth)
+        _make_deals(address, args.deals)
         headers = {**auth, "x-session-id": session["sessionId"]}
+        deal_count = _check_reads(web_port, headers, args.deals)
         if args.gzip:
             headers["Accept-Encoding"] = "gzip"
-        reads = [
-            ("GET /account (snapshot)", "/mt5/client/account", "account_info"),
-            ("GET /quotes/history 1000 M1 bars", "/mt5/client/quotes/history?symbol=EURUSD&timeframe=M1&count=1000",
-             "copy_rates_from_pos"),
-            ("GET /history/deals (7 days)", "/mt5/client/history/deals", "history_deals_get"),
-        ]
-        for _label, path, _ in reads:  # warm-up, and a check that each read answers what it should
-            status, body = request(web_port, "GET", path, None, {**auth, "x-session-id": session["sessionId"]})
-            assert status == 200, (path, status, body)
-            if "bars" in body:
-                assert body["count"] == 1000
-            if "deals" in body:
-                assert body["count"] >= args.deals, body["count"]
-                deal_count = body["count"]
-            if "login" in body:
-                assert body["source"] == "snapshot", body
-        sizes = _sizes(web_port, reads[1][1], {**auth, "x-session-id": session["sessionId"]})
+        sizes = _sizes(web_port, READS[1][1], {**auth, "x-session-id": session["sessionId"]})
         print(f"/history/deals carries {deal_count} deals; /quotes/history 1000 bars = {sizes[0] / 1024:.0f} KiB "
               f"JSON, {sizes[1] / 1024:.0f} KiB gzipped\n")
-
-        print(f"{'':<44} {'throughput':>15}   {'latency':>14}")
-        # The web tier's own floor: API-key auth and the session lookup, no terminal involved.
-        print("GET /session/{id} (web tier only: auth + session row, for reference)")
-        for clients in CLIENTS:
-            result = http_load(web_port, f"/mt5/client/session/{session['sessionId']}", headers, clients, args.seconds)
-            print("   " + result.line(f"bridge, {clients:>2} client(s)"))
-        result = inprocess_load(f"/mt5/client/session/{session['sessionId']}", headers, args.seconds)
-        print("   " + result.line("in-process Django, 1 client"))
-        for label, path, function in reads:
-            print(label)
-            for clients in CLIENTS:
-                result = http_load(web_port, path, headers, clients, args.seconds)
-                print("   " + result.line(f"bridge, {clients:>2} client(s)"))
-                if result.failures:
-                    statuses = sorted({status for status, _ in result.failures})
-                    print(f"      failed answers: statuses {statuses}, e.g. {result.failures[0][1][:200]!r}")
-            result = inprocess_load(path, headers, args.seconds)
-            print("   " + result.line("in-process Django, 1 client"))
-            for clients in CLIENTS:
-                result = direct_load(address, function, clients, args.seconds)
-                print("   " + result.line(f"mt5sim.{function}, {clients:>2} process(es)"))
+        _measure(web_port, address, session["sessionId"], headers, args.seconds)
     finally:
         procs.stop_all()
 
