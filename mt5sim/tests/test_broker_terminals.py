@@ -253,8 +253,11 @@ def test_unknown_logins_fail_when_the_broker_creates_no_demo_accounts(stack: Sta
         try:
             assert wire.raw("initialize", login=next(_logins), password="x") == ("err", AUTH_FAILED)
             assert wire.raw("initialize", login=5001, password="nope") == ("err", AUTH_FAILED)
+            # no password: the one this terminal saved; it has none yet
+            assert wire.raw("initialize", login=5001) == ("err", AUTH_FAILED)
             assert wire("initialize", login=5001, password="secret") is True
             assert wire("account_info")[0] == 5001
+            assert wire("login", login=5001) is True  # now it has one
         finally:
             wire.close()
 
