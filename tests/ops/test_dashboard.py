@@ -10,6 +10,7 @@ so that a task's accept → final latency is a chosen figure.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -34,8 +35,9 @@ from terminals.binding import terminal_bind
 from terminals.lease import Lease, lease_acquire
 from terminals.models import Terminal
 from terminals.services import record_worker_heartbeat, sync_terminals
+from tests.conftest import _db_env
 from tests.ops.conftest import drain_queue, make_session
-from tests.procs import free_port
+from tests.procs import free_port, start_manage
 from tests.waiting import wait_until
 from trading.models import TaskState, TradeTask
 from trading.outbox import publish_task
@@ -342,6 +344,26 @@ def test_the_beat_runs_the_sampling_task_by_name_on_the_maintenance_worker(
     result = celery_app.tasks[entry["task"]].apply()
     assert result.successful() and result.get()["depth"][TERMINAL] == 0
     assert len(sampling.recent_samples(0)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_maintenance_workers_beat_records_samples(terminal_session: BridgeSession, clean_samples: None,
+                                                      settings, tmp_path: Path) -> None:
+    """The wiring as deployed: beat inside the maintenance worker sends ``ops.sample_dashboard`` by name to
+    its queue, the worker runs it, and the samples land where the page reads them."""
+    env = {**os.environ, **_db_env(), "BRIDGE_TERMINALS_FILE": settings.BRIDGE_TERMINALS_FILE,
+           "BRIDGE_OPS_SAMPLE_INTERVAL": "1", "BRIDGE_VAR_DIR": str(tmp_path)}
+    worker = start_manage("maintenance-dashboard", ["run_maintenance_worker", "--beat", "--loglevel", "INFO"], env,
+                          tmp_path)
+    try:
+        samples = wait_until(lambda: (found := sampling.recent_samples(0)) and len(found) >= 3 and found, 90,
+                             "three samples from the beat")
+    finally:
+        worker.stop()
+    assert all(set(sample["depth"]) == {TERMINAL, IDLE_TERMINAL} for sample in samples), samples
+    assert all(isinstance(sample["events"], int) for sample in samples)
+    steps = [b["t"] - a["t"] for a, b in zip(samples, samples[1:], strict=False)]
+    assert all(0.5 <= step <= 5 for step in steps), steps  # every BRIDGE_OPS_SAMPLE_INTERVAL (1 s)
 
 
 # --- the page in a real browser -------------------------------------------------------------------------
