@@ -62,6 +62,7 @@ class TerminalState:
         self.login: int | None = None
         self.passwords: dict[int, str | None] = {}
         self.market_watch: set[str] | None = None
+        self.symbols: frozenset[str] = frozenset()  # the server name's symbols (broker.hello)
         self.overrides = dict(overrides or {})  # terminal properties from the terminal's own config
         self.terminal: dict = {}
         self.changed_terminal: dict = {}  # set_terminal at run time (until reset)
