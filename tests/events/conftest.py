@@ -6,7 +6,6 @@ run) and the test database; daphne runs the real ASGI application with the real 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
@@ -18,13 +17,12 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from sessions.api_keys import create_api_key
-from sessions.models import BridgeSession, SessionStatus, Workspace
-from terminals.models import Terminal
+from sessions.models import Workspace
+from streams.keys import log_key, seq_key
+from tests.factories import make_api_key, make_session as factories_make_session, make_workspace
 from tests.procs import PYTHON, Proc, free_port
 
 # Small limits so the slow-client test runs in seconds (documented defaults are larger).
@@ -79,7 +77,6 @@ def daphne_url(daphne: tuple[Proc, str]) -> str:
     return daphne[1]
 
 
-_names = itertools.count(1)
 
 
 @dataclass
@@ -92,20 +89,16 @@ class LiveSession:
 
 @pytest.fixture
 def make_session(db) -> Callable[..., LiveSession]:
-    """An active bridge session on a fresh terminal row (no terminal process behind it)."""
+    """An active bridge session on a fresh terminal row (no terminal process behind it), opened and
+    activated by the session services. Its event stream starts empty: these tests count seqs from
+    the first event they publish, and the activation's own ``session`` event would be seq 1."""
 
     def make(workspace: Workspace | None = None, login: int = 5001) -> LiveSession:
-        n = next(_names)
-        workspace = workspace or Workspace.objects.create(name=f"ws-ev-{n}-{time.time_ns()}")
-        key = create_api_key(workspace)[1]
-        terminal = Terminal.objects.create(name=f"ev-{n}-{time.time_ns() % 10**9}", backend="sim",
-                                           address="127.0.0.1:1")
-        now = timezone.now()
-        session = BridgeSession.objects.create(
-            workspace=workspace, terminal=terminal, account_id=f"acc-{n}", login=login, server="Demo",
-            password_encrypted=b"x", status=SessionStatus.ACTIVE, last_heartbeat_at=now,
-            expires_at=now + timezone.timedelta(hours=1))
-        return LiveSession(session.id, key, workspace, terminal.name)
+        workspace = workspace or make_workspace()
+        key = make_api_key(workspace)[1]
+        session = factories_make_session(workspace, login=login)
+        redis.Redis.from_url(settings.REDIS_URL).delete(seq_key(session.id), log_key(session.id))
+        return LiveSession(session.id, key, workspace, session.terminal.name)
 
     return make
 

@@ -144,17 +144,14 @@ def test_profit_events_are_throttled_not_lost(make_session, settings) -> None:
 
 
 def test_a_new_session_on_the_terminal_gets_the_events_at_once_the_old_one_none(make_session) -> None:
-    from django.utils import timezone
-
-    from sessions.models import BridgeSession, SessionStatus
+    from sessions.models import BridgeSession
+    from sessions.services import session_close
+    from tests import factories
 
     old = make_session()
     after_poll(old.terminal, None, _snap())
-    BridgeSession.objects.filter(id=old.id).update(status=SessionStatus.CLOSED)
-    row = BridgeSession.objects.get(id=old.id)
-    new = BridgeSession.objects.create(workspace=row.workspace, terminal=row.terminal, account_id="acc", login=5001,
-                                       server="Demo", password_encrypted=b"x", status=SessionStatus.ACTIVE,
-                                       expires_at=timezone.now() + timezone.timedelta(hours=1))
+    row = session_close(session=BridgeSession.objects.get(id=old.id))
+    new = factories.make_session(row.workspace, row.terminal, login=5001)
     after_poll(old.terminal, _snap(), _snap(positions=[_pos(77)]))  # right after the switch
     assert [e["data"]["event"] for e in _events(new.id) if e["type"] == "position"] == ["opened"]
     assert [e for e in _events(old.id) if e["type"] == "position"] == []

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +21,16 @@ import yaml
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import include, path
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.test import APIClient
 
 from bridge_project.errors import PayloadTooLarge, ValidationFailed
 from bridge_project.parsers import loads_bounded, nesting_exceeds
-from sessions.api_keys import create_api_key
-from sessions.models import BridgeSession, SessionStatus, Workspace
-from terminals.models import Terminal
+from sessions.models import BridgeSession, Workspace
 from tests.conftest import _db_env
+from tests.factories import make_api_key, make_session, make_task, make_workspace
 from tests.procs import PYTHON, ROOT, Proc, free_port
-from trading.models import RequestReceipt, TaskKind, TaskTransition, TradeTask
+from trading.models import RequestReceipt, TaskTransition, TradeTask
 from workers.stack import daphne_argv
 
 API = "/mt5/client"
@@ -72,17 +69,11 @@ class Live:
 @pytest.fixture
 def live(db) -> Live:
     """An active session (a terminal row, no process behind it) and a queued task of it."""
-    workspace = Workspace.objects.create(name=f"ws-bad-{time.time_ns()}")
-    key = create_api_key(workspace)[1]
-    terminal = Terminal.objects.create(name=f"bad-{time.time_ns() % 10**9}", backend="sim", address="127.0.0.1:1")
-    now = timezone.now()
-    session = BridgeSession.objects.create(
-        workspace=workspace, terminal=terminal, account_id="acc-bad", login=5001, server="Demo",
-        password_encrypted=b"x", status=SessionStatus.ACTIVE, last_heartbeat_at=now,
-        expires_at=now + timezone.timedelta(hours=1))
-    task = TradeTask.objects.create(
-        workspace=workspace, session=session, terminal=terminal, request_id="req-existing", fingerprint="f" * 64,
-        kind=TaskKind.ORDER_CREATE, request={"symbol": "EURUSD", "type": "BUY_LIMIT", "volume": 0.1, "price": 1.0})
+    workspace = make_workspace()
+    key = make_api_key(workspace)[1]
+    session = make_session(workspace)
+    task = make_task(session, request_id="req-existing",
+                     request={"symbol": "EURUSD", "type": "BUY_LIMIT", "volume": 0.1, "price": 1.0})
     return Live(key, workspace, session, task)
 
 
@@ -420,7 +411,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, django_db_setup, django_db
 @pytest.fixture
 def server_key(transactional_db) -> str:
     """An API key committed where the servers see it."""
-    return create_api_key(Workspace.objects.create(name=f"ws-srv-{time.time_ns()}"))[1]
+    return make_api_key()[1]
 
 
 SERVERS = ["daphne", "gunicorn"]

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from bridge_project import metrics
 from ops import selectors as ops
 from sessions.models import BridgeSession, SessionStatus, Workspace
 from terminals.models import Terminal
-from trading.models import TaskState, TaskTransition, TradeTask
+from tests import factories
+from trading.models import TaskState, TradeTask
 
 OPS_TOKEN = "ops-token-for-tests-0123456789"
-_seq = itertools.count(1)
 
 
 @pytest.fixture
@@ -62,24 +59,11 @@ def drain_queue(terminal_name: str) -> None:
 
 
 def make_session(workspace: Workspace, terminal: Terminal, status: str = SessionStatus.ACTIVE) -> BridgeSession:
-    now = timezone.now()
-    return BridgeSession.objects.create(
-        workspace=workspace, terminal=terminal, account_id="acc", login=5000 + next(_seq), server="Demo",
-        password_encrypted=b"x", status=status, last_heartbeat_at=now, expires_at=now + timedelta(minutes=5),
-    )
+    """A session of ``workspace`` on ``terminal`` (a row with no worker), through the session services."""
+    return factories.make_session(workspace, terminal, status=status)
 
 
 def make_task(session: BridgeSession, *, state: str = TaskState.QUEUED, kind: str = "order.create",
               age: float = 0.0, **fields) -> TradeTask:
-    """A ledger row as the API would insert it (with its first transition), ``age`` seconds old."""
-    n = next(_seq)
-    task = TradeTask.objects.create(
-        workspace=session.workspace, session=session, terminal=session.terminal, request_id=f"req-ops-{n}",
-        fingerprint=f"{n:064d}", kind=kind, state=state,
-        request={"symbol": "EURUSD", "type": "BUY", "volume": 0.1, "n": n}, **fields,
-    )
-    created = timezone.now() - timedelta(seconds=age)
-    TradeTask.objects.filter(pk=task.pk).update(created_at=created)
-    TaskTransition.objects.create(task=task, from_state="", to_state=TaskState.QUEUED)
-    task.refresh_from_db()
-    return task
+    """A ledger row as the API would insert it, moved to ``state`` by the state functions, ``age`` seconds old."""
+    return factories.make_task(session, state=state, kind=kind, age=age, **fields)

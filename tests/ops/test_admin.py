@@ -17,7 +17,7 @@ from trading.models import TaskState, TaskTransition, TradeTask
 
 pytestmark = pytest.mark.django_db
 
-CHANGELIST = "/admin/trading/task/"
+CHANGELIST = "/admin/trading/tradetask/"
 # Whatever the number of rows: session, user, the page's rows, the capped count, filters' choices
 # (terminals, live sessions), plus a small constant. A per-row query would blow through it.
 MAX_QUERIES = 12
@@ -168,12 +168,12 @@ def test_terminals_admin_shows_worker_and_bound_session_without_n_plus_1(staff_c
     from django.utils import timezone
 
     Terminal.objects.filter(pk=world["t1"].pk).update(worker_heartbeat_at=timezone.now(), worker_hostname="t1@vm")
-    response, first = _get(staff_client, "/admin/workers/terminal/")
+    response, first = _get(staff_client, "/admin/terminals/terminal/")
     body = response.content.decode()
     assert world["s1"].id in body and world["s2"].id in body and "t1@vm" in body
     rows = {t.name: t for t in response.context["cl"].result_list}
     assert rows["ops-t1"].live_session_id == world["s1"].id
     for i in range(10):
         Terminal.objects.create(name=f"ops-x{i}", backend="sim", address="127.0.0.1:9")
-    _, more = _get(staff_client, "/admin/workers/terminal/")
+    _, more = _get(staff_client, "/admin/terminals/terminal/")
     assert more == first
