@@ -33,7 +33,7 @@ BASE = "/mt5/client"
 
 
 @pytest.fixture
-def frozen_eurusd(control):  # noqa: ANN001, ANN201
+def frozen_eurusd(control):
     ctl = control(TERMINAL)
     ctl.freeze_feed("EURUSD")
     ctl.set_price("EURUSD", 1.10000, 1.10010)
@@ -41,13 +41,13 @@ def frozen_eurusd(control):  # noqa: ANN001, ANN201
     ctl.freeze_feed("EURUSD", frozen=False)
 
 
-def _write(client, method: str, path: str, sid: str, rid: str, body: dict | None = None):  # noqa: ANN001, ANN202
+def _write(client, method: str, path: str, sid: str, rid: str, body: dict | None = None):
     call = getattr(client, method)
     kwargs = {"format": "json"} if body is not None else {}
     return call(BASE + path, body, HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid, **kwargs)
 
 
-def _assert_unavailable(response) -> None:  # noqa: ANN001
+def _assert_unavailable(response) -> None:
     assert response.status_code == 503, response.content
     assert int(response["Retry-After"]) >= 1
     body = response.json()
@@ -57,7 +57,7 @@ def _assert_unavailable(response) -> None:  # noqa: ANN001
 
 
 def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
-        stack, client, sim, frozen_eurusd, private_worker, on_private_redis, settings) -> None:  # noqa: ANN001
+        stack, client, sim, frozen_eurusd, private_worker, on_private_redis, settings) -> None:
     redis_server = on_private_redis
     sid = open_session(client, TERMINAL)
     opened = wait_final(_write(client, "post", "/orders", sid, "rd-open",
@@ -163,7 +163,7 @@ def test_every_write_path_with_redis_down_is_503_or_accepted_never_500(
 
 
 def test_rate_limiter_fails_open_while_redis_is_down_and_limits_again_after(
-        client, on_private_redis, settings) -> None:  # noqa: ANN001
+        client, on_private_redis, settings) -> None:
     settings.BRIDGE_THROTTLE_RATE = "2/min"
     path = f"{BASE}/tasks/tsk_unknown"
     assert [client.get(path).status_code for _ in range(3)] == [404, 404, 429]
@@ -179,13 +179,13 @@ def test_rate_limiter_fails_open_while_redis_is_down_and_limits_again_after(
     assert counts.get(("throttle",), 0) >= 5, counts
 
 
-def test_redis_and_broker_errors_reaching_a_view_are_503_not_500(on_private_redis) -> None:  # noqa: ANN001
+def test_redis_and_broker_errors_reaching_a_view_are_503_not_500(on_private_redis) -> None:
     """Whatever call meets the outage, the API's exception handler answers 503 Unavailable."""
     import redis
     from rest_framework.exceptions import NotFound
-    from workers.tasks import execute_task
 
     from bridge_project.errors import exception_handler
+    from workers.tasks import execute_task
 
     on_private_redis.kill()
     caught: list[BaseException] = []
@@ -196,7 +196,7 @@ def test_redis_and_broker_errors_reaching_a_view_are_503_not_500(on_private_redi
     try:  # a Celery publish to the dead broker (kombu's OperationalError after its retries)
         execute_task.apply_async(args=["tsk_x"], queue="terminal.none", retry=True,
                                  retry_policy={"max_retries": 1, "interval_start": 0.1})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         caught.append(exc)
     try:
         try:

@@ -41,7 +41,7 @@ def short_bound_worker(bridge_stack: Stack) -> Iterator[None]:
 
 
 @pytest.fixture
-def session(short_bound_worker: None, stack: Stack, client: APIClient, control) -> Iterator[str]:  # noqa: ANN001
+def session(short_bound_worker: None, stack: Stack, client: APIClient, control) -> Iterator[str]:
     ctl = control(TERMINAL)
     ctl.reset()
     sid = open_session(client, TERMINAL, login=OWN_LOGIN)
@@ -87,7 +87,7 @@ def _unknown_because(task: TradeTask) -> str:
 
 
 @pytest.mark.parametrize("fault", ["ipc_timeout", "10012", "10011", "10008", "10010"])
-def test_an_ambiguous_answer_of_an_executed_order_is_adopted_once(session, client, sim, control, fault) -> None:  # noqa: ANN001
+def test_an_ambiguous_answer_of_an_executed_order_is_adopted_once(session, client, sim, control, fault) -> None:
     ctl = control(TERMINAL)
     if fault == "ipc_timeout":
         ctl.ipc_timeout("order_send", 1, execute=True)
@@ -102,7 +102,7 @@ def test_an_ambiguous_answer_of_an_executed_order_is_adopted_once(session, clien
 
 @pytest.mark.parametrize("fault", ["ipc_timeout", "10012", "10011", "10008"])
 def test_an_ambiguous_answer_of_an_order_that_never_executed_fails_only_after_the_bound(
-        session, client, sim, control, fault) -> None:  # noqa: ANN001
+        session, client, sim, control, fault) -> None:
     ctl = control(TERMINAL)
     if fault == "ipc_timeout":
         ctl.ipc_timeout("order_send", 1, execute=False)
@@ -116,7 +116,7 @@ def test_an_ambiguous_answer_of_an_order_that_never_executed_fails_only_after_th
     assert sim(TERMINAL).broker_orders_of(task) == []
 
 
-def test_a_disconnected_terminal_keeps_the_outcome_unknown(session, client, sim, control) -> None:  # noqa: ANN001
+def test_a_disconnected_terminal_keeps_the_outcome_unknown(session, client, sim, control) -> None:
     ctl = control(TERMINAL)
     ctl.ipc_timeout("order_send", 1, execute=False)
     task = _unknown(_post(client, session, "amb-disc"))
@@ -129,7 +129,7 @@ def test_a_disconnected_terminal_keeps_the_outcome_unknown(session, client, sim,
     assert task.state == "failed" and sim(TERMINAL).broker_orders_of(task) == []
 
 
-def test_a_close_whose_history_is_not_synced_stays_unknown_until_it_is(session, client, sim, control) -> None:  # noqa: ANN001
+def test_a_close_whose_history_is_not_synced_stays_unknown_until_it_is(session, client, sim, control) -> None:
     opened = wait_final(_post(client, session, "amb-hist-open"))
     assert opened.state == "filled"
     ctl = control(TERMINAL)
@@ -148,7 +148,7 @@ def test_a_close_whose_history_is_not_synced_stays_unknown_until_it_is(session, 
 
 
 @pytest.mark.parametrize("mode", ["rewrite", "cut"])
-def test_an_order_whose_comment_the_broker_rewrote_is_matched_once(session, client, sim, control, mode) -> None:  # noqa: ANN001
+def test_an_order_whose_comment_the_broker_rewrote_is_matched_once(session, client, sim, control, mode) -> None:
     ctl = control(TERMINAL)
     ctl.comment_fault(mode, length=5, text="[broker]", count=1)
     ctl.ipc_timeout("order_send", 1, execute=True)
@@ -161,7 +161,7 @@ def test_an_order_whose_comment_the_broker_rewrote_is_matched_once(session, clie
     assert sim(TERMINAL).broker_orders_of(task) == []  # no order carries its tag any more
 
 
-def test_two_rewritten_candidates_are_never_guessed(session, client, sim, control) -> None:  # noqa: ANN001
+def test_two_rewritten_candidates_are_never_guessed(session, client, sim, control) -> None:
     ctl = control(TERMINAL)
     ctl.comment_fault("rewrite", text="", count=2)
     ctl.slow_execution(3.0, 2, visible=False)  # both execute later, together, without their tags
@@ -175,7 +175,7 @@ def test_two_rewritten_candidates_are_never_guessed(session, client, sim, contro
         assert task.state == "unknown" and _unknown_because(task) == "ambiguous_match", task.result
 
 
-def test_an_execution_later_than_the_bound_is_adopted_after_failed(session, client, sim, control) -> None:  # noqa: ANN001
+def test_an_execution_later_than_the_bound_is_adopted_after_failed(session, client, sim, control) -> None:
     ctl = control(TERMINAL)
     ctl.slow_execution(6.0, 1, visible=False)
     task = _unknown(_post(client, session, "amb-late"))
@@ -191,7 +191,7 @@ def test_an_execution_later_than_the_bound_is_adopted_after_failed(session, clie
     assert not UnownedOrder.objects.filter(tag=task.tag).exists()
 
 
-def test_an_order_the_terminal_shows_in_flight_is_never_failed(session, client, sim, control) -> None:  # noqa: ANN001
+def test_an_order_the_terminal_shows_in_flight_is_never_failed(session, client, sim, control) -> None:
     ctl = control(TERMINAL)
     ctl.slow_execution(5.0, 1, visible=True)
     task = _unknown(_post(client, session, "amb-inflight"))

@@ -29,11 +29,11 @@ BUY = {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}
 
 
 @pytest.fixture
-def extra_workers(stack: Stack):  # noqa: ANN201
+def extra_workers(stack: Stack):
     """Start more workers of TERMINAL; each is stopped after the test unless it became the stack's own."""
     started = []
 
-    def start(env: dict[str, str] | None = None):  # noqa: ANN202
+    def start(env: dict[str, str] | None = None):
         proc = stack.start_worker_waiting(TERMINAL, env)
         started.append(proc)
         return proc
@@ -44,12 +44,12 @@ def extra_workers(stack: Stack):  # noqa: ANN201
             proc.stop()
 
 
-def _post(client: APIClient, sid: str, rid: str, path: str = "/mt5/client/orders", body: dict | None = None):  # noqa: ANN202
+def _post(client: APIClient, sid: str, rid: str, path: str = "/mt5/client/orders", body: dict | None = None):
     return client.post(path, BUY if body is None else body, format="json", HTTP_X_SESSION_ID=sid,
                        HTTP_X_REQUEST_ID=rid)
 
 
-def _holding(worker) -> None:  # noqa: ANN001
+def _holding(worker) -> None:
     """Wait until ``worker`` holds its terminal's lease (the test database is flushed between tests,
     and a worker takes the lease of a re-created terminal row at its next heartbeat)."""
     wait_until(lambda: Terminal.objects.filter(name=TERMINAL, lease_holder__endswith=f":{worker.pid}",
@@ -66,7 +66,7 @@ def _login_terminal(address: str, login: int, password: str = PASSWORD) -> None:
 
 
 def test_a_second_tenant_with_a_slow_login_never_touches_the_first_tenants_account(
-        stack: Stack, client: APIClient, other_client: APIClient, sim, control) -> None:  # noqa: ANN001
+        stack: Stack, client: APIClient, other_client: APIClient, sim, control) -> None:
     # A trades on the terminal, then leaves.
     sid_a = open_session(client, TERMINAL)
     filled = wait_final(_post(client, sid_a, "own-a-1").json()["taskId"])
@@ -103,7 +103,7 @@ def test_a_second_tenant_with_a_slow_login_never_touches_the_first_tenants_accou
     control(TERMINAL).delay(0)
 
 
-def test_a_session_that_ends_takes_its_queued_tasks_with_it(stack: Stack, client: APIClient, sim) -> None:  # noqa: ANN001
+def test_a_session_that_ends_takes_its_queued_tasks_with_it(stack: Stack, client: APIClient, sim) -> None:
     sid = open_session(client, TERMINAL)
     # One order first: the worker has published the account's symbol specs (a write validates
     # against them) before it stops.
@@ -127,7 +127,7 @@ def test_a_session_that_ends_takes_its_queued_tasks_with_it(stack: Stack, client
     assert sim(TERMINAL).broker_orders_of(task) == []
 
 
-def test_an_account_switched_under_the_worker_sends_nothing(stack: Stack, client: APIClient, sim) -> None:  # noqa: ANN001
+def test_an_account_switched_under_the_worker_sends_nothing(stack: Stack, client: APIClient, sim) -> None:
     sid = open_session(client, TERMINAL)
     first = wait_final(_post(client, sid, "own-switch-0").json()["taskId"])
     assert first.state == "filled"
@@ -157,8 +157,8 @@ def test_the_same_request_id_under_another_account_is_a_conflict_not_a_replay(st
     client.delete(f"/mt5/client/session/{other}")
 
 
-def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, client: APIClient, sim,  # noqa: ANN001
-                                                                 extra_workers) -> None:  # noqa: ANN001
+def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, client: APIClient, sim,
+                                                                 extra_workers) -> None:
     first = stack.workers[TERMINAL]
     sid = open_session(client, TERMINAL, login=LOGIN + 300)  # an account of its own; the first worker logs in
     _holding(first)
@@ -211,8 +211,8 @@ def test_two_workers_for_one_terminal_never_execute_a_task_twice(stack: Stack, c
     client.delete(f"/mt5/client/session/{sid}")
 
 
-def test_a_stale_worker_resumed_after_losing_its_lease_is_fenced_and_exits(stack: Stack, client: APIClient,  # noqa: ANN001
-                                                                          sim, extra_workers) -> None:  # noqa: ANN001
+def test_a_stale_worker_resumed_after_losing_its_lease_is_fenced_and_exits(stack: Stack, client: APIClient,
+                                                                          sim, extra_workers) -> None:
     sid = open_session(client, TERMINAL)
     stale = stack.workers[TERMINAL]
     _holding(stale)

@@ -64,7 +64,7 @@ def erring_worker(stack: Stack) -> Stack:
 
 
 def test_an_error_of_the_bridge_is_retried_a_bounded_number_of_times_then_the_task_fails(
-        erring_worker, client, sim, settings) -> None:  # noqa: ANN001
+        erring_worker, client, sim, settings) -> None:
     sid = open_session(client, TERMINAL)
     session = BridgeSession.objects.get(id=sid)
     first, second = _insert_unbuildable(session, "unbuildable-1"), _insert_unbuildable(session, "unbuildable-2")

@@ -11,12 +11,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
 
 
-def _post(client, sid, path, body, rid):  # noqa: ANN001, ANN202
+def _post(client, sid, path, body, rid):
     return client.post(BASE + path, body, format="json", HTTP_X_SESSION_ID=sid, HTTP_X_REQUEST_ID=rid)
 
 
 @pytest.fixture
-def eurusd(control):  # noqa: ANN001, ANN201
+def eurusd(control):
     ctl = control("sim-a")
     ctl.freeze_feed("EURUSD")
     ctl.set_price("EURUSD", 1.10000, 1.10010)
@@ -24,7 +24,7 @@ def eurusd(control):  # noqa: ANN001, ANN201
     ctl.freeze_feed("EURUSD", frozen=False)
 
 
-def test_market_order_fills_once_with_tag_magic_and_every_field(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_market_order_fills_once_with_tag_magic_and_every_field(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     body = {"symbol": "EURUSD", "type": "BUY", "volume": 0.2, "sl": 1.09, "tp": 1.12, "deviation": 15,
             "comment": "my-strat", "type_filling": "IOC", "magic": 4242}
@@ -48,7 +48,7 @@ def test_market_order_fills_once_with_tag_magic_and_every_field(stack, client, s
     assert got["state"] == "filled" and got["result"]["order"] == task.order_ticket and got["attempts"] == 1
 
 
-def test_pending_order_placed_modified_and_cancelled_at_the_broker(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_pending_order_placed_modified_and_cancelled_at_the_broker(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     r = _post(client, sid, "/orders", {"symbol": "EURUSD", "type": "BUY_LIMIT", "volume": 0.1, "price": 1.09,
                                         "type_time": "SPECIFIED", "expiration": 4_000_000_000}, "w-pend-1")
@@ -76,7 +76,7 @@ def test_pending_order_placed_modified_and_cancelled_at_the_broker(stack, client
     assert gone.state == 2  # ORDER_STATE_CANCELED
 
 
-def test_position_sltp_partial_and_full_close(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_position_sltp_partial_and_full_close(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     opened = wait_final(_post(client, sid, "/orders", {"symbol": "EURUSD", "type": "SELL", "volume": 0.3},
                               "w-pos-1").json()["taskId"])
@@ -107,7 +107,7 @@ def test_position_sltp_partial_and_full_close(stack, client, sim, eurusd) -> Non
     assert not sim("sim-a").broker_orders_of(again)
 
 
-def test_broker_rejection_keeps_mt5_retcode_and_text(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_broker_rejection_keeps_mt5_retcode_and_text(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     eurusd.reject(1, 10019)
     task = wait_final(_post(client, sid, "/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1},
@@ -119,7 +119,7 @@ def test_broker_rejection_keeps_mt5_retcode_and_text(stack, client, sim, eurusd)
     assert stops.state == "rejected" and stops.result["retcode"] == 10016, stops.result
 
 
-def test_requote_is_retried_with_a_fresh_price_and_counted(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_requote_is_retried_with_a_fresh_price_and_counted(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     eurusd.requote(2)
     task = wait_final(_post(client, sid, "/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1,
@@ -129,7 +129,7 @@ def test_requote_is_retried_with_a_fresh_price_and_counted(stack, client, sim, e
     assert len(sim("sim-a").broker_orders_of(task)) == 1
 
 
-def test_requote_outside_deviation_is_not_retried(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_requote_outside_deviation_is_not_retried(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     eurusd.requote(1)
     # A client price far from the market with zero deviation: the fresh price is out of bounds.
@@ -138,7 +138,7 @@ def test_requote_outside_deviation_is_not_retried(stack, client, sim, eurusd) ->
     assert task.state == "rejected" and task.result["retcode"] == 10004 and task.attempts == 1
 
 
-def test_queued_tasks_change_and_cancel_in_place_executed_ones_cannot(stack, client, sim, eurusd, control) -> None:  # noqa: ANN001
+def test_queued_tasks_change_and_cancel_in_place_executed_ones_cannot(stack, client, sim, eurusd, control) -> None:
     sid = open_session(client, "sim-a")
     eurusd.delay(2.0, ["order_send"])  # the first order holds the worker; the next ones stay queued
     first = _post(client, sid, "/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1}, "q-1").json()
@@ -170,7 +170,7 @@ def test_queued_tasks_change_and_cancel_in_place_executed_ones_cannot(stack, cli
     assert r.status_code == 409
 
 
-def test_ipc_timeout_after_execution_becomes_unknown_then_adopted_never_resent(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_ipc_timeout_after_execution_becomes_unknown_then_adopted_never_resent(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     eurusd.ipc_timeout("order_send", 1, execute=True)
     task = wait_final(_post(client, sid, "/orders", {"symbol": "EURUSD", "type": "BUY", "volume": 0.1},
@@ -181,7 +181,7 @@ def test_ipc_timeout_after_execution_becomes_unknown_then_adopted_never_resent(s
     assert len(sim("sim-a").broker_orders_of(task)) == 1 and task.order_ticket
 
 
-def test_stop_limit_and_day_orders_carry_every_field(stack, client, sim, eurusd) -> None:  # noqa: ANN001
+def test_stop_limit_and_day_orders_carry_every_field(stack, client, sim, eurusd) -> None:
     sid = open_session(client, "sim-a")
     body = {"symbol": "EURUSD", "type": "BUY_STOP_LIMIT", "volume": 0.1, "price": 1.11, "stoplimit": 1.105,
             "sl": 1.09, "tp": 1.13, "type_time": "DAY", "magic": 7, "comment": "sl-day"}
@@ -193,7 +193,7 @@ def test_stop_limit_and_day_orders_carry_every_field(stack, client, sim, eurusd)
     assert order.comment == f"{task.tag}|sl-day"
 
 
-def test_reconciliation_reports_a_tagged_order_no_task_owns(stack, client, sim) -> None:  # noqa: ANN001
+def test_reconciliation_reports_a_tagged_order_no_task_owns(stack, client, sim) -> None:
     import time
 
     import mt5sim
