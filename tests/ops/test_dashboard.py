@@ -1,10 +1,10 @@
 """The staff dashboard (/ops/ and /ops/data): who may see it, that its numbers are the ledger's, the broker's
 and the samples', that it stays a fixed number of queries, and that a real headless Chromium draws it.
 
-Rows are made through the ledger's own services (``task_create``, the worker's ``task_claim`` under the
-terminal's lease, ``task_change``: each writes its transition and publishes its event), the lease and
-binding services and the real outbox publish; only the clock is arranged: ``created_at`` is set back
-so that a task's accept → final latency is a chosen figure.
+Rows are made by ``tests.factories`` through the product's own services (sessions opened and logged in
+under the terminal's lease, tasks inserted by the ledger, claimed and changed by ``trading.states``: each
+step writes its transition and publishes its event) and queued with the real outbox publish; only the
+clock is arranged: ``created_at`` is set back so that a task's accept → final latency is a chosen figure.
 """
 
 from __future__ import annotations
@@ -29,23 +29,20 @@ from rest_framework.test import APIClient
 from bridge_project import ratelimit
 from bridge_project.celery import app as celery_app
 from ops import dashboard, sampling
-from sessions.models import BridgeSession, Workspace
+from sessions.models import BridgeSession
 from streams.publisher import publish_session_event
-from terminals.binding import terminal_bind
-from terminals.lease import Lease, lease_acquire
 from terminals.models import Terminal
 from terminals.services import record_worker_heartbeat, sync_terminals
+from tests import factories
 from tests.conftest import _db_env
-from tests.ops.conftest import drain_queue, make_session
+from tests.ops.conftest import drain_queue
 from tests.procs import free_port, start_manage
 from tests.waiting import wait_until
 from trading.models import TaskState, TradeTask
 from trading.outbox import publish_task
-from trading.states import task_change, task_claim, task_create
 
 TERMINAL = "dash-a"
 IDLE_TERMINAL = "dash-b"
-HOLDER = f"{TERMINAL}@tests.ops.test_dashboard:0"  # as a pinned worker names itself; no process of this host
 PAGE, DATA = "/ops/", "/ops/data"
 
 
@@ -59,8 +56,8 @@ def clean_samples() -> Iterator[None]:
 
 @pytest.fixture
 def terminal_session(db, settings, tmp_path: Path) -> Iterator[BridgeSession]:
-    """Two configured terminals; one whose worker beats, leased and bound to a live session (the real
-    services), the other idle."""
+    """Two configured terminals; one whose worker beats, bound to a live session (opened and logged in
+    by the session services under its lease), the other idle."""
     config = tmp_path / "terminals.yaml"
     config.write_text(yaml.safe_dump({"terminals": [
         {"name": TERMINAL, "backend": "sim", "address": "127.0.0.1:1", "utc_offset": 0},
@@ -69,52 +66,28 @@ def terminal_session(db, settings, tmp_path: Path) -> Iterator[BridgeSession]:
     settings.BRIDGE_TERMINALS_FILE = str(config)
     sync_terminals(force=True)
     terminal = Terminal.objects.get(name=TERMINAL)
-    record_worker_heartbeat(TERMINAL, HOLDER)
-    session = make_session(Workspace.objects.create(name="ws-dash"), terminal)
-    assert terminal_bind(lease=_lease(), session_id=session.id, login=session.login, server=session.server)
+    record_worker_heartbeat(TERMINAL, f"{TERMINAL}@tests.ops.test_dashboard:0")
+    session = factories.make_session(factories.make_workspace("ws-dash"), terminal)
     drain_queue(TERMINAL)
     yield session
     drain_queue(TERMINAL)
 
 
-_n = iter(range(1, 10**9))
-
-
-def _lease() -> Lease:
-    """The terminal's lease, as its pinned worker holds it (taken again: the same holder)."""
-    lease = lease_acquire(terminal_name=TERMINAL, holder=HOLDER, ttl=60)
-    assert lease is not None
-    return lease
-
-
 def accept(session: BridgeSession, *, accepted_at: datetime | None = None) -> TradeTask:
-    """A task accepted through the ledger's create (its first transition), accepted at ``accepted_at``."""
-    n = next(_n)
-    task = TradeTask(workspace=session.workspace, session=session, terminal=session.terminal,
-                     request_id=f"req-dash-{n}", fingerprint=f"{n:064d}", kind="order.create",
-                     request={"symbol": "EURUSD", "type": "BUY", "volume": 0.1})
-    task_create(task=task)
+    """A queued task inserted by the ledger (its first transition), accepted at ``accepted_at``."""
+    task = factories.make_task(session)
     if accepted_at is not None:
         TradeTask.objects.filter(pk=task.pk).update(created_at=accepted_at)
     return task
 
 
-def claim(task: TradeTask) -> TradeTask:
-    """The pinned worker's claim (queued → dispatched) under the terminal's lease."""
-    claimed = task_claim(task_id=task.id, lease=_lease())
-    assert claimed is not None and claimed.state == TaskState.DISPATCHED
-    return claimed
-
-
 def finish(session: BridgeSession, state: str, *, at: datetime, latency: float) -> TradeTask:
-    """A task accepted ``latency`` seconds before ``at`` and moved to final ``state`` at ``at`` (claimed
-    first, unless it is cancelled while queued), as the worker or the client would move it."""
-    task = accept(session, accepted_at=at - timedelta(seconds=latency))
-    if state != TaskState.CANCELLED:
-        task = claim(task)
-    moved = task_change(task_id=task.id, from_states=[task.state], to_state=state, fields={"finished_at": at})
-    assert moved is not None and moved.state == state
-    return moved
+    """A task moved to final ``state`` at ``at`` (claimed under the terminal's lease first, unless it
+    is cancelled while queued), accepted ``latency`` seconds before."""
+    task = factories.make_task(session, state=state, finished_at=at)
+    assert task.state == state and task.finished_at == at
+    TradeTask.objects.filter(pk=task.pk).update(created_at=at - timedelta(seconds=latency))
+    return task
 
 
 def _minute(value: datetime) -> datetime:
@@ -180,8 +153,7 @@ def test_terminal_rows_are_the_workers_the_accounts_the_broker_and_the_ledger(
     oldest = accept(session, accepted_at=now - timedelta(seconds=42))
     newer = accept(session, accepted_at=now - timedelta(seconds=5))
     assert publish_task(oldest.id, TERMINAL) and publish_task(newer.id, TERMINAL)  # two messages in the broker
-    stuck = accept(session, accepted_at=now - timedelta(seconds=90))
-    assert task_change(task_id=claim(stuck).id, from_states=[TaskState.DISPATCHED], to_state=TaskState.UNKNOWN)
+    factories.make_task(session, state=TaskState.UNKNOWN, age=90)  # claimed, then not known
 
     data = staff_client.get(DATA).json()
     rows = {t["name"]: t for t in data["terminals"]}
