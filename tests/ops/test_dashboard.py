@@ -158,7 +158,7 @@ def test_terminal_rows_are_the_workers_the_accounts_the_broker_and_the_ledger(
     data = staff_client.get(DATA).json()
     rows = {t["name"]: t for t in data["terminals"]}
     a, b = rows[TERMINAL], rows[IDLE_TERMINAL]
-    assert a["workerAlive"] is True and 0 <= a["heartbeatAge"] < 5
+    assert a["workerAlive"] is True and 0 <= a["heartbeatAge"] < 15
     assert a["account"] == {"accountId": session.account_id, "login": session.login, "server": session.server,
                             "workspace": "ws-dash", "status": "active"}
     assert a["boundLogin"] == session.login
@@ -372,6 +372,8 @@ def test_headless_chromium_logs_in_and_draws_the_live_dashboard(
     from selenium.webdriver.common.by import By
 
     settings.BRIDGE_OPS_DASHBOARD_REFRESH = 1.0
+    # The fixture's single heartbeat stays "alive" for 3 intervals: long enough for a slow machine here.
+    settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL = 60.0
     session = terminal_session
     get_user_model().objects.create_superuser("ops-browser", "b@example.com", "pw-ops-browser-1")
     now = timezone.now()
