@@ -41,7 +41,7 @@
   function seconds(v) {
     if (v === null || v === undefined) return "–";
     if (v < 60) return v.toFixed(1) + " s";
-    if (v < 3600) return Math.floor(v / 60) + " min " + Math.round(v % 60) + " s";
+    if (v < 3600) return Math.floor(Math.round(v) / 60) + " min " + (Math.round(v) % 60) + " s";
     return (v / 3600).toFixed(1) + " h";
   }
 
