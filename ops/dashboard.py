@@ -140,13 +140,15 @@ def _terminal_json(status: ops.TerminalStatus, unknown: int) -> dict[str, Any]:
     }
 
 
+def _unknown_per_terminal() -> QuerySet:
+    """``unknown`` tasks counted per terminal name (an index range on ``state``: few rows)."""
+    return (TradeTask.objects.filter(state=TaskState.UNKNOWN)
+            .values("terminal__name").annotate(n=Count("id")).order_by())
+
+
 def terminals(now: datetime) -> list[dict[str, Any]]:
     """Each terminal's row of the table: worker, account, queue, oldest queued task, unknown tasks."""
-    unknown = {
-        row["terminal__name"]: row["n"]
-        for row in TradeTask.objects.filter(state=TaskState.UNKNOWN)
-        .values("terminal__name").annotate(n=Count("id")).order_by()
-    }
+    unknown = {row["terminal__name"]: row["n"] for row in _unknown_per_terminal()}
     return [_terminal_json(s, unknown.get(s.name, 0)) for s in ops.terminal_statuses(now)]
 
 

@@ -238,7 +238,9 @@ def test_the_data_endpoint_is_a_fixed_number_of_queries_on_indexed_ranges(
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         plan = dashboard._finished_in(now - timedelta(hours=1), now).explain()
+        unknown_plan = dashboard._unknown_per_terminal().explain()
     assert "task_finished" in plan, plan
+    assert "task_state_created" in unknown_plan or "task_terminal_state" in unknown_plan, unknown_plan
 
 
 @pytest.mark.django_db
