@@ -1,9 +1,10 @@
 """The embedded stack: every process of a one-machine bridge, started, watched and stopped together.
 
-Order: Redis (the one ``REDIS_URL`` names, else a ``redis-server`` child), migrations, the sim
-terminals, per terminal its roles from ``workers.stack`` (pinned worker, reader, poller), the
-maintenance worker, beat, and daphne. A child that dies is restarted (with back-off); Ctrl-C or
-SIGTERM stops everything in reverse order and waits for it (no orphans).
+Order: Redis (the one ``REDIS_URL`` names, else a ``redis-server`` child), migrations, the emulated
+broker (``sim_broker`` of the terminals file, if any), the sim terminals, per terminal its roles from
+``workers.stack`` (pinned worker, reader, poller), the maintenance worker, beat, and daphne. A child
+that dies is restarted (with back-off); Ctrl-C or SIGTERM stops everything in reverse order and waits
+for it (no orphans).
 
 Restart back-off: a child that exits is started again after ``BACKOFF_BASE * 2**n`` seconds (1, 2,
 4, ... capped at ``BACKOFF_MAX``, 30 s), ``n`` being its crashes in a row. A child that had run for
@@ -29,7 +30,7 @@ import yaml
 from django.conf import settings
 
 from bridge_project.processes import signal_group, start_group, stop_group
-from terminals.config import TerminalConfig, load_terminals
+from terminals.config import SimBrokerConfig, TerminalConfig, load_sim_broker, load_terminals
 
 from .stack import daphne_argv, terminal_process_argvs
 
@@ -132,7 +133,21 @@ class Supervisor:
         _say("applying migrations")
         subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=self.env, check=True)
 
-    def start_terminal(self, terminal: TerminalConfig) -> None:
+    def start_sim_broker(self, broker: SimBrokerConfig) -> None:
+        """The trade server of the sim terminals (``sim_broker``): one server name per clock; its journal
+        (var/sim/broker/<server name>/) outlives a restart, so accounts, positions and history do too."""
+        host, _, port = broker.address.rpartition(":")
+        if _port_open(host, int(port)):
+            _say(f"sim_broker: an emulated broker already listens on {broker.address}")
+            return
+        state = Path(settings.VAR_DIR) / "sim" / "broker"
+        state.mkdir(parents=True, exist_ok=True)
+        servers = [arg for name, offset in broker.servers for arg in ("--server", f"{name}={offset}")]
+        self.spawn("sim-broker", [sys.executable, "-m", "mt5sim", "broker", "--address", broker.address,
+                                  "--state", str(state), *servers])
+        self.wait_port("sim-broker", host, int(port))
+
+    def start_terminal(self, terminal: TerminalConfig, broker: SimBrokerConfig | None = None) -> None:
         if terminal.backend == "sim":
             host, _, port = terminal.address.rpartition(":")
             if _port_open(host, int(port)):
@@ -140,14 +155,20 @@ class Supervisor:
             else:
                 state = Path(settings.VAR_DIR) / "sim" / terminal.name
                 state.mkdir(parents=True, exist_ok=True)
-                # The emulator's broker clock must be the offset the terminals file declares for it.
-                config = state.parent / f"{terminal.name}.yaml"
-                config.write_text(yaml.safe_dump({"server": {"offset_seconds": terminal.utc_offset}}))
+                if broker is not None and terminal.server is not None:
+                    # A terminal of the broker: its clock is its server name's (checked against utc_offset).
+                    argv = ["--broker", broker.address, "--server", terminal.server]
+                else:
+                    # Its own trade server: the clock must be the offset the terminals file declares for it.
+                    config = state.parent / f"{terminal.name}.yaml"
+                    config.write_text(yaml.safe_dump({"server": {"offset_seconds": terminal.utc_offset}}))
+                    argv = ["--config", str(config)]
                 self.spawn(
                     f"sim-{terminal.name}",
                     [sys.executable, "-m", "mt5sim", "serve", "--address", terminal.address, "--state", str(state),
-                     "--config", str(config)],
+                     *argv],
                 )
+                # A terminal of a broker opens its port once it reached the broker: open means ready.
                 self.wait_port(f"sim-{terminal.name}", host, int(port))
         else:
             _say(f"terminal {terminal.name}: backend mt5 runs inside the Windows VM (deploy/); not started here")
@@ -160,8 +181,11 @@ class Supervisor:
         self.migrate()
         terminals = load_terminals()
         _say(f"{len(terminals)} terminal(s) in {settings.BRIDGE_TERMINALS_FILE}")
+        broker = load_sim_broker()
+        if broker is not None and any(t.server is not None for t in terminals):
+            self.start_sim_broker(broker)
         for terminal in terminals:
-            self.start_terminal(terminal)
+            self.start_terminal(terminal, broker)
         self.spawn("maintenance", [sys.executable, "manage.py", "run_maintenance_worker"])
         beat_schedule = Path(settings.VAR_DIR) / "celerybeat-schedule"
         self.spawn("beat", [sys.executable, "-m", "celery", "-A", "bridge_project", "beat", "-s", str(beat_schedule), "-l", "INFO"])

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from terminals.config import parse_terminals
+from terminals.config import parse_sim_broker, parse_terminals
 from workers.stack import terminal_process_argvs
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
 
 
 def test_compose_has_every_role_of_every_terminal_with_the_same_command() -> None:
@@ -23,20 +27,33 @@ def test_compose_has_every_role_of_every_terminal_with_the_same_command() -> Non
     services = compose["services"]
     env = services["web"]["environment"]
     terminals_file = env["BRIDGE_TERMINALS_FILE"].removeprefix("/app/")
-    terminals = parse_terminals(yaml.safe_load((ROOT / terminals_file).read_text()))
-    assert terminals
+    document = yaml.safe_load((ROOT / terminals_file).read_text())
+    terminals, broker = parse_terminals(document), parse_sim_broker(document)
+    assert terminals and broker is not None  # compose runs one emulated broker
+    broker_host, _, broker_port = broker.address.rpartition(":")
+    broker_command = services[broker_host]["command"]
+    assert broker_command[:4] == ["python", "-m", "mt5sim", "broker"]
+    assert _option(broker_command, "--address") == f"0.0.0.0:{broker_port}"  # it listens where the file says
+    # with each server name and its clock
+    assert [a for i, a in enumerate(broker_command) if broker_command[i - 1] == "--server"] == [
+        f"{name}={offset}" for name, offset in broker.servers]
+    # its journal outlives the container
+    assert services[broker_host]["volumes"][0].split(":")[0] in compose["volumes"]
     for terminal in terminals:
         host, _, port = terminal.address.rpartition(":")
         sim = services[host]
-        assert f"0.0.0.0:{port}" in sim["command"]  # the emulator listens where the file says
-        sim_config = sim["command"][sim["command"].index("--config") + 1].removeprefix("/app/")
-        # and its broker clock is the offset the terminals file declares
-        assert yaml.safe_load((ROOT / sim_config).read_text())["server"]["offset_seconds"] == terminal.utc_offset
+        assert sim["command"][:4] == ["python", "-m", "mt5sim", "serve"]
+        assert _option(sim["command"], "--address") == f"0.0.0.0:{port}"  # the emulator listens where the file says
+        # a terminal of the broker, on the server name (and so the clock) the terminals file declares
+        assert _option(sim["command"], "--broker") == broker.address
+        assert _option(sim["command"], "--server") == terminal.server
+        assert broker.offset_of(terminal.server) == terminal.utc_offset
+        assert broker_host in sim["depends_on"]
         for role, argv in terminal_process_argvs(terminal.name).items():
             service = services[f"{role}-{terminal.name}"]
             assert service["command"] == argv
             assert service["environment"]["BRIDGE_TERMINALS_FILE"] == env["BRIDGE_TERMINALS_FILE"]
-    for name in ("redis", "postgres", "web", "beat", "maintenance", "migrate"):
+    for name in ("redis", "postgres", "web", "beat", "maintenance", "migrate", "sim-broker"):
         assert name in services
 
 
