@@ -15,6 +15,11 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
+from bridge_project import metrics
+from terminals.services import record_worker_heartbeat
+from tests import factories
+from trading.models import TaskState, UnownedOrder
+
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "mt5-bridge.json"
 
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
@@ -61,6 +66,24 @@ def expressions(dashboard: dict) -> list[str]:
     return found
 
 
+def labels_by_sample_name(exposition: str) -> dict[str, set[str]]:
+    """Each sample name of the exposition and the label names its samples carry."""
+    found: dict[str, set[str]] = {}
+    for name, labels in re.findall(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})? \S+$", exposition, re.MULTILINE):
+        found.setdefault(name, set()).update(re.findall(r'(\w+)="', labels))
+    return found
+
+
+def labels_used(expr: str, legend: str) -> set[str]:
+    """Label names an expression groups or matches by, and those its legend shows."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", " ".join(re.findall(r"\{([^}]*)\}", text))))
+    for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
+        used.update(label.strip() for label in group.split(",") if label.strip())
+    used.update(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+    return used
+
+
 def exposed_sample_names(exposition: str) -> set[str]:
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE):
@@ -97,6 +120,41 @@ def test_every_expression_reads_a_metric_that_metrics_exposes(ops_client: APICli
                  "bridge_task_accept_to_final_seconds_bucket", "bridge_http_request_seconds_bucket",
                  "bridge_events_published_total", "bridge_oldest_queued_task_age_seconds"):
         assert name in used, name
+
+
+@pytest.mark.django_db
+def test_every_label_a_panel_groups_by_or_shows_is_one_its_metrics_carry(
+    ops_client: APIClient, clean_metrics: None, settings,
+) -> None:
+    """With every family populated (a session, a task in flight, one finished, an orphan, each process
+    counter counted once through ``bridge_project.metrics``), a ``by (stat)`` or ``{{termnial}}`` typo
+    that would leave a panel empty fails here."""
+    settings.BRIDGE_METRICS_SETTLE_SECONDS = 0.0
+    session = factories.make_session()
+    record_worker_heartbeat(session.terminal.name, f"{session.terminal.name}@tests.ops.test_grafana:0")
+    factories.make_task(session)
+    factories.make_task(session, state=TaskState.FILLED)
+    UnownedOrder.objects.create(terminal=session.terminal, source="orders", ticket=1, tag="b:x")
+    metrics.reconciliation_outcome("filled")
+    metrics.broker_order_orphaned(session.terminal.name)
+    metrics.task_republished("sweeper")
+    metrics.redis_unavailable("publish")
+    metrics.observe("bridge_http_request_seconds", 0.01, method="GET", status="2xx")
+    exposition = ops_client.get("/metrics").content.decode()
+    carried = labels_by_sample_name(exposition)
+    dashboard = json.loads(DASHBOARD.read_text())
+    checked = 0
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            names = metric_names(target["expr"])
+            assert all(carried.get(name) is not None for name in names), (target["expr"], exposition[:3000])
+            available = set().union(*(carried[name] for name in names))
+            used = labels_used(target["expr"], target.get("legendFormat", ""))
+            assert used <= available, f"{panel['title']}: {sorted(used - available)} not a label of {sorted(names)}"
+            checked += 1
+    assert checked >= 15
+    assert labels_used('sum by (stat) (rate(x{terminal=~"$t"}[5m]))', "{{termnial}}") == {"stat", "terminal",
+                                                                                          "termnial"}
 
 
 def test_a_renamed_metric_would_be_caught() -> None:
