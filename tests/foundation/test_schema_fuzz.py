@@ -89,30 +89,92 @@ def _operation_id(operation: Any) -> str:
     return (operation.definition.raw or {}).get("operationId", "") if operation is not None else ""
 
 
+def _check_error_body(response: Any) -> None:
+    """Every answer carries x-request-id, and every error is the API's error body in JSON: also the
+    answers to requests outside the schema (unsupported methods, unknown parameters)."""
+    if not response.headers.get("x-request-id"):
+        raise AssertionError(f"{response.status_code} answer without x-request-id")
+    if response.status_code < 400 or response.request.method == "HEAD":  # HEAD: no body by HTTP
+        return
+    content_type = (response.headers.get("content-type") or [""])[0]
+    if not content_type.startswith("application/json"):
+        raise AssertionError(f"{response.status_code} error answered as {content_type!r}, not JSON")
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise AssertionError(f"{response.status_code} error body is not JSON: {response.text[:300]}") from exc
+    error = body.get("error") if isinstance(body, dict) else None
+    if not (isinstance(body, dict) and set(body) == {"error"} and isinstance(error, dict)
+            and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)
+            and isinstance(error.get("details"), dict)):
+        raise AssertionError(f"{response.status_code} error without the error body: {str(body)[:300]}")
+
+
+def _count_model_query(operation: str, query: dict[str, Any]) -> dict[str, Any]:
+    """A positive query of the count/from/to model, made to follow its cross-parameter rules."""
+    q = dict(query)
+    if operation == "quotes_history":
+        q["timeframe"] = "M1"  # the emulator is slow on deep history of larger timeframes
+    if "count" in q:
+        q.pop("to", None)
+        q.pop("limit", None)
+    elif "from" not in q:
+        q.pop("to", None)
+        q.pop("limit", None)
+        q["count"] = 1
+    _order_range(q)
+    if operation == "ticks_list" and "count" not in q:  # a tick range spans at most a day
+        start = float(q["from"])
+        if "to" not in q or float(q["to"]) - start > MAX_TICK_RANGE:
+            q["to"] = min(start + MAX_TICK_RANGE, MAX_TIME)
+    return q
+
+
+def _shape_positive_case(case: Any) -> Any:
+    """Positive cases of the count/from/to model follow its cross-parameter rules."""
+    meta = case.meta
+    if meta is None or meta.generation.mode.is_negative:
+        return case
+    operation = _operation_id(case.operation)
+    if operation in COUNT_MODEL:
+        case.query = _count_model_query(operation, case.query or {})
+    elif operation in HISTORY:
+        q = dict(case.query or {})
+        _order_range(q)
+        case.query = q
+    return case
+
+
+def _keep_failure(rejected_positive: bool, case: Any, response: Any) -> bool:
+    """Let through a 400 on schema-valid data only when it names a data-dependent rule."""
+    if not rejected_positive or response.status_code != 400:
+        return True
+    declared = {p.get("name") for p in (case.operation.definition.raw or {}).get("parameters", [])
+                if p.get("in") == "query"}
+    operation = _operation_id(case.operation)
+    try:
+        details = response.json()["error"]["details"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    if set(case.query or {}) - declared:
+        # Not schema-valid after all: the stateful phase put a response's fields into query
+        # parameters the operation does not have (an unknown parameter is a 400, as documented).
+        _note_let_through(operation + " (undeclared query parameter)", details)
+        return False
+    allowed = DATA_RULES.get(operation)
+    if allowed and details and set(details) <= allowed:
+        _note_let_through(operation, details)
+        return False
+    return True
+
+
 def _register_hooks() -> None:
     import schemathesis
     from schemathesis.openapi.checks import RejectedPositiveData
 
     @schemathesis.check
     def error_body_everywhere(ctx: Any, response: Any, case: Any) -> bool | None:
-        """Every answer carries x-request-id, and every error is the API's error body in JSON: also
-        the answers to requests outside the schema (unsupported methods, unknown parameters)."""
-        if not response.headers.get("x-request-id"):
-            raise AssertionError(f"{response.status_code} answer without x-request-id")
-        if response.status_code < 400 or response.request.method == "HEAD":  # HEAD: no body by HTTP
-            return None
-        content_type = (response.headers.get("content-type") or [""])[0]
-        if not content_type.startswith("application/json"):
-            raise AssertionError(f"{response.status_code} error answered as {content_type!r}, not JSON")
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise AssertionError(f"{response.status_code} error body is not JSON: {response.text[:300]}") from exc
-        error = body.get("error") if isinstance(body, dict) else None
-        if not (isinstance(body, dict) and set(body) == {"error"} and isinstance(error, dict)
-                and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)
-                and isinstance(error.get("details"), dict)):
-            raise AssertionError(f"{response.status_code} error without the error body: {str(body)[:300]}")
+        _check_error_body(response)
         return None
 
     @schemathesis.hook
@@ -123,56 +185,11 @@ def _register_hooks() -> None:
 
     @schemathesis.hook
     def map_case(context: Any, case: Any) -> Any:
-        """Positive cases of the count/from/to model follow its cross-parameter rules."""
-        meta = case.meta
-        if meta is None or meta.generation.mode.is_negative:
-            return case
-        operation = _operation_id(case.operation)
-        if operation in COUNT_MODEL:
-            q = dict(case.query or {})
-            if operation == "quotes_history":
-                q["timeframe"] = "M1"  # the emulator is slow on deep history of larger timeframes
-            if "count" in q:
-                q.pop("to", None)
-                q.pop("limit", None)
-            elif "from" not in q:
-                q.pop("to", None)
-                q.pop("limit", None)
-                q["count"] = 1
-            _order_range(q)
-            if operation == "ticks_list" and "count" not in q:  # a tick range spans at most a day
-                start = float(q["from"])
-                if "to" not in q or float(q["to"]) - start > MAX_TICK_RANGE:
-                    q["to"] = min(start + MAX_TICK_RANGE, MAX_TIME)
-            case.query = q
-        elif operation in HISTORY:
-            q = dict(case.query or {})
-            _order_range(q)
-            case.query = q
-        return case
+        return _shape_positive_case(case)
 
     @schemathesis.hook
     def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
-        """Let through a 400 on schema-valid data only when it names a data-dependent rule."""
-        if not isinstance(failure, RejectedPositiveData) or response.status_code != 400:
-            return True
-        declared = {p.get("name") for p in (case.operation.definition.raw or {}).get("parameters", [])
-                    if p.get("in") == "query"}
-        operation = _operation_id(case.operation)
-        try:
-            details = response.json()["error"]["details"]
-        except (ValueError, KeyError, TypeError):
-            return True
-        if set(case.query or {}) - declared:
-            # Not schema-valid after all: the stateful phase put a response's fields into query
-            # parameters the operation does not have (an unknown parameter is a 400, as documented).
-            _note_let_through(operation + " (undeclared query parameter)", details)
-            return False
-        allowed = DATA_RULES.get(operation)
-        if allowed and details and set(details) <= allowed:
-            _note_let_through(operation, details)
-            return False
-        return True
+        return _keep_failure(isinstance(failure, RejectedPositiveData), case, response)
 
 
 def _note_let_through(operation: str, details: dict) -> None:
