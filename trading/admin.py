@@ -23,8 +23,12 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from bridge_project import metrics
+from sessions.models import LIVE_STATUSES, BridgeSession
 
 from .models import TaskState, TaskTransition, TradeTask
+from .outbox import publish_task
+from .reconciliation import reconciliation_request
+from .states import task_change
 
 logger = logging.getLogger("bridge.trading.admin")
 
@@ -79,8 +83,6 @@ class SessionFilter(admin.SimpleListFilter):
     OFFERED = 20
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        from sessions.models import LIVE_STATUSES, BridgeSession
-
         live = (
             BridgeSession.objects.filter(status__in=LIVE_STATUSES)
             .select_related("terminal")
@@ -198,8 +200,6 @@ class TaskAdmin(admin.ModelAdmin):
     # -- actions: each calls the trading service that owns the rule ----------------------------------
     @admin.action(description="Cancel selected queued tasks")
     def cancel_queued(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
-        from .states import task_change
-
         done = skipped = 0
         for task_id in queryset.values_list("id", flat=True):
             moved = task_change(task_id=task_id, from_states=[TaskState.QUEUED], to_state=TaskState.CANCELLED, detail={"by": "admin", "user": request.user.get_username()})
@@ -211,8 +211,6 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-publish selected stuck (queued) tasks to their terminal")
     def republish(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
-        from .outbox import publish_task
-
         rows = list(queryset.filter(state=TaskState.QUEUED).values_list("id", "terminal__name"))
         ok = sum(1 for task_id, terminal in rows if publish_task(task_id, terminal))
         if ok:
@@ -228,8 +226,6 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.action(description="Reconcile the terminals of the selected tasks now (every dispatched/unknown "
                   "task of each such terminal)")
     def reconcile(self, request: HttpRequest, queryset: QuerySet[TradeTask]) -> None:
-        from .reconciliation import reconciliation_request
-
         ids = list(queryset.values_list("id", flat=True))
         names = reconciliation_request(task_ids=ids)
         asked = ", ".join(names) or "none (no dispatched/unknown task selected)"
