@@ -1,4 +1,4 @@
-"""Shared fixtures: API clients, and a real bridge stack (mt5sim terminals + pinned workers).
+"""Shared fixtures: API clients, and a real bridge stack (an mt5sim broker, its terminals, pinned workers).
 
 The stack fixtures run real processes against the test database (PostgreSQL in CI) and the Redis
 named by ``REDIS_URL``; tests that use them must be ``django_db(transaction=True)`` so that what
@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from sessions.api_keys import create_api_key
 from sessions.models import Workspace
-from tests.procs import Proc, start_manage, start_sim
+from tests.procs import Proc, start_manage, start_sim, start_sim_broker
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,15 +49,21 @@ def _flush_survives_busy_workers() -> Iterator[None]:
 
 
 SIM_TERMINALS = (("sim-a", 10800), ("sim-b", 0))  # (name, broker UTC offset in seconds)
+# The test stack's one emulated broker runs a server name per clock; each terminal is on its offset's.
+# Two server names keep the two terminals' accounts apart (each name has its own), as the suite expects.
+SIM_SERVERS = {"MT5Sim-Demo": 10800, "MT5Sim-UTC": 0}
+SIM_SERVER_OF = {"sim-a": "MT5Sim-Demo", "sim-b": "MT5Sim-UTC"}
 
 
 @dataclass
 class Stack:
-    """The running test stack: terminals by name, their pinned workers, the env they run with."""
+    """The running test stack: the broker, terminals by name, their pinned workers, the env they run with."""
 
     terminals_file: Path
     addresses: dict[str, str]
     sims: dict[str, Proc]
+    broker: Proc | None = None
+    broker_address: str = ""
     workers: dict[str, Proc] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
@@ -104,39 +110,48 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[Stack]:
-    """Two mt5sim terminals (UTC+3 and UTC+0) and a terminals file naming them (no workers yet)."""
+    """One mt5sim broker and two terminals on it (sim-a on a UTC+3 server name, sim-b on a UTC+0 one),
+    and a terminals file declaring them (no workers yet)."""
     sims: dict[str, Proc] = {}
     addresses: dict[str, str] = {}
+    broker: Proc | None = None
     try:
-        for i, (name, offset) in enumerate(SIM_TERMINALS):
-            # The emulator's broker clock must match the offset the terminals file declares for it.
-            config = stack_dir / f"sim-{name}.yaml"
-            # Demo accounts with room for every test's positions: the suite's tests share a few
-            # logins on these terminals and leave positions open, and a margin run out midway would
-            # turn later orders into 10019 rejections that have nothing to do with what they test.
-            config.write_text(yaml.safe_dump({"server": {"offset_seconds": offset},
-                                              "account_defaults": {"balance": 1_000_000.0}}))
-            proc, address = start_sim(
-                f"sim-{name}", stack_dir, stack_dir / f"state-{name}", seed=10 + i, config=config
-            )
+        # Demo accounts with room for every test's positions: the suite's tests share a few logins on
+        # these terminals and leave positions open, and a margin run out midway would turn later
+        # orders into 10019 rejections that have nothing to do with what they test.
+        config = stack_dir / "sim-broker.yaml"
+        config.write_text(yaml.safe_dump({"account_defaults": {"balance": 1_000_000.0}}))
+        broker, broker_address = start_sim_broker("sim-broker", stack_dir, stack_dir / "state-broker", SIM_SERVERS,
+                                                  seed=10, config=config)
+        for name, offset in SIM_TERMINALS:
+            # The terminal's clock is its server name's: the offset the terminals file declares for it.
+            assert SIM_SERVERS[SIM_SERVER_OF[name]] == offset
+            proc, address = start_sim(f"sim-{name}", stack_dir, stack_dir / f"state-{name}", broker=broker_address,
+                                      server=SIM_SERVER_OF[name])
             sims[name], addresses[name] = proc, address
         terminals_file = stack_dir / "terminals.yaml"
         terminals_file.write_text(
             yaml.safe_dump(
                 {
+                    "sim_broker": {"address": broker_address, "servers": SIM_SERVERS},
                     "terminals": [
-                        {"name": name, "backend": "sim", "address": addresses[name], "utc_offset": offset}
+                        {"name": name, "backend": "sim", "address": addresses[name], "server": SIM_SERVER_OF[name],
+                         "utc_offset": offset}
                         for name, offset in SIM_TERMINALS
-                    ]
-                }
+                    ],
+                },
+                sort_keys=False,  # the first server name is the broker's default
             )
         )
         with django_db_blocker.unblock():
             env = {**os.environ, **_db_env(), "BRIDGE_TERMINALS_FILE": str(terminals_file)}
-        yield Stack(terminals_file, addresses, sims, env=env, log_dir=stack_dir)
+        yield Stack(terminals_file, addresses, sims, broker=broker, broker_address=broker_address, env=env,
+                    log_dir=stack_dir)
     finally:
         for proc in sims.values():
             proc.stop()
+        if broker is not None:
+            broker.stop()
 
 
 @pytest.fixture(scope="session")

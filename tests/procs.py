@@ -76,11 +76,33 @@ class Proc:
 
 
 def start_sim(name: str, log_dir: Path, state_dir: Path, *, seed: int = 1, config: Path | None = None,
-              env: dict[str, str] | None = None) -> tuple[Proc, str]:
-    """Start ``python -m mt5sim serve`` on a free port; returns the process and its address."""
+              env: dict[str, str] | None = None, broker: str | None = None,
+              server: str | None = None) -> tuple[Proc, str]:
+    """Start ``python -m mt5sim serve`` on a free port; returns the process and its address.
+
+    With ``broker`` (a ``start_sim_broker`` address) it is a terminal of that broker, on server name
+    ``server`` (default: the broker's first); it opens its port once it reached the broker."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     argv = [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--state", str(state_dir), "--seed", str(seed)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if broker is not None:
+        argv += ["--broker", broker] + (["--server", server] if server else [])
+    proc = Proc(name, argv, env or dict(os.environ), log_dir).start()
+    proc.wait_for(lambda: _port_open(port), 30, "listening")
+    return proc, address
+
+
+def start_sim_broker(name: str, log_dir: Path, state_dir: Path, servers: dict[str, int], *, seed: int = 1,
+                     config: Path | None = None, env: dict[str, str] | None = None) -> tuple[Proc, str]:
+    """Start ``python -m mt5sim broker`` on a free port with ``servers`` (name: UTC offset in seconds; the
+    first is the default); returns the process and its address."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    argv = [PYTHON, "-m", "mt5sim", "broker", "--address", address, "--state", str(state_dir), "--seed", str(seed)]
+    for server, offset in servers.items():
+        argv += ["--server", f"{server}={offset}"]
     if config is not None:
         argv += ["--config", str(config)]
     proc = Proc(name, argv, env or dict(os.environ), log_dir).start()
