@@ -1,14 +1,16 @@
 """The embedded stack as a user runs it: `manage.py run_bridge` on SQLite, real processes.
 
-Proves: it comes up (migrations, sim terminals, pinned workers, beat, daphne), a session opens over
-HTTP, SQLite survives concurrent writers (web threads + workers + beat) without "database is
-locked", and Ctrl-C stops every child (no orphans).
+Proves: it comes up (migrations, the emulated broker and its sim terminals, pinned workers, beat,
+daphne), a session opens over HTTP, SQLite survives concurrent writers (web threads + workers + beat)
+without "database is locked", a broker that dies is restarted with its journal (positions kept), and
+Ctrl-C stops every child (no orphans).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,11 +70,15 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
     terminals.write_text(
         yaml.safe_dump(
             {
+                # one broker, a server name per clock (as terminals.yaml declares it)
+                "sim_broker": {"address": f"127.0.0.1:{free_port()}", "servers": {"MT5Sim-Demo": 7200, "MT5Sim-UTC": 0}},
                 "terminals": [
                     {"name": "emb-1", "backend": "sim", "address": f"127.0.0.1:{free_port()}", "utc_offset": 7200},
-                    {"name": "emb-2", "backend": "sim", "address": f"127.0.0.1:{free_port()}", "utc_offset": 0},
-                ]
-            }
+                    {"name": "emb-2", "backend": "sim", "address": f"127.0.0.1:{free_port()}", "server": "MT5Sim-UTC",
+                     "utc_offset": 0},
+                ],
+            },
+            sort_keys=False,
         )
     )
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # the embedded default: SQLite
@@ -106,7 +112,12 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
                 assert -5 < age < 125, (entry, tick, age)
             finally:
                 mt5sim.shutdown()
-        assert len(children) >= 8  # 2 sims, 2x(worker, reader?, poller?), maintenance, beat, web
+        assert len(children) >= 9  # broker, 2 sims, 2x(worker, reader?, poller?), maintenance, beat, web
+        broker_line = re.search(r"started sim-broker \(pid (\d+)", log_path.read_text())
+        assert broker_line, log_path.read_text()
+        broker_pid = int(broker_line.group(1))
+        argv = Path(f"/proc/{broker_pid}/cmdline").read_text().split("\0")
+        assert argv[1:4] == ["-m", "mt5sim", "broker"] and str(tmp_path / "var" / "sim" / "broker") in argv, argv
 
         key = subprocess.run(
             [sys.executable, "manage.py", "create_api_key", "--workspace", "emb"],
@@ -129,6 +140,23 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
         assert _call("GET", f"{base}/session/{session['sessionId']}", key)[1]["status"] == "active"
         logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "var" / "log").glob("*.log"))
         assert "database is locked" not in logs
+
+        # The broker dies: the supervisor restarts it, and its journal keeps the account's position.
+        emb_1 = yaml.safe_load(terminals.read_text())["terminals"][0]["address"]
+        assert mt5sim.initialize(emb_1, login=424242, password="pw-emb", server="Demo"), mt5sim.last_error()
+        try:
+            bought = mt5sim.order_send({"action": 1, "symbol": "EURUSD", "volume": 0.01, "type": 0})
+            assert bought is not None and bought.retcode == 10009, mt5sim.last_error()
+            os.kill(broker_pid, signal.SIGKILL)
+            wait_until(lambda: "restarted sim-broker" in log_path.read_text(), 30, "sim-broker restarted")
+            # A call never made before (the terminal answers a read it made while the broker was away
+            # from its last answer): the broker's own answer, once it is back.
+            held = wait_until(lambda: mt5sim.positions_get(ticket=bought.order), 30, "the position after the restart")
+            assert [p.ticket for p in held] == [bought.order]
+        finally:
+            mt5sim.shutdown()
+        assert not _alive(broker_pid)
+        children |= _descendants(proc.pid)  # the new broker too: nothing may outlive the bridge
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C to the supervisor alone: it stops its children itself
         try:
