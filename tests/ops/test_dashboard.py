@@ -25,6 +25,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from bridge_project import metrics, ratelimit
 from bridge_project.celery import app as celery_app
@@ -40,6 +43,7 @@ from tests.procs import free_port, start_manage
 from tests.waiting import wait_until
 from trading.models import TaskState, TradeTask
 from trading.outbox import publish_task
+from workers import tasks as worker_tasks
 
 TERMINAL = "dash-a"
 IDLE_TERMINAL = "dash-b"
@@ -316,9 +320,8 @@ def test_the_sample_list_is_capped_at_about_an_hour(terminal_session: BridgeSess
 def test_the_beat_runs_the_sampling_task_by_name_on_the_maintenance_worker(
     terminal_session: BridgeSession, clean_samples: None, settings,
 ) -> None:
-    import workers.tasks  # noqa: F401 - registers the tasks (the maintenance worker imports it)
-
     entry = settings.CELERY_BEAT_SCHEDULE["ops.sample_dashboard"]
+    assert worker_tasks.sample_dashboard_task.name == entry["task"]  # the task module the worker imports
     assert entry["schedule"] == settings.BRIDGE_OPS_SAMPLE_INTERVAL
     result = celery_app.tasks[entry["task"]].apply()
     assert result.successful() and result.get()["depth"][TERMINAL] == 0
@@ -352,9 +355,6 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 @pytest.fixture
 def browser() -> Iterator:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -376,8 +376,6 @@ CHART_POINTS = "return [...document.querySelectorAll('figure.chart')].map(f => [
 def test_headless_chromium_logs_in_and_draws_the_live_dashboard(
     live_server, browser, terminal_session: BridgeSession, clean_samples: None, settings, tmp_path: Path,
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     settings.BRIDGE_OPS_DASHBOARD_REFRESH = 1.0
     # The fixture's single heartbeat stays "alive" for 3 intervals: long enough for a slow machine here.
     settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL = 60.0
