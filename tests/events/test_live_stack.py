@@ -48,6 +48,11 @@ def _wait_final(task_id: str, timeout: float = 20) -> TradeTask:
                       f"{task_id} final")
 
 
+def _state_changes(events: list[tuple[str, str | None]]) -> list[str]:
+    """The states an order went through, from its events (those of a change of fields left out)."""
+    return [state for state, change in events if not change]
+
+
 def _wait_watched(terminal: str, symbol: str, since: float) -> None:
     """Until the terminal's poller has begun a cycle after ``since`` with ``symbol`` among its ticks: a
     cycle reads the watched symbols first, so from then on it watches what was subscribed before."""
@@ -101,11 +106,12 @@ def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eu
     assert abs(quote["data"]["time_msc"] - time.time() * 1000) < 5000, quote
     # an order over REST -> order events through every state, then the position opened
     task_id = _order(client, session_a.id, "ev-e2e-1", sl=1.0950)
-    states = []
-    while "filled" not in states:
+    events = []  # (state, change): a change of fields without a change of state names itself
+    while ("filled", None) not in events:
         message, _ = sock.recv_until(lambda m: m["type"] == "order" and m["data"].get("taskId") == task_id)
-        states.append(message["data"]["state"])
-    assert states == ["queued", "dispatched", "filled"], states
+        events.append((message["data"]["state"], message["data"].get("change")))
+    assert _state_changes(events) == ["queued", "dispatched", "filled"], events
+    assert ("dispatched", "sent") in events, events  # the send mark, before the outcome
     task = _wait_final(task_id)
     opened, _ = sock.recv_until(lambda m: m["type"] == "position" and m["data"]["event"] == "opened")
     assert opened["data"]["ticket"] == task.position_ticket and opened["data"]["sl"] == 1.095
@@ -140,7 +146,7 @@ def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, sess
     seqs = [m["seq"] for m in replayed]
     assert seqs == list(range(since + 1, since + 1 + len(seqs))) and seqs[-1] == done["seq"]
     orders = [(m["data"]["taskId"], m["data"]["state"]) for m in replayed
-              if m["type"] == "order" and m["data"].get("taskId") in (first, second)]
+              if m["type"] == "order" and m["data"].get("taskId") in (first, second) and not m["data"].get("change")]
     assert [s for t, s in orders if t == first] == ["queued", "dispatched", "filled"]
     assert [s for t, s in orders if t == second] == ["queued", "dispatched", "filled"]
     assert orders.index((first, "queued")) < orders.index((second, "queued"))

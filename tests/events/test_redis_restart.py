@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from streams.keys import seq_key, subs_key
 from streams.publisher import publish_session_event
 from tests.events.conftest import WsClient, start_daphne, ws_connect
 from tests.procs import Proc, free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,16 +91,6 @@ def stack(private_stack, settings) -> Iterator[tuple[PrivateRedis, Proc, str]]:
     publisher._clients.clear()
 
 
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not {what} within {timeout}s")
-
-
 def _order(task: str, state: str = "filled") -> dict:
     return {"taskId": task, "requestId": f"req-{task}", "kind": "order.create", "state": state, "result": None}
 
@@ -156,8 +146,8 @@ def test_a_socket_open_across_a_redis_restart_gets_every_order_event_published_a
                 return False
             return message["epoch"] == new_epoch and message["seq"] == 3
 
-        _wait(quote_arrives, 20, "a quote through the re-joined group")
-        assert _wait(lambda: r.hlen(subs_key(session.terminal)), 10, "the quote subscription re-registered")
+        wait_until(quote_arrives, 20, "a quote through the re-joined group")
+        assert wait_until(lambda: r.hlen(subs_key(session.terminal)), 10, "the quote subscription re-registered")
         publish_session_event(session.id, "order", _order("tsk_live"))
         live = sock.recv_until(lambda m: m["type"] == "order", timeout=5)[0]
         assert (live["seq"], live["epoch"], live["data"]["taskId"]) == (4, new_epoch, "tsk_live")

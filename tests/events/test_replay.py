@@ -111,10 +111,11 @@ def test_events_older_than_max_age_are_trimmed(make_session, settings) -> None:
         publish_session_event(session.id, "order", _order(n))
     import time
 
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    assert [i.decode() for i, _ in r.xrange(log_key(session.id))] == ["1-0", "2-0", "3-0"]  # young: all kept
     # Time itself is the subject: the three events must become older than the max age (0.2 s).
     time.sleep(0.3)
     publish_session_event(session.id, "order", _order(3))
-    r = redis.Redis.from_url(settings.REDIS_URL)
     ids = [i.decode() for i, _ in r.xrange(log_key(session.id))]
     assert ids == ["4-0"]
     assert int(r.hget(seq_key(session.id), "n")) == 4

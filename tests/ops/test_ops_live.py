@@ -50,11 +50,8 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
 
 def _wait_alive(ops_client: APIClient, name: str, timeout: float = 20.0) -> dict:
     """Terminal rows are flushed between transactional tests: wait for the worker's next beat."""
-    deadline = time.monotonic() + timeout
-    while not (state := _terminal(ops_client, name))["worker"]["alive"]:
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
-    return state
+    return wait_until(lambda: (state := _terminal(ops_client, name))["worker"]["alive"] and state, timeout,
+                      f"the worker of {name} shown alive", interval=0.1)
 
 
 def _restart_worker(stack: Stack, name: str, **env: str):
@@ -89,10 +86,8 @@ def test_a_killed_worker_shows_down_within_its_heartbeat_grace(stack: Stack, ops
     interval = 1.0
     settings.BRIDGE_WORKER_HEARTBEAT_INTERVAL = interval
     worker = _restart_worker(stack, "sim-b", BRIDGE_WORKER_HEARTBEAT_INTERVAL=str(interval))
-    deadline = time.monotonic() + 10
-    while not (state := _terminal(ops_client, "sim-b"))["worker"]["alive"] or state["worker"]["heartbeatAge"] > interval:
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
+    state = wait_until(lambda: (s := _terminal(ops_client, "sim-b"))["worker"]["alive"]
+                       and s["worker"]["heartbeatAge"] <= interval and s, 10, "a fresh heartbeat", interval=0.1)
     beat_before = state["worker"]["lastHeartbeat"]
     # It keeps beating: the heartbeat moves on within a couple of intervals.
     wait_until(lambda: _terminal(ops_client, "sim-b")["worker"]["lastHeartbeat"] > beat_before, 2.5 * interval,
@@ -146,10 +141,8 @@ def test_queued_task_age_grows_queue_depth_from_broker_then_drains(
         assert _metric(text, "bridge_tasks", state="queued", kind="order.create") == 1.0
 
         stack.start_worker("sim-b")  # the worker comes back and drains its queue
-        deadline = time.monotonic() + 30
-        while TradeTask.objects.get(id=task_id).state not in FINAL_STATES:
-            assert time.monotonic() < deadline, TradeTask.objects.get(id=task_id).state
-            time.sleep(0.1)
+        wait_until(lambda: TradeTask.objects.get(id=task_id).state in FINAL_STATES, 30, f"{task_id} final",
+                   interval=0.1)
         assert TradeTask.objects.get(id=task_id).state == "filled"
         drained = _terminal(ops_client, "sim-b")
         assert drained["queueDepth"] == 0 and drained["queuedTasks"] == 0 and drained["oldestQueuedTaskAge"] is None

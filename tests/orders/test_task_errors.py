@@ -9,7 +9,6 @@ test-only switch is involved.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -19,10 +18,10 @@ from django.conf import settings as django_settings
 from sessions.models import BridgeSession
 from streams.replay import read_since
 from tests.conftest import Stack
+from tests.factories import make_task
 from tests.orders.conftest import open_session, wait_final
-from trading import states
-from trading.models import TaskKind, TaskTransition, TradeTask
-from trading.orders import new_tag
+from tests.waiting import wait_until
+from trading.models import TaskTransition, TradeTask
 from trading.outbox import publish_task
 from trading.task_errors import _redacted
 from workers.tasks import reconcile_all_task
@@ -33,19 +32,15 @@ MAX_ERRORS = 3
 
 
 def _insert_unbuildable(session: BridgeSession, name: str) -> TradeTask:
-    task = TradeTask(workspace_id=session.workspace_id, session=session, terminal_id=session.terminal_id,
-                request_id=name, fingerprint="0" * 64, kind=TaskKind.ORDER_CREATE,
-                request={"symbol": "EURUSD", "type": "BUY_FUTURE", "volume": 0.1}, tag=new_tag())
-    states.task_create(task=task)
+    """A task the API would refuse (no such order type), inserted by the ledger and published: what a
+    bug of the bridge's own validation would let through."""
+    task = make_task(session, request_id=name, request={"symbol": "EURUSD", "type": "BUY_FUTURE", "volume": 0.1})
     assert publish_task(task.id, TERMINAL)
     return task
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    wait_until(predicate, timeout, what)
 
 
 def _errors(task_id: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.orders.conftest import open_session, wait_final
+from tests.waiting import wait_until
 from trading.models import TaskTransition, TradeTask
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -210,10 +211,8 @@ def test_reconciliation_reports_a_tagged_order_no_task_owns(stack, client, sim) 
         mt5sim.shutdown()
     reconcile_terminal_task.apply_async(kwargs={"startup": True}, queue="terminal.sim-a")
     # The reconciliation records each place it finds the order in as it goes: wait for it to finish.
-    deadline = time.monotonic() + 20
-    sources: set[str] = set()
-    while not {"history_orders", "positions"} <= sources and time.monotonic() < deadline:
-        time.sleep(0.2)
-        sources = set(UnownedOrder.objects.filter(tag=stray).values_list("source", flat=True))
-    assert sources, "the stray tagged order was not reported"
-    assert {"history_orders", "positions"} <= sources
+    def sources() -> set[str]:
+        return set(UnownedOrder.objects.filter(tag=stray).values_list("source", flat=True))
+
+    wait_until(lambda: {"history_orders", "positions"} <= sources(), 20, "the stray order reported from both places",
+               interval=0.2)

@@ -17,7 +17,7 @@ import mt5sim
 from mt5sim.control import Control
 from tests.conftest import SIM_TERMINALS, Stack
 from tests.procs import Proc, start_manage
-from tests.waiting import wait_until  # noqa: F401 - the read tests import it from here
+from tests.waiting import wait_until  # the read tests import it from here too
 from trading.reads.readqueue import heartbeat_key
 from trading.reads.snapshots import quote_interest_key, snapshot_key
 
@@ -53,11 +53,9 @@ class ReadProcs:
             if name not in self.pollers or not self.pollers[name].alive():
                 self.start_poller(name)
         client = redis.Redis.from_url(django_settings.REDIS_URL)
-        deadline = time.monotonic() + 20
         for name, _ in SIM_TERMINALS:
-            while client.get(heartbeat_key(name)) is None:
-                assert time.monotonic() < deadline, f"reader of {name} has no heartbeat"
-                time.sleep(0.05)
+            wait_until(lambda name=name: client.get(heartbeat_key(name)) is not None, 20,
+                       f"a heartbeat of the reader of {name}")
 
     def stop_all(self) -> None:
         for proc in [*self.readers.values(), *self.pollers.values()]:

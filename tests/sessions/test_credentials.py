@@ -32,6 +32,7 @@ from sessions.models import BridgeSession, SessionStatus, Workspace
 from terminals.models import Terminal
 from tests.conftest import SIM_TERMINALS, Stack, _db_env
 from tests.procs import start_manage, start_sim
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -138,14 +139,6 @@ def test_rotation_reports_secrets_no_configured_key_can_open(settings) -> None:
 
 
 # -- a real worker and terminal ------------------------------------------------------------------------------
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not within {timeout}s"
-        time.sleep(0.05)
 
 
 def test_a_session_opened_under_the_old_key_logs_in_after_rotation(sim_stack: Stack, tmp_path, settings) -> None:
@@ -199,7 +192,7 @@ def test_a_session_opened_under_the_old_key_logs_in_after_rotation(sim_stack: St
 
         # 4. A worker that knows only K2 logs the waiting session in with the right password.
         worker({"BRIDGE_CREDENTIALS_KEY": K2, "BRIDGE_CREDENTIALS_OLD_KEYS": ""})
-        session = _wait(lambda: BridgeSession.objects.filter(id=sid).exclude(status="opening").first(), 60,
+        session = wait_until(lambda: BridgeSession.objects.filter(id=sid).exclude(status="opening").first(), 60,
                         "the login after rotation")
         assert session.status == "active", (session.status, session.error_message, workers[-1].log()[-2000:])
         api.delete(f"/mt5/client/session/{sid}")
