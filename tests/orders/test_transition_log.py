@@ -30,6 +30,8 @@ def _events_by_task(session_id: str) -> dict[str, list[tuple[str, str, str]]]:
         if channel != "order":
             continue
         data = json.loads(text)["data"]
+        if data.get("source") == "terminal":  # a pending order changed at the broker, not a task's change
+            continue
         seen.setdefault(data["taskId"], []).append((data["from"], data["state"], data.get("change", "")))
     return seen
 
