@@ -417,6 +417,9 @@ BRIDGE_POLL_INTERVAL = env.float("BRIDGE_POLL_INTERVAL", default=0.25)
 # A snapshot older than this is not served (the poller is stuck or gone): the read falls back to
 # the read queue, and answers 502 when that fails too.
 BRIDGE_SNAPSHOT_MAX_AGE = env.float("BRIDGE_SNAPSHOT_MAX_AGE", default=2.0)
+# Read-your-writes: a snapshot older than the last change the bridge made at the terminal is not
+# served; the read waits this long for the poller's next cycle, then asks the terminal itself.
+BRIDGE_SNAPSHOT_CATCHUP_WAIT = env.float("BRIDGE_SNAPSHOT_CATCHUP_WAIT", default=0.6)
 # Symbols asked for on /quotes/{symbol} stay watched by the poller this long (seconds).
 BRIDGE_QUOTE_INTEREST_TTL = env.float("BRIDGE_QUOTE_INTEREST_TTL", default=300.0)
 # BRIDGE_READ_MAX_TICKS and BRIDGE_SYMBOL_SUFFIX_MAX: with the terminal reads above.

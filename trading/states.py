@@ -18,6 +18,7 @@ COMMIT). Other databases (SQLite in development) take the same steps through the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from contextlib import nullcontext
 from typing import Any
@@ -26,10 +27,17 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from terminals import runtime
 from terminals.lease import Lease, fence_condition
 
 from .events import publish_task_change
 from .models import FINAL_STATES, RequestReceipt, TaskState, TaskTransition, TradeTask
+from .reads.readqueue import redis_client
+from .reads.snapshots import note_terminal_changed
+
+logger = logging.getLogger("bridge.trading.states")
+# States a task reaches once the terminal acted on it (or may have): reads must show what it did.
+EXECUTED_STATES = (TaskState.FILLED, TaskState.PARTIAL, TaskState.PLACED)
 
 
 class Increment:
@@ -114,6 +122,7 @@ def task_change(
         fields.setdefault("finished_at", timezone.now())
     where = where if where is not None else Q()
     detail_columns = detail_columns or {}
+    _note_settled_at_terminal(from_states, to_state)
     if connection.vendor != "postgresql":
         return _change_in_transaction(task_id, from_states, to_state, fields, where, detail, detail_columns)
     sql, params = _change_statement(task_id, from_states, to_state, fields, where, detail, detail_columns)
@@ -128,6 +137,22 @@ def task_change(
     previous = values["previous_state"]
     transaction.on_commit(lambda: publish_task_change(task, previous=previous, change=change))
     return task
+
+
+def _note_settled_at_terminal(from_states: list[str], to_state: str | None) -> None:
+    """Read-your-writes: before a task that reached the terminal settles (so before any client can see
+    it settled), mark the pinned terminal changed; snapshot reads older than the mark wait for the next
+    poll or ask the terminal (trading/reads/selectors.py)."""
+    sent = bool({TaskState.DISPATCHED, TaskState.UNKNOWN} & set(from_states))
+    if to_state not in FINAL_STATES or not (sent or to_state in EXECUTED_STATES):
+        return
+    terminal = runtime.pinned_terminal()
+    if not terminal:
+        return
+    try:
+        note_terminal_changed(redis_client(), terminal)
+    except Exception:  # Redis away: the snapshots cannot be read either; the ledger stays the truth
+        logger.warning("marking terminal %s changed failed", terminal, exc_info=True)
 
 
 def _change_in_transaction(task_id: str, from_states: list[str], to_state: str | None, fields: dict[str, Any],

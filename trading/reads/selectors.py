@@ -20,7 +20,7 @@ from bridge_project.errors import BridgeUnavailable, NotFound
 from sessions.models import BridgeSession
 from terminals.reads import TIMEFRAME_SECONDS
 from trading.reads.readqueue import RawJSON, call_reader, redis_client
-from trading.reads.snapshots import TerminalSnapshot, load_snapshot, note_quote_interest
+from trading.reads.snapshots import TerminalSnapshot, load_snapshot_and_change, note_quote_interest
 
 logger = logging.getLogger("bridge.reads")
 
@@ -29,11 +29,27 @@ def _terminal(session: BridgeSession) -> str:
     return session.terminal.name
 
 
+def _snapshot_after_last_change(terminal: str) -> TerminalSnapshot | None:
+    """The terminal's snapshot, provided its cycle started after the last change the bridge made at the
+    terminal (read-your-writes): when it did not, wait for the poller's next cycle, at most
+    BRIDGE_SNAPSHOT_CATCHUP_WAIT; None when none came (the caller then asks the terminal itself)."""
+    client = redis_client()
+    deadline = time.monotonic() + settings.BRIDGE_SNAPSHOT_CATCHUP_WAIT
+    while True:
+        snapshot, changed_at = load_snapshot_and_change(client, terminal)
+        if snapshot is None or snapshot.taken_at >= changed_at:
+            return snapshot
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
 def fresh_snapshot(session: BridgeSession) -> TerminalSnapshot | None:
-    """The terminal's snapshot if it is fresh and was taken for this session (the poller stamps it with
-    the terminal's bound session only while the terminal shows that session's account), else None."""
+    """The terminal's snapshot if it is fresh, shows every change the bridge made at the terminal, and
+    was taken for this session (the poller stamps it with the terminal's bound session only while the
+    terminal shows that session's account), else None."""
     try:
-        snapshot = load_snapshot(redis_client(), _terminal(session))
+        snapshot = _snapshot_after_last_change(_terminal(session))
     except Exception:  # a corrupt or unreachable snapshot just means "ask the terminal"
         logger.exception("cannot load the snapshot of %s", _terminal(session))
         return None

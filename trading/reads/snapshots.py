@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SNAPSHOT_KEY = "bridge:snap:{terminal}"
+# When the bridge last changed the terminal's trading state (a task settled after the terminal acted):
+# a snapshot whose cycle started before this may not show it (read-your-writes, docs/reads.md).
+CHANGED_KEY = "bridge:changed:{terminal}"
 # Symbols a client asked a quote of: member = symbol, score = last time asked (unix seconds).
 QUOTE_INTEREST_KEY = "bridge:quotes:wanted:{terminal}"
 
@@ -62,6 +65,22 @@ def store_snapshot(client: Any, terminal: str, snapshot: TerminalSnapshot, ttl: 
 def load_snapshot(client: Any, terminal: str) -> TerminalSnapshot | None:
     raw = client.get(snapshot_key(terminal))
     return TerminalSnapshot.from_json(raw) if raw else None
+
+
+def changed_key(terminal: str) -> str:
+    return CHANGED_KEY.format(terminal=terminal)
+
+
+def note_terminal_changed(client: Any, terminal: str, at: float | None = None, ttl: float = 3600) -> None:
+    """Record that the terminal's state changed at ``at`` (before the change is visible to clients)."""
+    client.set(changed_key(terminal), repr(at if at is not None else time.time()), ex=int(ttl))
+
+
+def load_snapshot_and_change(client: Any, terminal: str) -> tuple[TerminalSnapshot | None, float]:
+    """The snapshot and the time of the last change the bridge made at the terminal (0.0: none), in
+    one round trip."""
+    raw, changed = client.mget(snapshot_key(terminal), changed_key(terminal))
+    return (TerminalSnapshot.from_json(raw) if raw else None), float(changed or 0.0)
 
 
 def note_quote_interest(client: Any, terminal: str, symbol: str, now: float | None = None) -> None:
