@@ -24,7 +24,7 @@ from bridge_project.celery import terminal_queue
 from sessions.models import LIVE_STATUSES, BridgeSession
 from terminals.models import Terminal
 from terminals.services import sync_terminals
-from trading.models import FINAL_STATES, TaskState, TradeTask
+from trading.models import TaskState, TradeTask
 
 logger = logging.getLogger("bridge.ops")
 
@@ -244,4 +244,3 @@ def tasks_for_ops(
 
 
 TASK_STATES = [s.value for s in TaskState]
-FINAL_STATE_VALUES = [s.value for s in FINAL_STATES]

@@ -49,7 +49,7 @@ logger = logging.getLogger("bridge.trading.outbox")
 # Publishing must fail fast when Redis is away: the sweeper retries, the client is not held.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
-EXECUTE_TASK_NAME = "trading.execute"  # trading.tasks.execute_task: sent by name (no import of the task module)
+EXECUTE_TASK_NAME = "trading.execute"  # workers.tasks.execute_task: sent by name (no import of the task module)
 # kombu's Redis transport: a queue with priorities is the queue's own list (priority 0) plus
 # "<queue>\x06\x16<step>" lists; delivered-but-unacked messages wait in one hash for every queue.
 KOMBU_PRIORITY_SEP = "\x06\x16"

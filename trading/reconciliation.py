@@ -51,7 +51,7 @@ def reconcile_terminal(terminal_name: str, *, startup: bool = False) -> dict[str
     outcomes: dict[str, int] = {}
     reason = "startup" if startup else "reconciliation"
     for task in tasks.order_by("created_at")[:500]:
-        # An error of the bridge on one task is settled on that task (bounded: trading.tasks.settle_error)
+        # An error of the bridge on one task is settled on that task (bounded: trading.task_errors.run_guarded)
         # and does not stop the others' reconciliation.
         outcome = run_guarded(task.id, reason, lambda task=task: recover(task, reason))
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
