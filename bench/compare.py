@@ -91,14 +91,20 @@ class Client:
         hdrs = {**self.headers, **(headers or {})}
         if data is not None:
             hdrs["Content-Type"] = "application/json"
-        try:
-            self.conn.request(method, path, body=data, headers=hdrs)
-            response = self.conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-            raise
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=data, headers=hdrs)
+                response = self.conn.getresponse()
+                raw = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                # A keep-alive connection the server closed while idle: sent again once on a new one, as
+                # client libraries do (writes carry x-request-id, so a repeat is a replay, not a new order).
+                stale = isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+                if attempt == 2 or not stale:
+                    raise
         try:
             return response.status, json.loads(raw or b"{}")
         except ValueError:
@@ -672,7 +678,8 @@ class Bench:
         self.results["rss_after"] = sum(self.rss_after[r] for r in ROLES)
         self.results["rss_direct"] = rss_mb([self.direct_proc.pid])
         self.beat_stop.set()
-        self.ours.call("DELETE", f"/mt5/client/session/{self.sid}")
+        status, _ = self.ours.call("DELETE", f"/mt5/client/session/{self.sid}")
+        say(f"session closed: DELETE /session/{{id}} answered {status}")
 
     def run(self) -> None:
         self.start()
