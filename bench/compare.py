@@ -1,16 +1,18 @@
 """mt5-bridge (``make run``) against a direct synchronous bridge, side by side, in one run (issue #13).
 
     .venv/bin/python bench/compare.py [--orders 200] [--seconds 5] [--load-seconds 10] [--drain 500] \\
-        [--redis-url redis://127.0.0.1:6379/10]
+        [--redis-url URL]
 
 It starts, on free ports, and stops at the end (also on Ctrl-C or an error):
 
 * the embedded stack the way ``make run`` does: ``manage.py run_bridge`` with its own ``BRIDGE_VAR_DIR``
   (a temp dir: SQLite there), ``BRIDGE_PORT`` and a terminals file with the emulated broker (``sim_broker``,
   server ``MT5Sim-Demo``) and one terminal on it; run_bridge starts the broker, the terminal, the terminal's
-  pinned worker, reader and poller, the maintenance worker, beat and daphne. Two settings differ from a
-  bare ``make run``: ``REDIS_URL`` (a Redis DB of its own, ``--redis-url``) and ``BRIDGE_THROTTLE_RATE`` (raised:
-  the default 6,000/min per workspace would answer 429 long before 500 writes/s);
+  pinned worker, reader and poller, the maintenance worker, beat and daphne. ``REDIS_URL`` names a free port,
+  so run_bridge also starts its own ``redis-server`` there, as ``make run`` does where no Redis answers (a
+  shared Redis DB may be flushed by someone else's tests mid-run; ``--redis-url`` to use one anyway).
+  One setting differs from a bare ``make run``: ``BRIDGE_THROTTLE_RATE`` is raised (the default 6,000/min per
+  workspace would answer 429 long before 500 writes/s);
 * ``bench/direct_bridge.py``, the baseline: one waitress process calling mt5sim inline under one lock, on a
   second terminal of the same broker (its own ``python -m mt5sim serve --broker`` process).
 
@@ -256,7 +258,7 @@ def stack_processes(root: int, terminal: str, terminal_address: str) -> dict[str
         "worker": f"run_terminal_worker {terminal}", "reader": f"run_terminal_reader {terminal}",
         "poller": f"run_terminal_poller {terminal}", "web (daphne)": "workers.stack daphne",
         "maintenance worker": "run_maintenance_worker", "beat": " beat ", "sim-broker": "mt5sim broker",
-        "mt5sim terminal": f"mt5sim serve --address {terminal_address}",
+        "mt5sim terminal": f"mt5sim serve --address {terminal_address}", "redis-server": "redis-server",
     }
     roles: dict[str, list[int]] = {}
     for role, mark in marks.items():
@@ -395,8 +397,9 @@ class Bench:
             f"terminals:\n  - name: {self.terminal}\n    backend: sim\n    address: {self.term_addr}\n"
             f"    server: {SERVER}\n    utc_offset: {OFFSET}\n")
         self.env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # make run's SQLite in the var dir
+        self.redis_url = args.redis_url or f"redis://127.0.0.1:{free_port()}/0"
         self.env.update({"BRIDGE_VAR_DIR": str(self.work), "BRIDGE_PORT": str(self.web_port),
-                         "BRIDGE_TERMINALS_FILE": str(self.work / "terminals.yaml"), "REDIS_URL": args.redis_url,
+                         "BRIDGE_TERMINALS_FILE": str(self.work / "terminals.yaml"), "REDIS_URL": self.redis_url,
                          "BRIDGE_THROTTLE_RATE": "100000000/min", "PYTHONUNBUFFERED": "1"})
         self.started = Started(self.work)
         self.results: dict[str, float] = {"load_seconds": args.load_seconds, "idle_seconds": args.idle_seconds}
@@ -408,9 +411,9 @@ class Bench:
     def start(self) -> None:
         print(f"machine: {machine()}")
         print(f"load average at start: {load_avg()} (2 cores shared with other work: figures are noisy)")
-        print(f"work dir: {self.work}; Redis {self.args.redis_url}; terminal {self.terminal}\n")
-        say("starting the embedded stack: manage.py run_bridge (broker, terminal, worker, reader, poller, "
-            "maintenance, beat, daphne)")
+        print(f"work dir: {self.work}; Redis {self.redis_url}; terminal {self.terminal}\n")
+        say("starting the embedded stack: manage.py run_bridge (redis-server if none answers at REDIS_URL, "
+            "broker, terminal, worker, reader, poller, maintenance, beat, daphne)")
         self.bridge = self.started.start("run_bridge", [PYTHON, "manage.py", "run_bridge"], self.env)
         deadline = time.monotonic() + 180
         while "Ctrl-C stops everything" not in self.started.log("run_bridge"):
@@ -712,7 +715,9 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=10.0, help="duration of the 32-client write run")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--drain", type=int, default=500, help="tasks queued for the drain run")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10", help="a Redis DB for this run")
+    parser.add_argument("--redis-url", default="",
+                        help="default: a free port, where run_bridge starts its own redis-server (as make run does "
+                             "when no Redis answers), so no other user of a shared Redis can flush this run's keys")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupted)  # stopped from outside: clean up as on Ctrl-C
     bench = Bench(args)
