@@ -9,6 +9,7 @@ import runpy
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import protocol
@@ -55,6 +56,28 @@ def _parse_servers(values: list[str] | None) -> list[tuple[str, int | None]] | N
     return out
 
 
+def _serve_until_stopped(server: Any, address: str, prefix: str, banner: Callable[[], str],
+                         close: Callable[[], None], stop: threading.Event | None = None) -> int:
+    """Listen, print ``banner()``, serve until SIGTERM or Ctrl-C, then stop the server and ``close()``
+    what it served (also when it cannot listen)."""
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"mt5sim: cannot listen on {address}: {exc}", file=sys.stderr, flush=True)
+        close()
+        return 1
+    if stop is None:
+        stop = _stop_event()
+    print(banner(), flush=True)
+    while not stop.wait(0.5):
+        pass
+    print(f"{prefix}: stopping", flush=True)
+    server.stop()
+    close()
+    print(f"{prefix}: stopped", flush=True)
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     """The trade server: accounts, orders, positions, history, prices and rules for its server names."""
     parsed = protocol.parse_address(args.address)
@@ -69,23 +92,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
         os.makedirs(args.state, exist_ok=True)
     broker = Broker(_load_config(args.config), args.state, seed=args.seed, servers=servers)
     server = BrokerServer(broker, parsed[0], parsed[1])
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"mt5sim: cannot listen on {args.address}: {exc}", file=sys.stderr, flush=True)
-        broker.close()
-        return 1
-    stop = _stop_event()
-    names = ",".join(f"{n}(UTC{e.server_offset:+d}s)" for n, e in broker.engines.items())
-    print(f"mt5sim broker listening on {server.address} (servers={names}, state={args.state or 'memory'}, "
-          f"pid={os.getpid()})", flush=True)
-    while not stop.wait(0.5):
-        pass
-    print("mt5sim broker: stopping", flush=True)
-    server.stop()
-    broker.close()
-    print("mt5sim broker: stopped", flush=True)
-    return 0
+
+    def banner() -> str:
+        names = ",".join(f"{n}(UTC{e.server_offset:+d}s)" for n, e in broker.engines.items())
+        return (f"mt5sim broker listening on {server.address} (servers={names}, state={args.state or 'memory'}, "
+                f"pid={os.getpid()})")
+
+    return _serve_until_stopped(server, args.address, "mt5sim broker", banner, broker.close)
 
 
 def cmd_terminal(args: argparse.Namespace, parsed: tuple[str, int]) -> int:
@@ -111,19 +124,11 @@ def cmd_terminal(args: argparse.Namespace, parsed: tuple[str, int]) -> int:
         print(f"mt5sim: waiting for the broker at {args.broker} ...", flush=True)
         if not server.connect(stop, wait=True):
             return 0
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"mt5sim: cannot listen on {args.address}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    print(f"mt5sim listening on {server.address} (broker={args.broker}, server={server.state.server_name}, "
-          f"state={args.state or 'memory'}, pid={os.getpid()})", flush=True)
-    while not stop.wait(0.5):
-        pass
-    print("mt5sim: stopping", flush=True)
-    server.stop()
-    print("mt5sim: stopped", flush=True)
-    return 0
+    return _serve_until_stopped(
+        server, args.address, "mt5sim",
+        lambda: (f"mt5sim listening on {server.address} (broker={args.broker}, server={server.state.server_name}, "
+                 f"state={args.state or 'memory'}, pid={os.getpid()})"),
+        lambda: None, stop)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -146,23 +151,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.makedirs(args.state, exist_ok=True)
     engine = Engine(_load_config(args.config), args.state, seed=args.seed)
     server = TerminalServer(engine, parsed[0], parsed[1])
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"mt5sim: cannot listen on {args.address}: {exc}", file=sys.stderr, flush=True)
-        engine.close()
-        return 1
 
-    stop = _stop_event()
-    print(f"mt5sim listening on {server.address} (state={args.state or 'memory'}, pid={os.getpid()})", flush=True)
-    while not stop.wait(0.5):
-        pass
-    print("mt5sim: stopping", flush=True)
-    server.stop()
-    with server.engine_lock:
-        engine.close()
-    print("mt5sim: stopped", flush=True)
-    return 0
+    def close_engine() -> None:
+        with server.engine_lock:
+            engine.close()
+
+    return _serve_until_stopped(
+        server, args.address, "mt5sim",
+        lambda: f"mt5sim listening on {server.address} (state={args.state or 'memory'}, pid={os.getpid()})",
+        close_engine)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -235,15 +232,20 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_process_options(parser: argparse.ArgumentParser, address: str, state_help: str) -> None:
+    """The options ``serve`` and ``broker`` share: where to listen, the config, the state dir, the feed seed."""
+    parser.add_argument("--address", default=address, help="HOST:PORT to listen on (port 0: any free port)")
+    parser.add_argument("--config", help="YAML/JSON file: accounts, symbols, ... (see docs/mt5sim.md)")
+    parser.add_argument("--state", help=state_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the price feed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mt5sim", description="Simulated MetaTrader 5 terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the terminal process")
-    serve.add_argument("--address", default="127.0.0.1:18812", help="HOST:PORT to listen on (port 0: any free port)")
-    serve.add_argument("--config", help="YAML/JSON file: accounts, symbols, ... (see docs/mt5sim.md)")
-    serve.add_argument("--state", help="directory where accounts, orders and history persist")
-    serve.add_argument("--seed", type=int, default=0, help="seed of the price feed")
+    _add_process_options(serve, "127.0.0.1:18812", "directory where accounts, orders and history persist")
     serve.add_argument("--broker", help="HOST:PORT of a `python -m mt5sim broker`: accounts and markets live there "
                                         "(without it the terminal is its own trade server)")
     serve.add_argument("--server", help="with --broker: the broker's server name this terminal starts on "
@@ -251,10 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     broker = sub.add_parser("broker", help="run a trade server for terminals started with serve --broker")
-    broker.add_argument("--address", default="127.0.0.1:18800", help="HOST:PORT to listen on (port 0: any free port)")
-    broker.add_argument("--config", help="YAML/JSON file: accounts, symbols, ... (see docs/mt5sim.md)")
-    broker.add_argument("--state", help="directory where accounts, orders and history persist (one subdir per server)")
-    broker.add_argument("--seed", type=int, default=0, help="seed of the price feed")
+    _add_process_options(broker, "127.0.0.1:18800",
+                         "directory where accounts, orders and history persist (one subdir per server)")
     broker.add_argument("--server", action="append", metavar="NAME[=OFFSET_SECONDS]",
                         help="a server name this broker runs, with its clock offset from UTC (repeatable; "
                              "default: the config's server.name and offset)")

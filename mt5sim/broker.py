@@ -21,15 +21,13 @@ import os
 import re
 import socket
 import sys
-import threading
-import time
 import traceback
 from typing import Any
 
 from . import protocol
 from .engine.engine import Engine, EngineError, Session, TerminalView
+from .listener import CALL_FAILED, ThreadedListener
 
-_CALL_FAILED = [-1, "Terminal: Call failed"]
 _UNSUPPORTED = [-7, "Terminal: Unsupported function"]
 
 
@@ -111,94 +109,29 @@ class _Link:
         self.session.books = _AllBooks()
 
 
-class BrokerServer:
+class BrokerServer(ThreadedListener):
     """TCP front of a Broker: one thread per connection (terminal links and control connections)."""
 
+    log_name = "mt5sim broker"
+    thread_name = "mt5sim-broker"
+
     def __init__(self, broker: Broker, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self.broker = broker
-        self.host = host
-        self.port = port
-        self.listener: socket.socket | None = None
-        self.stopping = threading.Event()
-        self.connections: set[socket.socket] = set()
-        self.threads: set[threading.Thread] = set()
-        self.lock = threading.Lock()
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self.listener = socket.create_server((self.host, self.port), family=family, backlog=128)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept_loop, name="mt5sim-broker-accept", daemon=True).start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.listener is not None:
-            try:
-                self.listener.close()
-            except OSError:
-                pass
-        with self.lock:
-            conns, threads = list(self.connections), list(self.threads)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 3.0
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _accept_loop(self) -> None:
-        assert self.listener is not None
-        while not self.stopping.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                if self.stopping.is_set():
-                    return
-                time.sleep(0.05)
-                continue
-            thread = threading.Thread(target=self._serve, args=(sock,), name="mt5sim-broker-conn", daemon=True)
-            with self.lock:
-                self.threads.add(thread)
-                self.connections.add(sock)
-            thread.start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = protocol.FrameReader(sock)
+    def _serve_connection(self, sock: socket.socket) -> None:
         link = _Link(self.broker.engine(None))
+        self._serve_frames(sock, lambda message: self._answer(link, message))
+
+    def _answer(self, link: _Link, message: Any) -> bytes | None:
         try:
-            while not self.stopping.is_set():
-                try:
-                    message = reader.read()
-                    call_id, method, kwargs = message[0], str(message[1]), message[2] or {}
-                except (protocol.ConnectionClosed, OSError, ValueError, TypeError, IndexError):
-                    return
-                if len(message) > 3 and message[3] is not None:
-                    self._sync_view(link, message[3])
-                status, payload = self._dispatch(link, method, kwargs, len(message) > 3)
-                try:
-                    frame = protocol.pack([call_id, status, payload])
-                except Exception as exc:  # an unserializable value must not kill the link
-                    print(f"mt5sim broker: cannot serialize reply to {method}: {exc!r}", file=sys.stderr, flush=True)
-                    frame = protocol.pack([call_id, protocol.STATUS_ERR, _CALL_FAILED])
-                try:
-                    sock.sendall(frame)
-                except OSError:
-                    return
-        finally:
-            with self.lock:
-                self.connections.discard(sock)
-                self.threads.discard(threading.current_thread())
-            try:
-                sock.close()
-            except OSError:
-                pass
+            call_id, method, kwargs = message[0], str(message[1]), message[2] or {}
+        except (TypeError, IndexError):
+            return None
+        if len(message) > 3 and message[3] is not None:
+            self._sync_view(link, message[3])
+        status, payload = self._dispatch(link, method, kwargs, len(message) > 3)
+        return self._reply_frame(call_id, method, status, payload)
 
     def _sync_view(self, link: _Link, view: list) -> None:
         """A terminal's state changed: take it, and log its login in again (this broker may have restarted)."""
@@ -239,7 +172,7 @@ class BrokerServer:
         except Exception:  # an engine bug answers "call failed", the broker lives on
             print(f"mt5sim broker: {method} failed", file=sys.stderr, flush=True)
             traceback.print_exc()
-            return protocol.STATUS_ERR, _CALL_FAILED
+            return protocol.STATUS_ERR, CALL_FAILED
         if status == "err":
             return protocol.STATUS_ERR, [int(value[0]), str(value[1])]
         if status == protocol.STATUS_IPC_TIMEOUT:

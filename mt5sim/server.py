@@ -17,9 +17,7 @@ import traceback
 from typing import Any
 
 from . import protocol
-
-_CALL_FAILED = (-1, "Terminal: Call failed")
-_SERVER_CONTROLS = frozenset({"delay", "ipc_timeout", "ping", "server_state"})
+from .listener import CALL_FAILED, ThreadedListener
 
 
 class IpcFaults:
@@ -74,6 +72,26 @@ class IpcFaults:
                 del self.timeouts[method]
             return entry[1]
 
+    def control(self, name: str, kwargs: dict) -> tuple[str, Any] | None:
+        """The controls every terminal answers itself (``delay``, ``ipc_timeout``, ``ping``,
+        ``server_state``); None: the control goes on to the engine or broker (``reset`` after
+        clearing the faults)."""
+        try:
+            if name == "delay":
+                return protocol.STATUS_OK, self.set_delay(kwargs.get("seconds", 0.0), kwargs.get("methods"))
+            if name == "ipc_timeout":
+                return protocol.STATUS_OK, self.set_timeout(
+                    str(kwargs.get("method", "order_send")), kwargs.get("count", 1), kwargs.get("execute", True))
+            if name == "ping":
+                return protocol.STATUS_OK, True
+            if name == "server_state":
+                return protocol.STATUS_OK, self.describe()
+            if name == "reset":
+                self.reset()
+        except (TypeError, ValueError) as exc:
+            return protocol.STATUS_ERR, [-2, f"Invalid params: {exc}"]
+        return None
+
     def describe(self) -> dict:
         with self.lock:
             return {
@@ -83,117 +101,43 @@ class IpcFaults:
             }
 
 
-class TerminalServer:
+class TerminalServer(ThreadedListener):
     """TCP front of one engine. ``start()`` binds and listens; ``stop()`` closes everything."""
 
     def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self.engine = engine
         self.engine_lock = threading.Lock()
         self.faults = IpcFaults()
-        self.host = host
-        self.port = port
-        self.listener: socket.socket | None = None
-        self.stopping = threading.Event()
-        self.connections: set[socket.socket] = set()
-        self.threads: set[threading.Thread] = set()
-        self.connections_lock = threading.Lock()
-        self.accept_thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.create_server((self.host, self.port), family=family, backlog=128)
-        self.port = listener.getsockname()[1]
-        self.listener = listener
-        self.accept_thread = threading.Thread(target=self._accept_loop, name="mt5sim-accept", daemon=True)
-        self.accept_thread.start()
 
     def stop(self) -> None:
         """Stop accepting, cut every connection, wait for in-flight engine calls to end."""
-        self.stopping.set()
-        if self.listener is not None:
-            try:
-                self.listener.close()
-            except OSError:
-                pass
-        with self.connections_lock:
-            conns = list(self.connections)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        # Let connection threads detach their sessions before the engine closes (bounded wait:
-        # a thread sleeping in ctl.delay is not worth waiting for).
-        deadline = time.monotonic() + 3.0
-        with self.connections_lock:
-            threads = list(self.threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        super().stop()  # connection threads detach their sessions before the engine closes
         # Taking the lock once means no engine call is still running.
         with self.engine_lock:
             pass
 
     # ----------------------------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self.listener is not None
-        while not self.stopping.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                if self.stopping.is_set():
-                    return
-                time.sleep(0.05)
-                continue
-            thread = threading.Thread(target=self._serve_connection, args=(sock,), name="mt5sim-conn", daemon=True)
-            with self.connections_lock:
-                self.threads.add(thread)
-            thread.start()
-
     def _serve_connection(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.connections_lock:
-            self.connections.add(sock)
-        reader = protocol.FrameReader(sock)
         session: list[Any] = []  # the engine session, attached at the first terminal call
         try:
-            while not self.stopping.is_set():
-                try:
-                    message = reader.read()
-                except (protocol.ConnectionClosed, OSError, ValueError):
-                    return
-                try:
-                    call_id, method, kwargs = message
-                except (TypeError, ValueError):
-                    return
-                status, payload = self._dispatch(session, str(method), kwargs or {})
-                try:
-                    frame = protocol.pack([call_id, status, payload])
-                except Exception as exc:  # an unserializable engine value must not kill the link
-                    print(f"mt5sim: cannot serialize reply to {method}: {exc!r}", file=sys.stderr, flush=True)
-                    frame = protocol.pack([call_id, protocol.STATUS_ERR, list(_CALL_FAILED)])
-                try:
-                    sock.sendall(frame)
-                except OSError:
-                    return
+            self._serve_frames(sock, lambda message: self._answer(session, message))
         finally:
-            with self.connections_lock:
-                self.connections.discard(sock)
-                self.threads.discard(threading.current_thread())
             if session:
                 with self.engine_lock:
                     try:
                         self.engine.detach(session[0])
                     except Exception:
                         traceback.print_exc()
-            try:
-                sock.close()
-            except OSError:
-                pass
+
+    def _answer(self, session: list, message: Any) -> bytes | None:
+        try:
+            call_id, method, kwargs = message
+        except (TypeError, ValueError):
+            return None
+        status, payload = self._dispatch(session, str(method), kwargs or {})
+        return self._reply_frame(call_id, method, status, payload)
 
     def _dispatch(self, session: list, method: str, kwargs: dict) -> tuple[str, Any]:
         if method.startswith("ctl."):
@@ -217,7 +161,7 @@ class TerminalServer:
             except Exception:  # an engine bug answers "call failed", the terminal lives on
                 print(f"mt5sim: engine call {method} failed", file=sys.stderr, flush=True)
                 traceback.print_exc()
-                return protocol.STATUS_ERR, list(_CALL_FAILED)
+                return protocol.STATUS_ERR, list(CALL_FAILED)
         if status == "err":
             return protocol.STATUS_ERR, [int(value[0]), str(value[1])]
         if status == protocol.STATUS_IPC_TIMEOUT:  # the engine's own "no answer in time" (ctl.slow_execution)
@@ -225,20 +169,9 @@ class TerminalServer:
         return protocol.STATUS_OK, value
 
     def _control(self, name: str, kwargs: dict) -> tuple[str, Any]:
-        try:
-            if name == "delay":
-                return protocol.STATUS_OK, self.faults.set_delay(kwargs.get("seconds", 0.0), kwargs.get("methods"))
-            if name == "ipc_timeout":
-                return protocol.STATUS_OK, self.faults.set_timeout(
-                    str(kwargs.get("method", "order_send")), kwargs.get("count", 1), kwargs.get("execute", True))
-            if name == "ping":
-                return protocol.STATUS_OK, True
-            if name == "server_state":
-                return protocol.STATUS_OK, self.faults.describe()
-            if name == "reset":
-                self.faults.reset()
-        except (TypeError, ValueError) as exc:
-            return protocol.STATUS_ERR, [-2, f"Invalid params: {exc}"]
+        answered = self.faults.control(name, kwargs)
+        if answered is not None:
+            return answered
         with self.engine_lock:
             try:
                 status, value = self.engine.control(name, kwargs)

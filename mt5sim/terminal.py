@@ -293,37 +293,24 @@ class RemoteTerminalServer(TerminalServer):
 
     # -- connections -----------------------------------------------------------------------------
     def _serve_connection(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.connections_lock:
-            self.connections.add(sock)
-        reader = protocol.FrameReader(sock)
         client = _Client()
         link = BrokerLink(self.broker, self.state)
         try:
-            while not self.stopping.is_set():
-                try:
-                    call_id, method, kwargs = reader.read()
-                except (protocol.ConnectionClosed, OSError, ValueError, TypeError):
-                    return
-                try:
-                    out = self._handle(client, link, call_id, str(method), kwargs or {})
-                except Exception as exc:  # a bug answers "call failed", the terminal lives on
-                    print(f"mt5sim terminal: {method} failed: {exc!r}", flush=True)
-                    traceback.print_exc()
-                    out = _reply(call_id, protocol.STATUS_ERR, ERR_CALL_FAILED)
-                try:
-                    sock.sendall(out)
-                except OSError:
-                    return
+            self._serve_frames(sock, lambda message: self._answer_client(client, link, message))
         finally:
             link.close()
-            with self.connections_lock:
-                self.connections.discard(sock)
-                self.threads.discard(threading.current_thread())
-            try:
-                sock.close()
-            except OSError:
-                pass
+
+    def _answer_client(self, client: _Client, link: BrokerLink, message: Any) -> bytes | None:
+        try:
+            call_id, method, kwargs = message
+        except (TypeError, ValueError):
+            return None
+        try:
+            return self._handle(client, link, call_id, str(method), kwargs or {})
+        except Exception as exc:  # a bug answers "call failed", the terminal lives on
+            print(f"mt5sim terminal: {method} failed: {exc!r}", flush=True)
+            traceback.print_exc()
+            return _reply(call_id, protocol.STATUS_ERR, ERR_CALL_FAILED)
 
     def _handle(self, client: _Client, link: BrokerLink, call_id: Any, method: str, kwargs: dict) -> bytes:
         if method.startswith("ctl."):
@@ -487,16 +474,10 @@ class RemoteTerminalServer(TerminalServer):
         state = self.state
         if "server_name" in kwargs:  # a terminal's controls go to the server name it is on
             kwargs = {k: v for k, v in kwargs.items() if k != "server_name"}
+        answered = self.faults.control(name, kwargs)  # delay, ipc_timeout, ping, server_state (reset: the faults)
+        if answered is not None:
+            return answered
         try:
-            if name == "delay":
-                return protocol.STATUS_OK, self.faults.set_delay(kwargs.get("seconds", 0.0), kwargs.get("methods"))
-            if name == "ipc_timeout":
-                return protocol.STATUS_OK, self.faults.set_timeout(
-                    str(kwargs.get("method", "order_send")), kwargs.get("count", 1), kwargs.get("execute", True))
-            if name == "ping":
-                return protocol.STATUS_OK, True
-            if name == "server_state":
-                return protocol.STATUS_OK, self.faults.describe()
             if name == "trade_server":
                 return protocol.STATUS_OK, state.set_trade_connected(kwargs.get("connected", True))
             if name == "set_terminal":
@@ -516,7 +497,6 @@ class RemoteTerminalServer(TerminalServer):
                 return protocol.STATUS_OK, {"login": auth.get("login"), "server": auth.get("server"),
                                             "created": bool(auth.get("created"))}
             if name == "reset":
-                self.faults.reset()
                 state.reset(bool(kwargs.get("full", False)))
         except (TypeError, ValueError) as exc:
             return protocol.STATUS_ERR, [-2, f"Invalid params: {exc}"]
