@@ -12,11 +12,13 @@ no credentials). Over it: ``429 RateLimited`` with ``Retry-After``.
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions as drf
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
@@ -25,6 +27,7 @@ from rest_framework.request import Request
 
 from bridge_project import ratelimit
 from bridge_project.errors import error_body, exception_handler
+from bridge_project.ratelimit import limited_response
 from sessions.auth import ApiKeyAuthentication, WorkspacePrincipal
 
 
@@ -111,6 +114,34 @@ def ops_access_denied(request: HttpRequest) -> JsonResponse | None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     return JsonResponse(error_body("Forbidden", "ops endpoints need a staff user or the ops token"), status=403)
+
+
+READ_METHODS = ("GET", "HEAD")
+
+
+def method_not_allowed(request: HttpRequest) -> JsonResponse:
+    """405 with the API error body, for a read-only plain view asked with another method."""
+    return JsonResponse(error_body("MethodNotAllowed", f"method {request.method} not allowed"), status=405,
+                        headers={"Allow": ", ".join(READ_METHODS)})
+
+
+def ops_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A plain (non-DRF) read-only ops view, guarded as the DRF ones are, in this order: the ops rate
+    limit (429), a staff login or the ops token (401/403), GET or HEAD (405)."""
+
+    @functools.wraps(view)
+    def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        wait = ops_rate_limit(request)
+        if wait is not None:
+            return limited_response(wait, OPS_RATE_LIMITED)
+        denied = ops_access_denied(request)
+        if denied is not None:
+            return denied
+        if request.method not in READ_METHODS:
+            return method_not_allowed(request)
+        return view(request, *args, **kwargs)
+
+    return guarded
 
 
 class OpsTokenScheme(OpenApiAuthenticationExtension):

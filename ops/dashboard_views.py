@@ -16,14 +16,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
 from bridge_project.errors import error_body
-from bridge_project.ratelimit import limited_response
 from ops import dashboard
-from ops.auth import OPS_RATE_LIMITED, ops_access_denied, ops_rate_limit
-
-
-def _method_not_allowed(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(error_body("MethodNotAllowed", f"method {request.method} not allowed"), status=405,
-                        headers={"Allow": "GET, HEAD"})
+from ops.auth import method_not_allowed, ops_endpoint
 
 
 @never_cache
@@ -35,7 +29,7 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
     if not (user.is_active and user.is_staff):
         return JsonResponse(error_body("Forbidden", "the ops dashboard is for staff users"), status=403)
     if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request)
+        return method_not_allowed(request)
     return render(request, "ops/dashboard.html", {
         "data_url": reverse("ops-dashboard-data"),
         "refresh_ms": int(dashboard.refresh_seconds() * 1000),
@@ -44,14 +38,7 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt  # read-only (any other method is 405); a token client has no CSRF cookie
 @never_cache
+@ops_endpoint
 def dashboard_data(request: HttpRequest) -> JsonResponse:
     """The figures of the page, as JSON (``ops.dashboard.dashboard_data``)."""
-    wait = ops_rate_limit(request)
-    if wait is not None:
-        return limited_response(wait, OPS_RATE_LIMITED)
-    denied = ops_access_denied(request)
-    if denied is not None:
-        return denied
-    if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(request)
     return JsonResponse(dashboard.dashboard_data())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -18,8 +18,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from bridge_project.errors import ValidationFailed, error_body
-from bridge_project.ratelimit import RateLimited, limited_response
+from bridge_project.errors import ValidationFailed
+from bridge_project.ratelimit import RateLimited
 from bridge_project.schema import (
     NO_NUL_PATTERN,
     api_errors,
@@ -33,7 +33,7 @@ from ops.auth import (
     OPS_AUTHENTICATION,
     OPS_RATE_LIMITED,
     IsStaffOrOpsToken,
-    ops_access_denied,
+    ops_endpoint,
     ops_rate_limit,
 )
 
@@ -145,14 +145,7 @@ class OpsTasksView(OpsView):
 
 
 @csrf_exempt
+@ops_endpoint
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition (staff or ops token, like the other ops endpoints)."""
-    wait = ops_rate_limit(request)
-    if wait is not None:
-        return limited_response(wait, OPS_RATE_LIMITED)
-    denied = ops_access_denied(request)
-    if denied is not None:
-        return denied
-    if request.method not in ("GET", "HEAD"):
-        return JsonResponse(error_body("MethodNotAllowed", f"method {request.method} not allowed"), status=405)
     return HttpResponse(ops_metrics.render(), content_type=CONTENT_TYPE_LATEST)
