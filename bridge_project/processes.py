@@ -40,12 +40,28 @@ def start_group(argv: Sequence[str], *, log_path: Path | str | None = None, env:
                                 stderr=subprocess.STDOUT, start_new_session=True, **popen_kwargs)
 
 
-def signal_group(popen: subprocess.Popen, sig: int) -> bool:
-    """Send ``sig`` to every process of ``popen``'s group. False when the group is gone.
+def _group_is_ours(popen: subprocess.Popen) -> bool:
+    """Whether the group id ``popen.pid`` still names the group this child led.
 
-    The group is signalled even when its leader has exited, as long as the leader was not reaped
-    by someone else: a member that outlived the leader keeps the group (and its id) alive.
+    Until the leader is reaped its pid (the group id) stays reserved. Once reaped, a member that
+    outlived it keeps the group alive, but the pid itself is free: a process that now has it (PIDs
+    wrap, at 32768 on small machines) leads a group of its own that is not ours to signal.
     """
+    if popen.returncode is None:
+        return True
+    proc = Path("/proc")
+    return not proc.is_dir() or not (proc / str(popen.pid)).exists()
+
+
+def signal_group(popen: subprocess.Popen, sig: int) -> bool:
+    """Send ``sig`` to every process of ``popen``'s group. False when the group is gone (or its id
+    now belongs to someone else).
+
+    The group is signalled even when its leader has exited: a member that outlived the leader keeps
+    the group (and its id) alive.
+    """
+    if not _group_is_ours(popen):
+        return False
     try:
         os.killpg(popen.pid, sig)
         return True

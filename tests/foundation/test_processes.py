@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from bridge_project.processes import group_alive, kill_group, signal_group, start_group, stop_group
 from tests.waiting import wait_until
@@ -100,3 +101,11 @@ def test_stopping_an_exited_child_returns_its_code(tmp_path: Path) -> None:
     wait_until(lambda: popen.poll() is not None, 15, "the child exited")
     assert stop_group(popen) == 7
     assert signal_group(popen, signal.SIGTERM) is False  # nothing left to signal
+
+
+def test_a_reaped_leaders_pid_taken_by_another_process_is_not_signalled() -> None:
+    """PIDs wrap: once the leader is reaped, its number may name another process (here: this one)."""
+    reaped = SimpleNamespace(pid=os.getpid(), returncode=0, poll=lambda: 0)
+    assert signal_group(reaped, 0) is False
+    assert group_alive(reaped) is False
+    assert stop_group(reaped) == 0  # nothing signalled, the known exit code returned
