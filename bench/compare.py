@@ -719,7 +719,8 @@ def main() -> None:
                         help="default: a free port, where run_bridge starts its own redis-server (as make run does "
                              "when no Redis answers), so no other user of a shared Redis can flush this run's keys")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupted)  # stopped from outside: clean up as on Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or stopped from outside (also when started with &)
+        signal.signal(sig, _interrupted)
     bench = Bench(args)
     try:
         bench.run()
