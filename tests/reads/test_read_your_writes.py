@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -37,6 +38,24 @@ def _final(client, response) -> dict:
     return wait_until(settled, 20, f"task {task_id} final")
 
 
+def _pollers_of(terminal: str) -> list[int]:
+    """Every poller process of ``terminal`` in this test run (other fixtures may have started one too):
+    matched by command line and by this run's Redis."""
+    ours = f"REDIS_URL={django_settings.REDIS_URL}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"run_terminal_poller" in argv and terminal.encode() in argv and ours in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
 def _rid() -> str:
     return f"ryw-{uuid.uuid4().hex[:12]}"
 
@@ -46,8 +65,10 @@ def test_reads_reflect_a_fill_modify_pending_cancel_and_close_at_once(session_a,
     wait_until(lambda: session_a.get(f"{BASE}/account").json().get("source") == "snapshot", 10,
                "a snapshot of this session")
     before = session_a.get(f"{BASE}/account").json()
-    poller = reads.pollers["sim-a"]
-    os.kill(poller.pid, signal.SIGSTOP)
+    pollers = _pollers_of("sim-a")
+    assert reads.pollers["sim-a"].pid in pollers, pollers
+    for pid in pollers:
+        os.kill(pid, signal.SIGSTOP)
     frozen_at = time.time()
     try:
         # A fill: the position, the account's margin and the deal are there at once.
@@ -95,4 +116,5 @@ def test_reads_reflect_a_fill_modify_pending_cancel_and_close_at_once(session_a,
         snapshot = load_snapshot(redis.Redis.from_url(django_settings.REDIS_URL), "sim-a")
         assert snapshot is not None and snapshot.taken_at < frozen_at
     finally:
-        os.kill(poller.pid, signal.SIGCONT)
+        for pid in pollers:
+            os.kill(pid, signal.SIGCONT)
