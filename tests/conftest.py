@@ -119,8 +119,12 @@ def sim_stack(stack_dir: Path, django_db_setup, django_db_blocker) -> Iterator[S
         # Demo accounts with room for every test's positions: the suite's tests share a few logins on
         # these terminals and leave positions open, and a margin run out midway would turn later
         # orders into 10019 rejections that have nothing to do with what they test.
+        # Account 5001 is the suite's shared login (password "pw", every test that uses it says so): declared,
+        # so that a login of it with another password (the schema's example body, sent by the schema fuzz
+        # to whichever terminal is free) fails instead of taking it over for the rest of the run.
         config = stack_dir / "sim-broker.yaml"
-        config.write_text(yaml.safe_dump({"account_defaults": {"balance": 1_000_000.0}}))
+        config.write_text(yaml.safe_dump({"account_defaults": {"balance": 1_000_000.0},
+                                          "accounts": [{"login": 5001, "password": "pw", "server": "Demo"}]}))
         broker, broker_address = start_sim_broker("sim-broker", stack_dir, stack_dir / "state-broker", SIM_SERVERS,
                                                   seed=10, config=config)
         for name, offset in SIM_TERMINALS:
