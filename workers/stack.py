@@ -87,6 +87,8 @@ def raw_error_response(status: int, message: str) -> bytes:
 
 def tune_twisted_http(limit: int) -> None:
     """Install the limits and answers above into Twisted's and daphne's HTTP classes (this process)."""
+    # Imported here, not at the top: only the daphne process needs Twisted; the others that import this
+    # module for its argv builders (the supervisor, deploy/windows/plan.py, tests) should not load it.
     from daphne import http_protocol
     from twisted.web import http
 
@@ -144,7 +146,7 @@ def tune_twisted_http(limit: int) -> None:
 def run_daphne(args: list[str]) -> None:
     """daphne's command line (``args``), with ``tune_twisted_http(server_max_header_bytes())``."""
     tune_twisted_http(server_max_header_bytes())
-    from daphne.cli import CommandLineInterface
+    from daphne.cli import CommandLineInterface  # after the HTTP classes are tuned (see tune_twisted_http)
 
     CommandLineInterface().run(args)
 
