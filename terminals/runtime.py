@@ -23,6 +23,7 @@ TERMINAL_ENV = "BRIDGE_WORKER_TERMINAL"
 _gateway: TerminalGateway | None = None
 _heartbeat_started = threading.Event()
 _lease: Lease | None = None
+_refresh_lock = threading.Lock()
 LEASE_LOST_EXIT = 75  # the exit status of a worker that lost its terminal's lease to another
 
 
@@ -64,19 +65,23 @@ def give_up_lease() -> None:
 
 def refresh_lease() -> Lease:
     """Renew the lease, or take it again when it is free (its row was re-created, or it expired with
-    nobody taking it); a worker whose lease another holds stops at once: it is stale."""
+    nobody taking it); a worker whose lease another holds stops at once: it is stale.
+
+    One refresh at a time in this process: the heartbeat thread and a task may both find the lease gone;
+    unserialized, the second would see the lease the first just retook as another worker's and exit."""
     global _lease
-    lease = held_lease()
-    ttl = settings.BRIDGE_WORKER_LEASE_TTL
-    if lease_renew(lease=lease, ttl=ttl):
-        return lease
-    again = lease_acquire(terminal_name=lease.terminal_name, holder=lease.holder, ttl=ttl)
-    if again is None:
-        logger.error("terminal %s: lease token %s is no longer current (another worker took over): exiting",
-                     lease.terminal_name, lease.token)
-        os._exit(LEASE_LOST_EXIT)
-    _lease = again
-    return again
+    with _refresh_lock:
+        lease = held_lease()
+        ttl = settings.BRIDGE_WORKER_LEASE_TTL
+        if lease_renew(lease=lease, ttl=ttl):
+            return lease
+        again = lease_acquire(terminal_name=lease.terminal_name, holder=lease.holder, ttl=ttl)
+        if again is None:
+            logger.error("terminal %s: lease token %s is no longer current (another worker took over): exiting",
+                         lease.terminal_name, lease.token)
+            os._exit(LEASE_LOST_EXIT)
+        _lease = again
+        return again
 
 
 def _renew_or_exit() -> None:
