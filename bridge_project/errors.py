@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu.exceptions
 import redis
@@ -32,7 +32,12 @@ from django.core.exceptions import (
 )
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf, status
-from rest_framework.response import Response
+
+# DRF's Response is imported inside the two functions that make one: its module pulls in DRF's serializers,
+# requests, pygments and django.contrib.postgres (~20 MB RSS) that a terminal's process, which imports
+# this module for the error classes only, never uses (docs/performance.md, "Lean per terminal").
+if TYPE_CHECKING:
+    from rest_framework.response import Response
 
 from . import metrics
 
@@ -146,6 +151,8 @@ def dependency_outage(exc: BaseException) -> BaseException | None:
 
 def unavailable_response(message: str, details: dict[str, Any] | None = None) -> Response:
     """The 503 answer: standard error body, ``Retry-After`` header (also in ``details``)."""
+    from rest_framework.response import Response  # here, not at the top: see the note on the imports
+
     wait = retry_after_unavailable()
     return Response(error_body("Unavailable", message, {**(details or {}), "retryAfter": wait}), status=503,
                     headers={"Retry-After": str(wait)})
@@ -201,6 +208,8 @@ def _request_id(context: dict[str, Any]) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF EXCEPTION_HANDLER: map every exception to the API's error body and status."""
+    from rest_framework.response import Response  # here, not at the top: see the note on the imports
+
     headers: dict[str, str] = {}
     if isinstance(exc, Unavailable):
         logger.warning("503 Unavailable (request id %s): %s", _request_id(context), exc.message)

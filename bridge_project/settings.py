@@ -414,6 +414,9 @@ BRIDGE_READ_TIMEOUT_PER_10K = env.float("BRIDGE_READ_TIMEOUT_PER_10K", default=0
 BRIDGE_READER_HEARTBEAT_TTL = env.float("BRIDGE_READER_HEARTBEAT_TTL", default=2.0)
 # Poller: seconds between two snapshots of account, positions, orders, ticks and books.
 BRIDGE_POLL_INTERVAL = env.float("BRIDGE_POLL_INTERVAL", default=0.25)
+# ... and while the terminal is idle (no client watches or asked a quote, nothing but prices changed for
+# a while, no change by the bridge since the last snapshot): at most half of BRIDGE_SNAPSHOT_MAX_AGE.
+BRIDGE_POLL_IDLE_INTERVAL = env.float("BRIDGE_POLL_IDLE_INTERVAL", default=1.0)
 # A snapshot older than this is not served (the poller is stuck or gone): the read falls back to
 # the read queue, and answers 502 when that fails too.
 BRIDGE_SNAPSHOT_MAX_AGE = env.float("BRIDGE_SNAPSHOT_MAX_AGE", default=2.0)

@@ -2,14 +2,18 @@
 
 It wraps the ``MetaTrader5`` module API. The ``sim`` and ``mt5`` backends differ only in which
 module is loaded (``mt5sim`` or ``MetaTrader5``); everything above this file is backend-agnostic.
-The module is one connection per process and not thread-safe: a gateway belongs to one process and
-is used from one thread (the pinned worker, the reader or the poller, each its own process).
+The module is one connection per process and not thread-safe. A gateway belongs to one process; in the
+terminal's process (``run_terminal_worker``) the order worker, the read loop and the snapshot poller are
+threads that share its one gateway, so every call into the module holds the gateway's ``lock``: one call
+at a time (and a failed call's ``last_error()`` is read under the same hold). An ``order_send`` holds it
+for as long as the terminal takes; a read or a poll waits for it meanwhile.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -59,6 +63,8 @@ class TerminalGateway:
         self._mt5 = module or load_backend(terminal.backend)
         self.timeout_ms = timeout_ms
         self._connected = False
+        # Reentrant: login and _call take it and call ensure_connected/_fail, which take it too.
+        self.lock = threading.RLock()
 
     @property
     def connected(self) -> bool:
@@ -71,50 +77,57 @@ class TerminalGateway:
 
     def last_error(self) -> tuple[int, str]:
         """The module's ``last_error()``: the reason of the last failed call, as ``(code, message)``."""
-        code, message = self._mt5.last_error()
+        with self.lock:
+            code, message = self._mt5.last_error()
         return int(code), str(message)
 
     # -- connection -------------------------------------------------------------------------
     def _fail(self, call: str) -> GatewayError:
-        code, message = self._mt5.last_error()
+        with self.lock:
+            code, message = self._mt5.last_error()
         return GatewayError(call, code, message)
 
     def connect(self) -> None:
         """Attach to the terminal (no login: the terminal keeps its current account)."""
         kwargs = {"timeout": int(self.timeout_ms)} if self.timeout_ms else {}
-        if not self._mt5.initialize(self.terminal.address, **kwargs):
-            raise self._fail("initialize")
-        self._connected = True
+        with self.lock:
+            if not self._mt5.initialize(self.terminal.address, **kwargs):
+                raise self._fail("initialize")
+            self._connected = True
 
     def ensure_connected(self) -> None:
-        if not self._connected:
-            self.connect()
+        with self.lock:
+            if not self._connected:
+                self.connect()
 
     def shutdown(self) -> None:
-        if self._connected:
-            self._mt5.shutdown()
-            self._connected = False
+        with self.lock:
+            if self._connected:
+                self._mt5.shutdown()
+                self._connected = False
 
     def login(self, login: int, password: str, server: str) -> dict[str, Any]:
         """Log the terminal in to ``login``; returns the account info as a dict."""
-        self.ensure_connected()
-        ok = self._mt5.login(login, password=password, server=server)
-        if not ok:
-            error = self._fail("login")
-            if error.ipc_failure:
-                self._connected = False
-            raise error
-        return self.account_info()
+        with self.lock:  # nothing else reaches the terminal between the login and its account's read
+            self.ensure_connected()
+            ok = self._mt5.login(login, password=password, server=server)
+            if not ok:
+                error = self._fail("login")
+                if error.ipc_failure:
+                    self._connected = False
+                raise error
+            return self.account_info()
 
     # -- reads ------------------------------------------------------------------------------
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        self.ensure_connected()
-        result = getattr(self._mt5, name)(*args, **kwargs)
-        if result is None:
-            error = self._fail(name)
-            if error.ipc_failure:
-                self._connected = False
-            raise error
+        with self.lock:
+            self.ensure_connected()
+            result = getattr(self._mt5, name)(*args, **kwargs)
+            if result is None:
+                error = self._fail(name)
+                if error.ipc_failure:
+                    self._connected = False
+                raise error
         return result
 
     def account_info(self) -> dict[str, Any]:
@@ -149,17 +162,19 @@ class TerminalGateway:
         """``order_send(request)``: ``(result, None)``, or ``(None, (code, message))`` when the module
         gave no result (``last_error()``) or the call itself broke (the outcome is then unknown).
 
-        Never reconnects first: a send must go out on the connection the caller checked."""
-        try:
-            result = self._mt5.order_send(request)
-        except Exception as exc:  # a dropped link mid-call: the outcome is unknown
-            self._connected = False
-            return None, (-10000, f"order_send raised {type(exc).__name__}: {exc}")
-        if result is None:
-            code, message = self.last_error()
-            if -10005 <= code <= -10000:
+        Never reconnects first: a send must go out on the connection the caller checked. Holds the
+        lock for the whole call: a read or a poll of this process waits until the terminal answered."""
+        with self.lock:
+            try:
+                result = self._mt5.order_send(request)
+            except Exception as exc:  # a dropped link mid-call: the outcome is unknown
                 self._connected = False
-            return None, (code, message)
+                return None, (-10000, f"order_send raised {type(exc).__name__}: {exc}")
+            if result is None:
+                code, message = self.last_error()
+                if -10005 <= code <= -10000:
+                    self._connected = False
+                return None, (code, message)
         return result, None
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:

@@ -55,6 +55,12 @@ SIM_SERVERS = {"MT5Sim-Demo": 10800, "MT5Sim-UTC": 0}
 SIM_SERVER_OF = {"sim-a": "MT5Sim-Demo", "sim-b": "MT5Sim-UTC"}
 
 
+# The stack's pinned workers run without their reader and poller threads: the read and events tests start
+# those as processes of their own (run_terminal_reader/run_terminal_poller) with their own cadence, and stop
+# or freeze them. The one process per terminal is tested in tests/foundation/test_terminal_process.py.
+WORKER_ONLY = ("--without-reader", "--without-poller")
+
+
 @dataclass
 class Stack:
     """The running test stack: the broker, terminals by name, their pinned workers, the env they run with."""
@@ -71,7 +77,7 @@ class Stack:
     def start_worker(self, name: str, extra_env: dict[str, str] | None = None) -> Proc:
         proc = start_manage(
             f"worker-{name}-{int(time.time() * 1000)}",
-            ["run_terminal_worker", name, "--loglevel", "INFO"],
+            ["run_terminal_worker", name, "--loglevel", "INFO", *WORKER_ONLY],
             {**self.env, **(extra_env or {})},
             self.log_dir,
         )
@@ -83,7 +89,7 @@ class Stack:
         """Start one more pinned worker of ``name`` without waiting for it (it may wait for the lease)."""
         return start_manage(
             f"worker-{name}-extra-{int(time.time() * 1000)}",
-            ["run_terminal_worker", name, "--loglevel", "INFO"],
+            ["run_terminal_worker", name, "--loglevel", "INFO", *WORKER_ONLY],
             {**self.env, **(extra_env or {})},
             self.log_dir,
         )

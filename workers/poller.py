@@ -1,9 +1,21 @@
 """The snapshot poller of one terminal: account, positions, pending orders, ticks and books in Redis.
 
-Every ``BRIDGE_POLL_INTERVAL`` seconds (default 0.25) it reads the terminal through its own gateway
-(a third process on the terminal, beside the pinned worker and the reader), writes one snapshot under
-``bridge:snap:<terminal>`` with ``taken_at`` (served as ``asOf``), and hands the previous and current
-snapshots to ``streams.poll_events.after_poll`` (the events work turns the differences into events).
+It runs as a thread of the terminal's process (``run_terminal_worker``, sharing its gateway with the
+pinned worker and the reader: a cycle waits while an ``order_send`` holds the gateway's lock), or alone
+as ``run_terminal_poller`` beside a worker started ``--without-poller``. Each cycle reads the terminal,
+writes one snapshot under ``bridge:snap:<terminal>`` with ``taken_at`` (served as ``asOf``), and hands
+the previous and current snapshots to ``streams.poll_events.after_poll`` (the events work turns the
+differences into events).
+
+Cadence: every ``BRIDGE_POLL_INTERVAL`` seconds (default 0.25) while the terminal is *active*; every
+``BRIDGE_POLL_IDLE_INTERVAL`` (default 1.0, at most half of ``BRIDGE_SNAPSHOT_MAX_AGE``, so an idle
+terminal's snapshot is always servable) while it is idle. Active means: a socket watches a quote or a
+book of it, a client asked a quote of it within ``BRIDGE_QUOTE_INTEREST_TTL``, something other than
+prices changed (positions, orders, balance, deals, the binding, the link) within ``ACTIVE_HOLD`` seconds,
+or the bridge changed the terminal since the last snapshot (the read-your-writes mark, checked every
+``BRIDGE_POLL_INTERVAL`` even when idle, so the snapshot after an order comes as soon as before). So the
+quotes clients use keep their freshness; only an unwatched terminal's floating profit is refreshed less
+often. An explicit ``interval`` (``--interval``) without ``idle_interval`` polls at that one cadence.
 
 Ticks are kept for the symbols the events work watches (``watched_symbols``), the symbols of open
 positions and pending orders, and the symbols clients asked a quote of recently; books for the
@@ -29,20 +41,49 @@ from terminals.config import TerminalConfig, get_terminal
 from terminals.gateway import GatewayError, TerminalGateway, as_dict
 from terminals.reads import ReadError, TerminalReads
 from terminals.timeutil import record_to_utc
-from trading.reads.snapshots import TerminalSnapshot, store_snapshot, wanted_quote_symbols
+from trading.reads.snapshots import TerminalSnapshot, changed_key, store_snapshot, wanted_quote_symbols
 
 logger = logging.getLogger("bridge.poller")
+
+ACTIVE_HOLD = 10.0  # seconds a terminal stays active after a change other than prices
+CRASH_CYCLE = 8  # test mode, BRIDGE_CRASH_AT=poller_thread: the cycle that raises (once the process is up)
+
+# What identifies a position or an order apart from prices (its floating profit and current price move
+# with every tick and do not make the terminal active).
+_POSITION_FIELDS = ("ticket", "symbol", "type", "volume", "price_open", "sl", "tp", "magic", "comment")
+_ORDER_FIELDS = ("ticket", "symbol", "type", "volume_current", "price_open", "price_stoplimit", "sl", "tp",
+                 "type_time", "time_expiration", "state")
+_ACCOUNT_FIELDS = ("login", "server", "balance", "credit", "leverage", "trade_allowed", "currency")
+
+
+def _shape(snapshot: TerminalSnapshot) -> tuple:
+    """The snapshot without its prices: equal shapes mean nothing but prices changed between two cycles."""
+    account = snapshot.account or {}
+    return (
+        snapshot.session_id, snapshot.connected, bool(snapshot.deals),
+        tuple(account.get(f) for f in _ACCOUNT_FIELDS),
+        tuple(sorted(tuple(p.get(f) for f in _POSITION_FIELDS) for p in snapshot.positions)),
+        tuple(sorted(tuple(o.get(f) for f in _ORDER_FIELDS) for o in snapshot.orders)),
+    )
 
 
 class TerminalPoller:
     """Polls one terminal into Redis snapshots; ``run(stop)`` until ``stop`` is set."""
 
     def __init__(self, terminal: TerminalConfig, client: redis.Redis | None = None,
-                 gateway: TerminalGateway | None = None, interval: float | None = None):
+                 gateway: TerminalGateway | None = None, interval: float | None = None,
+                 idle_interval: float | None = None):
         self.terminal = terminal
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+        self.owns_gateway = gateway is None  # a shared gateway (the terminal's process) is not ours to shut
         self.reads = TerminalReads(gateway or TerminalGateway(terminal, timeout_ms=settings.BRIDGE_READ_TERMINAL_TIMEOUT_MS))
         self.interval = interval if interval is not None else settings.BRIDGE_POLL_INTERVAL
+        if idle_interval is None:
+            idle_interval = self.interval if interval is not None else settings.BRIDGE_POLL_IDLE_INTERVAL
+        # Idle, a snapshot must still be servable (younger than BRIDGE_SNAPSHOT_MAX_AGE) between two cycles.
+        self.idle_interval = max(self.interval, min(idle_interval, settings.BRIDGE_SNAPSHOT_MAX_AGE / 2))
+        self.active_until = 0.0  # monotonic time until which the terminal counts as active
+        self.interest = False  # the last cycle found a watcher or a recent quote request
         self.previous: TerminalSnapshot | None = None
         self.seen_deals: dict[int, int] = {}
         self.deals_primed = False
@@ -61,6 +102,7 @@ class TerminalPoller:
             logger.exception("watched_symbols failed")
             watched, depth = set(), set()
         wanted = wanted_quote_symbols(self.redis, self.terminal.name, settings.BRIDGE_QUOTE_INTEREST_TTL)
+        self.interest = bool(watched or wanted)
         held = {p["symbol"] for p in positions} | {o["symbol"] for o in orders}
         return watched | wanted | held, depth
 
@@ -93,6 +135,8 @@ class TerminalPoller:
 
     def poll_once(self) -> TerminalSnapshot:
         """One cycle: read the terminal, store the snapshot, call after_poll."""
+        if self.cycles == CRASH_CYCLE and settings.BRIDGE_TEST_MODE and settings.BRIDGE_CRASH_AT == "poller_thread":
+            raise RuntimeError("BRIDGE_CRASH_AT=poller_thread: the poller dies here (test mode)")
         taken_at = time.time()
         info = self.reads.terminal_info(fresh=True)
         account = self.reads.account()
@@ -124,6 +168,8 @@ class TerminalPoller:
             extra={"poller_cycle_ms": round((time.time() - taken_at) * 1000, 2)},
         )
         store_snapshot(self.redis, self.terminal.name, snapshot)
+        if self.previous is None or _shape(snapshot) != _shape(self.previous):
+            self.active_until = time.monotonic() + ACTIVE_HOLD
         previous, self.previous = self.previous, snapshot
         self.cycles += 1
         self.last_good = taken_at
@@ -133,29 +179,59 @@ class TerminalPoller:
             logger.exception("after_poll failed")
         return snapshot
 
+    def active(self) -> bool:
+        """Poll at ``interval`` (else at ``idle_interval``): watched, asked, or changed a moment ago."""
+        return self.interest or time.monotonic() < self.active_until
+
+    def _changed_or_unknown(self) -> bool:
+        """The bridge changed the terminal after the last snapshot was taken (the read-your-writes mark, one
+        GET), or that cannot be told (no snapshot yet, Redis unreachable: the cycle says why)."""
+        if self.previous is None:
+            return True
+        try:
+            raw = self.redis.get(changed_key(self.terminal.name))
+        except redis.RedisError:
+            return True
+        return raw is not None and float(raw) >= self.previous.taken_at
+
+    def _cycle(self, failing: bool) -> bool:
+        """One poll; returns whether the terminal is failing (logged once per failure spell)."""
+        try:
+            self.poll_once()
+            if failing:
+                logger.info("terminal %s reachable again", self.terminal.name)
+            return False
+        except (ReadError, GatewayError) as exc:
+            if not failing:
+                logger.warning("poll of terminal %s failed: %s", self.terminal.name, exc)
+            self.reads.gw.mark_lost()
+            self.selected.clear()
+            self.reads.books.clear()
+            return True
+        except redis.RedisError:
+            logger.warning("poller cannot reach Redis; retrying")
+            return failing
+
     def run(self, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
-        logger.info("poller for terminal %s ready (every %.3fs)", self.terminal.name, self.interval)
+        logger.info("poller for terminal %s polling every %.3fs (idle: every %.3fs)", self.terminal.name,
+                    self.interval, self.idle_interval)
         if ready is not None:
             ready()
         failing = False
+        last = -float("inf")  # monotonic start of the last cycle
         while not stop.is_set():
-            started = time.monotonic()
-            try:
-                self.poll_once()
-                if failing:
-                    logger.info("terminal %s reachable again", self.terminal.name)
-                failing = False
-            except (ReadError, GatewayError) as exc:
-                if not failing:
-                    logger.warning("poll of terminal %s failed: %s", self.terminal.name, exc)
-                failing = True
-                self.reads.gw.mark_lost()
-                self.selected.clear()
-                self.reads.books.clear()
-            except redis.RedisError:
-                logger.warning("poller cannot reach Redis; retrying")
-            stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
-        self.reads.gw.shutdown()
+            now = time.monotonic()
+            if failing or self.active():
+                due = now - last >= self.interval
+            else:  # idle: a cycle every idle_interval, and at once after a change the bridge made
+                due = now - last >= self.idle_interval or self._changed_or_unknown()
+            if due:
+                last = now
+                failing = self._cycle(failing)
+            # Wake on the interval's grid from the last cycle's start: a cycle every `interval` when active.
+            stop.wait(self.interval - (time.monotonic() - last) % self.interval)
+        if self.owns_gateway:
+            self.reads.gw.shutdown()
 
 
 def run_terminal_poller(name: str, stop: threading.Event, interval: float | None = None,

@@ -1,11 +1,12 @@
-"""The read process of one terminal: serves the terminal's read queue, never the order queue.
+"""The read loop of one terminal: serves the terminal's read queue, never the order queue.
 
-It is a second process attached to the same terminal as the pinned worker (its own gateway, so its
-own connection: the MetaTrader5 module is one connection per process), which is why a read never
-waits behind an order the pinned worker is executing. Requests are served one at a time in arrival
-order (the gateway is not thread-safe); a heartbeat thread that never touches the terminal keeps
-``bridge:reader:<terminal>`` alive in Redis with what the reader last learnt about its terminal, so
-the web tier answers 502 at once when the reader is gone or the terminal is unreachable.
+By default it is a thread of the terminal's process (``run_terminal_worker``, ``workers/terminal_threads.py``)
+and shares that process's gateway with the pinned worker and the poller: a read waits while an
+``order_send`` holds the gateway's lock. Run alone (``run_terminal_reader``, with the worker started
+``--without-reader``) it is a process of its own with its own connection, and a read never waits behind
+an order. Requests are served one at a time in arrival order; a heartbeat thread that never touches the
+terminal keeps ``bridge:reader:<terminal>`` alive in Redis with what the reader last learnt about its
+terminal, so the web tier answers 502 at once when the reader is gone or the terminal is unreachable.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class TerminalReader:
                  gateway: TerminalGateway | None = None):
         self.terminal = terminal
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+        self.owns_gateway = gateway is None  # a shared gateway (the terminal's process) is not ours to shut
         self.reads = TerminalReads(gateway or TerminalGateway(terminal, timeout_ms=settings.BRIDGE_READ_TERMINAL_TIMEOUT_MS))
         self.state = ReaderState()
         self.clock = RedisClock()
@@ -198,7 +200,7 @@ class TerminalReader:
         self.probe()
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="reader-heartbeat", daemon=True)
         heartbeat.start()
-        logger.info("reader for terminal %s ready (queue %s)", self.terminal.name, queue_key(self.terminal.name))
+        logger.info("reader for terminal %s serving queue %s", self.terminal.name, queue_key(self.terminal.name))
         if ready is not None:
             ready()
         last_probe = time.monotonic()
@@ -211,14 +213,18 @@ class TerminalReader:
                 stop.wait(1.0)
                 continue
             if item is not None:
-                self.serve_one(item[1])
+                try:
+                    self.serve_one(item[1])
+                except redis.RedisError:  # the reply could not be sent: the caller answers 502 by itself
+                    logger.warning("reader cannot reach Redis to answer a read; going on")
                 if not self.state.terminal_ok:
                     self.probe()
             if time.monotonic() - last_probe >= PROBE_SECONDS:
                 self.probe()
                 last_probe = time.monotonic()
         heartbeat.join(timeout=2)
-        self.reads.gw.shutdown()
+        if self.owns_gateway:
+            self.reads.gw.shutdown()
 
 
 def run_terminal_reader(name: str, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:

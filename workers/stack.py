@@ -25,13 +25,15 @@ ASGI_APPLICATION = "bridge_project.asgi:application"
 SERVER_MAX_HEADER_BYTES = 64 * 1024
 
 
+TERMINAL_SETTINGS = "bridge_project.settings_terminal"  # the bridge's settings without the web-only apps
+
+
 def terminal_process_argvs(name: str, python: str = "python") -> dict[str, list[str]]:
-    """Processes attached to terminal ``name``: its pinned order worker, and (when present) its
-    read process and its poller. Only the ``worker`` role may call trading functions."""
+    """Processes attached to terminal ``name``: one, its ``worker``: the pinned order worker, with the
+    terminal's read loop and snapshot poller as threads sharing its one terminal connection
+    (``workers/terminal_threads.py``). Only the worker may call trading functions."""
     return {
-        "worker": [python, "manage.py", "run_terminal_worker", name],
-        "reader": [python, "manage.py", "run_terminal_reader", name],
-        "poller": [python, "manage.py", "run_terminal_poller", name],
+        "worker": [python, "manage.py", "run_terminal_worker", name, f"--settings={TERMINAL_SETTINGS}"],
     }
 
 

@@ -1,8 +1,9 @@
 """The embedded stack: every process of a one-machine bridge, started, watched and stopped together.
 
 Order: Redis (the one ``REDIS_URL`` names, else a ``redis-server`` child), migrations, the emulated
-broker (``sim_broker`` of the terminals file, if any), the sim terminals, per terminal its roles from
-``workers.stack`` (pinned worker, reader, poller), the maintenance worker, beat, and daphne. A child
+broker (``sim_broker`` of the terminals file, if any), the sim terminals, per terminal its processes from
+``workers.stack.terminal_process_argvs`` (one: the pinned worker, with the terminal's reader and poller as
+its threads), the maintenance worker, beat, and daphne. A child
 that dies is restarted (with back-off); Ctrl-C or SIGTERM stops everything in reverse order and waits
 for it (no orphans).
 

@@ -27,7 +27,8 @@ import yaml
 from terminals.config import parse_terminals
 from workers.stack import terminal_process_argvs
 
-# The order the roles start in: the terminal first (the others attach to it), then its processes.
+# The order the roles start in: the terminal first (the others attach to it), then its processes (today one,
+# ``worker``, which runs the reader and the poller as threads; a plan of separate ones would start in this order).
 ROLE_ORDER = ("terminal", "worker", "reader", "poller")
 
 

@@ -107,7 +107,7 @@ def _generated_env(tmp_path: Path) -> dict[str, str]:
 def test_compose_runs_the_bridge_in_production_with_every_secret_required() -> None:
     compose = yaml.safe_load(_compose_text())
     services = compose["services"]
-    for name in ("web", "events", "beat", "maintenance", "migrate", "worker-sim-1", "reader-sim-1"):
+    for name in ("web", "events", "beat", "maintenance", "migrate", "worker-sim-1", "worker-sim-2"):
         env = services[name]["environment"]
         assert env["BRIDGE_ENV"] == "production", name
         for var in ("SECRET_KEY", "BRIDGE_CREDENTIALS_KEY", "ALLOWED_HOSTS"):

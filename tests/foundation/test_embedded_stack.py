@@ -112,7 +112,13 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
                 assert -5 < age < 125, (entry, tick, age)
             finally:
                 mt5sim.shutdown()
-        assert len(children) >= 9  # broker, 2 sims, 2x(worker, reader?, poller?), maintenance, beat, web
+        assert len(children) >= 8  # broker, 2 sims, 2 terminal processes, maintenance, beat, web
+        # One bridge process per terminal: the pinned worker, with the terminal's reader and poller as its threads.
+        argvs = [Path(f"/proc/{pid}/cmdline").read_text().split("\0") for pid in children if _alive(pid)]
+        for name in ("emb-1", "emb-2"):
+            workers = [a for a in argvs if a[2:4] == ["run_terminal_worker", name]]
+            assert len(workers) == 1 and "--settings=bridge_project.settings_terminal" in workers[0], argvs
+        assert not [a for a in argvs if {"run_terminal_reader", "run_terminal_poller"} & set(a)], argvs
         broker_line = re.search(r"started sim-broker \(pid (\d+)", log_path.read_text())
         assert broker_line, log_path.read_text()
         broker_pid = int(broker_line.group(1))

@@ -44,9 +44,9 @@ def test_plan_renders_each_mt5_terminal_with_the_linux_command_lines() -> None:
     by_id = {p["id"]: p for p in rendered["processes"]}
     for name in ("icm-1", "pep-1"):
         linux = terminal_process_argvs(name, VENV_PY)
-        assert set(linux) >= {"worker", "reader", "poller"}
+        assert set(linux) == {"worker"}  # one process per terminal: the reader and the poller are its threads
         roles = [p["role"] for p in rendered["processes"] if p["terminal"] == name]
-        assert roles == ["terminal", *sorted(linux, key=["worker", "reader", "poller"].index)]
+        assert roles == ["terminal", "worker"]
         for role, argv in linux.items():
             entry = by_id[f"{name}.{role}"]
             assert entry["argv"] == argv  # the very command line the Linux stack runs
@@ -54,7 +54,7 @@ def test_plan_renders_each_mt5_terminal_with_the_linux_command_lines() -> None:
             assert entry["log"] == rf"\\host.lan\Data\logs\VM1\{name}.{role}.log"
         assert by_id[f"{name}.terminal"]["argv"] == [rf"C:\bridge\terminals\{name}\terminal64.exe", "/portable"]
     worker = by_id["icm-1.worker"]["argv"]
-    assert worker == [VENV_PY, "manage.py", "run_terminal_worker", "icm-1"]
+    assert worker == [VENV_PY, "manage.py", "run_terminal_worker", "icm-1", "--settings=bridge_project.settings_terminal"]
 
 
 def test_the_worker_command_is_the_pinned_solo_worker() -> None:

@@ -34,14 +34,16 @@ class ReadProcs:
 
     def start_reader(self, name: str) -> Proc:
         proc = start_manage(f"reader-{name}-{int(time.time() * 1000)}", ["run_terminal_reader", name],
-                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
+                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
+                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
         proc.wait_log("ready", timeout=60)
         self.readers[name] = proc
         return proc
 
     def start_poller(self, name: str) -> Proc:
         proc = start_manage(f"poller-{name}-{int(time.time() * 1000)}", ["run_terminal_poller", name],
-                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
+                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
+                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
         proc.wait_log("ready", timeout=60)
         self.pollers[name] = proc
         return proc

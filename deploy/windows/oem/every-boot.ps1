@@ -5,7 +5,8 @@
 #  2. read bridge.env (DATABASE_URL, REDIS_URL on the host, keys) and terminals.yaml (backend mt5)
 #  3. make each terminal's portable copy from its broker installer (once)
 #  4. render the plan (deploy/windows/plan.py: the same argvs as Linux, workers/stack.py) and start
-#     one supervisor per process: the terminal, its pinned order worker, its reader and its poller
+#     one supervisor per process: the terminal, and its one bridge process (the pinned order worker,
+#     with its reader and poller as threads: run_terminal_worker)
 param([switch]$Ensure)
 
 . (Join-Path $PSScriptRoot 'common.ps1')

@@ -1,4 +1,6 @@
-"""Run the snapshot poller of one terminal (account, positions, orders, ticks, books into Redis)."""
+"""Run the snapshot poller of one terminal as a process of its own (account, positions, orders, ticks, books
+into Redis). By default the terminal's process (``run_terminal_worker``) runs it as a thread; this command is
+for a worker started ``--without-poller``."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from workers.poller import run_terminal_poller
 
 
 class Command(BaseCommand):
+    requires_system_checks: list[str] = []  # they import every view, DRF and the admin: not used here
     help = "Run the snapshot poller of terminal NAME (interval: --interval or BRIDGE_POLL_INTERVAL, default 0.25s)."
 
     def add_arguments(self, parser):

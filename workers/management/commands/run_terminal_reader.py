@@ -1,4 +1,7 @@
-"""Run the read process of one terminal: serves bridge:read:NAME (never the order queue)."""
+"""Run the read loop of one terminal as a process of its own: serves bridge:read:NAME (never the order queue).
+
+By default the terminal's process (``run_terminal_worker``) runs it as a thread; this command is for a
+worker started ``--without-reader`` (a read then never waits behind an order: its own connection)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from workers.reader import run_terminal_reader
 
 
 class Command(BaseCommand):
+    requires_system_checks: list[str] = []  # they import every view, DRF and the admin: not used here
     help = "Run the read process of terminal NAME: request/reply reads over Redis, one at a time."
 
     def add_arguments(self, parser):
