@@ -4,8 +4,9 @@ Callers: ``trading`` on every task state change (``order``), ``sessions`` on eve
 change (``session``), the terminal pollers through ``streams.poll_events`` (``position``, ``account``,
 ``profit``, ``quote:X``, ``depth:X``).
 
-One publish is one Redis script call on a long-lived, per-process connection pool (no event loop,
-no new connection per send), and it does everything atomically:
+One publish is one Redis script call (a batch of events, ``publish_events``: one call for all) on a
+long-lived, per-process connection pool (no event loop, no new connection per send), and it does
+everything atomically:
 
 * replayable channels (``order``, ``position``, ``account``, ``session``): ``HINCRBY`` the session's
   seq (a new counter gets a new epoch), append the event to the session's stream (entry id
@@ -45,7 +46,7 @@ from .keys import FANOUT_STREAM, REPLAYABLE, group_for, key_group, log_key, pars
 
 logger = logging.getLogger("bridge.events")
 
-_PUBLISH_LUA = """
+_PUBLISH_BODY = """
 local body_head, body_tail = ARGV[1], ARGV[2]
 local now_ms, maxlen, max_age_ms = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local fanout_maxlen, group, channel, ttl = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
@@ -92,6 +93,19 @@ else
 end
 return seq
 """
+_PUBLISH_LUA = _PUBLISH_BODY
+# Many events in one script call (the pinned worker's batch): the body above as a function of (keys,
+# args) called for each event in turn: KEYS are 3 per event, ARGV 10 per event; the seqs in order.
+_PUBLISH_MANY_LUA = (
+    "local function publish(KEYS, ARGV)\n" + _PUBLISH_BODY + "end\n"
+    "local out, n = {}, #KEYS / 3\n"
+    "for i = 0, n - 1 do\n"
+    "  out[i + 1] = publish({KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]},\n"
+    "                       {unpack(ARGV, 10 * i + 1, 10 * i + 10)})\n"
+    "end\n"
+    "return out\n"
+)
+
 
 _clients: dict[int, tuple[redis.Redis, Any]] = {}
 
@@ -193,6 +207,35 @@ def publish_session_events(
         except redis.RedisError:
             if attempt == 2:
                 logger.exception("%d events for session %s not published", len(prepared), session_id)
+                return [None] * len(prepared)
+            time.sleep(0.05 * (attempt + 1))
+    return [None] * len(prepared)
+
+
+_many_scripts: dict[int, Any] = {}
+
+
+def publish_events(events: Iterable[tuple[str, str, dict[str, Any], int | None]]) -> list[int | None]:
+    """Publish ``(session_id, channel, data, time_msc)`` events of any sessions in one script call, in order
+    (the pinned worker's batch of task changes): each gets what ``publish_session_event`` does for one
+    (its seq, its log entry, its fan-out entry). The seqs, or None for each when Redis could not be
+    reached after a few quick retries (logged)."""
+    prepared = [_script_args(session_id, channel, data, time_msc) for session_id, channel, data, time_msc in events]
+    if not prepared:
+        return []
+    client, _ = _client()
+    script = _many_scripts.get(id(client))
+    if script is None:
+        _many_scripts.clear()
+        script = _many_scripts[id(client)] = client.register_script(_PUBLISH_MANY_LUA)
+    keys = [key for event_keys, _ in prepared for key in event_keys]
+    args = [arg for _, event_args in prepared for arg in event_args]
+    for attempt in range(3):
+        try:
+            return [int(x) for x in script(keys=keys, args=args)]
+        except redis.RedisError:
+            if attempt == 2:
+                logger.exception("%d events not published", len(prepared))
                 return [None] * len(prepared)
             time.sleep(0.05 * (attempt + 1))
     return [None] * len(prepared)

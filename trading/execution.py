@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import time
+from collections import OrderedDict
 from typing import Any
 
 from django.conf import settings
@@ -51,7 +52,15 @@ from terminals.runtime import gateway, held_lease, pinned_terminal, refresh_leas
 from . import orders
 from .lookup import AMBIGUOUS, NOT_AN_OUTCOME, Trace, find_trace, history_synced
 from .models import TaskKind, TaskState, TradeTask
-from .states import Increment, task_change, task_claim
+from .states import (
+    Increment,
+    task_change,
+    task_claim,
+    tasks_claim_batch,
+    tasks_mark_sent_batch,
+    tasks_settle_batch,
+)
+from .task_errors import run_guarded
 
 logger = logging.getLogger("bridge.trading.execution")
 
@@ -115,21 +124,53 @@ def _terminal_row(name: str) -> Terminal | None:
     return row
 
 
+# Batches (docs/orders.md "Batches"): a delivery claims its task and the terminal's other queued tasks,
+# oldest first, up to BATCH_SIZE, in one transaction; commits their send marks in one; sends them one by
+# one; stores the outcomes in one; and claims the next batch while batches come full, for at most
+# BATCH_BUDGET seconds (then the Celery message returns, so a login or a reconciliation on the same queue
+# waits at most that long). The messages of tasks a batch already executed are then no-ops answered from
+# _executed, without a database round trip (this process is the terminal's only executor, fenced by its
+# lease, and a claimed task never becomes queued again).
+BATCH_SIZE = 32
+BATCH_BUDGET = 1.0  # s
+# A marked task is sent only this soon after its batch's marks committed: a worker paused longer (a frozen
+# VM) could have been replaced and its marked tasks settled by recovery; it must not send them late.
+SEND_WINDOW = 5.0  # s (well inside BRIDGE_INFLIGHT_BOUND)
+EXECUTED_LIMIT = 100_000
+_executed: OrderedDict[str, str] = OrderedDict()
+# The last batches stopped at BATCH_BUDGET with a full batch: more tasks may be queued, and their own
+# messages may sit behind no-op messages of settled tasks, so the next message (even a no-op) claims on.
+_more_queued = False
+
+
+def _remember(task_id: str, outcome: str) -> None:
+    """This process executed ``task_id`` (it claimed it; it never becomes ``queued`` again): a later
+    delivery of its message is a no-op. A task it left ``dispatched`` or ``unknown`` is reconciliation's."""
+    _executed[task_id] = outcome
+    if len(_executed) > EXECUTED_LIMIT:
+        _executed.popitem(last=False)
+
+
 def run_task(task_id: str) -> str:
     """Entry point of a delivery of ``task_id`` on the pinned worker; returns what it did."""
+    done = _executed.get(task_id)
+    if done is not None and not _more_queued:
+        return f"skipped-{done}"  # executed by an earlier batch of this process: no database round trip
     terminal = _terminal_row(pinned_terminal() or "")
     lease = held_lease()
+    if done is not None:
+        if terminal is not None and terminal.id == lease.terminal_id:
+            run_batches("", terminal, lease)  # go on with the queued tasks behind this no-op message
+        return f"skipped-{done}"
     if terminal is not None and terminal.id != lease.terminal_id:
         _terminal_rows.pop(terminal.name, None)  # the row was re-created since it was cached
         terminal = _terminal_row(terminal.name)
     if terminal is not None and terminal.id == lease.terminal_id:
-        # The common case in one statement: claim (and record) a queued task of this terminal,
-        # fenced by this worker's lease token.
-        claimed = task_claim(task_id=task_id, lease=lease)
-        if claimed is not None:
-            claimed.terminal = terminal
-            crash_point("after_claim")
-            return send(claimed)
+        # The common case: claim (and record) this queued task of this terminal with the terminal's other
+        # queued tasks, fenced by this worker's lease token, and execute them as batches.
+        outcome = run_batches(task_id, terminal, lease)
+        if outcome is not None:
+            return outcome
     task = TradeTask.objects.select_related("terminal", "session").filter(id=task_id).first()
     if task is None:
         return "missing"
@@ -149,10 +190,39 @@ def run_task(task_id: str) -> str:
             return "not-queued"
         claimed.terminal = task.terminal
         crash_point("after_claim")
-        return send(claimed)
+        outcome = send(claimed)
+        _remember(claimed.id, outcome)
+        return outcome
     if task.state == TaskState.DISPATCHED:
         return recover(task, "redelivered")
     return f"skipped-{task.state}"
+
+
+def run_batches(task_id: str, terminal: Terminal, lease: Lease) -> str | None:
+    """Execute ``task_id`` with the terminal's other queued tasks, batch after batch while they come full
+    (within BATCH_BUDGET). What happened to ``task_id``, or None when it was not claimed (not queued, or
+    the fence refused: the caller looks at the row)."""
+    global _more_queued
+    deadline = time.monotonic() + BATCH_BUDGET
+    outcome: str | None = None
+    first = task_id
+    _more_queued = False
+    while True:
+        batch = tasks_claim_batch(lease=lease, task_id=first, limit=BATCH_SIZE)
+        if not batch:
+            break
+        for task in batch:
+            task.terminal = terminal
+        crash_point("after_claim")
+        outcomes = send_batch(batch, lease)
+        outcome = outcomes.get(task_id, outcome)
+        first = ""
+        if len(batch) < BATCH_SIZE:  # the terminal's queue is drained
+            break
+        if time.monotonic() > deadline:
+            _more_queued = True
+            break
+    return outcome
 
 
 def _session_account(session_id: str) -> tuple[int, str] | None:
@@ -384,12 +454,23 @@ def send(task: TradeTask) -> str:
     """Build, mark sent, order_send, retry what is safe, store the outcome. The task is ``dispatched``."""
     gw = gateway()
     lease = held_lease()
+    prepared = _prepare(gw, task)
+    if isinstance(prepared, str):
+        return prepared
+    request, info = prepared
+    return _send_prepared(gw, task, request, info, lease)
+
+
+def _prepare(gw: TerminalGateway, task: TradeTask, account_checked: bool = False) -> tuple[dict[str, Any], Any] | str:
+    """The order_send request of a ``dispatched`` task and the symbol info used; or, when the task ended
+    here without being sent (account refused, rejected by the bridge, terminal unreachable), its state."""
     try:
         gw.ensure_connected()
-        refusal = _account_refusal(gw, task)
-        if refusal is not None:
-            return _cancel_unsent(task, "AccountMismatch", refusal)
-        request, info = _build(gw, task)
+        if not account_checked:
+            refusal = _account_refusal(gw, task)
+            if refusal is not None:
+                return _cancel_unsent(task, "AccountMismatch", refusal)
+        return _build(gw, task)
     except Rejected as exc:
         task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.REJECTED, detail={"bridge": exc.comment}, fields={"result": {"retcode": exc.retcode, "retcodeText": C.retcode_text(exc.retcode), "comment": exc.comment,
                      "source": "bridge"}})
@@ -399,18 +480,33 @@ def send(task: TradeTask) -> str:
         task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED, detail={"stage": "prepare"}, fields={"result": {"error": {"code": "BridgeUnavailable", "message": f"terminal unreachable before sending: {exc}",
                                "mt5": code}}})
         return "failed"
+
+
+def _refused_mark(task: TradeTask, lease: Lease) -> str:
+    """The send mark of ``task`` was refused: say why, ending the task ``cancelled`` when its session
+    may not use the terminal."""
+    refusal = _ownership_refusal(task, lease)
+    if refusal is None:
+        return "raced"
+    if refusal[0] == "LeaseLost":
+        return "lease-lost"
+    return _cancel_unsent(task, *refusal)
+
+
+def _send_prepared(gw: TerminalGateway, task: TradeTask, request: dict[str, Any], info: Any, lease: Lease,
+                   sent: tuple[Any, tuple[int, str] | None] | None = None) -> str:
+    """Mark sent, order_send, retry what is safe, store the outcome. ``sent``: the task's send mark is
+    committed and this was the answer of its first order_send (a batch sent it)."""
     reference = float(request.get("price") or 0.0)
     retries = 0
     while True:
-        if not _mark_sent(task, request, lease):
-            refusal = _ownership_refusal(task, lease)
-            if refusal is None:
-                return "raced"
-            if refusal[0] == "LeaseLost":
-                return "lease-lost"
-            return _cancel_unsent(task, *refusal)
-        result, error = gw.order_send(request)
-        crash_point("after_send")
+        if sent is not None:
+            (result, error), sent = sent, None
+        else:
+            if not _mark_sent(task, request, lease):
+                return _refused_mark(task, lease)
+            result, error = gw.order_send(request)
+            crash_point("after_send")
         if result is None:
             return _store_unknown_or_failed(task, request, error)
         retcode = int(result.retcode)
@@ -429,12 +525,98 @@ def send(task: TradeTask) -> str:
                 if retcode == C.RETCODE_PRICE_OFF:
                     time.sleep(0.05)
                 continue
-        if retcode in AMBIGUOUS_RETCODES or (retcode == C.RETCODE_PLACED and request["action"] == C.TRADE_ACTION_DEAL):
+        if _ambiguous(request, retcode):
             return _store_unknown_or_failed(task, request, None, result=_result_dict(result, retries))
         return _store_result(task, request, result, retries)
 
 
-def _store_result(task: TradeTask, request: dict[str, Any], result: Any, retries: int) -> str:
+def _ambiguous(request: dict[str, Any], retcode: int) -> bool:
+    return retcode in AMBIGUOUS_RETCODES or (retcode == C.RETCODE_PLACED and request["action"] == C.TRADE_ACTION_DEAL)
+
+
+def send_batch(tasks: list[TradeTask], lease: Lease) -> dict[str, str]:
+    """Execute claimed (``dispatched``) tasks of this terminal as one batch: the account checked once,
+    every request built, the send marks committed in one transaction, then each ``order_send`` in turn,
+    the definite outcomes stored in one transaction. Anything else (a refusal, a retry, an outcome that
+    is not definite) takes the single task's path from where it stands. What happened to each task."""
+    gw = gateway()
+    outcomes: dict[str, str] = {}
+    try:
+        gw.ensure_connected()
+        shown = gw.account_info()
+    except (GatewayError, OSError):
+        shown = None  # each task's own path records the failure
+    ready: list[tuple[TradeTask, dict[str, Any], Any]] = []
+    for task in tasks:
+        checked = False
+        if shown is not None:
+            expected = _session_account(task.session_id)
+            if expected is None:
+                outcomes[task.id] = _cancel_unsent(task, "AccountMismatch", "the task's session never logged in")
+                continue
+            if (shown.get("login"), str(shown.get("server") or "")) != expected:
+                outcomes[task.id] = _cancel_unsent(
+                    task, "AccountMismatch", f"the terminal is logged in to {shown.get('login')}@{shown.get('server')}, "
+                    f"not the session's {expected[0]}@{expected[1]}")
+                continue
+            checked = True
+        # An error of the bridge on one task (run_guarded: counted on it, bounded) leaves the others be.
+        prepared = run_guarded(task.id, "execute", lambda t=task, c=checked: _prepare(gw, t, account_checked=c))
+        if isinstance(prepared, str):
+            outcomes[task.id] = prepared
+            continue
+        ready.append((task, *prepared))
+    marked = tasks_mark_sent_batch(lease=lease, marks=[(task, request) for task, request, _ in ready])
+    marked_at = time.monotonic()
+    definite: list[tuple[TradeTask, str, dict[str, Any], dict[str, Any]]] = []
+    for index, ((task, request, info), ok) in enumerate(zip(ready, marked, strict=True)):
+        if not ok:
+            outcomes[task.id] = _refused_mark(task, lease)
+            continue
+        if time.monotonic() - marked_at > SEND_WINDOW:
+            outcomes[task.id] = _fail_unsent(task, request)
+            continue
+        result, error = gw.order_send(request)
+        crash_point("after_send")
+        crash_point(f"batch_send_{index + 1}")
+        outcomes[task.id] = run_guarded(task.id, "execute", lambda t=task, r=request, i=info, a=(result, error): (
+            _after_batch_send(gw, t, r, i, lease, a, definite)))
+    for (task, state, _, _), ok in zip(definite, tasks_settle_batch(outcomes=definite), strict=True):
+        outcomes[task.id] = state if ok else "raced"
+    for task in tasks:
+        _remember(task.id, outcomes.get(task.id, "batched"))
+    return outcomes
+
+
+def _after_batch_send(gw: TerminalGateway, task: TradeTask, request: dict[str, Any], info: Any, lease: Lease,
+                     answer: tuple[Any, tuple[int, str] | None],
+                     definite: list[tuple[TradeTask, str, dict[str, Any], dict[str, Any]]]) -> str:
+    """A definite answer joins the batch's outcomes (stored together); any other takes the task's own path."""
+    result = answer[0]
+    if result is not None and not _ambiguous(request, int(result.retcode)) and not (
+            request["action"] == C.TRADE_ACTION_DEAL and int(result.retcode) in C.RETRYABLE_RETCODES):
+        state, fields, detail = _result_change(task, request, result, 0)
+        definite.append((task, state, fields, detail))
+        return state
+    return _send_prepared(gw, task, request, info, lease, sent=answer)
+
+
+def _fail_unsent(task: TradeTask, request: dict[str, Any]) -> str:
+    """A marked task this process did not send (its batch outlived SEND_WINDOW): nothing can send it any
+    more (a marked task is never sent again), so it certainly never executed."""
+    moved = task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED,
+                        detail={"reason": "send_window"}, fields={"result": {"error": {
+                            "code": "NotExecuted", "message": "marked sent but never sent: its batch outlived the "
+                            "send window (the worker was paused or slow)"}, "source": "bridge"}})
+    if moved is not None:
+        task.state = moved.state
+    logger.warning("task %s not sent: its batch outlived the send window", task.id)
+    return "failed-send-window"
+
+
+def _result_change(task: TradeTask, request: dict[str, Any], result: Any, retries: int
+                   ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The final state, fields and transition detail of a definite ``order_send`` answer."""
     retcode = int(result.retcode)
     state = _final_state(task, retcode, request)
     fields: dict[str, Any] = {"result": _result_dict(result, retries), "mt5_request": request}
@@ -445,7 +627,12 @@ def _store_result(task: TradeTask, request: dict[str, Any], result: Any, retries
         fields["deal_ticket"] = deal_ticket
     if task.kind == TaskKind.ORDER_CREATE and deal_ticket:
         fields["position_ticket"] = _position_of(task, order_ticket, deal_ticket)
-    task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=state, detail={"retcode": retcode, "retries": retries}, fields=fields)
+    return state, fields, {"retcode": retcode, "retries": retries}
+
+
+def _store_result(task: TradeTask, request: dict[str, Any], result: Any, retries: int) -> str:
+    state, fields, detail = _result_change(task, request, result, retries)
+    task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=state, detail=detail, fields=fields)
     return state
 
 

@@ -27,10 +27,13 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from sessions.models import BridgeSession, SessionStatus
+from streams.publisher import publish_events
 from terminals import runtime
 from terminals.lease import Lease, fence_condition
+from terminals.models import Terminal
 
-from .events import publish_task_change
+from .events import order_event, publish_task_change
 from .models import FINAL_STATES, RequestReceipt, TaskState, TaskTransition, TradeTask
 from .reads.readqueue import redis_client
 from .reads.snapshots import note_terminal_changed
@@ -223,3 +226,128 @@ def tasks_purge(*, task_ids: list[str]) -> int:
         RequestReceipt.objects.filter(task_id__in=task_ids).delete()
         _, per_model = TradeTask.objects.filter(id__in=task_ids).delete()
     return per_model.get(TradeTask._meta.label, 0)
+
+
+# --- batches of the pinned worker ------------------------------------------------------------------
+# The pinned worker executes the queued tasks of its terminal in batches (trading/execution.py): one
+# transaction claims up to ``limit`` of them, one commits their send marks, one stores their outcomes.
+# Each change of each task is still its own conditional UPDATE, its own transition row and its own
+# ``order`` event; only the commits and the Redis round trips are shared. The statements are plain SQL
+# that PostgreSQL and SQLite (3.35+: RETURNING) both run, so the embedded default does not pay for the
+# ORM's query compilation per change. The events of a batch go out in one Redis pipeline after commit.
+
+def _prep(model: type, name: str, value: Any) -> Any:
+    return model._meta.get_field(name).get_db_prep_save(value, connection)
+
+
+def _record(cursor: Any, rows: list[tuple[str, str, str, dict[str, Any]]], at: Any) -> None:
+    """Insert the transitions ``(task_id, from_state, to_state, detail)`` of a batch, all at ``at``."""
+    if rows:
+        table = connection.ops.quote_name(TaskTransition._meta.db_table)
+        when = _prep(TaskTransition, "at", at)
+        cursor.executemany(f"INSERT INTO {table} (task_id, from_state, to_state, at, detail) VALUES (%s, %s, %s, %s, %s)",
+                           [(task_id, before, after, when, _json(detail)) for task_id, before, after, detail in rows])
+
+
+def _publish_batch(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Publish ``(session_id, order event body)`` pairs after commit, in order, in one round trip."""
+    if not events:
+        return
+
+    def publish() -> None:
+        try:
+            publish_events([(session_id, "order", body, None) for session_id, body in events])
+        except Exception:  # the ledger already holds the changes; the stream is best effort
+            logger.exception("publishing %d order events failed", len(events))
+
+    transaction.on_commit(publish)
+
+
+def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int) -> list[TradeTask]:
+    """The pinned worker's claim of a batch: ``queued → dispatched`` (one attempt counted each, the
+    transition's detail ``{"attempt": n}``) for ``task_id`` and the ``limit`` oldest queued tasks of the
+    lease's terminal (``limit`` + 1 at most), fenced by the lease's token; committed when this returns
+    (call it outside any transaction). The claimed tasks in created order; [] when none was queued or the
+    lease moved."""
+    quote = connection.ops.quote_name
+    table, terminals = quote(TradeTask._meta.db_table), quote(Terminal._meta.db_table)
+    now = timezone.now()
+    sql = (f"UPDATE {table} SET state = %s, attempts = attempts + 1, dispatched_at = %s, updated_at = %s "
+           f"WHERE state = %s AND terminal_id = %s AND (id = %s OR id IN (SELECT id FROM {table} "
+           f"WHERE terminal_id = %s AND state = %s ORDER BY created_at LIMIT %s)) "
+           f"AND EXISTS (SELECT 1 FROM {terminals} WHERE id = %s AND lease_token = %s) RETURNING id, attempts")
+    stamp = _prep(TradeTask, "dispatched_at", now)
+    params = [TaskState.DISPATCHED, stamp, stamp, TaskState.QUEUED, lease.terminal_id, task_id, lease.terminal_id,
+              TaskState.QUEUED, limit, lease.terminal_id, lease.token]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        claimed = dict(cursor.fetchall())
+        _record(cursor, [(tid, TaskState.QUEUED, TaskState.DISPATCHED, {"attempt": n}) for tid, n in claimed.items()],
+                now)
+        if not claimed:
+            return []
+        tasks = list(TradeTask.objects.filter(id__in=list(claimed)).order_by("created_at", "id"))
+        _publish_batch([(task.session_id, order_event(task, previous=TaskState.QUEUED)) for task in tasks])
+    return tasks
+
+
+def tasks_mark_sent_batch(*, lease: Lease, marks: list[tuple[TradeTask, dict[str, Any]]]) -> list[bool]:
+    """Commit the send marks (``sent_at``, ``mt5_request``) of ``dispatched`` tasks in one transaction,
+    each only while this worker holds the lease (fence) and the task's session is ``active`` and the
+    terminal's bound owner (as ``execution._mark_sent``). Per task: whether its mark was written (the
+    task objects are updated in place)."""
+    quote = connection.ops.quote_name
+    table = quote(TradeTask._meta.db_table)
+    terminals, sessions = quote(Terminal._meta.db_table), quote(BridgeSession._meta.db_table)
+    now = timezone.now()
+    stamp = _prep(TradeTask, "sent_at", now)
+    sql = (f"UPDATE {table} SET sent_at = %s, mt5_request = %s, updated_at = %s WHERE id = %s AND state = %s "
+           f"AND EXISTS (SELECT 1 FROM {terminals} tm WHERE tm.id = {table}.terminal_id AND tm.lease_token = %s "
+           f"AND tm.bound_session_id = {table}.session_id) "
+           f"AND EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = {table}.session_id AND s.status = %s)")
+    done: list[bool] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for task, request in marks:
+            cursor.execute(sql, [stamp, _prep(TradeTask, "mt5_request", request), stamp, task.id,
+                                 TaskState.DISPATCHED, lease.token, SessionStatus.ACTIVE])
+            done.append(cursor.rowcount == 1)
+        marked = [task for (task, request), ok in zip(marks, done, strict=True) if ok]
+        for (task, request), ok in zip(marks, done, strict=True):
+            if ok:
+                task.sent_at, task.mt5_request, task.updated_at = now, request, now
+        _record(cursor, [(task.id, TaskState.DISPATCHED, TaskState.DISPATCHED, {"change": "sent"}) for task in marked],
+                now)
+        _publish_batch([(task.session_id, order_event(task, previous=TaskState.DISPATCHED, change="sent"))
+                        for task in marked])
+    return done
+
+
+def tasks_settle_batch(*, outcomes: list[tuple[TradeTask, str, dict[str, Any], dict[str, Any]]]) -> list[bool]:
+    """Store the outcomes ``(task, to_state, fields, detail)`` of ``dispatched`` tasks in one transaction
+    (each a conditional UPDATE from ``dispatched`` with its transition and its event). Per task: whether
+    it was still ``dispatched`` (the task objects are updated in place)."""
+    if not outcomes:
+        return []
+    _note_settled_at_terminal([TaskState.DISPATCHED], TaskState.FILLED)  # read-your-writes, before any commit
+    table = connection.ops.quote_name(TradeTask._meta.db_table)
+    now = timezone.now()
+    done: list[bool] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for task, to_state, fields, _ in outcomes:
+            values = {**fields, "state": to_state, "updated_at": now}
+            if to_state in FINAL_STATES:
+                values.setdefault("finished_at", now)
+            columns = [TradeTask._meta.get_field(name) for name in values]
+            sets = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in columns)
+            params = [field.get_db_prep_save(values[field.name], connection) for field in columns]
+            cursor.execute(f"UPDATE {table} SET {sets} WHERE id = %s AND state = %s",
+                           [*params, task.id, TaskState.DISPATCHED])
+            ok = cursor.rowcount == 1
+            done.append(ok)
+            if ok:
+                for name, value in values.items():
+                    setattr(task, name, value)
+        settled = [(task, detail) for (task, _, _, detail), ok in zip(outcomes, done, strict=True) if ok]
+        _record(cursor, [(task.id, TaskState.DISPATCHED, task.state, detail) for task, detail in settled], now)
+        _publish_batch([(task.session_id, order_event(task, previous=TaskState.DISPATCHED)) for task, _ in settled])
+    return done

@@ -123,6 +123,50 @@ def test_c_killed_during_an_order_send_the_emulator_delays(stack, client, sim, c
     assert _path(task) == ["queued", "dispatched", "unknown", "filled"]
 
 
+def test_d_killed_mid_batch_each_task_is_at_most_one_order_the_sent_adopted_the_unsent_failed(
+        stack, client, sim, settings) -> None:
+    """A batch (trading/execution.py: one claim, one commit of the send marks, then each order_send)
+    killed after its third order_send: the three executed are adopted by tag, the three marked but never
+    sent are proven not executed after the in-flight bound, none is sent twice."""
+    env = {"BRIDGE_INFLIGHT_BOUND": "2", "BRIDGE_RECONCILE_AFTER": "1"}
+    crashing = _restart(stack, {**env, "BRIDGE_CRASH_AT": "batch_send_3"})
+    sid = open_session(client, TERMINAL)
+    assert wait_final(_post(client, sid, "crash-d-warm")).state == "filled"  # a batch of one: no crash
+    crashing.kill(signal.SIGSTOP)  # the worker takes nothing while the six are queued
+    try:
+        ids = [_post(client, sid, f"crash-d-{i}") for i in range(6)]
+    finally:
+        crashing.kill(signal.SIGCONT)
+    _wait_dead(crashing)
+    tasks = list(TradeTask.objects.filter(id__in=ids).order_by("created_at"))
+    # One batch claimed the six and committed their six send marks before the first order_send.
+    assert [(t.state, t.sent_at is not None, t.attempts) for t in tasks] == [("dispatched", True, 1)] * 6
+    orders = {t.id: len(sim(TERMINAL).broker_orders_of(t)) for t in tasks}
+    assert [orders[t.id] for t in tasks] == [1, 1, 1, 0, 0, 0], orders
+    stack.start_worker(TERMINAL, env)  # its start-up reconciliation adopts what it finds by tag
+    for task in tasks[:3]:
+        done = wait_final(task.id)
+        assert done.state == "filled" and done.result["adopted"] is True and done.attempts == 1, done.result
+    settings.BRIDGE_RECONCILE_AFTER = 1
+    for task in tasks[3:]:
+        wait_until(lambda t=task: (timezone.now() - TradeTask.objects.get(id=t.id).sent_at).total_seconds() > 2.0,
+                   10, "the in-flight bound passed since the send mark")
+        _wait_reconcile_due(task.id, 1)
+    assert reconcile_all_task.apply().get() == [TERMINAL]
+    for task in tasks[3:]:
+        done = wait_final(task.id)
+        assert done.state == "failed" and done.result["error"]["code"] == "NotExecuted", done.result
+        # unknown first when the start-up reconciliation came within the bound, else failed at once
+        assert _path(done) in (["queued", "dispatched", "unknown", "failed"], ["queued", "dispatched", "failed"])
+    for task in tasks:
+        assert len(sim(TERMINAL).broker_orders_of(task)) == orders[task.id], task.id
+    # Every message of the six is consumed (the queue drains) and none of them sends anything again.
+    wait_until(lambda: redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(f"terminal.{TERMINAL}") == 0, 15,
+               "the six messages consumed")
+    for task in tasks:
+        assert len(sim(TERMINAL).broker_orders_of(task)) == orders[task.id], task.id
+
+
 def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, sim, control, settings) -> None:
     _restart(stack, {"BRIDGE_INFLIGHT_BOUND": "2", "BRIDGE_RECONCILE_AFTER": "1"})
     sid = open_session(client, TERMINAL)
