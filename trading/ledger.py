@@ -71,6 +71,35 @@ def find_previous(workspace_id: int, request_id: str, fp: str) -> Outcome | None
     return Outcome(task, int(task.previous_status), True)
 
 
+def find_previous_many(workspace_id: int, request_ids: list[str]) -> dict[str, TradeTask]:
+    """``find_previous`` for many request ids of one workspace in one query: request id -> its task
+    (or the edited task of its receipt), with ``previous_fingerprint`` and ``previous_status`` set;
+    the caller compares fingerprints (a replay, or a conflict)."""
+    if not request_ids:
+        return {}
+    task, receipt = TradeTask._meta.db_table, RequestReceipt._meta.db_table
+    marks = ", ".join(["%s"] * len(request_ids))
+    sql = (
+        f"SELECT t.*, 0 AS previous_source, t.request_id AS previous_request_id, "
+        f"t.fingerprint AS previous_fingerprint, t.status_code AS previous_status "
+        f"FROM {task} t WHERE t.workspace_id = %s AND t.request_id IN ({marks}) "
+        f"UNION ALL SELECT t.*, 1, r.request_id, r.fingerprint, r.status_code "
+        f"FROM {receipt} r JOIN {task} t ON t.id = r.task_id WHERE r.workspace_id = %s AND r.request_id IN ({marks}) "
+        "ORDER BY previous_source"
+    )
+    found: dict[str, TradeTask] = {}
+    for row in TradeTask.objects.raw(sql, [workspace_id, *request_ids, workspace_id, *request_ids]):
+        found.setdefault(row.previous_request_id, row)  # a task's own id first, as find_previous
+    return found
+
+
+def previous_outcome(request_id: str, fp: str, previous: TradeTask) -> Outcome:
+    """The answer to a request id found by ``find_previous_many``: its replay, or 409 TaskConflict."""
+    if previous.previous_fingerprint != fp:
+        raise _conflict(request_id, previous.id)
+    return Outcome(previous, int(previous.previous_status), True)
+
+
 def insert_or_replay(task: TradeTask, after_insert: Callable[[TradeTask], None]) -> Outcome:
     """Insert ``task`` (request_id and fingerprint set) or replay/refuse the earlier one.
 

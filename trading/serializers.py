@@ -163,6 +163,17 @@ class TaskSerializer(serializers.ModelSerializer):
         return task.finished_at.timestamp() if task.finished_at else None
 
 
+def task_body(task: TradeTask) -> dict[str, Any]:
+    """``TaskSerializer(task).data`` without building a serializer per task (the hot write path answers
+    with it; tests/orders/test_hot_writes.py checks the two agree)."""
+    return {
+        "taskId": task.id, "requestId": task.request_id, "sessionId": task.session_id, "kind": task.kind,
+        "state": task.state, "request": task.request, "result": task.result, "parentTaskId": task.parent_id,
+        "createdAt": task.created_at.timestamp(), "updatedAt": task.updated_at.timestamp(),
+        "finishedAt": task.finished_at.timestamp() if task.finished_at else None, "attempts": task.attempts,
+    }
+
+
 class TaskListSerializer(serializers.Serializer):
     tasks = TaskSerializer(many=True)
     nextCursor = serializers.CharField(allow_null=True)

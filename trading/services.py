@@ -6,19 +6,28 @@ Views call these with the live session and the request id; nothing here talks to
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bridge_project.errors import Conflict, NotFound, ValidationFailed
+from bridge_project.errors import BridgeError, Conflict, NotFound, ValidationFailed
 from sessions.models import BridgeSession
 from terminals import constants as C
-from trading.ledger import Outcome, find_previous, fingerprint, insert_or_replay, record_receipt
+from trading.ledger import (
+    Outcome,
+    find_previous,
+    find_previous_many,
+    fingerprint,
+    insert_or_replay,
+    previous_outcome,
+    record_receipt,
+)
 from trading.models import TaskKind, TaskState, TradeTask
 from trading.orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
-from trading.outbox import publish_task
-from trading.states import task_change
+from trading.outbox import publish_task, publish_tasks
+from trading.states import task_change, task_create
 from trading.symbol_specs import get_spec
 
 
@@ -63,6 +72,89 @@ def order_place(*, session: BridgeSession, request_id: str, data: dict[str, Any]
     spec = get_spec(session.terminal.name, session.id, data["symbol"])
     validate_order_create(data, spec)
     return _new_task(session, request_id, fp, TaskKind.ORDER_CREATE, data)
+
+
+@dataclass(frozen=True)
+class SessionAccount:
+    """What a write needs of its session besides the checks the caller made (active, this workspace):
+    fields a session never changes, so the hot write path keeps them per process."""
+
+    session_id: str
+    workspace_id: int
+    terminal_id: int
+    terminal_name: str
+    login: int
+    server: str
+
+
+def session_account(*, session_id: str) -> SessionAccount | None:
+    row = (BridgeSession.objects.filter(id=session_id)
+           .values_list("workspace_id", "terminal_id", "terminal__name", "login", "server").first())
+    return None if row is None or row[1] is None else SessionAccount(session_id, *row)
+
+
+@dataclass
+class OrderWrite:
+    """One ``POST /orders`` of a batch: its session, request id and body (already validated against the
+    body rules and the symbol's spec by the caller)."""
+
+    account: SessionAccount
+    request_id: str
+    data: dict[str, Any]
+    fresh_id: bool = False
+
+
+def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeError | None]:
+    """``order_place`` for many orders in ONE transaction (one commit, one broker round trip for all the
+    publishes): per write its Outcome (new or replayed), its BridgeError (409 TaskConflict), or None when
+    it must be answered by ``order_place`` itself (its insert lost a race: the full path replays it).
+
+    The rules are order_place's: fingerprint with the account, the earlier answer to a request id first,
+    the unique index as the arbiter, ``states.task_create`` the only insert, the publish after commit with
+    ``published_at`` stamped (the outbox). Used by the hot write path (``trading.hotwrites``), from one
+    writer thread, so the web process holds the SQLite write lock once per batch instead of per order."""
+    results: list[Outcome | BridgeError | None] = [None] * len(writes)
+    fps = [fingerprint("order.create", "", w.data, account=f"{w.account.login}@{w.account.server}") for w in writes]
+    previous: dict[tuple[int, str], TradeTask] = {}
+    by_workspace: dict[int, list[str]] = {}
+    for w in writes:
+        if not w.fresh_id:
+            by_workspace.setdefault(w.account.workspace_id, []).append(w.request_id)
+    published: list[tuple[str, str]] = []
+    with transaction.atomic():
+        for workspace_id, request_ids in by_workspace.items():
+            for request_id, task in find_previous_many(workspace_id, request_ids).items():
+                previous[(workspace_id, request_id)] = task
+        for i, (w, fp) in enumerate(zip(writes, fps, strict=True)):
+            earlier = previous.get((w.account.workspace_id, w.request_id))
+            if earlier is not None:
+                try:
+                    results[i] = previous_outcome(w.request_id, fp, earlier)
+                except BridgeError as exc:
+                    results[i] = exc
+                continue
+            task = TradeTask(
+                workspace_id=w.account.workspace_id, session_id=w.account.session_id,
+                terminal_id=w.account.terminal_id, request_id=w.request_id, fingerprint=fp,
+                kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
+            )
+            try:
+                with transaction.atomic():
+                    task_create(task=task)
+            except IntegrityError:
+                continue  # the same request id in this batch or another process, or a tag collision: None
+            previous[(w.account.workspace_id, w.request_id)] = _as_previous(task, fp)
+            published.append((task.id, w.account.terminal_name))
+            results[i] = Outcome(task, task.status_code, False)
+        transaction.on_commit(lambda: publish_tasks(published))
+    return results
+
+
+def _as_previous(task: TradeTask, fp: str) -> TradeTask:
+    """A task inserted in this batch, as ``find_previous_many`` gives it (a second write of the same
+    request id in the same batch is its replay or its conflict)."""
+    task.previous_fingerprint, task.previous_status = fp, task.status_code
+    return task
 
 
 def _in_place(session: BridgeSession, request_id: str, fp: str,

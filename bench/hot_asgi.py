@@ -1,0 +1,6 @@
+"""bridge_project.asgi's application with the hot write path in front (bench/writes.py --hot), for measuring
+trading.hotwrites before bridge_project/asgi.py wraps its application in it."""
+from bridge_project.asgi import application as _application
+from trading.hotwrites import HotWrites
+
+application = HotWrites(_application)
