@@ -140,6 +140,12 @@ def main() -> None:  # noqa: C901 (one linear script)
         print(f"\n1. single orders, one at a time ({args.single}): ledger times per order (ms)")
         steps: dict[str, list[float]] = {"created->claimed": [], "claimed->sent": [], "sent->final": [],
                                          "claimed->final": [], "created->final": []}
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([args.profile, "record", "-p", str(worker.pid), "-r", "1000", "-o",
+                                    str(work / "single.txt"), "--format", "raw", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
         for i in range(args.single):
             task_id = place(f"single-{stamp}-{i}")
             wait_final([task_id], 30)
@@ -153,6 +159,10 @@ def main() -> None:  # noqa: C901 (one linear script)
             steps["sent->final"].append(ms(sent_at, final))
             steps["claimed->final"].append(ms(claimed, final))
             steps["created->final"].append(ms(created, final))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+            print(f"   profile: {work / 'single.txt'}")
         for name, values in steps.items():
             print(f"   {name:<18} mean {statistics.fmean(values):6.2f}   p50 {pct(values, 50):6.2f}   "
                   f"p99 {pct(values, 99):6.2f}")

@@ -54,6 +54,7 @@ from .lookup import AMBIGUOUS, NOT_AN_OUTCOME, Trace, find_trace, history_synced
 from .models import TaskKind, TaskState, TradeTask
 from .states import (
     Increment,
+    flush_deferred_events,
     task_change,
     task_claim,
     tasks_claim_batch,
@@ -131,7 +132,7 @@ def _terminal_row(name: str) -> Terminal | None:
 # waits at most that long). The messages of tasks a batch already executed are then no-ops answered from
 # _executed, without a database round trip (this process is the terminal's only executor, fenced by its
 # lease, and a claimed task never becomes queued again).
-BATCH_SIZE = 32
+BATCH_SIZE = 64
 BATCH_BUDGET = 1.0  # s
 # A marked task is sent only this soon after its batch's marks committed: a worker paused longer (a frozen
 # VM) could have been replaced and its marked tasks settled by recovery; it must not send them late.
@@ -203,12 +204,20 @@ def run_batches(task_id: str, terminal: Terminal, lease: Lease) -> str | None:
     (within BATCH_BUDGET). What happened to ``task_id``, or None when it was not claimed (not queued, or
     the fence refused: the caller looks at the row)."""
     global _more_queued
+    _more_queued = False
+    try:
+        return _run_batches(task_id, terminal, lease)
+    finally:
+        flush_deferred_events()  # the claims' events, if no send mark took them along
+
+
+def _run_batches(task_id: str, terminal: Terminal, lease: Lease) -> str | None:
+    global _more_queued
     deadline = time.monotonic() + BATCH_BUDGET
     outcome: str | None = None
     first = task_id
-    _more_queued = False
     while True:
-        batch = tasks_claim_batch(lease=lease, task_id=first, limit=BATCH_SIZE)
+        batch = tasks_claim_batch(lease=lease, task_id=first, limit=BATCH_SIZE, defer_events=True)
         if not batch:
             break
         for task in batch:
@@ -377,7 +386,17 @@ def _symbol_info(gw: TerminalGateway, task: TradeTask, symbol: str) -> Any:
     return info
 
 
-def _build(gw: TerminalGateway, task: TradeTask) -> tuple[dict[str, Any], Any]:
+def _tick(gw: TerminalGateway, symbol: str, ticks: dict[str, Any] | None) -> Any:
+    """The symbol's current tick; within a batch (``ticks``) read once per symbol, right before the
+    batch's send marks (a price that moved since is what requote retries are for)."""
+    if ticks is None:
+        return gw.symbol_info_tick(symbol)
+    if symbol not in ticks:
+        ticks[symbol] = gw.symbol_info_tick(symbol)
+    return ticks[symbol]
+
+
+def _build(gw: TerminalGateway, task: TradeTask, ticks: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
     """The order_send request of the task (terminal reads included) and the symbol info used."""
     offset = _utc_offset(task)
     req = task.request
@@ -385,7 +404,7 @@ def _build(gw: TerminalGateway, task: TradeTask) -> tuple[dict[str, Any], Any]:
         info = _symbol_info(gw, task, req["symbol"])
         tick = None
         if req["type"] in C.MARKET_TYPES and not req.get("price"):
-            tick = gw.symbol_info_tick(req["symbol"])
+            tick = _tick(gw, req["symbol"], ticks)
         return orders.order_create_request(req, task.tag, offset, info, tick), info
     if task.kind in (TaskKind.POSITION_CLOSE, TaskKind.POSITION_MODIFY):
         positions = gw.positions_get(ticket=int(task.position_ticket))
@@ -395,7 +414,7 @@ def _build(gw: TerminalGateway, task: TradeTask) -> tuple[dict[str, Any], Any]:
         if task.kind == TaskKind.POSITION_MODIFY:
             return orders.position_modify_request(req, position), None
         info = _symbol_info(gw, task, position.symbol)
-        tick = gw.symbol_info_tick(position.symbol)
+        tick = _tick(gw, position.symbol, ticks)
         return orders.position_close_request(req, task.tag, position, info, tick), info
     if task.kind == TaskKind.ORDER_MODIFY:
         found = gw.orders_get(ticket=int(task.order_ticket))
@@ -461,7 +480,8 @@ def send(task: TradeTask) -> str:
     return _send_prepared(gw, task, request, info, lease)
 
 
-def _prepare(gw: TerminalGateway, task: TradeTask, account_checked: bool = False) -> tuple[dict[str, Any], Any] | str:
+def _prepare(gw: TerminalGateway, task: TradeTask, account_checked: bool = False,
+             ticks: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any] | str:
     """The order_send request of a ``dispatched`` task and the symbol info used; or, when the task ended
     here without being sent (account refused, rejected by the bridge, terminal unreachable), its state."""
     try:
@@ -470,7 +490,7 @@ def _prepare(gw: TerminalGateway, task: TradeTask, account_checked: bool = False
             refusal = _account_refusal(gw, task)
             if refusal is not None:
                 return _cancel_unsent(task, "AccountMismatch", refusal)
-        return _build(gw, task)
+        return _build(gw, task, ticks)
     except Rejected as exc:
         task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.REJECTED, detail={"bridge": exc.comment}, fields={"result": {"retcode": exc.retcode, "retcodeText": C.retcode_text(exc.retcode), "comment": exc.comment,
                      "source": "bridge"}})
@@ -547,6 +567,7 @@ def send_batch(tasks: list[TradeTask], lease: Lease) -> dict[str, str]:
     except (GatewayError, OSError):
         shown = None  # each task's own path records the failure
     ready: list[tuple[TradeTask, dict[str, Any], Any]] = []
+    ticks: dict[str, Any] = {}
     for task in tasks:
         checked = False
         if shown is not None:
@@ -561,7 +582,8 @@ def send_batch(tasks: list[TradeTask], lease: Lease) -> dict[str, str]:
                 continue
             checked = True
         # An error of the bridge on one task (run_guarded: counted on it, bounded) leaves the others be.
-        prepared = run_guarded(task.id, "execute", lambda t=task, c=checked: _prepare(gw, t, account_checked=c))
+        prepared = run_guarded(task.id, "execute",
+                               lambda t=task, c=checked: _prepare(gw, t, account_checked=c, ticks=ticks))
         if isinstance(prepared, str):
             outcomes[task.id] = prepared
             continue
@@ -596,6 +618,7 @@ def _after_batch_send(gw: TerminalGateway, task: TradeTask, request: dict[str, A
     if result is not None and not _ambiguous(request, int(result.retcode)) and not (
             request["action"] == C.TRADE_ACTION_DEAL and int(result.retcode) in C.RETRYABLE_RETCODES):
         state, fields, detail = _result_change(task, request, result, 0)
+        fields.pop("mt5_request")  # the send mark stored this very request
         definite.append((task, state, fields, detail))
         return state
     return _send_prepared(gw, task, request, info, lease, sent=answer)

@@ -118,6 +118,7 @@ def task_change(
     transition (``detail``, plus ``change`` when given, plus ``detail_columns``: detail key → column,
     read after the update) and publishes the ``order`` event after commit. None if the task no longer
     matched: someone else changed it first, or the caller's condition (a fence) failed."""
+    flush_deferred_events()  # committed earlier: they go out before this change's event
     from_states = list(from_states)
     fields = dict(fields or {})
     detail = {**(detail or {}), **({"change": change} if change else {})}
@@ -241,34 +242,89 @@ def _prep(model: type, name: str, value: Any) -> Any:
 
 
 def _record(cursor: Any, rows: list[tuple[str, str, str, dict[str, Any]]], at: Any) -> None:
-    """Insert the transitions ``(task_id, from_state, to_state, detail)`` of a batch, all at ``at``."""
+    """Insert the transitions ``(task_id, from_state, to_state, detail)`` of a batch, all at ``at``: one
+    statement."""
     if rows:
         table = connection.ops.quote_name(TaskTransition._meta.db_table)
         when = _prep(TaskTransition, "at", at)
-        cursor.executemany(f"INSERT INTO {table} (task_id, from_state, to_state, at, detail) VALUES (%s, %s, %s, %s, %s)",
-                           [(task_id, before, after, when, _json(detail)) for task_id, before, after, detail in rows])
+        cursor.execute(f"INSERT INTO {table} (task_id, from_state, to_state, at, detail) VALUES "
+                       + ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows)),
+                       [value for task_id, before, after, detail in rows
+                        for value in (task_id, before, after, when, _json(detail))])
+
+
+def _update_many(cursor: Any, rows: list[tuple[str, dict[str, Any]]], same: dict[str, Any], where: str = "",
+                 where_params: list[Any] | None = None) -> set[str]:
+    """One UPDATE of many ``dispatched`` tasks: each row ``(task_id, {field: value})`` from a VALUES list
+    (a field a row does not set keeps its value), ``same`` set on all of them, ``where`` (SQL over the
+    task table) added to the condition. The ids it updated."""
+    if not rows:
+        return set()
+    quote = connection.ops.quote_name
+    table = quote(TradeTask._meta.db_table)
+    names = list(dict.fromkeys(name for _, values in rows for name in values))
+    fields = [TradeTask._meta.get_field(name) for name in names]
+    postgres = connection.vendor == "postgresql"
+    sets = []
+    for index, field in enumerate(fields):
+        value = f"v.c{index}"
+        if postgres:  # VALUES literals are typed by their text; SQLite stores what it is given
+            value = f"CAST({value} AS {field.db_type(connection)})"
+        if any(field.name not in values for _, values in rows):
+            value = f"COALESCE({value}, {table}.{quote(field.column)})"
+        sets.append(f"{quote(field.column)} = {value}")
+    sets += [f"{quote(TradeTask._meta.get_field(name).column)} = %s" for name in same]
+    columns = ", ".join(["id", *(f"c{index}" for index in range(len(fields)))])
+    placeholders = "(" + ", ".join(["%s"] * (len(fields) + 1)) + ")"
+    params: list[Any] = []
+    for task_id, values in rows:
+        params.append(task_id)
+        params += [field.get_db_prep_save(values[field.name], connection) if field.name in values else None
+                   for field in fields]
+    params += [_prep(TradeTask, name, value) for name, value in same.items()]
+    cursor.execute(
+        f"WITH v({columns}) AS (VALUES {', '.join([placeholders] * len(rows))}) "
+        f"UPDATE {table} SET {', '.join(sets)} FROM v WHERE {table}.id = v.id AND {table}.state = %s "
+        f"{('AND ' + where) if where else ''} RETURNING {table}.id",
+        [*params, TaskState.DISPATCHED, *(where_params or [])])
+    return {row[0] for row in cursor.fetchall()}
+
+
+# Events of a claim that the worker publishes together with its send marks' (one Redis call less per
+# batch): committed, waiting; any later publish of this process sends them first, so order is kept.
+_deferred: list[tuple[str, dict[str, Any]]] = []
+
+
+def _publish_now(events: list[tuple[str, dict[str, Any]]]) -> None:
+    events = [*_deferred, *events]
+    _deferred.clear()
+    if not events:
+        return
+    try:
+        publish_events([(session_id, "order", body, None) for session_id, body in events])
+    except Exception:  # the ledger already holds the changes; the stream is best effort
+        logger.exception("publishing %d order events failed", len(events))
+
+
+def flush_deferred_events() -> None:
+    """Publish the committed events still held back (``tasks_claim_batch(defer_events=True)``)."""
+    if _deferred:
+        _publish_now([])
 
 
 def _publish_batch(events: list[tuple[str, dict[str, Any]]]) -> None:
-    """Publish ``(session_id, order event body)`` pairs after commit, in order, in one round trip."""
-    if not events:
-        return
-
-    def publish() -> None:
-        try:
-            publish_events([(session_id, "order", body, None) for session_id, body in events])
-        except Exception:  # the ledger already holds the changes; the stream is best effort
-            logger.exception("publishing %d order events failed", len(events))
-
-    transaction.on_commit(publish)
+    """Publish ``(session_id, order event body)`` pairs after commit, in order, in one round trip (after
+    any held back)."""
+    if events or _deferred:
+        transaction.on_commit(lambda: _publish_now(events))
 
 
-def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int) -> list[TradeTask]:
+def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int, defer_events: bool = False) -> list[TradeTask]:
     """The pinned worker's claim of a batch: ``queued → dispatched`` (one attempt counted each, the
     transition's detail ``{"attempt": n}``) for ``task_id`` and the ``limit`` oldest queued tasks of the
     lease's terminal (``limit`` + 1 at most), fenced by the lease's token; committed when this returns
     (call it outside any transaction). The claimed tasks in created order; [] when none was queued or the
-    lease moved."""
+    lease moved. ``defer_events``: their events wait for this process's next publish (the send marks')."""
     quote = connection.ops.quote_name
     table, terminals = quote(TradeTask._meta.db_table), quote(Terminal._meta.db_table)
     now = timezone.now()
@@ -287,7 +343,11 @@ def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int) -> list[TradeTa
         if not claimed:
             return []
         tasks = list(TradeTask.objects.filter(id__in=list(claimed)).order_by("created_at", "id"))
-        _publish_batch([(task.session_id, order_event(task, previous=TaskState.QUEUED)) for task in tasks])
+        events = [(task.session_id, order_event(task, previous=TaskState.QUEUED)) for task in tasks]
+        if defer_events:
+            transaction.on_commit(lambda: _deferred.extend(events))
+        else:
+            _publish_batch(events)
     return tasks
 
 
@@ -300,18 +360,14 @@ def tasks_mark_sent_batch(*, lease: Lease, marks: list[tuple[TradeTask, dict[str
     table = quote(TradeTask._meta.db_table)
     terminals, sessions = quote(Terminal._meta.db_table), quote(BridgeSession._meta.db_table)
     now = timezone.now()
-    stamp = _prep(TradeTask, "sent_at", now)
-    sql = (f"UPDATE {table} SET sent_at = %s, mt5_request = %s, updated_at = %s WHERE id = %s AND state = %s "
-           f"AND EXISTS (SELECT 1 FROM {terminals} tm WHERE tm.id = {table}.terminal_id AND tm.lease_token = %s "
-           f"AND tm.bound_session_id = {table}.session_id) "
-           f"AND EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = {table}.session_id AND s.status = %s)")
-    done: list[bool] = []
+    owned = (f"EXISTS (SELECT 1 FROM {terminals} tm WHERE tm.id = {table}.terminal_id AND tm.lease_token = %s "
+             f"AND tm.bound_session_id = {table}.session_id) "
+             f"AND EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = {table}.session_id AND s.status = %s)")
     with transaction.atomic(), connection.cursor() as cursor:
-        for task, request in marks:
-            cursor.execute(sql, [stamp, _prep(TradeTask, "mt5_request", request), stamp, task.id,
-                                 TaskState.DISPATCHED, lease.token, SessionStatus.ACTIVE])
-            done.append(cursor.rowcount == 1)
-        marked = [task for (task, request), ok in zip(marks, done, strict=True) if ok]
+        updated = _update_many(cursor, [(task.id, {"mt5_request": request}) for task, request in marks],
+                               {"sent_at": now, "updated_at": now}, owned, [lease.token, SessionStatus.ACTIVE])
+        done = [task.id in updated for task, _ in marks]
+        marked = [task for (task, _), ok in zip(marks, done, strict=True) if ok]
         for (task, request), ok in zip(marks, done, strict=True):
             if ok:
                 task.sent_at, task.mt5_request, task.updated_at = now, request, now
@@ -329,23 +385,19 @@ def tasks_settle_batch(*, outcomes: list[tuple[TradeTask, str, dict[str, Any], d
     if not outcomes:
         return []
     _note_settled_at_terminal([TaskState.DISPATCHED], TaskState.FILLED)  # read-your-writes, before any commit
-    table = connection.ops.quote_name(TradeTask._meta.db_table)
     now = timezone.now()
-    done: list[bool] = []
+    rows = []
+    for task, to_state, fields, _ in outcomes:
+        values = {**fields, "state": to_state}
+        if to_state in FINAL_STATES:
+            values.setdefault("finished_at", now)
+        rows.append((task.id, values))
     with transaction.atomic(), connection.cursor() as cursor:
-        for task, to_state, fields, _ in outcomes:
-            values = {**fields, "state": to_state, "updated_at": now}
-            if to_state in FINAL_STATES:
-                values.setdefault("finished_at", now)
-            columns = [TradeTask._meta.get_field(name) for name in values]
-            sets = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in columns)
-            params = [field.get_db_prep_save(values[field.name], connection) for field in columns]
-            cursor.execute(f"UPDATE {table} SET {sets} WHERE id = %s AND state = %s",
-                           [*params, task.id, TaskState.DISPATCHED])
-            ok = cursor.rowcount == 1
-            done.append(ok)
+        updated = _update_many(cursor, rows, {"updated_at": now})
+        done = [task.id in updated for task, _, _, _ in outcomes]
+        for (task, _, _, _), (_, values), ok in zip(outcomes, rows, done, strict=True):
             if ok:
-                for name, value in values.items():
+                for name, value in {**values, "updated_at": now}.items():
                     setattr(task, name, value)
         settled = [(task, detail) for (task, _, _, detail), ok in zip(outcomes, done, strict=True) if ok]
         _record(cursor, [(task.id, TaskState.DISPATCHED, task.state, detail) for task, detail in settled], now)
