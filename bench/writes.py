@@ -70,7 +70,7 @@ class WriteBench(Bench):
         if self.args.profile and round_no == 1:
             daphne = self.roles.get("web (daphne)") or []
             py_spy = shutil.which("py-spy") or "/tmp/pyspy/bin/py-spy"
-            spy = subprocess.Popen([py_spy, "record", "--nonblocking", "--gil", "-r", "50", "-d", str(int(seconds)), "-p", str(daphne[0]),
+            spy = subprocess.Popen([py_spy, "record", "--nonblocking", "--idle", "--threads", "-r", "50", "-d", str(int(seconds)), "-p", str(daphne[0]),
                                     "-o", self.args.profile, *(["-f", "raw"] if self.args.profile.endswith(".txt")
                                                                else [])],
                                    env={**os.environ, "PYTHONPATH": "/tmp/pyspy"})

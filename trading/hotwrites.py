@@ -459,9 +459,11 @@ class HotWrites:
         try:
             grants = await self._current_grants(request)
             if grants is None:
+                logger.debug("hot writes: handed over (unknown key or session)")
                 return False
             key, session = grants
             if not session.serves(key.workspace_id, time.time()):
+                logger.debug("hot writes: handed over (session not served)")
                 return False
             answer = await self.round_trips().ask(session.terminal, data["symbol"], _limits(key))
         except Exception:  # Redis (or the database) in trouble: the full path handles it
@@ -469,9 +471,11 @@ class HotWrites:
             return False
         self.round_trips().last_epoch = answer.epoch
         if answer.rate_wait_us != 0:
+            logger.debug("hot writes: handed over (rate limit)")
             return False  # over a limit (not counted): the full path counts it and answers 429
         scope[ratelimit.SCOPE_CHECKED] = True
         if answer.epoch != key.epoch or answer.epoch != session.epoch:
+            logger.debug("hot writes: handed over (access epoch changed)")
             return False  # a key or session changed meanwhile: the full path reads the database
         try:
             meta = json.loads(answer.meta) if answer.meta else None
@@ -484,6 +488,7 @@ class HotWrites:
             outcome, body = await self.writer().write(session.session_id, request.request_id, data,
                                                       request.fresh_id)
         except _HandOver:
+            logger.debug("hot writes: handed over (by the ledger)")
             return False
         except BaseException:
             raise _Committed() from None

@@ -139,8 +139,7 @@ def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeErro
                 kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
             )
             try:
-                with transaction.atomic():
-                    task_create(task=task)
+                task_create(task=task)  # its own savepoint: a unique violation rolls back this task only
             except IntegrityError:
                 continue  # the same request id in this batch or another process, or a tag collision: None
             previous[(w.account.workspace_id, w.request_id)] = _as_previous(task, fp)
