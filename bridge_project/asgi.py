@@ -1,4 +1,4 @@
-"""ASGI routing: HTTP to Django, WebSocket to streams (the /events consumer)."""
+"""ASGI routing: HTTP to Django (the hot reads answered in front of it), WebSocket to streams (/events)."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -9,10 +9,11 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from streams.routing import websocket_urlpatterns  # noqa: E402
+from trading.reads.hotpath import HotReads  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": HotReads(django_asgi_app),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

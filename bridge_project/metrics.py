@@ -176,6 +176,49 @@ def observe(name: str, value: float, **labels: object) -> None:
     _write(increments)
 
 
+# (key, field, integer?) -> amount: what observe_buffered kept since the last flush.
+_buffer: dict[tuple[str, str, bool], float] = {}
+_buffer_lock = threading.Lock()
+_flusher: threading.Thread | None = None
+BUFFER_SECONDS = 1.0
+
+
+def observe_buffered(name: str, value: float, **labels: object) -> None:
+    """``observe`` for a hot path (an event loop): added up in this process and written by a background
+    thread once per ``BUFFER_SECONDS``, one round trip for every call of that second."""
+    global _flusher
+    spec = HISTOGRAMS[name]
+    field = label_field(spec, labels)
+    key = histogram_key(name)
+    with _buffer_lock:
+        for bound in spec.buckets:
+            if value <= bound:
+                slot = (key, f"{field}#{bound}", True)
+                _buffer[slot] = _buffer.get(slot, 0) + 1
+        slot = (key, f"{field}#count", True)
+        _buffer[slot] = _buffer.get(slot, 0) + 1
+        slot = (key, f"{field}#sum", False)
+        _buffer[slot] = _buffer.get(slot, 0) + value
+        if _flusher is None:
+            _flusher = threading.Thread(target=_flush_forever, name="metrics-flush", daemon=True)
+            _flusher.start()
+
+
+def flush_buffered() -> None:
+    """Write what ``observe_buffered`` kept (the flusher thread; tests)."""
+    with _buffer_lock:
+        batch = [(key, field, integer, amount) for (key, field, integer), amount in _buffer.items()]
+        _buffer.clear()
+    if batch:
+        _write(batch)
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(BUFFER_SECONDS)
+        flush_buffered()
+
+
 # -- the calls other parts of the bridge make ---------------------------------------------------------
 def reconciliation_outcome(outcome: str) -> None:
     """Reconciliation decided a task: ``outcome`` is the state it gave it, or ``unchanged``."""

@@ -177,22 +177,30 @@ def _redis_key(scope: str, key: str) -> str:
 Limit = tuple[str, str, "str | Rate | None"]  # (scope, key, rate)
 
 
-def check(limits: Iterable[Limit]) -> float | None:
-    """Count one request against every ``(scope, key, rate)`` at once (one script call).
-
-    Returns None when the request is allowed (it is then recorded under every limit), else the
-    seconds until the strictest refusing limit allows one more (nothing recorded). Fails open (None)
-    when Redis cannot be reached."""
+def script_arguments(limits: Iterable[Limit]) -> tuple[list[str], list[Any]] | None:
+    """The sliding-window script's keys and limit/window args for ``limits`` (without the request's
+    member, ``ARGV[1]``: a fresh random token per call); None when no limit applies."""
     keys: list[str] = []
-    args: list[Any] = [secrets.token_hex(8)]
+    args: list[Any] = []
     for scope, key, rate in limits:
         parsed = rate if isinstance(rate, Rate) else parse_rate(rate)
         if parsed is None:
             continue
         keys.append(_redis_key(scope, key))
         args += [parsed.limit, int(parsed.window * 1_000_000)]
-    if not keys:
+    return (keys, args) if keys else None
+
+
+def check(limits: Iterable[Limit]) -> float | None:
+    """Count one request against every ``(scope, key, rate)`` at once (one script call).
+
+    Returns None when the request is allowed (it is then recorded under every limit), else the
+    seconds until the strictest refusing limit allows one more (nothing recorded). Fails open (None)
+    when Redis cannot be reached."""
+    arguments = script_arguments(limits)
+    if arguments is None:
         return None
+    keys, args = arguments[0], [secrets.token_hex(8), *arguments[1]]
     url = redis_url()
     if _holding_off(url):
         metrics.redis_unavailable("throttle")
@@ -293,13 +301,16 @@ def limited_response(wait: float, message: str = "rate limit exceeded") -> JsonR
 
 # -- one call per request -------------------------------------------------------------------------------
 _CHECKED = "_bridge_rate_limit_checked"
+# Set in an ASGI scope by code in front of Django that already counted the request (the hot read path,
+# trading.reads.hotpath, when it counted a request and then handed it to Django): not counted twice.
+SCOPE_CHECKED = "bridge.rate_limit_checked"
 
 
 def check_request(request: Any, limits: Sequence[Limit]) -> float | None:
     """``check`` for an HTTP request, at most once: a later call for the same request (e.g. the
     failed-auth limit after the ops limit) is allowed without another script call."""
     http: HttpRequest = getattr(request, "_request", request)
-    if getattr(http, _CHECKED, False):
+    if getattr(http, _CHECKED, False) or getattr(http, "scope", {}).get(SCOPE_CHECKED):
         return None
     setattr(http, _CHECKED, True)
     return check(limits)

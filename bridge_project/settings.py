@@ -423,6 +423,13 @@ BRIDGE_SNAPSHOT_MAX_AGE = env.float("BRIDGE_SNAPSHOT_MAX_AGE", default=2.0)
 # Read-your-writes: a snapshot older than the last change the bridge made at the terminal is not
 # served; the read waits this long for the poller's next cycle, then asks the terminal itself.
 BRIDGE_SNAPSHOT_CATCHUP_WAIT = env.float("BRIDGE_SNAPSHOT_CATCHUP_WAIT", default=0.6)
+# The hot read path (trading/reads/hotpath.py): GET /account, /positions and /orders answered from the
+# snapshot inside the ASGI server, without Django's request cycle, whenever it can vouch for the answer
+# (else the request goes the full way). Off: every request takes the full path.
+BRIDGE_HOT_READS = env.bool("BRIDGE_HOT_READS", default=True)
+# Cached API keys and sessions of the hot path are reloaded from the database after this many seconds
+# even when no change was announced (a revocation or session change takes effect at once otherwise).
+BRIDGE_ACCESS_CACHE_TTL = env.float("BRIDGE_ACCESS_CACHE_TTL", default=1.0)
 # Symbols asked for on /quotes/{symbol} stay watched by the poller this long (seconds).
 BRIDGE_QUOTE_INTEREST_TTL = env.float("BRIDGE_QUOTE_INTEREST_TTL", default=300.0)
 # BRIDGE_READ_MAX_TICKS and BRIDGE_SYMBOL_SUFFIX_MAX: with the terminal reads above.

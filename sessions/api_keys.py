@@ -19,13 +19,14 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from .epoch import access_epoch_rotate
 from .models import ApiKey, Workspace
 from .signals import api_key_revoked
 
 KEY_PREFIX = "mt5b_"
 
 
-def _digest(key: str) -> str:
+def key_digest(key: str) -> str:
     # Keys carry 192 bits of randomness, so a plain SHA-256 is enough (no slow KDF needed).
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -35,7 +36,7 @@ def create_api_key(workspace: Workspace, name: str = "") -> tuple[ApiKey, str]:
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)
     key = f"{KEY_PREFIX}{prefix}_{secret}"
-    row = ApiKey.objects.create(workspace=workspace, name=name, prefix=prefix, digest=_digest(key))
+    row = ApiKey.objects.create(workspace=workspace, name=name, prefix=prefix, digest=key_digest(key))
     return row, key
 
 
@@ -52,7 +53,7 @@ def authenticate_key(key: str) -> ApiKey | None:
     if not prefix or not secret:
         return None
     row = ApiKey.objects.select_related("workspace").filter(prefix=prefix, revoked_at__isnull=True).first()
-    if row is None or not hmac.compare_digest(row.digest, _digest(key)):
+    if row is None or not hmac.compare_digest(row.digest, key_digest(key)):
         return None
     return row
 
@@ -61,6 +62,7 @@ def close_key_sockets(key_id: int) -> None:
     """After the current transaction commits (at once outside one): tell the key's open sockets to
     close (4401). Never raises; a lost message is caught by the sockets' periodic key check."""
     def publish() -> None:
+        access_epoch_rotate()  # cached grants of the hot read path (sessions.access) go at once
         api_key_revoked.send(sender=ApiKey, key_id=key_id)
 
     transaction.on_commit(publish)

@@ -34,6 +34,7 @@ from terminals.services import sync_terminals
 
 from .crypto import CredentialError, decrypt_secret, encrypt_secret
 from .dispatch import publish_login
+from .epoch import access_epoch_rotate
 from .models import END_STATUSES, LIVE_STATUSES, BridgeSession, SessionStatus, SessionTransition, Workspace
 from .signals import session_changed, session_ended
 
@@ -116,6 +117,7 @@ def session_change(
         session.save(update_fields=[*fields, "status", "updated_at"])
         SessionTransition.objects.create(session=session, from_status=previous, to_status=session.status,
                                          detail=detail)
+        transaction.on_commit(access_epoch_rotate)  # cached grants (sessions.access) see the change at once
         if to_status is not None and to_status != previous:
             if to_status in END_STATUSES:
                 terminal_unbind(session_id=session.id)

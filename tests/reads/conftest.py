@@ -19,7 +19,7 @@ from tests.conftest import SIM_TERMINALS, Stack
 from tests.procs import Proc, start_manage
 from tests.waiting import wait_until  # the read tests import it from here too
 from trading.reads.readqueue import heartbeat_key
-from trading.reads.snapshots import quote_interest_key, snapshot_key
+from trading.reads.snapshots import quote_interest_key, snapshot_key, snapshot_version_key
 
 POLL_INTERVAL = "0.2"
 
@@ -68,7 +68,7 @@ class ReadProcs:
 def read_procs(bridge_stack: Stack) -> Iterator[ReadProcs]:
     client = redis.Redis.from_url(django_settings.REDIS_URL)
     for name, _ in SIM_TERMINALS:  # nothing left over from an earlier run in this Redis DB
-        client.delete(snapshot_key(name), heartbeat_key(name), quote_interest_key(name), f"bridge:read:{name}")
+        client.delete(snapshot_key(name), snapshot_version_key(name), heartbeat_key(name), quote_interest_key(name), f"bridge:read:{name}")
     procs = ReadProcs(bridge_stack)
     try:
         procs.ensure_running()

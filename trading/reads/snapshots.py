@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SNAPSHOT_KEY = "bridge:snap:{terminal}"
+# The ``taken_at`` of the snapshot under SNAPSHOT_KEY, written with it atomically: the hot read path
+# (trading/reads/hotpath.py) reads this small key on every request and the snapshot only when it changed.
+SNAPSHOT_VERSION_KEY = "bridge:snap:{terminal}:at"
 # When the bridge last changed the terminal's trading state (a task settled after the terminal acted):
 # a snapshot whose cycle started before this may not show it (read-your-writes, docs/reads.md).
 CHANGED_KEY = "bridge:changed:{terminal}"
@@ -58,8 +61,16 @@ def quote_interest_key(terminal: str) -> str:
     return QUOTE_INTEREST_KEY.format(terminal=terminal)
 
 
+def snapshot_version_key(terminal: str) -> str:
+    return SNAPSHOT_VERSION_KEY.format(terminal=terminal)
+
+
 def store_snapshot(client: Any, terminal: str, snapshot: TerminalSnapshot, ttl: float = 3600) -> None:
-    client.set(snapshot_key(terminal), snapshot.to_json(), ex=int(ttl))
+    """The snapshot and its version, in one MULTI/EXEC (a reader never sees one without the other)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.set(snapshot_key(terminal), snapshot.to_json(), ex=int(ttl))
+    pipe.set(snapshot_version_key(terminal), repr(snapshot.taken_at), ex=int(ttl))
+    pipe.execute()
 
 
 def load_snapshot(client: Any, terminal: str) -> TerminalSnapshot | None:

@@ -1,0 +1,382 @@
+"""The hot read path: ``GET /account``, ``/positions`` and ``/orders`` answered inside the ASGI server.
+
+These three reads are the bulk of a trading client's traffic and are answered from the poller's snapshot
+(``trading.reads.snapshots``). Through Django they cost a thread hop, the middleware, DRF, an API-key and
+a session query and three Redis round trips each; here they cost a share of one Redis round trip:
+
+* every request waiting at once is served by **one pipelined round trip** that starts after each of them
+  arrived (``_RoundTrips``): it reads the access epoch, each terminal's snapshot and its last-change mark,
+  and counts each request against its rate limits (the same sliding-window script and keys as
+  ``bridge_project.ratelimit``, one call per request, so limits stay exact across processes);
+* the API key and the session come from ``sessions.access`` (cached, invalidated at once by the epoch);
+* the body is rendered once per snapshot and route (and gzipped once, for clients that accept it).
+
+Whatever this path cannot vouch for goes the full way, unchanged, to Django, which gives the documented
+answer: a query string, an unknown or revoked key, a session that is not active or past its expiry, a
+snapshot missing, stale, older than the last change the bridge made at the terminal (read-your-writes),
+of another session or from a disconnected terminal, a rate limit reached, a bad or repeated
+``x-request-id``, an oversized header, Redis unreachable. So the answers are those of the full path:
+the same body and headers (a test compares them), only sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from redis.exceptions import NoScriptError
+
+from bridge_project import metrics, ratelimit
+from bridge_project.middleware import REQUEST_ID_RE
+from sessions.access import (
+    ACCESS_EPOCH_KEY,
+    AccessCache,
+    KeyGrant,
+    SessionGrant,
+    load_key_grant,
+    load_session_grant,
+    new_epoch,
+    parse_bearer,
+)
+from trading.reads.snapshots import TerminalSnapshot, changed_key, snapshot_key, snapshot_version_key
+
+logger = logging.getLogger("bridge.reads")
+
+PREFIX = "/mt5/client/"
+# route -> (what of the snapshot it answers, the Allow header of its Django view)
+ROUTES: dict[str, tuple[str, bytes]] = {
+    PREFIX + "account": ("account", b"GET, HEAD, OPTIONS"),
+    PREFIX + "positions": ("positions", b"GET, HEAD, OPTIONS"),
+    PREFIX + "orders": ("orders", b"GET, POST, HEAD, OPTIONS"),
+}
+GZIP_MIN_BYTES = 200  # as django.middleware.gzip.GZipMiddleware
+
+
+def render_body(route: str, snapshot: TerminalSnapshot) -> bytes:
+    """The JSON the full path's selectors and DRF's JSONRenderer give for this snapshot."""
+    if route == "account":
+        data: dict[str, Any] = {**snapshot.account, "asOf": snapshot.taken_at, "source": "snapshot"}
+    elif route == "positions":
+        data = {"positions": snapshot.positions, "orders": snapshot.orders, "asOf": snapshot.taken_at,
+                "source": "snapshot"}
+    else:
+        data = {"orders": snapshot.orders, "asOf": snapshot.taken_at, "source": "snapshot"}
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class _Rendered:
+    """One terminal's last snapshot, parsed once, with its bodies rendered (and gzipped) on first use."""
+
+    version: bytes  # its taken_at, as snapshots.store_snapshot wrote it beside the snapshot
+    snapshot: TerminalSnapshot
+    bodies: dict[str, tuple[bytes, bytes | None]] = field(default_factory=dict)  # route -> plain, gzipped
+
+    def answer(self, route: str, gzip_ok: bool) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The body and its content headers, by django.middleware.gzip.GZipMiddleware's rules: bodies of
+        200 bytes and more vary on Accept-Encoding, and are gzipped (when that is shorter) for a client
+        that accepts it, with a random file name in the gzip header (Django's mitigation of
+        compression side channels), added here to a stream compressed once per snapshot."""
+        found = self.bodies.get(route)
+        if found is None:
+            plain = render_body(route, self.snapshot)
+            packed = gzip.compress(plain, compresslevel=6, mtime=0) if len(plain) >= GZIP_MIN_BYTES else None
+            found = self.bodies[route] = (plain, packed)
+        plain, packed = found
+        headers = [(b"content-type", b"application/json")]
+        if packed is None:
+            return plain, [*headers, (b"content-length", str(len(plain)).encode())]
+        headers.append((b"vary", b"Accept-Encoding"))
+        if gzip_ok:
+            body = _with_random_name(packed)
+            if len(body) < len(plain):
+                return body, [*headers, (b"content-length", str(len(body)).encode()),
+                              (b"content-encoding", b"gzip")]
+        return plain, [*headers, (b"content-length", str(len(plain)).encode())]
+
+
+def _with_random_name(packed: bytes) -> bytes:
+    """``packed`` with the FNAME flag and a random 1-100 byte name, as django.utils.text.compress_string."""
+    name = secrets.token_urlsafe(75)[: 1 + secrets.randbelow(100)].encode()
+    header = bytearray(packed[:10])
+    header[3] = gzip.FNAME
+    return bytes(header) + name + b"\x00" + packed[10:]
+
+
+@dataclass
+class _Ask:
+    """One request's share of a round trip."""
+
+    terminal: str
+    limits: tuple[list[str], list[Any]] | None  # the rate-limit script's keys and args
+    done: asyncio.Future
+
+
+@dataclass
+class _Answer:
+    epoch: str
+    snapshot: _Rendered | None
+    changed_at: float
+    rate_wait_us: int  # 0: allowed and counted
+
+
+class _RoundTrips:
+    """Coalesces the Redis work of concurrent requests into one pipelined round trip at a time.
+
+    A request joins the next round trip that has not started yet, so what it reads is never older than
+    the request itself (what read-your-writes and revocation need)."""
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.script_sha = hashlib.sha1(ratelimit.SLIDING_WINDOW_LUA.encode()).hexdigest()
+        self.pending: list[_Ask] = []
+        self.running = False
+        self.rendered: dict[str, _Rendered] = {}  # terminal -> its last snapshot
+
+    async def ask(self, terminal: str, limits: tuple[list[str], list[Any]] | None) -> _Answer:
+        ask = _Ask(terminal, limits, asyncio.get_running_loop().create_future())
+        self.pending.append(ask)
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await ask.done
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    try:
+                        answers = await self._round_trip(batch)
+                    except NoScriptError:  # a Redis that never saw the script (or was restarted): load it
+                        await self.client.script_load(ratelimit.SLIDING_WINDOW_LUA)
+                        answers = await self._round_trip(batch)
+                except Exception as exc:  # Redis unreachable or failing: every request goes the full way
+                    for ask in batch:
+                        if not ask.done.done():
+                            ask.done.set_exception(exc)
+                    continue
+                for ask, answer in zip(batch, answers, strict=True):
+                    if not ask.done.done():
+                        ask.done.set_result(answer)
+        finally:
+            self.running = False
+
+    async def _round_trip(self, batch: list[_Ask]) -> list[_Answer]:
+        terminals = sorted({ask.terminal for ask in batch})
+        keys = [ACCESS_EPOCH_KEY]
+        for terminal in terminals:
+            keys += [snapshot_version_key(terminal), changed_key(terminal)]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget(keys)
+        for ask in batch:
+            if ask.limits is not None:
+                keys_, args = ask.limits
+                pipe.evalsha(self.script_sha, len(keys_), *keys_, secrets.token_hex(8), *args)
+        results = await pipe.execute()
+        values = results[0]
+        waits = iter(results[1:])
+        epoch = values[0]
+        if epoch is None:  # Redis lost it (a restart): a new epoch, so no cached grant is trusted
+            fresh = new_epoch()
+            await self.client.set(ACCESS_EPOCH_KEY, fresh, nx=True)
+            epoch = await self.client.get(ACCESS_EPOCH_KEY) or fresh.encode()
+        epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        by_terminal = {}
+        for i, terminal in enumerate(terminals):
+            version, changed = values[1 + 2 * i], values[2 + 2 * i]
+            by_terminal[terminal] = (await self._snapshot(terminal, version), float(changed or 0.0))
+        answers = []
+        for ask in batch:
+            rendered, changed_at = by_terminal[ask.terminal]
+            wait = int(next(waits)) if ask.limits is not None else 0
+            answers.append(_Answer(epoch_text, rendered, changed_at, wait))
+        return answers
+
+    async def _snapshot(self, terminal: str, version: bytes | None) -> _Rendered | None:
+        """The terminal's snapshot of ``version``: the one parsed before when it is that version, else
+        read (once per poll cycle) and parsed; None when there is none (or it is unreadable)."""
+        if version is None or not terminal:
+            return None
+        rendered = self.rendered.get(terminal)
+        if rendered is not None and rendered.version == version:
+            return rendered
+        raw = await self.client.get(snapshot_key(terminal))
+        if raw is None:
+            return None
+        try:
+            snapshot = TerminalSnapshot.from_json(raw)
+        except (ValueError, TypeError):
+            return None
+        if repr(snapshot.taken_at).encode() != version:  # replaced between the two reads: take it as it is
+            version = repr(snapshot.taken_at).encode()
+        rendered = self.rendered[terminal] = _Rendered(version, snapshot)
+        return rendered
+
+
+def _limits(grant: KeyGrant) -> tuple[list[str], list[Any]] | None:
+    """The keys and args of the rate-limit script for this key's request, as the DRF throttle counts it
+    (``sessions.throttling.WorkspaceRateThrottle``)."""
+    return ratelimit.script_arguments([
+        ("workspace", str(grant.workspace_id), settings.BRIDGE_THROTTLE_RATE),
+        ("key", str(grant.key_id), getattr(settings, "BRIDGE_THROTTLE_KEY_RATE", "")),
+    ])
+
+
+@dataclass
+class _Request:
+    route: str
+    key: str
+    session_id: str
+    request_id: bytes
+    gzip_ok: bool
+
+
+def _parse(scope: dict[str, Any]) -> _Request | None:
+    """The parts of a hot read the fast path needs, or None when the full path must look at it."""
+    route = scope["path"]
+    if scope["method"] != "GET" or route not in ROUTES or scope.get("query_string"):
+        return None
+    limit = settings.BRIDGE_MAX_HEADER_BYTES
+    seen: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if len(name) + len(value) > limit or name in seen:
+            return None  # 431, or a repeated header (x-request-id twice is a 400): the full path says so
+        seen[name] = value
+    if b"transfer-encoding" in seen or seen.get(b"content-length", b"0") != b"0" or b"idempotency-key" in seen:
+        return None
+    key = parse_bearer(seen.get(b"authorization"))
+    session_id = seen.get(b"x-session-id", b"").decode("latin-1")
+    if key is None or not session_id:
+        return None
+    given = seen.get(b"x-request-id")
+    if given is None:
+        request_id = f"req_{uuid.uuid4().hex}".encode()
+    elif REQUEST_ID_RE.match(given.decode("latin-1")) and b"," not in given:
+        request_id = given
+    else:
+        return None
+    return _Request(ROUTES[route][0], key, session_id, request_id,
+                    b"gzip" in seen.get(b"accept-encoding", b"").lower())
+
+
+def _security_headers() -> list[tuple[bytes, bytes]]:
+    """What Django's security and clickjacking middleware add to every answer of the full path."""
+    return [
+        (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
+        (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()),
+    ]
+
+
+class HotReads:
+    """ASGI middleware: answers the hot reads it can vouch for, hands everything else to ``app``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.enabled = settings.BRIDGE_HOT_READS and not getattr(settings, "SECURE_SSL_REDIRECT", False)
+        self.access = AccessCache()
+        self._round_trips: _RoundTrips | None = None
+        self.last_epoch = ""  # the access epoch the last round trip read
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.enabled and scope["type"] == "http":
+            started = time.perf_counter()
+            request = _parse(scope)
+            answered = request is not None and await self._answer(scope, request, send)
+            if answered:
+                metrics.observe_buffered("bridge_http_request_seconds", time.perf_counter() - started,
+                                         method="GET", status="2xx")
+                return
+        await self.app(scope, receive, send)
+
+    def round_trips(self) -> _RoundTrips:
+        """The round trips of the running event loop (a connection belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._round_trips is None or self._round_trips.loop is not loop:
+            self._round_trips = _RoundTrips(settings.REDIS_URL, loop)
+        return self._round_trips
+
+    async def _grants(self, request: _Request, epoch: str) -> tuple[KeyGrant, SessionGrant] | None:
+        """The key's and the session's grants under ``epoch``: cached, else loaded from the database."""
+        key = self.access.key(request.key, epoch)
+        if key is None:
+            key = await sync_to_async(load_key_grant)(request.key, epoch)
+            if key is None:
+                return None
+            self.access.keep_key(request.key, key)
+        session = self.access.session(request.session_id, epoch)
+        if session is None:
+            session = await sync_to_async(load_session_grant)(request.session_id, epoch)
+            if session is None:
+                return None
+            self.access.keep_session(session)
+        return key, session
+
+    @staticmethod
+    def _servable(answer: _Answer, session: SessionGrant) -> _Rendered | None:
+        """The terminal's snapshot when it may answer this session (fresh, after the last change the
+        bridge made at the terminal, of this session's account, connected), else None."""
+        rendered = answer.snapshot
+        if rendered is None:
+            return None
+        snapshot = rendered.snapshot
+        if (snapshot.taken_at < answer.changed_at or snapshot.age() > settings.BRIDGE_SNAPSHOT_MAX_AGE
+                or snapshot.session_id != session.session_id or snapshot.account.get("login") != session.login
+                or not snapshot.connected):
+            return None
+        return rendered
+
+    async def _answer(self, scope: dict[str, Any], request: _Request, send: Any) -> bool:
+        """True when the request was answered here. A request counted against its rate limits here and
+        then handed to Django is marked in its scope, so Django does not count it again."""
+        trips = self.round_trips()
+        try:
+            # The grants under the last epoch seen say which terminal to read and which limits to count;
+            # the round trip then reads the current epoch. When it moved on (a session or key changed
+            # somewhere), the grants are reloaded under it: the database then is at least as new as that
+            # epoch, so the round trip's snapshot may answer if the reloaded grants still allow it.
+            grants = await self._grants(request, self.last_epoch)
+            if grants is None or not grants[1].serves(grants[0].workspace_id, time.time()):
+                return False
+            key, session = grants
+            answer = await trips.ask(session.terminal, _limits(key))
+            self.last_epoch = answer.epoch
+            if answer.rate_wait_us > 0:
+                return False  # over a limit (not counted): the full path counts it and answers 429
+            scope[ratelimit.SCOPE_CHECKED] = True
+            if answer.epoch != key.epoch or answer.epoch != session.epoch:
+                reloaded = await self._grants(request, answer.epoch)
+                if (reloaded is None or reloaded[0].key_id != key.key_id
+                        or reloaded[1].terminal != session.terminal
+                        or not reloaded[1].serves(reloaded[0].workspace_id, time.time())):
+                    return False
+                key, session = reloaded
+        except Exception:  # Redis (or the database) in trouble: the full path handles it
+            logger.debug("hot read handed to the full path", exc_info=True)
+            return False
+        rendered = self._servable(answer, session)
+        if rendered is None:
+            return False
+        try:
+            body, headers = rendered.answer(request.route, request.gzip_ok)
+        except ValueError:  # not JSON-compliant (NaN): the full path decides
+            return False
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*headers, (b"allow", ROUTES[scope["path"]][1]),
+                                (b"x-request-id", request.request_id), *_security_headers()]})
+        await send({"type": "http.response.body", "body": body})
+        return True
