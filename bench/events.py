@@ -17,6 +17,20 @@ dispatched -> filled: three ``order`` events). It prints:
 * ``order`` events lost: expected (3 per order per client) minus received, and seq gaps (must be 0).
 
 Clients run in separate processes (asyncio + websockets) on the same machine as everything else.
+
+``--fanout`` measures the delivery path alone (no terminal, worker or poller), for issue #14:
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_events .venv/bin/python bench/events.py --fanout \\
+        [--sockets 1,300] [--processes 1,2] [--events 100] [--event-rate 20] [--burst 1000]
+
+It starts its own ``redis-server`` (free port, no persistence) and, for each process count, that many
+daphne processes on it; the sockets (one session, each subscribed to ``order``) are spread over them
+round robin. This process publishes with ``streams.publisher`` as a worker does. Printed per row: p50,
+p99 and max delay of ``--events`` order events published at ``--event-rate``/s, from ``time.time()``
+just before the publish (one EVALSHA: INCR, XADD to the session stream and to the fan-out stream) to
+the client's receive; then a burst of ``--burst`` events (pipelined, 50 per round trip): deliveries per
+second summed over sockets, events per second, p99 delay; and over both phases, per socket, events
+lost, delivered twice, and seq gaps (all must be 0).
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -183,13 +198,210 @@ def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, 
     }
 
 
+# --- fan-out mode: XADD -> socket latency and throughput, 1..N daphne processes on one stream ---------------
+async def _fanout_connect(url: str, headers: dict):
+    import websockets
+
+    ws = await websockets.connect(url, additional_headers=headers, open_timeout=120, max_size=None,
+                                  ping_interval=None)
+    await ws.send(json.dumps({"type": "subscribe", "channels": ["order"], "request_id": "s"}))
+    while True:
+        if json.loads(await ws.recv()).get("request_id") == "s":
+            return ws
+
+
+async def _fanout_read(ws, out: dict, stop: asyncio.Event) -> None:
+    seen: dict[int, int] = {}
+    last_seq = None
+    try:
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(ws.recv(), timeout=0.25)
+            except TimeoutError:
+                continue
+            now = time.time()
+            message = json.loads(raw)
+            if message.get("type") != "order":
+                continue
+            data = message["data"]
+            seen[data["n"]] = seen.get(data["n"], 0) + 1
+            if last_seq is not None and message["seq"] != last_seq + 1:
+                out["seq_gaps"] += 1
+            last_seq = message["seq"]
+            out["delays"][data["phase"]].append((now - data["t"]) * 1000)
+            out["last_at"][data["phase"]] = max(out["last_at"].get(data["phase"], 0.0), now)
+    finally:
+        out["received"].append(seen)
+        await ws.close()
+
+
+def fanout_client_process(urls: list[str], headers: dict, count: int, conn, control) -> None:
+    """``count`` sockets spread over ``urls`` (round robin), each subscribed to ``order``."""
+
+    async def main() -> None:
+        out = {"target": count, "connected": 0, "delays": {"latency": [], "burst": []}, "last_at": {},
+               "seq_gaps": 0, "received": [], "errors": []}
+        ready, stop = asyncio.Event(), asyncio.Event()
+        sem = asyncio.Semaphore(25)
+
+        async def one(i: int) -> None:
+            try:
+                async with sem:  # at most 25 handshakes at once
+                    ws = await _fanout_connect(urls[i % len(urls)], headers)
+            except Exception as exc:  # counted and shown
+                out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
+                out["target"] -= 1
+                if out["connected"] >= out["target"]:
+                    ready.set()
+                return
+            out["connected"] += 1
+            if out["connected"] >= out["target"]:
+                ready.set()
+            await _fanout_read(ws, out, stop)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(count)]
+        await asyncio.wait_for(ready.wait(), timeout=300)
+        conn.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, control.wait)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn.send(out)
+
+    asyncio.run(main())
+
+
+def fanout_phase(urls: list[str], headers: dict, session_id: str, sockets: int, events: int, rate: float,
+                 burst: int) -> dict:
+    from streams.publisher import publish_session_event, publish_session_events
+
+    ctx = multiprocessing.get_context("spawn")
+    done = ctx.Event()
+    n_clients = 1 if sockets < 50 else 2
+    pipes, children = [], []
+    for i in range(n_clients):
+        parent, child = ctx.Pipe()
+        share = sockets // n_clients + (1 if i < sockets % n_clients else 0)
+        # each client process starts its round robin at another daphne: sockets spread evenly
+        mine = urls[i % len(urls):] + urls[:i % len(urls)]
+        p = ctx.Process(target=fanout_client_process, args=([f"{u}/events" for u in mine], headers, share, child,
+                                                           done))
+        p.start()
+        pipes.append(parent)
+        children.append(p)
+    for parent in pipes:
+        assert parent.recv() == "ready"
+    time.sleep(1.0)
+    # 1) latency: one event every 1/rate s
+    n = 0
+    started = time.monotonic()
+    for i in range(events):
+        target = started + i / rate
+        while (delay := target - time.monotonic()) > 0:
+            time.sleep(delay)
+        publish_session_event(session_id, "order", {"taskId": f"tsk_bench_{n}", "state": "filled", "n": n,
+                                                    "phase": "latency", "t": time.time()})
+        n += 1
+    time.sleep(1.0)
+    # 2) throughput: ``burst`` events as fast as this process publishes them (pipelines of 50)
+    burst_start = time.time()
+    for first in range(0, burst, 50):
+        publish_session_events(session_id, [
+            ("order", {"taskId": f"tsk_bench_{n + first + k}", "state": "filled", "n": n + first + k,
+                       "phase": "burst", "t": time.time()}, None) for k in range(min(50, burst - first))])
+    n += burst
+    publish_seconds = time.time() - burst_start
+    total = n
+
+    # the clients stop once every socket has had the time to receive the burst (or 60 s at most)
+    time.sleep(min(60.0, 3.0 + burst * sockets / 10000))
+    done.set()
+    outs = [parent.recv() for parent in pipes]
+    for p in children:
+        p.join(30)
+    received = [seen for o in outs for seen in o["received"]]
+    lost = sum(total - len(seen) for seen in received)
+    dups = sum(c - 1 for seen in received for c in seen.values() if c > 1)
+    last_burst = max((o["last_at"].get("burst", 0.0) for o in outs), default=0.0)
+    burst_delivered = sum(len(o["delays"]["burst"]) for o in outs)
+    lat = [d for o in outs for d in o["delays"]["latency"]]
+    bdel = [d for o in outs for d in o["delays"]["burst"]]
+    span = last_burst - burst_start if last_burst else float("nan")
+    return {"sockets": len(received), "p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat, default=float("nan")),
+            "burst": burst, "burst_per_s": burst_delivered / span,
+            "burst_events_per_s": burst_delivered / max(1, len(received)) / span, "publish_s": publish_seconds,
+            "burst_p99": pct(bdel, 99), "lost": lost, "dups": dups, "seq_gaps": sum(o["seq_gaps"] for o in outs),
+            "errors": [e for o in outs for e in o["errors"]]}
+
+
+def fanout_main(args: argparse.Namespace) -> None:
+    """XADD -> socket: one private redis-server, 1..N daphne processes on it, sockets spread over them."""
+    work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    redis_port = free_port()
+    procs = Procs(work)
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "LOG_LEVEL": "WARNING",
+           "BRIDGE_EVENTS_CONNECT_RATE": "off", "BRIDGE_EVENTS_CONNECT_FAIL_RATE_IP": "off"}
+    try:
+        procs.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(work)], env)
+        wait_port(redis_port)
+        setup_django(env, ("REDIS_URL",))
+        from tests.factories import make_api_key, make_session
+
+        session = make_session()
+        key = make_api_key(session.workspace)[1]
+        headers = {"Authorization": f"Bearer {key}", "x-session-id": session.id}
+        try:
+            rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+            commit = rev.stdout.strip()
+        except OSError:
+            commit = "?"
+        print(f"code: {ROOT} (git HEAD {commit or '?'} plus its working tree); "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"fan-out: private redis-server; publisher = this process (streams.publisher, as a worker does); "
+              f"every socket subscribed to order; latency: {args.events} events at {args.event_rate:g}/s, "
+              f"from the publisher's time.time() just before the XADD script to the client's recv; "
+              f"throughput: a burst of {args.burst} events (pipelines of 50); clients in 1-2 processes\n")
+        print(f"{'daphne':>6} {'sockets':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'burst deliv/s':>13} "
+              f"{'burst ev/s':>10} {'burst p99 ms':>12} {'lost':>5} {'dup':>4} {'gaps':>5}")
+        for n_procs in (int(x) for x in args.processes.split(",")):
+            urls = []
+            for i in range(n_procs):
+                port = free_port()
+                procs.start(f"daphne-{n_procs}-{i}", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                                       "bridge_project.asgi:application"], env)
+                urls.append(f"ws://127.0.0.1:{port}")
+            for url in urls:
+                wait_port(int(url.rsplit(":", 1)[1]), timeout=60)
+            for sockets in (int(x) for x in args.sockets.split(",")):
+                r = fanout_phase(urls, headers, session.id, sockets, args.events, args.event_rate, args.burst)
+                print(f"{n_procs:>6} {r['sockets']:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.1f} "
+                      f"{r['burst_per_s']:>13.0f} {r['burst_events_per_s']:>10.0f} {r['burst_p99']:>12.1f} "
+                      f"{r['lost']:>5} {r['dups']:>4} {r['seq_gaps']:>5}", flush=True)
+                for error in sorted(set(r["errors"]))[:5]:
+                    print(f"        client error: {error}")
+            for i in range(n_procs):
+                procs.stop(f"daphne-{n_procs}-{i}")
+    finally:
+        procs.stop_all()
+
+
 def main() -> None:  # one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=10.0, help="ticks per second driven at the terminal")
     parser.add_argument("--clients", default="1,100,1000")
     parser.add_argument("--poll", type=float, default=0.05, help="poller interval, seconds")
+    parser.add_argument("--fanout", action="store_true",
+                        help="the fan-out path alone: XADD -> socket latency and throughput (no terminal)")
+    parser.add_argument("--sockets", default="1,300", help="--fanout: socket counts")
+    parser.add_argument("--processes", default="1,2", help="--fanout: daphne process counts")
+    parser.add_argument("--events", type=int, default=100, help="--fanout: events of the latency phase")
+    parser.add_argument("--event-rate", type=float, default=20.0, help="--fanout: events/s of the latency phase")
+    parser.add_argument("--burst", type=int, default=1000, help="--fanout: events of the throughput burst")
     args = parser.parse_args()
+    if args.fanout:
+        fanout_main(args)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bench-events-"))
     sim_port, web_port = free_port(), free_port()

@@ -56,7 +56,7 @@ from .keys import (
     replay_group,
 )
 from .publisher import dumps
-from .relay import async_redis, ensure_relay, redis_slot
+from .relay import Event, async_redis, redis_slot
 from .replay import ReplayPage, acurrent_state, aread_since
 from .send_queue import SendQueue
 
@@ -68,8 +68,10 @@ CLOSE_TOO_SLOW = 4429
 CLOSE_UNAVAILABLE = 4503  # Redis unreachable while the socket opened (servers may send 1000 or 3000-4999)
 MAX_CHANNELS = 256
 GAP_CHECK_SECONDS = 5.0
-GROUP_REFRESH_SECONDS = 3600.0  # channels-redis forgets group members after group_expiry (1 day)
 REPLAY_PAGE = 1000
+# Events waiting in a busy socket's inbox beyond this are dropped (counted): a replayable one is then
+# fetched from the session's stream by the gap check, quotes are latest values anyway.
+INBOX_LIMIT = 4096
 # What a Redis (or channel layer) outage raises: the socket stays open, the operation is retried or
 # answered with an ``Unavailable`` error.
 REDIS_ERRORS = (RedisError, OSError)
@@ -179,8 +181,14 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self.base_send = send
+        # Messages from this process to this socket (events that must wait, checks, a revoked key),
+        # handled in order by the same loop as the client's messages (``on_event``).
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.inbox_dropped = 0
+        self._dispatching = False
+        self._inbox_pending = 0  # put and not yet fully handled
         try:
-            await await_many_dispatch([receive, self._channel_receive], self.dispatch)
+            await await_many_dispatch([receive, self._channel_receive, self.inbox.get], self.dispatch)
         except StopConsumer:
             pass
 
@@ -261,20 +269,23 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.groups_joined: set[str] = set()
         self.send_queue = SendQueue(conf.client_max_pending())
         self.restart_task: asyncio.Task | None = None
-        ensure_relay()
         try:
-            # The key's group first, then check the key once more: a revocation that committed before the
-            # join is seen by this check, one after it arrives through the group.
-            await self._join(key_group(self.key_id))
+            # The relay's cursor first: every entry added to the fan-out stream after it is read. Then the
+            # key's group, then check the key once more: a revocation that committed before the join is
+            # seen by this check, one after it arrives through the group.
+            await relay.start()
+            self._join(key_group(self.key_id))
             if not await database_sync_to_async(_key_active)(self.key_id):
+                self._leave_all()
                 await self._refuse(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
                 return
-            await self._join(replay_group(self.session_id))
+            self._join(replay_group(self.session_id))
             # After joining: every event from here on either comes through the group or is older than this.
             async with redis_slot():
                 self.last_seq, self.epoch = await acurrent_state(self.redis, self.session_id)
         except REDIS_ERRORS as exc:
             logger.warning("socket of session %s refused, Redis unreachable (%s)", self.session_id, exc)
+            self._leave_all()
             self.closing = True
             await self.send(text_data=dumps(_error("Unavailable", "the event store is unreachable; retry shortly")))
             await self.close(code=CLOSE_UNAVAILABLE)
@@ -302,14 +313,13 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         self.closing = True
         relay.unwatch(self)
+        self._leave_all()
         for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None),
                      getattr(self, "key_watch", None), getattr(self, "restart_task", None)):
             if task is not None:
                 task.cancel()
         try:
             async with redis_slot():
-                for group in self.groups_joined:
-                    await self.channel_layer.group_discard(group, self.channel_name)
                 await subscriptions.unregister(self.redis, self.terminal, self.socket_id)
         except Exception:  # the record expires by itself
             logger.warning("could not remove subscriptions of socket %s", self.socket_id)
@@ -388,7 +398,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         for channel in channels:
             if channel not in REPLAYABLE:
-                await self._join(group_for(self.session_id, channel))
+                self._join(group_for(self.session_id, channel))
         self.subs.update(channels)
         await self._publish_watch()
         self._reply(_with_rid({"type": "subscribed", "channels": sorted(self.subs), "seq": self.last_seq,
@@ -402,7 +412,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             if channel in ALWAYS:
                 continue  # the session's own events always reach its sockets
             if channel in self.subs and channel not in REPLAYABLE:
-                await self._leave(group_for(self.session_id, channel))
+                self._leave(group_for(self.session_id, channel))
             self.subs.discard(channel)
         await self._publish_watch()
         self._reply(_with_rid({"type": "unsubscribed", "channels": channels, "subscribed": sorted(self.subs)},
@@ -438,7 +448,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         ``epoch`` (None or 0: the one this socket follows) names the sequence ``since`` counts in; a
         ``since`` of another epoch than the stream's cannot be continued: ``resync_required``.
 
-        Live events that arrive meanwhile wait in the channel layer (this handler runs before the next
+        Live events that arrive meanwhile wait in the socket's inbox (this handler runs before the next
         message is dispatched) and are dropped as duplicates when their seq was already replayed.
         """
         self.subs.update(channels)
@@ -535,11 +545,31 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         await self._deliver_pages(page, upto)
 
-    # -- events from the channel layer ---------------------------------------------------------------
+    # -- events from this process's relay ---------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        """Called by the relay for every event of a group this socket joined (``streams.relay``), in
+        stream order. Idle and nothing waiting: handled at once, without a task switch; otherwise (busy with
+        a message, or the event needs the stream) it waits in the inbox, handled in order by ``dispatch``."""
+        if self._dispatching or self._inbox_pending or not self._event_now(event):
+            if self._inbox_pending >= INBOX_LIMIT:
+                self.inbox_dropped += 1  # a replayable one comes back from the stream (gap check)
+                return
+            self._to_inbox({"type": "bridge.event", "ev": event})
+
+    def on_key_revoked(self, key_id: int) -> None:
+        """Called by the relay for ``t=key.revoked`` of this socket's key group."""
+        self._to_inbox({"type": "bridge.key_revoked", "k": key_id})
+
+    def _to_inbox(self, message: dict) -> None:
+        message["local"] = True
+        self._inbox_pending += 1
+        self.inbox.put_nowait(message)
+
     async def dispatch(self, message: dict) -> None:
         """Events skip channels' per-message ``aclose_old_connections`` (a thread hop each): they never
         touch the database, and at 1,000 sockets x 10 ticks/s that hop was most of daphne's CPU. Client
         messages skip it too (their handlers never touch the database): a flood costs no thread hops."""
+        self._dispatching = True
         try:
             if message["type"] == "bridge.event":
                 await self.bridge_event(message)
@@ -551,37 +581,64 @@ class EventsConsumer(AsyncWebsocketConsumer):
             # Reading the stream failed (Redis away): what was missed is fetched by the next event or check.
             logger.warning("socket %s: %s not handled, Redis unreachable (%s)", getattr(self, "socket_id", "?"),
                            message.get("type"), exc)
+        finally:
+            self._dispatching = False
+            if message.get("local"):
+                self._inbox_pending -= 1
 
-    async def bridge_event(self, message: dict) -> None:
+    def _event_now(self, event: Event) -> bool:
+        """The common cases, without awaiting anything: True when handled; False when the stream must be
+        read first (a seq gap, another epoch): then ``bridge_event`` handles it in order."""
         if self.session_id is None or self.closing:
-            return
-        channel, seq, replayable, text = message["c"], message["s"], message["r"], message["e"]
-        epoch = message.get("p", 0)
+            return True
+        epoch, seq, channel = event.epoch, event.seq, event.channel
         if epoch and epoch != self.epoch:
             if self.epoch == 0 and self.last_seq == 0:
                 self.epoch = epoch  # the session's first sequence
             else:
-                # Another sequence: Redis restarted empty (or an old event came late). The stream decides.
-                await self._sync_with_stream()
-                if not replayable and self._wants(channel) and epoch == self.epoch:
-                    self.send_queue.put_latest(channel, text)
-                return
+                return False  # another sequence: the stream decides
         if not epoch:  # published while the session had no sequence (a quote after a restart)
-            if not replayable and self._wants(channel):
-                self.send_queue.put_latest(channel, text)
-            return
+            if not event.replayable and self._wants(channel):
+                self.send_queue.put_latest(channel, event.text)
+            return True
         if seq > self.last_seq:
-            if replayable and seq == self.last_seq + 1:
+            if event.replayable and seq == self.last_seq + 1:
+                if self.send_queue.ordered_pending >= self.send_queue.max_pending // 2 and self._wants(channel):
+                    return False  # the client is behind: wait for room first (``bridge_event``)
                 self.last_seq = seq
                 if self._wants(channel):
-                    self._deliver(channel, text)
+                    self._deliver(channel, event.text)
+                return True
+            return False  # a jump: something was missed, read it from the stream first
+        if event.replayable:
+            return True  # already delivered (replay overlap)
+        if self._wants(channel):
+            self.send_queue.put_latest(channel, event.text)
+        return True
+
+    async def bridge_event(self, message: dict) -> None:
+        """An event that waited in the inbox, or that needs the stream (``_event_now`` said so)."""
+        event: Event = message["ev"]
+        if self._event_now(event):
+            return
+        channel, seq, replayable, text, epoch = event.channel, event.seq, event.replayable, event.text, event.epoch
+        if epoch != self.epoch:
+            # Another sequence: Redis restarted empty (or an old event came late). The stream decides.
+            await self._sync_with_stream()
+            if not replayable and self._wants(channel) and epoch == self.epoch:
+                self.send_queue.put_latest(channel, text)
+            return
+        if replayable and seq == self.last_seq + 1:
+            # The client is behind: queue no more than a replay would (the socket's dispatch waits here;
+            # later events wait in the inbox, or past its bound come back from the stream).
+            await self._room_for_replay()
+            if self.closing or seq != self.last_seq + 1:
                 return
-            await self._sync_with_stream(seq)
-            if replayable:
-                return
-        elif replayable:
-            return  # already delivered (replay overlap)
-        if self._wants(channel) and not self.closing:
+            self.last_seq = seq
+            self._deliver(channel, text)
+            return
+        await self._sync_with_stream(seq)  # seq > last_seq + 1, or a quote ahead of the socket
+        if not replayable and self._wants(channel) and not self.closing:
             self.send_queue.put_latest(channel, text)
 
     def _wants(self, channel: str) -> bool:
@@ -697,17 +754,21 @@ class EventsConsumer(AsyncWebsocketConsumer):
         await self.close(code=CLOSE_TOO_SLOW)
 
     # -- groups, subscriptions, housekeeping ------------------------------------------------------------
-    async def _join(self, group: str) -> None:
+    def _join(self, group: str) -> None:
+        """Receive ``group``'s events from this process's relay (in-process: no Redis, cannot fail)."""
         if group not in self.groups_joined:
-            async with redis_slot():
-                await self.channel_layer.group_add(group, self.channel_name)
+            relay.join(group, self)
             self.groups_joined.add(group)
 
-    async def _leave(self, group: str) -> None:
+    def _leave(self, group: str) -> None:
         if group in self.groups_joined and group != replay_group(self.session_id):
-            async with redis_slot():
-                await self.channel_layer.group_discard(group, self.channel_name)
+            relay.leave(group, self)
             self.groups_joined.discard(group)
+
+    def _leave_all(self) -> None:
+        for group in self.groups_joined:
+            relay.leave(group, self)
+        self.groups_joined.clear()
 
     async def _publish_watch(self) -> None:
         quotes = {c.split(":", 1)[1] for c in self.subs if c.startswith("quote:")}
@@ -716,8 +777,9 @@ class EventsConsumer(AsyncWebsocketConsumer):
             await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth)
 
     def redis_restarted(self) -> None:
-        """Called by this process's relay when Redis came back empty: the channel layer forgot this
-        socket's groups and the poller its symbols. Join again, then check the sequence (in order)."""
+        """Called by this process's relay when Redis came back empty: the poller's record of this socket's
+        symbols is gone and events may have been lost. Register the symbols again, then check the sequence
+        (in order with the events). The groups are this process's own: nothing to join again."""
         if self.session_id is None or self.closing:
             return
         if self.restart_task is None or self.restart_task.done():
@@ -727,24 +789,19 @@ class EventsConsumer(AsyncWebsocketConsumer):
         delay = 0.1
         while not self.closing:
             try:
-                async with redis_slot():
-                    for group in list(self.groups_joined):
-                        await self.channel_layer.group_add(group, self.channel_name)
                 await self._publish_watch()
-                async with redis_slot():
-                    await self.channel_layer.send(self.channel_name, {"type": "bridge.check"})
+                self._to_inbox({"type": "bridge.check"})
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis flapping: try again
-                logger.warning("socket %s: re-joining groups failed (%s); retrying", self.socket_id, exc)
+                logger.warning("socket %s: registering its symbols again failed (%s); retrying", self.socket_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _housekeeping(self) -> None:
-        """Refresh the subscription record, catch a lost last event or a new epoch, re-check the session,
-        keep groups."""
-        last_refresh = last_session = last_groups = time.monotonic()
+        """Refresh the subscription record, catch a lost last event or a new epoch, re-check the session."""
+        last_refresh = last_session = time.monotonic()
         session_check = conf.session_check_interval()
         checked_seq = -1
         while not self.closing:
@@ -757,8 +814,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 # since the last round: a lost last event (a socket that is merely busy catching up moves
                 # on by itself and is not asked to read the stream).
                 if (epoch and epoch != self.epoch) or (current > self.last_seq and self.last_seq == checked_seq):
-                    async with redis_slot():
-                        await self.channel_layer.send(self.channel_name, {"type": "bridge.check"})
+                    self._to_inbox({"type": "bridge.check"})
                 checked_seq = self.last_seq
                 if now - last_refresh >= subscriptions.SUBSCRIPTION_TTL / 3 and len(self.subs) > len(ALWAYS):
                     await self._publish_watch()
@@ -771,11 +827,6 @@ class EventsConsumer(AsyncWebsocketConsumer):
                             self.send_queue.put(dumps(_error("SessionExpired", "the session is no longer live")))
                             self._end(CLOSE_SESSION_ENDED)
                         return
-                if now - last_groups >= GROUP_REFRESH_SECONDS:
-                    last_groups = now
-                    async with redis_slot():
-                        for group in self.groups_joined:
-                            await self.channel_layer.group_add(group, self.channel_name)
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:

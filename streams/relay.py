@@ -1,71 +1,128 @@
-"""The relay: one long-lived task per daphne process that moves published events into the channel layer.
+"""The relay: one reader of the fan-out stream per daphne process, dispatching to this process's sockets.
 
 Publishers (Celery workers, pollers) are synchronous and must not open an event loop or a Redis
 connection per event, so they only append to the fan-out stream (``streams.publisher``). Each daphne
-process runs one relay, started with its first socket. All relays read the fan-out stream in one
-Redis consumer group (``XREADGROUP ... NOACK``), so each event is forwarded exactly once by one relay,
-whatever the number of daphne processes, with one ``group_send``: channels-redis turns that into one
-message per daphne process holding members of the group, however many sockets there are.
+process runs one relay, started with its first socket: it reads the whole fan-out stream itself with a
+plain ``XREAD`` and its own cursor (no consumer group: every process sees every event), turns each
+entry into one ``Event`` (the JSON text the publisher encoded, decoded once per process) and hands it,
+in stream order, to the sockets of THIS process that joined the entry's group, through an in-process
+registry (group -> sockets). No channel-layer message, no Redis round trip per socket or per event:
+one blocking ``XREAD`` returns up to ``BATCH`` entries for all sockets of the process.
 
-Delivery through the channel layer is at most once. That is acceptable because every replayable
-event is also in the session's stream, and sockets detect a gap (a seq jump) and fetch it there.
-Entries older than ``STALE_SECONDS`` when read (a relay that was down) are skipped rather than sent
+A socket handles an event at once when it is idle (the common case: the next seq, a quote), without a
+task switch; otherwise (it is busy with a client message or a replay, or the event needs the stream: a
+seq gap, another epoch) the event waits in the socket's own bounded inbox, handled in order by the
+socket's dispatch loop (``streams.consumers``). Every replayable event is also in the session's
+stream, and sockets detect a gap (a seq jump, the 5-second check) and fetch it there, so an inbox
+overflow or a relay that fell behind the stream's trim loses nothing of ``order``/``position``/
+``account``/``session``. Entries older than ``STALE_SECONDS`` when read are skipped rather than sent
 late: quotes would be stale and replayable events are fetched from the stream by seq.
 
-Redis restarted empty (no persistence) takes the fan-out stream, its consumer group and every
-channel-layer group membership with it. The relay notices (Redis's ``run_id`` changed, checked every
-``RESTART_CHECK_SECONDS``, or ``NOGROUP``), recreates the consumer group reading the new stream from
-its start (so nothing published between the restart and the check is skipped), and tells every socket
-of this process (``watch``) to join its groups again and check its sequence against the stream.
+The cursor starts at the stream's last entry, read before the first socket joins anything (``start``),
+so an event published after a socket joined its groups is always read. Redis restarted empty (no
+persistence) takes the fan-out stream with it: the relay notices (Redis's ``run_id`` changed, checked
+every ``RESTART_CHECK_SECONDS`` and after any connection error), restarts its cursor at the new
+stream's start (``0-0``: nothing published between the restart and the check is skipped) and tells
+every socket of this process (``redis_restarted``) to register its symbols again and check its
+sequence against the stream.
 
 Entries with a ``t`` field are control messages, not events: ``t=key.revoked`` (``k``: the API key's id,
-``g``: ``key.<id>``) becomes ``bridge.key_revoked`` for every socket opened with that key, which closes
-with 4401 (``streams.publisher.publish_key_revoked``).
+``g``: ``key.<id>``) is handed to every socket of this process opened with that key, which closes with
+4401 (``streams.publisher.publish_key_revoked``). Unknown fields and control types are ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 import weakref
-from collections import defaultdict
+from typing import Any
 
 import redis.asyncio as aioredis
-from channels.layers import get_channel_layer
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
-    ResponseError,
     TimeoutError as RedisTimeoutError,
 )
 
 from . import conf
-from .keys import FANOUT_STREAM, RELAY_GROUP
+from .keys import FANOUT_STREAM
 
 logger = logging.getLogger("bridge.events.relay")
 
 STALE_SECONDS = 10.0
 BATCH = 512
+BLOCK_MS = 1000
 RESTART_CHECK_SECONDS = 1.0
+START_TIMEOUT = 3.0  # a socket waits this long for the relay's first cursor (Redis away: 4503)
 # Also retry pipelines (MULTI reads of the stream) on a connection Redis closed: after a restart the
 # pooled connections are dead, and a retry on a new connection is what the caller wants.
 RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
-_relays: dict[int, asyncio.Task] = {}
+stats = {"read": 0, "dispatched": 0, "stale": 0, "errors": 0, "redis_restarts": 0, "key_revoked": 0}
+
+
+class Event:
+    """One fan-out entry as every socket of the process sees it (built once, shared by all)."""
+
+    __slots__ = ("channel", "epoch", "replayable", "seq", "text")
+
+    def __init__(self, channel: str, seq: int, epoch: int, replayable: bool, text: str):
+        self.channel, self.seq, self.epoch, self.replayable, self.text = channel, seq, epoch, replayable, text
+
+
+class Hub:
+    """This event loop's relay: the group registry, the sockets, and the reader task."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, set[Any]] = {}
+        self.sockets: weakref.WeakSet = weakref.WeakSet()
+        self.task: asyncio.Task | None = None
+        self.ready = asyncio.Event()  # set once the first cursor is known
+
+    def join(self, group: str, socket_consumer: Any) -> None:
+        self.groups.setdefault(group, set()).add(socket_consumer)
+
+    def leave(self, group: str, socket_consumer: Any) -> None:
+        members = self.groups.get(group)
+        if members is not None:
+            members.discard(socket_consumer)
+            if not members:
+                del self.groups[group]
+
+    def members(self, group: str) -> int:
+        return len(self.groups.get(group, ()))
+
+
+_hubs: dict[int, Hub] = {}
 _clients: dict[int, aioredis.Redis] = {}
-stats = {"forwarded": 0, "stale": 0, "errors": 0, "redis_restarts": 0}
-# The sockets of this process, told when Redis restarted (each has ``redis_restarted()``).
-_watchers: weakref.WeakSet = weakref.WeakSet()
 
 
-def watch(socket_consumer) -> None:
-    _watchers.add(socket_consumer)
+def hub() -> Hub:
+    """This event loop's hub (one per daphne process)."""
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(id(loop))
+    if found is None:
+        found = _hubs[id(loop)] = Hub()
+    return found
 
 
-def unwatch(socket_consumer) -> None:
-    _watchers.discard(socket_consumer)
+def join(group: str, socket_consumer: Any) -> None:
+    """``socket_consumer`` receives the events of ``group`` (``on_event``) from now on: in-process, no Redis."""
+    hub().join(group, socket_consumer)
+
+
+def leave(group: str, socket_consumer: Any) -> None:
+    hub().leave(group, socket_consumer)
+
+
+def watch(socket_consumer: Any) -> None:
+    """``socket_consumer.redis_restarted()`` is called when Redis restarted empty."""
+    hub().sockets.add(socket_consumer)
+
+
+def unwatch(socket_consumer: Any) -> None:
+    hub().sockets.discard(socket_consumer)
 
 
 def async_redis() -> aioredis.Redis:
@@ -93,50 +150,74 @@ def redis_slot() -> asyncio.Semaphore:
     return slot
 
 
-def ensure_relay() -> None:
-    """Start this process's relay on the running loop unless it is already running."""
-    loop = asyncio.get_running_loop()
-    task = _relays.get(id(loop))
-    if task is None or task.done():
-        _relays[id(loop)] = loop.create_task(_run(), name="events-relay")
-
-
-async def _ensure_group(client: aioredis.Redis, start: str = "$") -> None:
-    """Create the relays' consumer group unless it exists. ``start``: ``$`` at a first start (entries
-    from before it had no socket to go to), ``0`` after a restart (the stream holds only new events)."""
-    try:
-        await client.xgroup_create(FANOUT_STREAM, RELAY_GROUP, id=start, mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def _notify_restart() -> None:
-    for socket_consumer in list(_watchers):
+async def start() -> None:
+    """Start this process's relay unless it runs, and wait until it has its cursor: every entry added to
+    the fan-out stream after this returns is read and dispatched. Raises ``ConnectionError`` when the
+    relay could not read the stream's position within ``START_TIMEOUT`` (Redis unreachable)."""
+    current = hub()
+    if current.task is None or current.task.done():
+        current.task = asyncio.get_running_loop().create_task(_run(current), name="events-relay")
+    if not current.ready.is_set():
         try:
-            socket_consumer.redis_restarted()
-        except Exception:  # one socket must not keep the others from hearing it
-            logger.exception("could not tell a socket that Redis restarted")
+            await asyncio.wait_for(current.ready.wait(), START_TIMEOUT)
+        except TimeoutError:
+            raise RedisConnectionError("the events relay cannot read the fan-out stream") from None
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _forward_group(layer, group: str, messages: list[dict]) -> None:
-    for message in messages:  # in order within one group (seq order)
-        await layer.group_send(group, message)
+def _notify_restart(current: Hub) -> None:
+    for socket_consumer in list(current.sockets):
+        try:
+            socket_consumer.redis_restarted()
+        except Exception:  # one socket must not keep the others from hearing it
+            logger.exception("could not tell a socket that Redis restarted")
 
 
-async def _run() -> None:
-    client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2, socket_timeout=10,
-                                     retry_on_error=RETRY_ON)
-    layer = get_channel_layer()
-    consumer = f"{socket.gethostname()}:{os.getpid()}"
+def _dispatch(current: Hub, fields: dict) -> None:
+    """Hand one entry to the sockets of its group (in this process)."""
+    group = fields.get(b"g")
+    if group is None:
+        return
+    members = current.groups.get(_text(group))
+    if not members:
+        return
+    control = fields.get(b"t")
+    if control is not None:
+        if control == b"key.revoked":
+            stats["key_revoked"] += 1
+            key_id = int(fields[b"k"])
+            for socket_consumer in tuple(members):
+                try:
+                    socket_consumer.on_key_revoked(key_id)
+                except Exception:
+                    logger.exception("a socket failed to handle a key revocation")
+        return
+    event = Event(_text(fields[b"c"]), int(fields.get(b"s", 0)), int(fields.get(b"p", 0)),
+                  fields.get(b"r") == b"1", _text(fields[b"e"]))
+    for socket_consumer in tuple(members):
+        try:
+            socket_consumer.on_event(event)
+        except Exception:  # one socket must not keep the others from their events
+            logger.exception("a socket failed to handle an event")
+    stats["dispatched"] += len(members)
+
+
+async def _stream_end(client: aioredis.Redis) -> str:
+    """The id of the fan-out stream's last entry (``0-0`` when it is empty or absent)."""
+    last = await client.xrevrange(FANOUT_STREAM, "+", "-", count=1)
+    return _text(last[0][0]) if last else "0-0"
+
+
+async def _run(current: Hub) -> None:
+    client = aioredis.Redis.from_url(conf.redis_url(), socket_connect_timeout=2,
+                                     socket_timeout=BLOCK_MS / 1000 + 10, retry_on_error=RETRY_ON)
     run_id: str | None = None  # the Redis server process we read from
-    group_start: str | None = "$"  # create the group (from there) before the next read; None: it exists
+    cursor: str | None = None  # None: take the stream's end before the next read
     next_check = 0.0
-    logger.info("events relay %s started", consumer)
+    logger.info("events relay started")
     while True:
         try:
             if time.monotonic() >= next_check:
@@ -144,55 +225,31 @@ async def _run() -> None:
                 current_id = (await client.info("server")).get("run_id")
                 if run_id is not None and current_id != run_id:
                     stats["redis_restarts"] += 1
-                    logger.warning("events relay %s: Redis restarted (run_id %s -> %s): recreating the relay "
-                                   "group, sockets join their groups again", consumer, run_id, current_id)
-                    group_start = "0"
-                    _notify_restart()
+                    logger.warning("events relay: Redis restarted (run_id %s -> %s): reading the new fan-out "
+                                   "stream from its start; sockets check their sequence", run_id, current_id)
+                    cursor = "0-0"
+                    _notify_restart(current)
                 run_id = current_id
-            if group_start is not None:
-                await _ensure_group(client, group_start)
-                group_start = None
-            reply = await client.xreadgroup(RELAY_GROUP, consumer, {FANOUT_STREAM: ">"}, count=BATCH, block=1000,
-                                            noack=True)
+            if cursor is None:
+                cursor = await _stream_end(client)
+            current.ready.set()
+            reply = await client.xread({FANOUT_STREAM: cursor}, count=BATCH, block=BLOCK_MS)
             if not reply:
                 continue
             cutoff_ms = (time.time() - STALE_SECONDS) * 1000
-            by_group: dict[str, list[dict]] = defaultdict(list)
             for _stream, entries in reply:
                 for entry_id, fields in entries:
-                    if int(_text(entry_id).split("-", 1)[0]) < cutoff_ms:
+                    cursor = _text(entry_id)
+                    stats["read"] += 1
+                    if int(cursor.split("-", 1)[0]) < cutoff_ms:
                         stats["stale"] += 1
                         continue
-                    if b"t" in fields:  # a control message: an API key was revoked
-                        if fields[b"t"] == b"key.revoked":
-                            by_group[_text(fields[b"g"])].append({"type": "bridge.key_revoked",
-                                                                   "k": int(fields[b"k"])})
-                        continue
-                    by_group[_text(fields[b"g"])].append({
-                        "type": "bridge.event",
-                        "c": _text(fields[b"c"]),
-                        "s": int(fields[b"s"]),
-                        "p": int(fields.get(b"p", 0)),
-                        "r": fields[b"r"] == b"1",
-                        "e": _text(fields[b"e"]),
-                    })
-            # Different groups go out concurrently; within a group, in order.
-            await asyncio.gather(*(_forward_group(layer, g, msgs) for g, msgs in by_group.items()))
-            stats["forwarded"] += sum(len(m) for m in by_group.values())
+                    _dispatch(current, fields)
         except asyncio.CancelledError:
             raise
-        except ResponseError as exc:
-            stats["errors"] += 1
-            if "NOGROUP" in str(exc):
-                # The group (or the whole stream) is gone: Redis restarted or it was deleted. Recreate it
-                # from the stream's start and check the run_id at once (this process's sockets re-join).
-                group_start, next_check = "0", 0.0
-                continue
-            logger.exception("events relay error")
-            await asyncio.sleep(0.5)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # Redis away: wait for it
             stats["errors"] += 1
-            logger.warning("events relay %s: Redis unreachable (%s: %s)", consumer, type(exc).__name__, exc)
+            logger.warning("events relay: Redis unreachable (%s: %s)", type(exc).__name__, exc)
             next_check = 0.0
             await asyncio.sleep(0.5)
         except Exception:  # the relay must outlive anything else too
