@@ -86,6 +86,7 @@ class Live:
         return snapshot
 
     def headers(self, **extra: str) -> list[tuple[bytes, bytes]]:
+        extra = {"host": "127.0.0.1:8000", **extra}
         return [(b"authorization", f"Bearer {self.key}".encode()), (b"x-session-id", self.session.id.encode()),
                 *[(k.encode(), v.encode()) for k, v in extra.items()]]
 
@@ -148,21 +149,25 @@ def test_a_fresh_snapshot_of_the_session_is_served_by_the_hot_path(live: Live) -
     ("/mt5/client/account", b"", {"idempotency-key": "k1"}),
     ("/mt5/client/account", b"", {"transfer-encoding": "chunked"}),
     ("/mt5/client/account", b"", {"x-big": "y" * 9000}),  # over BRIDGE_MAX_HEADER_BYTES: 431 there
+    ("/mt5/client/account", b"", {"host": "evil.example"}),  # not in ALLOWED_HOSTS: 400 there
 ])
 def test_what_the_hot_path_cannot_vouch_for_goes_the_full_way(live: Live, path: str, query: bytes,
                                                                extra: dict[str, str]) -> None:
-    status, _, _ = get(HotReads(_full_path), path, live.headers(**extra), query)
+    with override_settings(ALLOWED_HOSTS=["127.0.0.1"]):
+        status, _, _ = get(HotReads(_full_path), path, live.headers(**extra), query)
     assert status == FULL_PATH_STATUS
 
 
 def test_bad_credentials_go_the_full_way(live: Live) -> None:
     app = HotReads(_full_path)
-    no_session = [(b"authorization", f"Bearer {live.key}".encode())]
+    no_session = [(b"authorization", f"Bearer {live.key}".encode()), (b"host", b"127.0.0.1")]
     assert get(app, "/mt5/client/account", no_session)[0] == FULL_PATH_STATUS
-    wrong_key = [(b"authorization", b"Bearer mt5b_000000000000_nope"), (b"x-session-id", live.session.id.encode())]
+    wrong_key = [(b"authorization", b"Bearer mt5b_000000000000_nope"), (b"x-session-id", live.session.id.encode()),
+                 (b"host", b"127.0.0.1")]
     assert get(app, "/mt5/client/account", wrong_key)[0] == FULL_PATH_STATUS
     other = Live(login=6102)  # a session of another workspace, with this workspace's key
-    cross = [(b"authorization", f"Bearer {live.key}".encode()), (b"x-session-id", other.session.id.encode())]
+    cross = [(b"authorization", f"Bearer {live.key}".encode()), (b"x-session-id", other.session.id.encode()),
+             (b"host", b"127.0.0.1")]
     assert get(app, "/mt5/client/account", cross)[0] == FULL_PATH_STATUS
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 from redis.exceptions import NoScriptError
 
 from bridge_project import metrics, ratelimit
@@ -257,6 +258,9 @@ def _parse(scope: dict[str, Any]) -> _Request | None:
         seen[name] = value
     if b"transfer-encoding" in seen or seen.get(b"content-length", b"0") != b"0" or b"idempotency-key" in seen:
         return None
+    host, _ = split_domain_port(seen.get(b"host", b"").decode("latin-1"))
+    if not host or not validate_host(host, settings.ALLOWED_HOSTS):
+        return None  # Django answers 400 DisallowedHost
     key = parse_bearer(seen.get(b"authorization"))
     session_id = seen.get(b"x-session-id", b"").decode("latin-1")
     if key is None or not session_id:
