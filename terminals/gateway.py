@@ -65,6 +65,9 @@ class TerminalGateway:
         self._connected = False
         # Reentrant: login and _call take it and call ensure_connected/_fail, which take it too.
         self.lock = threading.RLock()
+        # Logins and order_sends made through this gateway: the poller of the same process looks at it to take
+        # a snapshot right after the bridge changed the terminal (without asking Redis for the change mark).
+        self.writes = 0
 
     @property
     def connected(self) -> bool:
@@ -110,6 +113,7 @@ class TerminalGateway:
         """Log the terminal in to ``login``; returns the account info as a dict."""
         with self.lock:  # nothing else reaches the terminal between the login and its account's read
             self.ensure_connected()
+            self.writes += 1
             ok = self._mt5.login(login, password=password, server=server)
             if not ok:
                 error = self._fail("login")
@@ -165,6 +169,7 @@ class TerminalGateway:
         Never reconnects first: a send must go out on the connection the caller checked. Holds the
         lock for the whole call: a read or a poll of this process waits until the terminal answered."""
         with self.lock:
+            self.writes += 1
             try:
                 result = self._mt5.order_send(request)
             except Exception as exc:  # a dropped link mid-call: the outcome is unknown

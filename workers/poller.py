@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from streams import poll_events
 from terminals.binding import terminal_binding
@@ -45,7 +45,7 @@ from trading.reads.snapshots import TerminalSnapshot, changed_key, store_snapsho
 
 logger = logging.getLogger("bridge.poller")
 
-ACTIVE_HOLD = 10.0  # seconds a terminal stays active after a change other than prices
+ACTIVE_HOLD = 2.0  # seconds a terminal stays active after a change other than prices, or a write of the bridge
 CRASH_CYCLE = 8  # test mode, BRIDGE_CRASH_AT=poller_thread: the cycle that raises (once the process is up)
 
 # What identifies a position or an order apart from prices (its floating profit and current price move
@@ -72,7 +72,9 @@ class TerminalPoller:
 
     def __init__(self, terminal: TerminalConfig, client: redis.Redis | None = None,
                  gateway: TerminalGateway | None = None, interval: float | None = None,
-                 idle_interval: float | None = None):
+                 idle_interval: float | None = None, worker_gateway: bool = False):
+        """``worker_gateway``: ``gateway`` is the pinned worker's own, in its process (the only one that trades on
+        the terminal): its count of writes tells the bridge's changes, in place of the change mark in Redis."""
         self.terminal = terminal
         self.redis = client or redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
         self.owns_gateway = gateway is None  # a shared gateway (the terminal's process) is not ours to shut
@@ -83,6 +85,8 @@ class TerminalPoller:
         # Idle, a snapshot must still be servable (younger than BRIDGE_SNAPSHOT_MAX_AGE) between two cycles.
         self.idle_interval = max(self.interval, min(idle_interval, settings.BRIDGE_SNAPSHOT_MAX_AGE / 2))
         self.active_until = 0.0  # monotonic time until which the terminal counts as active
+        self.worker_gateway = worker_gateway
+        self.writes_seen = self.reads.gw.writes  # the worker's gateway's count of the bridge's writes
         self.interest = False  # the last cycle found a watcher or a recent quote request
         self.previous: TerminalSnapshot | None = None
         self.seen_deals: dict[int, int] = {}
@@ -184,15 +188,29 @@ class TerminalPoller:
         return self.interest or time.monotonic() < self.active_until
 
     def _changed_or_unknown(self) -> bool:
-        """The bridge changed the terminal after the last snapshot was taken (the read-your-writes mark, one
-        GET), or that cannot be told (no snapshot yet, Redis unreachable: the cycle says why)."""
+        """The bridge changed the terminal after the last snapshot was taken, or that cannot be told (no
+        snapshot yet, Redis unreachable: the cycle says why). In the terminal's process the gateway is shared
+        with the pinned worker, the only one that trades on the terminal: its count of writes says it, for
+        free (and the terminal counts as active for a moment, since the change mark may follow the write).
+        A poller of its own process reads the read-your-writes mark (one GET)."""
         if self.previous is None:
             return True
+        if self.worker_gateway:
+            return self._bridge_wrote()
         try:
             raw = self.redis.get(changed_key(self.terminal.name))
         except redis.RedisError:
             return True
         return raw is not None and float(raw) >= self.previous.taken_at
+
+    def _bridge_wrote(self) -> bool:
+        """The worker's gateway wrote since last asked; the terminal is then active for ``ACTIVE_HOLD``."""
+        writes = self.reads.gw.writes
+        if writes == self.writes_seen:
+            return False
+        self.writes_seen = writes
+        self.active_until = time.monotonic() + ACTIVE_HOLD
+        return True
 
     def _cycle(self, failing: bool) -> bool:
         """One poll; returns whether the terminal is failing (logged once per failure spell)."""
@@ -223,6 +241,8 @@ class TerminalPoller:
             now = time.monotonic()
             if failing or self.active():
                 due = now - last >= self.interval
+                if self.worker_gateway:
+                    self._bridge_wrote()  # a write now keeps the cadence up for a moment
             else:  # idle: a cycle every idle_interval, and at once after a change the bridge made
                 due = now - last >= self.idle_interval or self._changed_or_unknown()
             if due:
@@ -232,6 +252,7 @@ class TerminalPoller:
             stop.wait(self.interval - (time.monotonic() - last) % self.interval)
         if self.owns_gateway:
             self.reads.gw.shutdown()
+        connections.close_all()  # this thread's database connections (a thread of the terminal's process)
 
 
 def run_terminal_poller(name: str, stop: threading.Event, interval: float | None = None,

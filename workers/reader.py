@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from terminals.binding import terminal_binding
 from terminals.config import TerminalConfig, get_terminal
@@ -32,7 +32,7 @@ from trading.reads.readqueue import RAW_MARK, REPLY_TTL, RedisClock, heartbeat_k
 
 logger = logging.getLogger("bridge.reader")
 
-POLL_SECONDS = 0.5  # BRPOP timeout: how often an idle reader looks at its terminal
+POLL_SECONDS = 1.0  # BRPOP timeout: how often an idle reader looks at its terminal (and at its stop event)
 PROBE_SECONDS = 1.0  # how often an idle reader checks that its terminal and broker are reachable
 
 
@@ -225,6 +225,7 @@ class TerminalReader:
         heartbeat.join(timeout=2)
         if self.owns_gateway:
             self.reads.gw.shutdown()
+        connections.close_all()  # this thread's database connections (a thread of the terminal's process)
 
 
 def run_terminal_reader(name: str, stop: threading.Event, ready: Callable[[], None] | None = None) -> None:

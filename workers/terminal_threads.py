@@ -40,7 +40,8 @@ class TerminalThreads:
         terminal = get_terminal(name)
         shared = gateway() if (reader or poller) else None
         self.reader = TerminalReader(terminal, gateway=shared) if reader else None
-        self.poller = TerminalPoller(terminal, gateway=shared, interval=poll_interval) if poller else None
+        self.poller = (TerminalPoller(terminal, gateway=shared, interval=poll_interval, worker_gateway=True)
+                       if poller else None)
 
     def _guard(self, role: str, target: Callable[[threading.Event], None]) -> Callable[[], None]:
         """Run ``target(stop)``; if it raises, or returns before the process is stopping, end the process."""
