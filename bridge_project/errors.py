@@ -35,7 +35,7 @@ from rest_framework import exceptions as drf, status
 
 # DRF's Response is imported inside the two functions that make one: its module pulls in DRF's serializers,
 # requests, pygments and django.contrib.postgres (~20 MB RSS) that a terminal's process, which imports
-# this module for the error classes only, never uses (docs/performance.md, "Lean per terminal").
+# this module for the error classes only, never uses (docs/reads.md, "Two paths to the terminal").
 if TYPE_CHECKING:
     from rest_framework.response import Response
 
