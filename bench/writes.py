@@ -61,11 +61,12 @@ class WriteBench(Bench):
         print(f"   task row created -> 202 at the client p50 {pct(after, 50):6.1f} ms   p99 {pct(after, 99):6.1f} ms")
         wait_final([t[0] for t in timeline], 120)
 
-    def writes_only(self, round_no: int) -> None:
+    def writes_only(self, round_no: int, port: int | None = None, label: str = "") -> None:
         from trading.models import TradeTask
 
         clients, seconds = self.args.clients, self.args.load_seconds
-        say(f"2. round {round_no}: POST /orders, {clients} clients, {seconds:.0f} s (load average {load_avg()})")
+        port = port or self.web_port
+        say(f"2. round {round_no}{label}: POST /orders, {clients} clients, {seconds:.0f} s (load average {load_avg()})")
         spy = None
         if self.args.profile and round_no == 1:
             daphne = self.roles.get("web (daphne)") or []
@@ -76,8 +77,10 @@ class WriteBench(Bench):
                                    env={**os.environ, "PYTHONPATH": "/tmp/pyspy"})
             time.sleep(0.5)
         roles = {r: self.roles[r] for r in ("web (daphne)", "worker", "redis-server")}
+        if port != self.web_port:
+            roles["web (daphne)"] = self.full_daphne
         cpu0, t0 = {r: cpu_seconds(p) for r, p in roles.items()}, time.monotonic()
-        o = load(self.web_port, "POST", "/mt5/client/orders", self.headers, ORDER, clients, seconds,
+        o = load(port, "POST", "/mt5/client/orders", self.headers, ORDER, clients, seconds,
                  lambda s, b: s == 202)
         span = time.monotonic() - t0
         print(f"   mt5-bridge: {o.line()}" + (f"  e.g. {o.sample}" if o.sample else ""))
@@ -97,6 +100,7 @@ class WriteBench(Bench):
         bridge_project.asgi's application with trading.hotwrites.HotWrites in front."""
         from bench.common import free_port, wait_port
 
+        self.full_port, self.full_daphne = self.web_port, self.roles["web (daphne)"]
         port = free_port()
         proc = self.started.start("hot-daphne", [sys.executable, "-m", "workers.stack", "daphne", "-b", "127.0.0.1",
                                           "-p", str(port), "bench.hot_asgi:application"], self.env)
@@ -120,7 +124,9 @@ class WriteBench(Bench):
         if self.args.single:
             self.single()
         for i in range(self.args.rounds):
-            self.writes_only(i + 1)
+            self.writes_only(i + 1, label=" (HotWrites)" if self.args.hot else "")
+            if self.args.hot and self.args.both:
+                self.writes_only(i + 1, self.full_port, " (run_bridge's daphne: the full Django path)")
 
 
 def main() -> None:
@@ -132,6 +138,7 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="py-spy output (.svg flame graph, .txt raw) of the first run")
     parser.add_argument("--redis-url", default="")
     parser.add_argument("--hot", action="store_true", help="through bench/hot_asgi.py (HotWrites in front)")
+    parser.add_argument("--both", action="store_true", help="with --hot: each round also through run_bridge's daphne")
     args = parser.parse_args()
     args.orders, args.seconds, args.idle_seconds, args.drain = 0, 0.0, 0.0, 0
     bench = WriteBench(args)

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import secrets
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ ALLOW = b"GET, POST, HEAD, OPTIONS"  # the Allow header of OrderCollectionView
 MAX_BODY = 16 * 1024  # an order is a few hundred bytes; anything larger goes the full way
 GZIP_MIN_BYTES = 200  # as django.middleware.gzip.GZipMiddleware
 MAX_BATCH = 256
+SWITCH_INTERVAL = 0.0005  # seconds: see _Writer
 
 
 class _HandOver(Exception):
@@ -278,6 +280,12 @@ class _Writer:
     per batch. Each order's answer is its task's body, rendered in that thread."""
 
     def __init__(self) -> None:
+        # Each database or Redis call of this thread gives the GIL up; getting it back waits for the event
+        # loop's thread to give it up, by default after up to 5 ms of its own work. A batch makes dozens of
+        # calls, so that wait, not the work, bounded the batches (a third fewer orders/s measured with 5 ms
+        # than with 0.5 ms, 32 clients). The event loop's own work is short steps between I/O: unaffected.
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hot-writes")
         self.pending: list[_Write] = []
         self.running = False
