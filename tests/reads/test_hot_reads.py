@@ -357,3 +357,24 @@ def test_a_revoked_key_is_refused_by_the_hot_daphne_with_the_full_answer(daphnes
     revoke_api_key(ApiKey.objects.get(pk=live.key_row.pk))
     status, _, body = _http(hot_port, "/mt5/client/account", headers)
     assert status == 401 and json.loads(body)["error"]["code"] == "Unauthorized", body
+
+
+# --- production settings: https only, HSTS --------------------------------------------------------------------
+
+PRODUCTION_TLS = {"SECURE_SSL_REDIRECT": True, "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
+                  "SECURE_HSTS_SECONDS": 3600, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True}
+
+
+def test_behind_a_tls_proxy_the_hot_path_answers_https_requests_with_hsts(live: Live) -> None:
+    with override_settings(**PRODUCTION_TLS):
+        status, headers, _ = get(HotReads(_full_path), "/mt5/client/account",
+                                 live.headers(**{"x-forwarded-proto": "https"}))
+    assert status == 200
+    assert headers[b"strict-transport-security"] == b"max-age=3600; includeSubDomains"
+
+
+def test_a_plain_http_request_is_left_to_djangos_redirect(live: Live) -> None:
+    with override_settings(**PRODUCTION_TLS):
+        assert get(HotReads(_full_path), "/mt5/client/account", live.headers())[0] == FULL_PATH_STATUS
+        assert get(HotReads(_full_path), "/mt5/client/account",
+                   live.headers(**{"x-forwarded-proto": "http"}))[0] == FULL_PATH_STATUS

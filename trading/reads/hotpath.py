@@ -35,7 +35,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http.request import split_domain_port, validate_host
 from redis.exceptions import NoScriptError
 
 from bridge_project import metrics, ratelimit
@@ -50,6 +49,7 @@ from sessions.access import (
     new_epoch,
     parse_bearer,
 )
+from trading import front
 from trading.reads.snapshots import TerminalSnapshot, changed_key, snapshot_key, snapshot_version_key
 
 logger = logging.getLogger("bridge.reads")
@@ -243,6 +243,7 @@ class _Request:
     session_id: str
     request_id: bytes
     gzip_ok: bool
+    secure: bool
 
 
 def _parse(scope: dict[str, Any]) -> _Request | None:
@@ -250,17 +251,13 @@ def _parse(scope: dict[str, Any]) -> _Request | None:
     route = scope["path"]
     if scope["method"] != "GET" or route not in ROUTES or scope.get("query_string"):
         return None
-    limit = settings.BRIDGE_MAX_HEADER_BYTES
-    seen: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if len(name) + len(value) > limit or name in seen:
-            return None  # 431, or a repeated header (x-request-id twice is a 400): the full path says so
-        seen[name] = value
+    seen = front.header_map(scope, settings.BRIDGE_MAX_HEADER_BYTES)
+    if seen is None:
+        return None  # 431, or a repeated header (x-request-id twice is a 400): the full path says so
     if b"transfer-encoding" in seen or seen.get(b"content-length", b"0") != b"0" or b"idempotency-key" in seen:
         return None
-    host, _ = split_domain_port(seen.get(b"host", b"").decode("latin-1"))
-    if not host or not validate_host(host, settings.ALLOWED_HOSTS):
-        return None  # Django answers 400 DisallowedHost
+    if not front.host_allowed(seen) or front.redirect_due(scope, seen):
+        return None  # Django answers 400 DisallowedHost, or redirects to https
     key = parse_bearer(seen.get(b"authorization"))
     session_id = seen.get(b"x-session-id", b"").decode("latin-1")
     if key is None or not session_id:
@@ -273,17 +270,7 @@ def _parse(scope: dict[str, Any]) -> _Request | None:
     else:
         return None
     return _Request(ROUTES[route][0], key, session_id, request_id,
-                    b"gzip" in seen.get(b"accept-encoding", b"").lower())
-
-
-def _security_headers() -> list[tuple[bytes, bytes]]:
-    """What Django's security and clickjacking middleware add to every answer of the full path."""
-    return [
-        (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
-        (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()),
-    ]
+                    b"gzip" in seen.get(b"accept-encoding", b"").lower(), front.request_is_secure(scope, seen))
 
 
 class HotReads:
@@ -291,7 +278,7 @@ class HotReads:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.enabled = settings.BRIDGE_HOT_READS and not getattr(settings, "SECURE_SSL_REDIRECT", False)
+        self.enabled = settings.BRIDGE_HOT_READS
         self.access = AccessCache()
         self._round_trips: _RoundTrips | None = None
         self.last_epoch = ""  # the access epoch the last round trip read
@@ -381,6 +368,6 @@ class HotReads:
             return False
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*headers, (b"allow", ROUTES[scope["path"]][1]),
-                                (b"x-request-id", request.request_id), *_security_headers()]})
+                                (b"x-request-id", request.request_id), *front.security_headers(request.secure)]})
         await send({"type": "http.response.body", "body": body})
         return True
