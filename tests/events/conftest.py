@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +41,48 @@ def db_env() -> dict[str, str]:
         user, host, port = s.get("USER") or "postgres", s.get("HOST") or "127.0.0.1", s.get("PORT") or 5432
         return {"DATABASE_URL": f"postgres://{user}@{host}:{port}/{s['NAME']}"}
     return {"DATABASE_URL": f"sqlite:///{s['NAME']}"}
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` without persistence, restartable on the same port (nothing else talks
+    to it: its restarts and its command statistics are the test's alone)."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_dir = log_dir
+        self.proc: Proc | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        data_dir = self.log_dir / f"data-{self.starts}"
+        data_dir.mkdir()
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--dir", str(data_dir)]
+        self.proc = Proc(f"redis-{self.port}-{self.starts}", argv, dict(os.environ), self.log_dir).start()
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        self.proc.wait_for(lambda: _pings(client), 15, "answering PING")
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill(signal.SIGKILL)
+        self.proc.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,7 @@ pointed at it; the server is killed and a fresh, empty one started on the same p
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -18,52 +14,11 @@ import redis
 import streams.publisher as publisher
 from streams.keys import seq_key, subs_key
 from streams.publisher import publish_session_event
-from tests.events.conftest import WsClient, start_daphne, ws_connect
-from tests.procs import Proc, free_port
+from tests.events.conftest import PrivateRedis, WsClient, start_daphne, ws_connect
+from tests.procs import Proc
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-class PrivateRedis:
-    """A throw-away ``redis-server`` without persistence, restartable on the same port."""
-
-    def __init__(self, log_dir: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_dir = log_dir
-        self.proc: Proc | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        data_dir = self.log_dir / f"data-{self.starts}"
-        data_dir.mkdir()
-        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--dir", str(data_dir)]
-        self.proc = Proc(f"redis-{self.port}-{self.starts}", argv, dict(os.environ), self.log_dir).start()
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        self.proc.wait_for(lambda: _pings(client), 15, "answering PING")
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill(signal.SIGKILL)
-        self.proc.popen.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
 
 @pytest.fixture(scope="module")
 def private_stack(tmp_path_factory: pytest.TempPathFactory, django_db_setup,
