@@ -49,7 +49,8 @@ class Command(BaseCommand):
         parser.add_argument("--without-poller", action="store_true",
                             help="no snapshot poller in this process (a separate run_terminal_poller runs)")
         parser.add_argument("--poll-interval", type=float, default=None,
-                            help="seconds between snapshots (default BRIDGE_POLL_INTERVAL)")
+                            help="seconds between snapshots, idle or not (default: BRIDGE_POLL_INTERVAL, and "
+                                 "BRIDGE_POLL_IDLE_INTERVAL while the terminal is idle)")
 
     def handle(self, *args, name: str, loglevel: str, without_reader: bool, without_poller: bool,
                poll_interval: float | None, **options) -> None:
@@ -73,11 +74,13 @@ class Command(BaseCommand):
         # waits here, and so do its reader and poller), and every claim and sent-mark carries its fencing token.
         lease = hold_lease(name, say=say)
         say(f"pinned worker for terminal {name}: queue terminal.{name}, pool solo, lease token {lease.token}")
-        threads = TerminalThreads(name, reader=not without_reader, poller=not without_poller,
-                                  poll_interval=poll_interval, say=say)
+        threads: TerminalThreads | None = None
         try:
+            threads = TerminalThreads(name, reader=not without_reader, poller=not without_poller,
+                                      poll_interval=poll_interval, say=say)
             threads.start()
             app.worker_main(worker_argv(name, loglevel)[3:])  # drop 'celery -A bridge_project'
         finally:
-            threads.stop()
+            if threads is not None:
+                threads.stop()  # the reader removes its heartbeat: reads are refused at once
             give_up_lease()
