@@ -1,5 +1,6 @@
-"""What the hot paths in front of Django (trading/reads/hotpath.py, trading/hotwrites.py) must check and add
-the way Django's middleware would, so that an answer given in front is the answer Django would give.
+"""What the hot paths in front of Django (trading/reads/hotpath.py, trading/hotwrites.py) share: the checks
+and headers of Django's middleware they must repeat, one coalesced Redis round trip per batch of waiting
+requests (``RoundTrips``), and the cached key and session grants (``Vouchers``).
 
 Checks a hot path makes before answering (else it hands the request to Django, which answers it):
 ``Host`` in ``ALLOWED_HOSTS`` (Django: ``400``), and with ``SECURE_SSL_REDIRECT`` a secure request (Django:
@@ -11,10 +12,29 @@ Headers every answer gets (``SecurityMiddleware``, ``XFrameOptionsMiddleware``):
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+from redis.exceptions import NoScriptError
+
+from bridge_project import ratelimit
+from sessions.access import (
+    ACCESS_EPOCH_KEY,
+    AccessCache,
+    KeyGrant,
+    SessionGrant,
+    load_key_grant,
+    load_session_grant,
+    new_epoch,
+)
 
 
 def header_map(scope: dict[str, Any], limit: int) -> dict[bytes, bytes] | None:
@@ -65,3 +85,133 @@ def security_headers(secure: bool) -> list[tuple[bytes, bytes]]:
             value += "; preload"
         headers.append((b"strict-transport-security", value.encode()))
     return headers
+
+
+# --- what both hot paths share: one Redis round trip for every request waiting at once, and the grants ---
+
+def rate_limit_command(limits: tuple[list[str], list[Any]] | None) -> list[tuple[str, tuple]]:
+    """The pipeline command counting one request against ``limits`` (``ratelimit.script_arguments``): the
+    throttle's own sliding-window script and keys, so a limit is exact whichever path counts."""
+    if limits is None:
+        return []
+    keys, args = limits
+    return [("evalsha", (RATE_LIMIT_SHA, len(keys), *keys, secrets.token_hex(8), *args))]
+
+
+RATE_LIMIT_SHA = hashlib.sha1(ratelimit.SLIDING_WINDOW_LUA.encode()).hexdigest()
+
+
+@dataclass
+class _Share:
+    commands: list[tuple[str, tuple]]
+    done: asyncio.Future
+
+
+class RoundTrips:
+    """Coalesces the Redis work of every request waiting at once into one pipelined round trip at a time,
+    on one event loop. A request joins the next round trip that has not started yet, so what it reads is
+    never older than the request itself (what read-your-writes and revocation need). Every round trip
+    also reads the access epoch (``sessions.epoch``); a missing one (Redis restarted empty) is replaced."""
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.pending: list[_Share] = []
+        self.running = False
+
+    async def ask(self, commands: list[tuple[str, tuple]]) -> tuple[str, list[Any]]:
+        """The current access epoch and the results of ``commands`` (pipeline method name, arguments)."""
+        share = _Share(commands, self.loop.create_future())
+        self.pending.append(share)
+        if not self.running:
+            self.running = True
+            self.loop.create_task(self._drain())
+        return await share.done
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    try:
+                        answers = await self._round_trip(batch)
+                    except NoScriptError:  # a Redis that never saw the script (or was restarted): load it
+                        await self.client.script_load(ratelimit.SLIDING_WINDOW_LUA)
+                        answers = await self._round_trip(batch)
+                except Exception as exc:  # Redis unreachable or failing: every request goes the full way
+                    for share in batch:
+                        if not share.done.done():
+                            share.done.set_exception(exc)
+                    continue
+                for share, answer in zip(batch, answers, strict=True):
+                    if not share.done.done():
+                        share.done.set_result(answer)
+        finally:
+            self.running = False
+
+    async def _round_trip(self, batch: list[_Share]) -> list[tuple[str, list[Any]]]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(ACCESS_EPOCH_KEY)
+        for share in batch:
+            for name, args in share.commands:
+                getattr(pipe, name)(*args)
+        results = await pipe.execute()
+        epoch = results[0]
+        if epoch is None:  # Redis lost it (a restart): a new epoch, so no cached grant is trusted
+            await self.client.set(ACCESS_EPOCH_KEY, new_epoch(), nx=True)
+            epoch = await self.client.get(ACCESS_EPOCH_KEY)
+        text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        answers, at = [], 1
+        for share in batch:
+            answers.append((text, results[at:at + len(share.commands)]))
+            at += len(share.commands)
+        return answers
+
+
+Grants = tuple[KeyGrant, SessionGrant]
+
+
+class Vouchers:
+    """The cached grants of one hot path (``sessions.access``) and the epoch it last saw.
+
+    ``before`` gives the grants under the last epoch seen (from the cache, else the database): they say
+    which terminal to read and which limits to count. ``after`` takes the epoch the round trip read: when it
+    moved on (a session or key changed somewhere), the grants are reloaded under it (the database then is
+    at least as new as that epoch), and the round trip's reads may still answer if the reloaded grants allow
+    the same key, the same terminal and an active session."""
+
+    def __init__(self) -> None:
+        self.access = AccessCache()
+        self.last_epoch = ""
+
+    async def load(self, key: str, session_id: str, epoch: str) -> Grants | None:
+        key_grant = self.access.key(key, epoch)
+        if key_grant is None:
+            key_grant = await sync_to_async(load_key_grant)(key, epoch)
+            if key_grant is None:
+                return None
+            self.access.keep_key(key, key_grant)
+        session = self.access.session(session_id, epoch)
+        if session is None:
+            session = await sync_to_async(load_session_grant)(session_id, epoch)
+            if session is None:
+                return None
+            self.access.keep_session(session)
+        return key_grant, session
+
+    async def before(self, key: str, session_id: str) -> Grants | None:
+        grants = await self.load(key, session_id, self.last_epoch)
+        if grants is None or not grants[1].serves(grants[0].workspace_id, time.time()):
+            return None
+        return grants
+
+    async def after(self, key: str, session_id: str, grants: Grants, epoch: str) -> Grants | None:
+        self.last_epoch = epoch
+        if grants[0].epoch == epoch and grants[1].epoch == epoch:
+            return grants
+        reloaded = await self.load(key, session_id, epoch)
+        if (reloaded is None or reloaded[0].key_id != grants[0].key_id
+                or reloaded[1].terminal != grants[1].terminal
+                or not reloaded[1].serves(reloaded[0].workspace_id, time.time())):
+            return None
+        return reloaded

@@ -5,17 +5,20 @@ These three reads are the bulk of a trading client's traffic and are answered fr
 a session query and three Redis round trips each; here they cost a share of one Redis round trip:
 
 * every request waiting at once is served by **one pipelined round trip** that starts after each of them
-  arrived (``_RoundTrips``): it reads the access epoch, each terminal's snapshot and its last-change mark,
-  and counts each request against its rate limits (the same sliding-window script and keys as
-  ``bridge_project.ratelimit``, one call per request, so limits stay exact across processes);
-* the API key and the session come from ``sessions.access`` (cached, invalidated at once by the epoch);
+  arrived (``trading.front.RoundTrips``): it reads the access epoch, the terminal's snapshot version and
+  last-change mark, and counts each request against its rate limits (the same sliding-window script and
+  keys as ``bridge_project.ratelimit``, one call per request, so limits stay exact across processes); the
+  snapshot itself is read only when its version changed;
+* the API key and the session come from ``sessions.access`` (cached, invalidated at once by the epoch:
+  ``trading.front.Vouchers``);
 * the body is rendered once per snapshot and route (and gzipped once, for clients that accept it).
 
 Whatever this path cannot vouch for goes the full way, unchanged, to Django, which gives the documented
 answer: a query string, an unknown or revoked key, a session that is not active or past its expiry, a
 snapshot missing, stale, older than the last change the bridge made at the terminal (read-your-writes),
 of another session or from a disconnected terminal, a rate limit reached, a bad or repeated
-``x-request-id``, an oversized header, Redis unreachable. So the answers are those of the full path:
+``x-request-id``, an oversized header, a Host not allowed, plain http under ``SECURE_SSL_REDIRECT``, Redis
+unreachable. So the answers are those of the full path:
 the same body and headers (a test compares them), only sooner.
 """
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import json
 import logging
 import secrets
@@ -32,23 +34,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from redis.exceptions import NoScriptError
 
 from bridge_project import metrics, ratelimit
 from bridge_project.middleware import REQUEST_ID_RE
-from sessions.access import (
-    ACCESS_EPOCH_KEY,
-    AccessCache,
-    KeyGrant,
-    SessionGrant,
-    load_key_grant,
-    load_session_grant,
-    new_epoch,
-    parse_bearer,
-)
+from sessions.access import KeyGrant, SessionGrant, parse_bearer
 from trading import front
 from trading.reads.snapshots import TerminalSnapshot, changed_key, snapshot_key, snapshot_version_key
 
@@ -115,101 +105,16 @@ def _with_random_name(packed: bytes) -> bytes:
     return bytes(header) + name + b"\x00" + packed[10:]
 
 
-@dataclass
-class _Ask:
-    """One request's share of a round trip."""
+class _Snapshots:
+    """Each terminal's last snapshot as this process parsed it, read again only when its version changed."""
 
-    terminal: str
-    limits: tuple[list[str], list[Any]] | None  # the rate-limit script's keys and args
-    done: asyncio.Future
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.rendered: dict[str, _Rendered] = {}
 
-
-@dataclass
-class _Answer:
-    epoch: str
-    snapshot: _Rendered | None
-    changed_at: float
-    rate_wait_us: int  # 0: allowed and counted
-
-
-class _RoundTrips:
-    """Coalesces the Redis work of concurrent requests into one pipelined round trip at a time.
-
-    A request joins the next round trip that has not started yet, so what it reads is never older than
-    the request itself (what read-your-writes and revocation need)."""
-
-    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self.script_sha = hashlib.sha1(ratelimit.SLIDING_WINDOW_LUA.encode()).hexdigest()
-        self.pending: list[_Ask] = []
-        self.running = False
-        self.rendered: dict[str, _Rendered] = {}  # terminal -> its last snapshot
-
-    async def ask(self, terminal: str, limits: tuple[list[str], list[Any]] | None) -> _Answer:
-        ask = _Ask(terminal, limits, asyncio.get_running_loop().create_future())
-        self.pending.append(ask)
-        if not self.running:
-            self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await ask.done
-
-    async def _drain(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                try:
-                    try:
-                        answers = await self._round_trip(batch)
-                    except NoScriptError:  # a Redis that never saw the script (or was restarted): load it
-                        await self.client.script_load(ratelimit.SLIDING_WINDOW_LUA)
-                        answers = await self._round_trip(batch)
-                except Exception as exc:  # Redis unreachable or failing: every request goes the full way
-                    for ask in batch:
-                        if not ask.done.done():
-                            ask.done.set_exception(exc)
-                    continue
-                for ask, answer in zip(batch, answers, strict=True):
-                    if not ask.done.done():
-                        ask.done.set_result(answer)
-        finally:
-            self.running = False
-
-    async def _round_trip(self, batch: list[_Ask]) -> list[_Answer]:
-        terminals = sorted({ask.terminal for ask in batch})
-        keys = [ACCESS_EPOCH_KEY]
-        for terminal in terminals:
-            keys += [snapshot_version_key(terminal), changed_key(terminal)]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget(keys)
-        for ask in batch:
-            if ask.limits is not None:
-                keys_, args = ask.limits
-                pipe.evalsha(self.script_sha, len(keys_), *keys_, secrets.token_hex(8), *args)
-        results = await pipe.execute()
-        values = results[0]
-        waits = iter(results[1:])
-        epoch = values[0]
-        if epoch is None:  # Redis lost it (a restart): a new epoch, so no cached grant is trusted
-            fresh = new_epoch()
-            await self.client.set(ACCESS_EPOCH_KEY, fresh, nx=True)
-            epoch = await self.client.get(ACCESS_EPOCH_KEY) or fresh.encode()
-        epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        by_terminal = {}
-        for i, terminal in enumerate(terminals):
-            version, changed = values[1 + 2 * i], values[2 + 2 * i]
-            by_terminal[terminal] = (await self._snapshot(terminal, version), float(changed or 0.0))
-        answers = []
-        for ask in batch:
-            rendered, changed_at = by_terminal[ask.terminal]
-            wait = int(next(waits)) if ask.limits is not None else 0
-            answers.append(_Answer(epoch_text, rendered, changed_at, wait))
-        return answers
-
-    async def _snapshot(self, terminal: str, version: bytes | None) -> _Rendered | None:
-        """The terminal's snapshot of ``version``: the one parsed before when it is that version, else
-        read (once per poll cycle) and parsed; None when there is none (or it is unreadable)."""
-        if version is None or not terminal:
+    async def get(self, terminal: str, version: bytes | None) -> _Rendered | None:
+        """The terminal's snapshot of ``version``; None when there is none (or it is unreadable)."""
+        if version is None:
             return None
         rendered = self.rendered.get(terminal)
         if rendered is not None and rendered.version == version:
@@ -221,9 +126,8 @@ class _RoundTrips:
             snapshot = TerminalSnapshot.from_json(raw)
         except (ValueError, TypeError):
             return None
-        if repr(snapshot.taken_at).encode() != version:  # replaced between the two reads: take it as it is
-            version = repr(snapshot.taken_at).encode()
-        rendered = self.rendered[terminal] = _Rendered(version, snapshot)
+        # Replaced between the two reads: this one is as new or newer, and carries its own taken_at.
+        rendered = self.rendered[terminal] = _Rendered(repr(snapshot.taken_at).encode(), snapshot)
         return rendered
 
 
@@ -279,9 +183,9 @@ class HotReads:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.enabled = settings.BRIDGE_HOT_READS
-        self.access = AccessCache()
-        self._round_trips: _RoundTrips | None = None
-        self.last_epoch = ""  # the access epoch the last round trip read
+        self.vouchers = front.Vouchers()
+        self._round_trips: front.RoundTrips | None = None
+        self._snapshots: _Snapshots | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.enabled and scope["type"] == "http":
@@ -294,73 +198,38 @@ class HotReads:
                 return
         await self.app(scope, receive, send)
 
-    def round_trips(self) -> _RoundTrips:
+    def round_trips(self) -> front.RoundTrips:
         """The round trips of the running event loop (a connection belongs to one loop)."""
         loop = asyncio.get_running_loop()
         if self._round_trips is None or self._round_trips.loop is not loop:
-            self._round_trips = _RoundTrips(settings.REDIS_URL, loop)
+            self._round_trips = front.RoundTrips(settings.REDIS_URL, loop)
+            self._snapshots = _Snapshots(self._round_trips.client)
         return self._round_trips
-
-    async def _grants(self, request: _Request, epoch: str) -> tuple[KeyGrant, SessionGrant] | None:
-        """The key's and the session's grants under ``epoch``: cached, else loaded from the database."""
-        key = self.access.key(request.key, epoch)
-        if key is None:
-            key = await sync_to_async(load_key_grant)(request.key, epoch)
-            if key is None:
-                return None
-            self.access.keep_key(request.key, key)
-        session = self.access.session(request.session_id, epoch)
-        if session is None:
-            session = await sync_to_async(load_session_grant)(request.session_id, epoch)
-            if session is None:
-                return None
-            self.access.keep_session(session)
-        return key, session
-
-    @staticmethod
-    def _servable(answer: _Answer, session: SessionGrant) -> _Rendered | None:
-        """The terminal's snapshot when it may answer this session (fresh, after the last change the
-        bridge made at the terminal, of this session's account, connected), else None."""
-        rendered = answer.snapshot
-        if rendered is None:
-            return None
-        snapshot = rendered.snapshot
-        if (snapshot.taken_at < answer.changed_at or snapshot.age() > settings.BRIDGE_SNAPSHOT_MAX_AGE
-                or snapshot.session_id != session.session_id or snapshot.account.get("login") != session.login
-                or not snapshot.connected):
-            return None
-        return rendered
 
     async def _answer(self, scope: dict[str, Any], request: _Request, send: Any) -> bool:
         """True when the request was answered here. A request counted against its rate limits here and
         then handed to Django is marked in its scope, so Django does not count it again."""
         trips = self.round_trips()
         try:
-            # The grants under the last epoch seen say which terminal to read and which limits to count;
-            # the round trip then reads the current epoch. When it moved on (a session or key changed
-            # somewhere), the grants are reloaded under it: the database then is at least as new as that
-            # epoch, so the round trip's snapshot may answer if the reloaded grants still allow it.
-            grants = await self._grants(request, self.last_epoch)
-            if grants is None or not grants[1].serves(grants[0].workspace_id, time.time()):
+            grants = await self.vouchers.before(request.key, request.session_id)
+            if grants is None:
                 return False
-            key, session = grants
-            answer = await trips.ask(session.terminal, _limits(key))
-            self.last_epoch = answer.epoch
-            if answer.rate_wait_us > 0:
+            terminal = grants[1].terminal
+            epoch, (version, changed, *waits) = await trips.ask([
+                ("get", (snapshot_version_key(terminal),)), ("get", (changed_key(terminal),)),
+                *front.rate_limit_command(_limits(grants[0])),
+            ])
+            if waits and int(waits[0]) > 0:
                 return False  # over a limit (not counted): the full path counts it and answers 429
             scope[ratelimit.SCOPE_CHECKED] = True
-            if answer.epoch != key.epoch or answer.epoch != session.epoch:
-                reloaded = await self._grants(request, answer.epoch)
-                if (reloaded is None or reloaded[0].key_id != key.key_id
-                        or reloaded[1].terminal != session.terminal
-                        or not reloaded[1].serves(reloaded[0].workspace_id, time.time())):
-                    return False
-                key, session = reloaded
+            grants = await self.vouchers.after(request.key, request.session_id, grants, epoch)
+            if grants is None:
+                return False
+            rendered = await self._snapshots.get(terminal, version)
         except Exception:  # Redis (or the database) in trouble: the full path handles it
             logger.debug("hot read handed to the full path", exc_info=True)
             return False
-        rendered = self._servable(answer, session)
-        if rendered is None:
+        if rendered is None or not _servable(rendered.snapshot, float(changed or 0.0), grants[1]):
             return False
         try:
             body, headers = rendered.answer(request.route, request.gzip_ok)
@@ -371,3 +240,11 @@ class HotReads:
                                 (b"x-request-id", request.request_id), *front.security_headers(request.secure)]})
         await send({"type": "http.response.body", "body": body})
         return True
+
+
+def _servable(snapshot: TerminalSnapshot, changed_at: float, session: SessionGrant) -> bool:
+    """The snapshot may answer this session: fresh, taken after the last change the bridge made at the
+    terminal (read-your-writes), of this session's account, with the terminal connected to its broker."""
+    return (snapshot.taken_at >= changed_at and snapshot.age() <= settings.BRIDGE_SNAPSHOT_MAX_AGE
+            and snapshot.session_id == session.session_id and snapshot.account.get("login") == session.login
+            and snapshot.connected)
