@@ -27,7 +27,7 @@ from trading.ledger import (
 from trading.models import TaskKind, TaskState, TradeTask
 from trading.orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
 from trading.outbox import publish_task, publish_tasks
-from trading.states import task_change, task_create
+from trading.states import task_change, tasks_create_batch
 from trading.symbol_specs import get_spec
 
 
@@ -105,54 +105,65 @@ class OrderWrite:
 
 
 def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeError | None]:
-    """``order_place`` for many orders in ONE transaction (one commit, one broker round trip for all the
-    publishes): per write its Outcome (new or replayed), its BridgeError (409 TaskConflict), or None when
-    it must be answered by ``order_place`` itself (its insert lost a race: the full path replays it).
+    """``order_place`` for many orders in ONE transaction (one commit, one INSERT of the tasks and one of
+    their transitions, one broker round trip for all the publishes): per write its Outcome (new or
+    replayed), its BridgeError (409 TaskConflict), or None when it must be answered by ``order_place``
+    itself (its insert lost a race with another process: the full path replays it from the ledger).
 
-    The rules are order_place's: fingerprint with the account, the earlier answer to a request id first,
-    the unique index as the arbiter, ``states.task_create`` the only insert, the publish after commit with
+    The rules are order_place's: fingerprint with the account, the earlier answer to a request id first
+    (a second write of a request id in the same batch is the first one's replay, or its conflict), the
+    unique index as the arbiter, ``states.tasks_create_batch`` the insert, the publish after commit with
     ``published_at`` stamped (the outbox). Used by the hot write path (``trading.hotwrites``), from one
-    writer thread, so the web process holds the SQLite write lock once per batch instead of per order."""
+    writer thread, so the web process holds the database's write lock once per batch instead of per order."""
     results: list[Outcome | BridgeError | None] = [None] * len(writes)
     fps = [fingerprint("order.create", "", w.data, account=f"{w.account.login}@{w.account.server}") for w in writes]
-    previous: dict[tuple[int, str], TradeTask] = {}
     by_workspace: dict[int, list[str]] = {}
     for w in writes:
         if not w.fresh_id:
             by_workspace.setdefault(w.account.workspace_id, []).append(w.request_id)
-    published: list[tuple[str, str]] = []
     with transaction.atomic():
+        previous: dict[tuple[int, str], TradeTask] = {}
         for workspace_id, request_ids in by_workspace.items():
             for request_id, task in find_previous_many(workspace_id, request_ids).items():
                 previous[(workspace_id, request_id)] = task
+        first: dict[tuple[int, str], int] = {}  # request id -> the write of this batch that inserts it
+        new: dict[int, TradeTask] = {}
         for i, (w, fp) in enumerate(zip(writes, fps, strict=True)):
-            earlier = previous.get((w.account.workspace_id, w.request_id))
+            key = (w.account.workspace_id, w.request_id)
+            earlier = previous.get(key)
             if earlier is not None:
-                try:
-                    results[i] = previous_outcome(w.request_id, fp, earlier)
-                except BridgeError as exc:
-                    results[i] = exc
-                continue
-            task = TradeTask(
-                workspace_id=w.account.workspace_id, session_id=w.account.session_id,
-                terminal_id=w.account.terminal_id, request_id=w.request_id, fingerprint=fp,
-                kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
-            )
-            try:
-                task_create(task=task)  # its own savepoint: a unique violation rolls back this task only
-            except IntegrityError:
-                continue  # the same request id in this batch or another process, or a tag collision: None
-            previous[(w.account.workspace_id, w.request_id)] = _as_previous(task, fp)
-            published.append((task.id, w.account.terminal_name))
-            results[i] = Outcome(task, task.status_code, False)
+                results[i] = _answer_previous(w.request_id, fp, earlier)
+            elif key not in first:
+                first[key] = i
+                new[i] = TradeTask(
+                    workspace_id=w.account.workspace_id, session_id=w.account.session_id,
+                    terminal_id=w.account.terminal_id, request_id=w.request_id, fingerprint=fp,
+                    kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
+                )
+        created = {task.id for task in tasks_create_batch(tasks=list(new.values()))}
+        published = []
+        for i, task in new.items():
+            if task.id in created:  # else its request id (or tag) was taken meanwhile: None, the full path
+                results[i] = Outcome(task, task.status_code, False)
+                published.append((task.id, writes[i].account.terminal_name))
+        for i, (w, fp) in enumerate(zip(writes, fps, strict=True)):
+            j = first.get((w.account.workspace_id, w.request_id))
+            if j is not None and j != i and j in new and new[j].id in created:
+                results[i] = _answer_previous(w.request_id, fp, _as_previous(new[j]))
         transaction.on_commit(lambda: publish_tasks(published))
     return results
 
 
-def _as_previous(task: TradeTask, fp: str) -> TradeTask:
-    """A task inserted in this batch, as ``find_previous_many`` gives it (a second write of the same
-    request id in the same batch is its replay or its conflict)."""
-    task.previous_fingerprint, task.previous_status = fp, task.status_code
+def _answer_previous(request_id: str, fp: str, earlier: TradeTask) -> Outcome | BridgeError:
+    try:
+        return previous_outcome(request_id, fp, earlier)
+    except BridgeError as exc:
+        return exc
+
+
+def _as_previous(task: TradeTask) -> TradeTask:
+    """A task inserted in this batch, as ``find_previous_many`` gives one."""
+    task.previous_fingerprint, task.previous_status = task.fingerprint, task.status_code
     return task
 
 
