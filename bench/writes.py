@@ -1,7 +1,8 @@
 """The write path of POST /orders on the embedded default (issue #13, phase 2 and 5 of bench/compare.py only).
 
     .venv/bin/python bench/writes.py [--single 200] [--load-seconds 10] [--clients 32] [--rounds 1]
-                                     [--profile /tmp/daphne.svg]  (py-spy on daphne during the first load run)
+                                     [--profile /tmp/daphne.txt]  (py-spy on daphne during the first load run:
+                                      .txt raw stacks, .svg flame graph; py-spy from PATH or /tmp/pyspy)
 
 It starts the stack as bench/compare.py does (``manage.py run_bridge``: SQLite WAL, its own redis-server,
 daphne, the pinned worker draining meanwhile; and compare's direct baseline, idle here), opens a session,
@@ -61,12 +62,12 @@ class WriteBench(Bench):
         print(f"   task row created -> 202 at the client p50 {pct(after, 50):6.1f} ms   p99 {pct(after, 99):6.1f} ms")
         wait_final([t[0] for t in timeline], 120)
 
-    def writes_only(self, round_no: int, port: int | None = None, label: str = "") -> None:
+    def writes_only(self, round_no: int) -> None:
         from trading.models import TradeTask
 
         clients, seconds = self.args.clients, self.args.load_seconds
-        port = port or self.web_port
-        say(f"2. round {round_no}{label}: POST /orders, {clients} clients, {seconds:.0f} s (load average {load_avg()})")
+        port = self.web_port
+        say(f"2. round {round_no}: POST /orders, {clients} clients, {seconds:.0f} s (load average {load_avg()})")
         spy = None
         if self.args.profile and round_no == 1:
             daphne = self.roles.get("web (daphne)") or []
@@ -77,8 +78,6 @@ class WriteBench(Bench):
                                    env={**os.environ, "PYTHONPATH": "/tmp/pyspy"})
             time.sleep(0.5)
         roles = {r: self.roles[r] for r in ("web (daphne)", "worker", "redis-server")}
-        if port != self.web_port:
-            roles["web (daphne)"] = self.full_daphne
         cpu0, t0 = {r: cpu_seconds(p) for r, p in roles.items()}, time.monotonic()
         o = load(port, "POST", "/mt5/client/orders", self.headers, ORDER, clients, seconds,
                  lambda s, b: s == 202)
@@ -95,38 +94,14 @@ class WriteBench(Bench):
         wait_final(backlog, 600)
         say(f"   backlog of {len(backlog)} drained in {time.monotonic() - t0:.1f} s")
 
-    def hot_daphne(self) -> None:
-        """A second daphne on the same stack (same SQLite, Redis, worker) serving bench/hot_asgi.py:
-        bridge_project.asgi's application with trading.hotwrites.HotWrites in front."""
-        from bench.common import free_port, wait_port
-
-        self.full_port, self.full_daphne = self.web_port, self.roles["web (daphne)"]
-        port = free_port()
-        proc = self.started.start("hot-daphne", [sys.executable, "-m", "workers.stack", "daphne", "-b", "127.0.0.1",
-                                          "-p", str(port), "bench.hot_asgi:application"], self.env)
-        wait_port(port)
-        self.web_port = port
-        from bench.compare import Client
-
-        self.ours = Client(port, self.headers)
-        for i in range(5):
-            status, task = self.ours.call("POST", "/mt5/client/orders", ORDER, {"x-request-id": f"hot-warm-{i}"})
-            assert status == 202, (status, task)
-        self.roles["web (daphne)"] = [proc.pid]
-        say(f"   serving through HotWrites on port {port} (pids {self.roles['web (daphne)']})")
-
     def run(self) -> None:
         self.start()
         self.open_session()
         self.warm_up()
-        if self.args.hot:
-            self.hot_daphne()
         if self.args.single:
             self.single()
         for i in range(self.args.rounds):
-            self.writes_only(i + 1, label=" (HotWrites)" if self.args.hot else "")
-            if self.args.hot and self.args.both:
-                self.writes_only(i + 1, self.full_port, " (run_bridge's daphne: the full Django path)")
+            self.writes_only(i + 1)
 
 
 def main() -> None:
@@ -137,8 +112,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--profile", default="", help="py-spy output (.svg flame graph, .txt raw) of the first run")
     parser.add_argument("--redis-url", default="")
-    parser.add_argument("--hot", action="store_true", help="through bench/hot_asgi.py (HotWrites in front)")
-    parser.add_argument("--both", action="store_true", help="with --hot: each round also through run_bridge's daphne")
     args = parser.parse_args()
     args.orders, args.seconds, args.idle_seconds, args.drain = 0, 0.0, 0.0, 0
     bench = WriteBench(args)
