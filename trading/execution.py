@@ -134,8 +134,10 @@ def _terminal_row(name: str) -> Terminal | None:
 # lease, and a claimed task never becomes queued again).
 BATCH_SIZE = 64
 BATCH_BUDGET = 1.0  # s
-# A marked task is sent only this soon after its batch's marks committed: a worker paused longer (a frozen
-# VM) could have been replaced and its marked tasks settled by recovery; it must not send them late.
+# A marked task is sent at most this long after its mark was committed: when a batch's sends are slower,
+# the rest is marked again (fenced by the lease token) first. Recovery counts BRIDGE_INFLIGHT_BOUND from a
+# task's send mark, so a task is never sent long after the mark recovery goes by, and a worker that lost
+# its lease (paused past it) cannot mark again and sends nothing more.
 SEND_WINDOW = 5.0  # s (well inside BRIDGE_INFLIGHT_BOUND)
 EXECUTED_LIMIT = 100_000
 _executed: OrderedDict[str, str] = OrderedDict()
@@ -588,16 +590,18 @@ def send_batch(tasks: list[TradeTask], lease: Lease) -> dict[str, str]:
             outcomes[task.id] = prepared
             continue
         ready.append((task, *prepared))
-    marked = tasks_mark_sent_batch(lease=lease, marks=[(task, request) for task, request, _ in ready])
+    pending = _marked(ready, lease, outcomes)
     marked_at = time.monotonic()
     definite: list[tuple[TradeTask, str, dict[str, Any], dict[str, Any]]] = []
-    for index, ((task, request, info), ok) in enumerate(zip(ready, marked, strict=True)):
-        if not ok:
-            outcomes[task.id] = _refused_mark(task, lease)
-            continue
+    for index, (task, request, info) in enumerate(pending):
+        if task.id in outcomes:
+            continue  # its fresh mark was refused
         if time.monotonic() - marked_at > SEND_WINDOW:
-            outcomes[task.id] = _fail_unsent(task, request)
-            continue
+            # Slow sends: mark the rest again (fenced), so that none is sent long after its mark.
+            _marked([p for p in pending[index:] if p[0].id not in outcomes], lease, outcomes)
+            marked_at = time.monotonic()
+            if task.id in outcomes:
+                continue
         result, error = gw.order_send(request)
         crash_point("after_send")
         crash_point(f"batch_send_{index + 1}")
@@ -624,17 +628,15 @@ def _after_batch_send(gw: TerminalGateway, task: TradeTask, request: dict[str, A
     return _send_prepared(gw, task, request, info, lease, sent=answer)
 
 
-def _fail_unsent(task: TradeTask, request: dict[str, Any]) -> str:
-    """A marked task this process did not send (its batch outlived SEND_WINDOW): nothing can send it any
-    more (a marked task is never sent again), so it certainly never executed."""
-    moved = task_change(task_id=task.id, from_states=[TaskState.DISPATCHED], to_state=TaskState.FAILED,
-                        detail={"reason": "send_window"}, fields={"result": {"error": {
-                            "code": "NotExecuted", "message": "marked sent but never sent: its batch outlived the "
-                            "send window (the worker was paused or slow)"}, "source": "bridge"}})
-    if moved is not None:
-        task.state = moved.state
-    logger.warning("task %s not sent: its batch outlived the send window", task.id)
-    return "failed-send-window"
+def _marked(ready: list[tuple[TradeTask, dict[str, Any], Any]], lease: Lease,
+            outcomes: dict[str, str]) -> list[tuple[TradeTask, dict[str, Any], Any]]:
+    """Commit the send marks of ``ready`` in one transaction; a task whose mark is refused gets its
+    outcome (``_refused_mark``). The tasks that may be sent now."""
+    marked = tasks_mark_sent_batch(lease=lease, marks=[(task, request) for task, request, _ in ready])
+    for (task, _, _), ok in zip(ready, marked, strict=True):
+        if not ok:
+            outcomes[task.id] = _refused_mark(task, lease)
+    return [entry for entry, ok in zip(ready, marked, strict=True) if ok]
 
 
 def _result_change(task: TradeTask, request: dict[str, Any], result: Any, retries: int

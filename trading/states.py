@@ -331,18 +331,19 @@ def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int, defer_events: b
     sql = (f"UPDATE {table} SET state = %s, attempts = attempts + 1, dispatched_at = %s, updated_at = %s "
            f"WHERE state = %s AND terminal_id = %s AND (id = %s OR id IN (SELECT id FROM {table} "
            f"WHERE terminal_id = %s AND state = %s ORDER BY created_at LIMIT %s)) "
-           f"AND EXISTS (SELECT 1 FROM {terminals} WHERE id = %s AND lease_token = %s) RETURNING id, attempts")
+           f"AND EXISTS (SELECT 1 FROM {terminals} WHERE id = %s AND lease_token = %s) RETURNING "
+           + ", ".join(quote(field.column) for field in TradeTask._meta.concrete_fields))
     stamp = _prep(TradeTask, "dispatched_at", now)
     params = [TaskState.DISPATCHED, stamp, stamp, TaskState.QUEUED, lease.terminal_id, task_id, lease.terminal_id,
               TaskState.QUEUED, limit, lease.terminal_id, lease.token]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        claimed = dict(cursor.fetchall())
-        _record(cursor, [(tid, TaskState.QUEUED, TaskState.DISPATCHED, {"attempt": n}) for tid, n in claimed.items()],
-                now)
-        if not claimed:
+    with transaction.atomic():
+        # The claimed rows as the ORM reads them (its converters), from the UPDATE itself.
+        tasks = sorted(TradeTask.objects.raw(sql, params), key=lambda task: (task.created_at, task.id))
+        if not tasks:
             return []
-        tasks = list(TradeTask.objects.filter(id__in=list(claimed)).order_by("created_at", "id"))
+        with connection.cursor() as cursor:
+            _record(cursor, [(task.id, TaskState.QUEUED, TaskState.DISPATCHED, {"attempt": task.attempts})
+                             for task in tasks], now)
         events = [(task.session_id, order_event(task, previous=TaskState.QUEUED)) for task in tasks]
         if defer_events:
             transaction.on_commit(lambda: _deferred.extend(events))

@@ -167,6 +167,30 @@ def test_d_killed_mid_batch_each_task_is_at_most_one_order_the_sent_adopted_the_
         assert len(sim(TERMINAL).broker_orders_of(task)) == orders[task.id], task.id
 
 
+def test_e_a_batch_slower_than_the_send_window_marks_its_rest_again_before_sending(stack, client, sim, control) -> None:
+    """No task of a batch is sent long after its send mark (recovery counts the in-flight bound from the
+    mark): when the batch's sends outlast SEND_WINDOW (5 s), the rest is marked again (fenced) first."""
+    worker = _restart(stack)
+    sid = open_session(client, TERMINAL)
+    assert wait_final(_post(client, sid, "slow-warm")).state == "filled"
+    worker.kill(signal.SIGSTOP)
+    try:
+        ids = [_post(client, sid, f"slow-{i}") for i in range(2)]
+        control(TERMINAL).delay(6.0, ["order_send"])  # each order_send of the batch takes 6 s
+    finally:
+        worker.kill(signal.SIGCONT)
+    tasks = [wait_final(task_id, timeout=40) for task_id in ids]
+    marks = {t.id: list(TaskTransition.objects.filter(task=t, detail__change="sent").values_list("at", flat=True))
+             for t in tasks}
+    assert [t.state for t in tasks] == ["filled", "filled"], [t.result for t in tasks]
+    assert [len(sim(TERMINAL).broker_orders_of(t)) for t in tasks] == [1, 1]
+    first, second = tasks
+    assert len(marks[first.id]) == 1 and len(marks[second.id]) == 2, marks
+    # The second's fresh mark came after the first's 6-second send, right before its own send.
+    assert (marks[second.id][1] - marks[first.id][0]).total_seconds() > 5.0
+    assert TradeTask.objects.get(id=second.id).sent_at == marks[second.id][1]
+
+
 def test_sent_but_never_executed_fails_after_the_in_flight_bound(stack, client, sim, control, settings) -> None:
     _restart(stack, {"BRIDGE_INFLIGHT_BOUND": "2", "BRIDGE_RECONCILE_AFTER": "1"})
     sid = open_session(client, TERMINAL)
