@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from bridge_project.errors import Conflict
+from streams.publisher import publish_events
 
-from .models import RequestReceipt, TradeTask
+from .events import order_event
+from .models import RequestReceipt, TaskState, TaskTransition, TradeTask
 from .states import task_create
+
+logger = logging.getLogger("bridge.trading.ledger")
 
 
 def fingerprint(operation: str, target: str, payload: dict[str, Any], *, account: str) -> str:
@@ -128,3 +134,45 @@ def record_receipt(workspace_id: int, request_id: str, fp: str, task: TradeTask,
             workspace_id=workspace_id, request_id=request_id, fingerprint=fp, task=task, status_code=status_code
         )
     return Outcome(task, status_code, False)
+
+
+def tasks_insert_batch(*, tasks: list[TradeTask]) -> list[TradeTask]:
+    """``states.task_create`` for a batch of new (queued) tasks, in the caller's transaction: one INSERT of
+    the tasks, one of their first transitions ('' → queued), their ``order`` events in one round trip after
+    commit. A task whose request id or tag is taken (by another process, or an earlier row of the batch) is
+    skipped (``ON CONFLICT DO NOTHING``), not raised: the tasks inserted are returned, the caller answers
+    the others from the ledger. Plain SQL that PostgreSQL and SQLite (3.35+) both run. It lives beside
+    ``insert_or_replay`` (the hot write path's insert, ``services.orders_place_batch``); every later
+    change of these tasks goes through ``states.task_change`` as for any other."""
+    if not tasks:
+        return []
+    quote = connection.ops.quote_name
+    fields = list(TradeTask._meta.concrete_fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [f.get_db_prep_save(f.pre_save(task, True), connection) for task in tasks for f in fields]
+    at = TaskTransition._meta.get_field("at").get_db_prep_save(timezone.now(), connection)
+    detail = TaskTransition._meta.get_field("detail").get_db_prep_save({}, connection)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(TradeTask._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+            f"VALUES {', '.join([row] * len(tasks))} ON CONFLICT DO NOTHING RETURNING {quote('id')}", params)
+        inserted = {found for (found,) in cursor.fetchall()}
+        created = [task for task in tasks if task.id in inserted]
+        if created:
+            cursor.execute(
+                f"INSERT INTO {quote(TaskTransition._meta.db_table)} (task_id, from_state, to_state, at, detail) "
+                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s)"] * len(created)),
+                [value for task in created for value in (task.id, "", TaskState.QUEUED, at, detail)])
+    for task in created:
+        task._state.adding = False
+    events = [(task.session_id, "order", order_event(task, previous="", change=""), None) for task in created]
+    if events:
+        transaction.on_commit(lambda: _publish(events))
+    return created
+
+
+def _publish(events: list) -> None:
+    try:
+        publish_events(events)
+    except Exception:  # the ledger already holds the tasks; the stream is best effort
+        logger.exception("publishing %d order events failed", len(events))

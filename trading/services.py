@@ -23,11 +23,12 @@ from trading.ledger import (
     insert_or_replay,
     previous_outcome,
     record_receipt,
+    tasks_insert_batch,
 )
 from trading.models import TaskKind, TaskState, TradeTask
 from trading.orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
 from trading.outbox import publish_task, publish_tasks
-from trading.states import task_change, tasks_create_batch
+from trading.states import task_change
 from trading.symbol_specs import get_spec
 
 
@@ -112,7 +113,7 @@ def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeErro
 
     The rules are order_place's: fingerprint with the account, the earlier answer to a request id first
     (a second write of a request id in the same batch is the first one's replay, or its conflict), the
-    unique index as the arbiter, ``states.tasks_create_batch`` the insert, the publish after commit with
+    unique index as the arbiter, ``ledger.tasks_insert_batch`` the insert, the publish after commit with
     ``published_at`` stamped (the outbox). Used by the hot write path (``trading.hotwrites``), from one
     writer thread, so the web process holds the database's write lock once per batch instead of per order."""
     results: list[Outcome | BridgeError | None] = [None] * len(writes)
@@ -140,7 +141,7 @@ def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeErro
                     terminal_id=w.account.terminal_id, request_id=w.request_id, fingerprint=fp,
                     kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
                 )
-        created = {task.id for task in tasks_create_batch(tasks=list(new.values()))}
+        created = {task.id for task in tasks_insert_batch(tasks=list(new.values()))}
         published = []
         for i, task in new.items():
             if task.id in created:  # else its request id (or tag) was taken meanwhile: None, the full path

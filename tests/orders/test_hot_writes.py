@@ -292,10 +292,11 @@ def test_the_lean_message_is_the_one_kombu_writes() -> None:
 
 
 def test_a_batch_insert_skips_a_task_whose_request_id_is_taken_and_keeps_the_others(live: Live) -> None:
-    """states.tasks_create_batch: the unique index arbitrates per row (ON CONFLICT DO NOTHING), so a request
+    """ledger.tasks_insert_batch: the unique index arbitrates per row (ON CONFLICT DO NOTHING), so a request
     id taken meanwhile (by another process, after the batch's lookup) costs that row only."""
+    from trading.ledger import tasks_insert_batch
     from trading.orders import new_tag
-    from trading.states import task_create, tasks_create_batch
+    from trading.states import task_create
 
     def task(rid: str) -> TradeTask:
         return TradeTask(workspace_id=live.workspace.id, session_id=live.session.id,
@@ -304,7 +305,7 @@ def test_a_batch_insert_skips_a_task_whose_request_id_is_taken_and_keeps_the_oth
 
     taken = task("batch-taken")
     task_create(task=taken)
-    created = tasks_create_batch(tasks=[task("batch-taken"), task("batch-new"), task("batch-new")])
+    created = tasks_insert_batch(tasks=[task("batch-taken"), task("batch-new"), task("batch-new")])
     assert [t.request_id for t in created] == ["batch-new"]
     assert TradeTask.objects.filter(request_id="batch-taken").get().id == taken.id
     assert list(TaskTransition.objects.filter(task=created[0]).values_list("from_state", "to_state")) == [("", "queued")]
