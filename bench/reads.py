@@ -182,13 +182,13 @@ def _arguments() -> argparse.Namespace:
 
 def _start_stack(procs: Procs, args: argparse.Namespace, env: dict[str, str], work: Path, address: str,
                  sim_port: int, web_port: int) -> None:
-    """The terminal, its pinned worker, read process and poller, and the REST tier; ready when this returns."""
+    """The terminal, its one bridge process (the pinned worker, running the read loop and the poller as
+    threads), and the REST tier; ready when this returns."""
     procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
                         str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
     wait_port(sim_port)
-    procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
-    procs.start("reader", [PYTHON, "manage.py", "run_terminal_reader", TERMINAL], env)
-    procs.start("poller", [PYTHON, "manage.py", "run_terminal_poller", TERMINAL], env)
+    procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING",
+                           "--settings=bridge_project.settings_terminal"], env)
     if args.server == "gunicorn":  # the REST tier of docker-compose: sync WSGI workers
         procs.start("web", [PYTHON, "-m", "gunicorn", "-b", f"127.0.0.1:{web_port}", "-w", str(args.web_workers),
                             "-k", "sync", "--log-level", "warning", "bridge_project.wsgi:application"], env)
