@@ -70,18 +70,20 @@ if replayable then
     redis.call('DEL', KEYS[2])
     redis.call('XADD', KEYS[2], 'MAXLEN', maxlen, seq .. '-0', 't', now_ms, 'e', body, 'c', channel)
   end
-  local cutoff = now_ms - max_age_ms
-  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  if #first > 0 and tonumber(first[1][2][2]) < cutoff then
-    local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1024)
-    local keep = seq .. '-0'
-    for _, entry in ipairs(batch) do
-      if tonumber(entry[2][2]) >= cutoff then keep = entry[1]; break end
+  if not LIGHT then
+    local cutoff = now_ms - max_age_ms
+    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if #first > 0 and tonumber(first[1][2][2]) < cutoff then
+      local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1024)
+      local keep = seq .. '-0'
+      for _, entry in ipairs(batch) do
+        if tonumber(entry[2][2]) >= cutoff then keep = entry[1]; break end
+      end
+      redis.call('XTRIM', KEYS[2], 'MINID', keep)
     end
-    redis.call('XTRIM', KEYS[2], 'MINID', keep)
+    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('EXPIRE', KEYS[2], ttl)
   end
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', fanout_maxlen, '*', 'g', group, 'c', channel, 's', seq,
              'p', epoch, 'r', '1', 'e', body)
 else
@@ -93,15 +95,18 @@ else
 end
 return seq
 """
-_PUBLISH_LUA = _PUBLISH_BODY
+_PUBLISH_LUA = "local LIGHT = false\n" + _PUBLISH_BODY
 # Many events in one script call (the pinned worker's batch): the body above as a function of (keys,
-# args) called for each event in turn: KEYS are 3 per event, ARGV 10 per event; the seqs in order.
+# args) called for each event in turn: KEYS are 3 per event, ARGV 10 per event; the seqs in order. The
+# age cut and the TTLs of a session's counter and log are done once, with its last replayable event of
+# the call (LIGHT for the others): the same end state as one call per event.
 _PUBLISH_MANY_LUA = (
-    "local function publish(KEYS, ARGV)\n" + _PUBLISH_BODY + "end\n"
-    "local out, n = {}, #KEYS / 3\n"
+    "local function publish(KEYS, ARGV, LIGHT)\n" + _PUBLISH_BODY + "end\n"
+    "local out, n, last = {}, #KEYS / 3, {}\n"
+    "for i = 0, n - 1 do if ARGV[10 * i + 10] == '1' then last[KEYS[3 * i + 1]] = i end end\n"
     "for i = 0, n - 1 do\n"
     "  out[i + 1] = publish({KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]},\n"
-    "                       {unpack(ARGV, 10 * i + 1, 10 * i + 10)})\n"
+    "                       {unpack(ARGV, 10 * i + 1, 10 * i + 10)}, last[KEYS[3 * i + 1]] ~= i)\n"
     "end\n"
     "return out\n"
 )
@@ -150,16 +155,22 @@ def now_msc() -> int:
     return int(time.time() * 1000)
 
 
-def _script_args(session_id: str, channel: str, data: dict[str, Any], time_msc: int | None) -> tuple[list, list]:
+def _limits() -> tuple[int, int, int, int]:
+    """(log maxlen, log max age in ms, fan-out maxlen, key TTL in s) from the settings."""
+    max_age = conf.events_max_age()
+    return conf.events_maxlen(), int(max_age * 1000), conf.fanout_maxlen(), int(max(2 * max_age, 7 * 24 * 3600))
+
+
+def _script_args(session_id: str, channel: str, data: dict[str, Any], time_msc: int | None,
+                 limits: tuple[int, int, int, int] | None = None) -> tuple[list, list]:
     if parse_channel(channel) is None:
         raise ValueError(f"not an event channel: {channel!r}")
     head = '{"type":' + dumps(channel) + ',"seq":'
     tail = (',"sessionId":' + dumps(session_id) + ',"time_msc":' + str(int(time_msc or now_msc()))
             + ',"data":' + dumps(data) + "}")
-    max_age = conf.events_max_age()
-    ttl = int(max(2 * max_age, 7 * 24 * 3600))
+    maxlen, max_age_ms, fanout_maxlen, ttl = limits or _limits()
     keys = [seq_key(session_id), log_key(session_id), FANOUT_STREAM]
-    args = [head, tail, now_msc(), conf.events_maxlen(), int(max_age * 1000), conf.fanout_maxlen(),
+    args = [head, tail, now_msc(), maxlen, max_age_ms, fanout_maxlen,
             group_for(session_id, channel), channel, ttl, "1" if channel in REPLAYABLE else "0"]
     return keys, args
 
@@ -220,7 +231,9 @@ def publish_events(events: Iterable[tuple[str, str, dict[str, Any], int | None]]
     (the pinned worker's batch of task changes): each gets what ``publish_session_event`` does for one
     (its seq, its log entry, its fan-out entry). The seqs, or None for each when Redis could not be
     reached after a few quick retries (logged)."""
-    prepared = [_script_args(session_id, channel, data, time_msc) for session_id, channel, data, time_msc in events]
+    limits = _limits()
+    prepared = [_script_args(session_id, channel, data, time_msc, limits)
+                for session_id, channel, data, time_msc in events]
     if not prepared:
         return []
     client, _ = _client()
