@@ -191,6 +191,11 @@ class EventsConsumer(AsyncWebsocketConsumer):
             await await_many_dispatch([receive, self._channel_receive, self.inbox.get], self.dispatch)
         except StopConsumer:
             pass
+        finally:
+            # Also when a handler failed and no disconnect ran: the relay must not keep a dead socket.
+            if getattr(self, "groups_joined", None):
+                self._leave_all()
+            relay.unwatch(self)
 
     async def _channel_receive(self) -> dict:
         delay = 0.05
