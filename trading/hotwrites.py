@@ -80,6 +80,7 @@ MAX_BODY = 16 * 1024  # an order is a few hundred bytes; anything larger goes th
 GZIP_MIN_BYTES = 200  # as django.middleware.gzip.GZipMiddleware
 MAX_BATCH = 256
 SWITCH_INTERVAL = 0.0005  # seconds: see _Writer
+STATS_EVERY = 10.0  # seconds between two log lines of the writer's work
 
 
 class _HandOver(Exception):
@@ -287,9 +288,13 @@ class _Writer:
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hot-writes")
+        # After each commit, the batch's order events and then its broker messages, in commit order, while
+        # the writer takes the next batch (the answers do not wait for them: the outbox covers a crash).
+        self.publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hot-writes-publish")
         self.pending: list[_Write] = []
         self.running = False
         self.accounts: dict[str, SessionAccount] = {}
+        self.stats = [0, 0, 0.0, time.monotonic()]  # orders, batches, seconds in batches, since
 
     async def write(self, session_id: str, request_id: str, data: dict[str, Any], fresh_id: bool
                     ) -> tuple[Outcome, bytes]:
@@ -337,16 +342,18 @@ class _Writer:
         """In the writer thread: the batch's ledger work; per order (Outcome, body) or an exception."""
         results: list[Any] = [_HandOver() for _ in batch]
         writes, where = [], []
+        started = time.perf_counter()
         try:
             for i, item in enumerate(batch):
                 account = self._account(item.session_id)
                 if account is not None:
                     writes.append(OrderWrite(account, item.request_id, item.data, item.fresh_id))
                     where.append(i)
-            outcomes = orders_place_batch(writes=writes)
+            outcomes = orders_place_batch(writes=writes, after_commit=self.publisher.submit)
         except Exception:  # rolled back: nothing of the batch was written
             connection.close()  # a broken or locked connection is not kept for the next batch
             raise
+        self._count(len(batch), time.perf_counter() - started)
         for i, outcome in zip(where, outcomes, strict=True):
             if not isinstance(outcome, Outcome):
                 continue  # a conflict or a lost race: the full path answers it from the ledger
@@ -356,6 +363,20 @@ class _Writer:
                 logger.exception("hot writes: rendering task %s failed", outcome.task.id)
                 results[i] = exc if batch[i].fresh_id else _HandOver()
         return results
+
+
+    def _count(self, orders: int, seconds: float) -> None:
+        """Every STATS_EVERY seconds, a log line of what the writer did (orders, batches, time per batch)."""
+        stats = self.stats
+        stats[0] += orders
+        stats[1] += 1
+        stats[2] += seconds
+        elapsed = time.monotonic() - stats[3]
+        if elapsed >= STATS_EVERY:
+            logger.info("hot writes: %d orders in %d batches over %.0f s (%.1f per batch, %.1f ms per batch, writer "
+                        "busy %.0f%%)", stats[0], stats[1], elapsed, stats[0] / stats[1],
+                        stats[2] / stats[1] * 1000, stats[2] / elapsed * 100)
+            self.stats = [0, 0, 0.0, time.monotonic()]
 
 
 def _render(data: dict[str, Any]) -> bytes:

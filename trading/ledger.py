@@ -136,14 +136,17 @@ def record_receipt(workspace_id: int, request_id: str, fp: str, task: TradeTask,
     return Outcome(task, status_code, False)
 
 
-def tasks_insert_batch(*, tasks: list[TradeTask]) -> list[TradeTask]:
+def tasks_insert_batch(*, tasks: list[TradeTask],
+                       after_commit: Callable[[Callable[[], None]], Any] | None = None) -> list[TradeTask]:
     """``states.task_create`` for a batch of new (queued) tasks, in the caller's transaction: one INSERT of
     the tasks, one of their first transitions ('' → queued), their ``order`` events in one round trip after
     commit. A task whose request id or tag is taken (by another process, or an earlier row of the batch) is
     skipped (``ON CONFLICT DO NOTHING``), not raised: the tasks inserted are returned, the caller answers
     the others from the ledger. Plain SQL that PostgreSQL and SQLite (3.35+) both run. It lives beside
     ``insert_or_replay`` (the hot write path's insert, ``services.orders_place_batch``); every later
-    change of these tasks goes through ``states.task_change`` as for any other."""
+    change of these tasks goes through ``states.task_change`` as for any other. ``after_commit``: where the
+    events' publish runs after the commit (e.g. a single thread's ``submit``, which keeps their order);
+    default: in the committing thread."""
     if not tasks:
         return []
     quote = connection.ops.quote_name
@@ -167,7 +170,7 @@ def tasks_insert_batch(*, tasks: list[TradeTask]) -> list[TradeTask]:
         task._state.adding = False
     events = [(task.session_id, "order", order_event(task, previous="", change=""), None) for task in created]
     if events:
-        transaction.on_commit(lambda: _publish(events))
+        transaction.on_commit(lambda: _publish(events) if after_commit is None else after_commit(lambda: _publish(events)))
     return created
 
 

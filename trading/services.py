@@ -105,7 +105,9 @@ class OrderWrite:
     fresh_id: bool = False
 
 
-def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeError | None]:
+def orders_place_batch(*, writes: list[OrderWrite],
+                       after_commit: Callable[[Callable[[], None]], Any] | None = None
+                       ) -> list[Outcome | BridgeError | None]:
     """``order_place`` for many orders in ONE transaction (one commit, one INSERT of the tasks and one of
     their transitions, one broker round trip for all the publishes): per write its Outcome (new or
     replayed), its BridgeError (409 TaskConflict), or None when it must be answered by ``order_place``
@@ -115,33 +117,24 @@ def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeErro
     (a second write of a request id in the same batch is the first one's replay, or its conflict), the
     unique index as the arbiter, ``ledger.tasks_insert_batch`` the insert, the publish after commit with
     ``published_at`` stamped (the outbox). Used by the hot write path (``trading.hotwrites``), from one
-    writer thread, so the web process holds the database's write lock once per batch instead of per order."""
+    writer thread, so the web process holds the database's write lock once per batch instead of per order.
+    Everything but the insert is done before the transaction (the lookup too: the unique index arbitrates
+    a request id inserted meanwhile), so the lock is held for two statements. ``after_commit``: where the
+    batch's events and then its publishes run after the commit, in that order (a single thread's
+    ``submit``: the writer is free for the next batch meanwhile); default: in the committing thread."""
     results: list[Outcome | BridgeError | None] = [None] * len(writes)
     fps = [fingerprint("order.create", "", w.data, account=f"{w.account.login}@{w.account.server}") for w in writes]
     by_workspace: dict[int, list[str]] = {}
     for w in writes:
         if not w.fresh_id:
             by_workspace.setdefault(w.account.workspace_id, []).append(w.request_id)
+    previous: dict[tuple[int, str], TradeTask] = {}
+    for workspace_id, request_ids in by_workspace.items():
+        for request_id, task in find_previous_many(workspace_id, request_ids).items():
+            previous[(workspace_id, request_id)] = task
+    first, new = _plan_batch(writes, fps, previous, results)
     with transaction.atomic():
-        previous: dict[tuple[int, str], TradeTask] = {}
-        for workspace_id, request_ids in by_workspace.items():
-            for request_id, task in find_previous_many(workspace_id, request_ids).items():
-                previous[(workspace_id, request_id)] = task
-        first: dict[tuple[int, str], int] = {}  # request id -> the write of this batch that inserts it
-        new: dict[int, TradeTask] = {}
-        for i, (w, fp) in enumerate(zip(writes, fps, strict=True)):
-            key = (w.account.workspace_id, w.request_id)
-            earlier = previous.get(key)
-            if earlier is not None:
-                results[i] = _answer_previous(w.request_id, fp, earlier)
-            elif key not in first:
-                first[key] = i
-                new[i] = TradeTask(
-                    workspace_id=w.account.workspace_id, session_id=w.account.session_id,
-                    terminal_id=w.account.terminal_id, request_id=w.request_id, fingerprint=fp,
-                    kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
-                )
-        created = {task.id for task in tasks_insert_batch(tasks=list(new.values()))}
+        created = {task.id for task in tasks_insert_batch(tasks=list(new.values()), after_commit=after_commit)}
         published = []
         for i, task in new.items():
             if task.id in created:  # else its request id (or tag) was taken meanwhile: None, the full path
@@ -151,8 +144,37 @@ def orders_place_batch(*, writes: list[OrderWrite]) -> list[Outcome | BridgeErro
             j = first.get((w.account.workspace_id, w.request_id))
             if j is not None and j != i and j in new and new[j].id in created:
                 results[i] = _answer_previous(w.request_id, fp, _as_previous(new[j]))
-        transaction.on_commit(lambda: publish_tasks(published))
+        if published:
+            transaction.on_commit(lambda: _run(after_commit, lambda: publish_tasks(published)))
     return results
+
+
+def _plan_batch(writes: list[OrderWrite], fps: list[str], previous: dict[tuple[int, str], TradeTask],
+                results: list[Outcome | BridgeError | None]) -> tuple[dict[tuple[int, str], int], dict[int, TradeTask]]:
+    """Answer the writes whose request id the ledger already holds (into ``results``); the new task of
+    each other request id (the first write of it in the batch): request id -> write index, index -> task."""
+    first: dict[tuple[int, str], int] = {}
+    new: dict[int, TradeTask] = {}
+    for i, (w, fp) in enumerate(zip(writes, fps, strict=True)):
+        key = (w.account.workspace_id, w.request_id)
+        earlier = previous.get(key)
+        if earlier is not None:
+            results[i] = _answer_previous(w.request_id, fp, earlier)
+        elif key not in first:
+            first[key] = i
+            new[i] = TradeTask(
+                workspace_id=w.account.workspace_id, session_id=w.account.session_id,
+                terminal_id=w.account.terminal_id, request_id=w.request_id, fingerprint=fp,
+                kind=TaskKind.ORDER_CREATE, request=w.data, tag=new_tag(), published_at=timezone.now(),
+            )
+    return first, new
+
+
+def _run(after_commit: Callable[[Callable[[], None]], Any] | None, work: Callable[[], None]) -> None:
+    if after_commit is None:
+        work()
+    else:
+        after_commit(work)
 
 
 def _answer_previous(request_id: str, fp: str, earlier: TradeTask) -> Outcome | BridgeError:

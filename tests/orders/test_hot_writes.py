@@ -78,8 +78,9 @@ class Live:
         return headers + [(k.encode(), v.encode()) for k, v in extra.items()]
 
     def close(self) -> None:
-        if self.app._writer is not None:  # its thread's database connection, or the test database stays in use
+        if self.app._writer is not None:  # its threads' database connections, or the test database stays in use
             self.app._writer.executor.submit(connections.close_all).result()
+            self.app._writer.publisher.submit(connections.close_all).result()
 
 
 async def _post(app: Any, headers: list[tuple[bytes, bytes]], body: bytes, query: bytes = b""
@@ -111,8 +112,15 @@ def post(app: Any, headers: list[tuple[bytes, bytes]], body: dict | bytes, query
     return asyncio.run(_post(app, headers, raw, query))
 
 
-def _queued_ids(terminal: str) -> list[str]:
-    return [task_id_of(m) for m in _redis().lrange(terminal_queue(terminal), 0, -1)]
+def _queued_ids(terminal: str, expect: int = 0, timeout: float = 5.0) -> list[str]:
+    """The task ids of the terminal's queued messages, once there are ``expect`` of them (the batch's
+    messages are pushed by the publisher thread after the commit, maybe after the answer), or the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = [task_id_of(m) for m in _redis().lrange(terminal_queue(terminal), 0, -1)]
+        if len(ids) >= expect or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -136,7 +144,7 @@ def test_an_order_is_accepted_with_its_task_its_transition_and_its_message(live:
                                                                             ORDER)
     assert task.published_at is not None and task.tag.startswith("b:")
     assert list(TaskTransition.objects.filter(task=task).values_list("from_state", "to_state")) == [("", "queued")]
-    assert _queued_ids(live.terminal) == [task.id]  # published after the commit, as the worker reads it
+    assert _queued_ids(live.terminal, 1) == [task.id]  # published after the commit, as the worker reads it
     assert live.handed == []
 
 
@@ -149,7 +157,7 @@ def test_a_replay_is_the_same_task_and_another_payload_goes_to_the_full_path(liv
     other = json.dumps({**ORDER, "volume": 0.2}).encode()
     status, _, body = post(live.app, live.headers("hot-2"), other)
     assert status == FULL_PATH_STATUS and body == other  # the full path answers 409 TaskConflict from the ledger
-    assert TradeTask.objects.count() == 1 and len(_queued_ids(live.terminal)) == 1
+    assert TradeTask.objects.count() == 1 and len(_queued_ids(live.terminal, 1)) == 1
 
 
 def _warm(live: Live) -> str:
@@ -170,7 +178,7 @@ def test_twenty_concurrent_identical_requests_make_one_task_and_one_message(live
     assert {status for status, _, _ in results} == {202}
     assert len({json.loads(body)["taskId"] for _, _, body in results}) == 1
     assert sum(1 for _, headers, _ in results if b"idempotent-replayed" not in headers) == 1
-    assert TradeTask.objects.exclude(id=warm).count() == 1 and len(_queued_ids(live.terminal)) == 2
+    assert TradeTask.objects.exclude(id=warm).count() == 1 and len(_queued_ids(live.terminal, 2)) == 2
 
 
 def test_concurrent_orders_are_one_batch_each_its_own_task(live: Live) -> None:
@@ -184,7 +192,7 @@ def test_concurrent_orders_are_one_batch_each_its_own_task(live: Live) -> None:
     assert {status for status, _, _ in results} == {202}
     ids = {json.loads(body)["taskId"] for _, _, body in results}
     assert len(ids) == 40 and set(TradeTask.objects.exclude(id=warm).values_list("id", flat=True)) == ids
-    assert sorted(_queued_ids(live.terminal)) == sorted(ids | {warm})
+    assert sorted(_queued_ids(live.terminal, 41)) == sorted(ids | {warm})
     assert TaskTransition.objects.filter(task_id__in=ids, from_state="", to_state="queued").count() == 40
 
 
