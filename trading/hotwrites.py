@@ -288,8 +288,8 @@ class _Writer:
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hot-writes")
-        # After each commit, the batch's order events and then its broker messages, in commit order, while
-        # the writer takes the next batch (the answers do not wait for them: the outbox covers a crash).
+        # After each commit (its order events published), the batch's broker messages, in commit order,
+        # while the writer takes the next batch (the answers do not wait for them: the outbox covers a crash).
         self.publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hot-writes-publish")
         self.pending: list[_Write] = []
         self.running = False

@@ -119,8 +119,10 @@ def orders_place_batch(*, writes: list[OrderWrite],
     ``published_at`` stamped (the outbox). Used by the hot write path (``trading.hotwrites``), from one
     writer thread, so the web process holds the database's write lock once per batch instead of per order.
     Everything but the insert is done before the transaction (the lookup too: the unique index arbitrates
-    a request id inserted meanwhile), so the lock is held for two statements. ``after_commit``: where the
-    batch's events and then its publishes run after the commit, in that order (a single thread's
+    a request id inserted meanwhile), so the lock is held for two statements. The batch's ``order`` events
+    are published right after the commit, in the committing thread (the pinned worker claims queued tasks
+    in batches, also ones whose message it has not received: a later event of a task must not overtake its
+    first). ``after_commit``: where the batch's broker messages are then pushed (a single thread's
     ``submit``: the writer is free for the next batch meanwhile); default: in the committing thread."""
     results: list[Outcome | BridgeError | None] = [None] * len(writes)
     fps = [fingerprint("order.create", "", w.data, account=f"{w.account.login}@{w.account.server}") for w in writes]
@@ -134,7 +136,7 @@ def orders_place_batch(*, writes: list[OrderWrite],
             previous[(workspace_id, request_id)] = task
     first, new = _plan_batch(writes, fps, previous, results)
     with transaction.atomic():
-        created = {task.id for task in tasks_insert_batch(tasks=list(new.values()), after_commit=after_commit)}
+        created = {task.id for task in tasks_insert_batch(tasks=list(new.values()))}
         published = []
         for i, task in new.items():
             if task.id in created:  # else its request id (or tag) was taken meanwhile: None, the full path
