@@ -399,13 +399,19 @@ class Bench:
             f"terminals:\n  - name: {self.terminal}\n    backend: sim\n    address: {self.term_addr}\n"
             f"    server: {SERVER}\n    utc_offset: {OFFSET}\n")
         self.env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # make run's SQLite in the var dir
+        self.database = ""  # --postgres: the fresh database of this run, dropped at the end
+        if args.postgres:
+            self.database = f"bench_compare_{uuid.uuid4().hex[:8]}"
+            _postgres(args.postgres, f'CREATE DATABASE "{self.database}"')
+            self.env["DATABASE_URL"] = args.postgres.rsplit("/", 1)[0] + "/" + self.database
         self.redis_url = args.redis_url or f"redis://127.0.0.1:{free_port()}/0"
         self.env.update({"BRIDGE_VAR_DIR": str(self.work), "BRIDGE_PORT": str(self.web_port),
                          "BRIDGE_TERMINALS_FILE": str(self.work / "terminals.yaml"), "REDIS_URL": self.redis_url,
                          "BRIDGE_THROTTLE_RATE": "100000000/min", "PYTHONUNBUFFERED": "1"})
         self.started = Started(self.work)
         self.results: dict[str, float] = {"load_seconds": args.load_seconds, "idle_seconds": args.idle_seconds}
-        self.notes: list[str] = []
+        self.notes: list[str] = [f"database: PostgreSQL ({self.database}), as the compose tier" if self.database
+                                 else "database: the embedded SQLite, as make run"]
         self.worker_pids: list[int] = []
         self.beat_stop = threading.Event()
 
@@ -413,7 +419,8 @@ class Bench:
     def start(self) -> None:
         print(f"machine: {machine()}")
         print(f"load average at start: {load_avg()} (2 cores shared with other work: figures are noisy)")
-        print(f"work dir: {self.work}; Redis {self.redis_url}; terminal {self.terminal}\n")
+        print(f"work dir: {self.work}; Redis {self.redis_url}; terminal {self.terminal}; database "
+              f"{'PostgreSQL ' + self.database + ' (the compose tier' + chr(39) + 's database)' if self.database else 'SQLite (make run)'}\n")
         say("starting the embedded stack: manage.py run_bridge (redis-server if none answers at REDIS_URL, "
             "broker, terminal, worker, reader, poller, maintenance, beat, daphne)")
         self.bridge = self.started.start("run_bridge", [PYTHON, "manage.py", "run_bridge"], self.env)
@@ -489,6 +496,8 @@ class Bench:
         os.environ.update({k: self.env[k] for k in ("BRIDGE_VAR_DIR", "BRIDGE_TERMINALS_FILE", "REDIS_URL",
                                                     "BRIDGE_THROTTLE_RATE")})
         os.environ.pop("DATABASE_URL", None)
+        if "DATABASE_URL" in self.env:
+            os.environ["DATABASE_URL"] = self.env["DATABASE_URL"]
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bridge_project.settings")
         import django
 
@@ -714,7 +723,24 @@ class Bench:
                 pass
         say("stopping everything this bench started")
         self.started.stop_all()
+        if self.database:
+            try:
+                from django.db import connections
+
+                connections.close_all()
+            except Exception:  # Django was never set up
+                pass
+            _postgres(self.args.postgres, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            say(f"dropped database {self.database}")
         say("stopped")
+
+
+def _postgres(url: str, statement: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on the server of ``url``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
 
 
 def main() -> None:
@@ -727,6 +753,9 @@ def main() -> None:
     parser.add_argument("--redis-url", default="",
                         help="default: a free port, where run_bridge starts its own redis-server (as make run does "
                              "when no Redis answers), so no other user of a shared Redis can flush this run's keys")
+    parser.add_argument("--postgres", nargs="?", const="postgres://postgres@127.0.0.1:5432/postgres", default="",
+                        help="run the bridge on PostgreSQL, the compose tier's database (a fresh database on this "
+                             "server, dropped at the end), instead of make run's SQLite")
     args = parser.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or stopped from outside (also when started with &)
         signal.signal(sig, _interrupted)
