@@ -50,11 +50,12 @@ from django.db import connection
 from django.http.request import split_domain_port, validate_host
 from redis.exceptions import NoScriptError
 from rest_framework import serializers
+from rest_framework.utils import json as drf_json
 
 from bridge_project import metrics, ratelimit
 from bridge_project.errors import BridgeError
 from bridge_project.middleware import REQUEST_ID_RE, new_request_id
-from bridge_project.parsers import loads_bounded
+from bridge_project.parsers import max_depth, nesting_exceeds
 from sessions.access import (
     ACCESS_EPOCH_KEY,
     AccessCache,
@@ -166,9 +167,11 @@ def _replaying(messages: list[dict[str, Any]], receive: Any) -> Any:
 
 def _order_body(raw: bytes) -> dict[str, Any] | None:
     """The validated body, as ``OrderCollectionView.post`` validates it, or None (the full path says why)."""
-    try:
-        data = loads_bounded(raw)
-    except (BridgeError, UnicodeDecodeError):
+    if nesting_exceeds(raw, max_depth()):
+        return None
+    try:  # as BoundedJSONParser decodes it: UTF-8 (the content type has no charset), NaN and Infinity refused
+        data = json.loads(raw.decode("utf-8"), parse_constant=drf_json.strict_constant)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
