@@ -5,6 +5,8 @@ event or per socket (proved with the private Redis server's own command statisti
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -152,3 +154,34 @@ def test_no_channel_layer_message_and_no_redis_call_per_event_or_per_socket(fano
     # The relays' reads: at most one per event per process (they batch when events come faster), never
     # one per socket.
     assert calls.get("xread", 0) <= 2 * events + 60, (calls.get("xread"), deliveries)
+
+
+def test_revoking_a_key_closes_its_sockets_on_both_processes_within_a_second(fanout, make_session) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    from sessions.api_keys import revoke_api_key
+    from sessions.models import ApiKey
+
+    _server, (url_a, url_b) = fanout
+    session = make_session()
+    other = make_session(workspace=session.workspace)  # another key: its sockets stay open
+    revoked = [_open(url, session, ["order"]) for url in (url_a, url_b)]
+    bystanders = [_open(url, other, ["order"]) for url in (url_a, url_b)]
+    try:
+        start = time.monotonic()
+        revoke_api_key(ApiKey.objects.get(prefix=session.key.split("_")[1]))
+        for client in revoked:
+            seen = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    seen.append(json.loads(client.conn.recv(timeout=5)))
+            took = time.monotonic() - start  # observed after the close: never less than the real time
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401, seen
+            assert took < 1.0, f"closed {took:.2f}s after the revocation began"
+            assert seen and seen[-1]["error"]["code"] == "Unauthorized", seen
+        for n, client in enumerate(bystanders):
+            client.send({"type": "ping", "request_id": f"p{n}"})
+            assert client.recv_until(lambda m, n=n: m.get("request_id") == f"p{n}")[0]["type"] == "pong"
+    finally:
+        for client in revoked + bystanders:
+            client.close()
