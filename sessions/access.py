@@ -1,14 +1,15 @@
-"""Who may read what, cached per process for the hot read path, with revocation that takes effect at once.
+"""Who may read and write what, cached per process for the hot paths, with revocation that takes effect at once.
 
-The hot read path (``trading.reads.hotpath``) answers a request without Django's request cycle, so it
-cannot look the API key and the session up in the database on every request. It keeps them here:
+The hot paths in front of Django (``trading.reads.hotpath``, ``trading.hotwrites``) answer a request without
+Django's request cycle, so they cannot look the API key and the session up in the database on every
+request. They keep them here:
 
 * ``KeyGrant`` (an API key's digest -> its key and workspace) and ``SessionGrant`` (a session id -> its
   workspace, terminal, account, status and expiry), loaded from the database on a miss;
 * each entry remembers the **access epoch** it was loaded under: a random token in Redis
-  (``ACCESS_EPOCH_KEY``) that every change of a session (``session_change``: a new status, a heartbeat)
-  and every revocation or deletion of a key replaces after its commit (``access_epoch_rotate``). The hot
-  path reads the epoch in the same Redis round trip as the snapshot, *after* the request arrived, and
+  (``sessions.epoch.ACCESS_EPOCH_KEY``) that every change of a session (``session_change``: a new status, a heartbeat)
+  and every revocation or deletion of a key replaces after its commit (``access_epoch_rotate``). A hot
+  path reads the epoch in the same Redis round trip as its other reads, *after* the request arrived, and
   serves an entry only when it was loaded under that epoch: a revoked key or a closed session is refused
   from the first request that starts after the change committed;
 * an entry is also reloaded when it is older than ``BRIDGE_ACCESS_CACHE_TTL`` (default 1 s): if an epoch
