@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="")
     args = parser.parse_args()
     args.orders, args.seconds, args.idle_seconds, args.drain = 0, 0.0, 0.0, 0
+    args.postgres = getattr(args, "postgres", None)  # compare's --postgres (the compose tier): not here
     bench = WriteBench(args)
     try:
         bench.run()

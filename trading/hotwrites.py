@@ -429,6 +429,7 @@ class HotWrites:
         self._round_trips: _RoundTrips | None = None
         self._writer: _Writer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loading: dict[tuple[Any, str, str], asyncio.Future] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.enabled and scope["type"] == "http":
@@ -452,6 +453,7 @@ class HotWrites:
             self._round_trips.last_epoch = last_epoch
             if self._writer is not None:
                 self._writer.pending, self._writer.running = [], False
+            self._loading = {}
             self._loop = loop
         return self._round_trips
 
@@ -463,17 +465,30 @@ class HotWrites:
     async def _grants(self, request: _Request, epoch: str) -> tuple[KeyGrant, SessionGrant] | None:
         key = self.access.key(request.key, epoch)
         if key is None:
-            key = await sync_to_async(load_key_grant)(request.key, epoch)
+            key = await self._load(load_key_grant, request.key, epoch)
             if key is None:
                 return None
             self.access.keep_key(request.key, key)
         session = self.access.session(request.session_id, epoch)
         if session is None:
-            session = await sync_to_async(load_session_grant)(request.session_id, epoch)
+            session = await self._load(load_session_grant, request.session_id, epoch)
             if session is None:
                 return None
             self.access.keep_session(session)
         return key, session
+
+    async def _load(self, loader: Any, ident: str, epoch: str) -> Any:
+        """One database load per grant at a time: the requests that find the same grant stale together
+        (every BRIDGE_ACCESS_CACHE_TTL, or after a rotation: all the clients of a key at once) share it,
+        instead of queueing one query each in asgiref's thread."""
+        self.round_trips()  # the loading table belongs to the running loop
+        ticket = (loader, ident, epoch)
+        future = self._loading.get(ticket)
+        if future is None:
+            future = asyncio.ensure_future(sync_to_async(loader)(ident, epoch))
+            self._loading[ticket] = future
+            future.add_done_callback(lambda _: self._loading.pop(ticket, None))
+        return await asyncio.shield(future)
 
     async def _current_grants(self, request: _Request) -> tuple[KeyGrant, SessionGrant] | None:
         trips = self.round_trips()
