@@ -35,6 +35,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -134,6 +135,10 @@ def _terminal_row(name: str) -> Terminal | None:
 # lease, and a claimed task never becomes queued again).
 BATCH_SIZE = 64
 BATCH_BUDGET = 1.0  # s
+# Another task joins a batch only once it is this old: the web process publishes a new task's ``queued``
+# event right after its commit, and the batch's ``dispatched`` event must not overtake it (a task claimed
+# through its own message is safe: the message is sent after that event).
+BATCH_GRACE = timedelta(seconds=0.5)
 # A marked task is sent at most this long after its mark was committed: when a batch's sends are slower,
 # the rest is marked again (fenced by the lease token) first. Recovery counts BRIDGE_INFLIGHT_BOUND from a
 # task's send mark, so a task is never sent long after the mark recovery goes by, and a worker that lost
@@ -219,7 +224,8 @@ def _run_batches(task_id: str, terminal: Terminal, lease: Lease) -> str | None:
     outcome: str | None = None
     first = task_id
     while True:
-        batch = tasks_claim_batch(lease=lease, task_id=first, limit=BATCH_SIZE, defer_events=True)
+        batch = tasks_claim_batch(lease=lease, task_id=first, limit=BATCH_SIZE, defer_events=True,
+                                  others_created_before=timezone.now() - BATCH_GRACE)
         if not batch:
             break
         for task in batch:

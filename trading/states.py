@@ -319,23 +319,26 @@ def _publish_batch(events: list[tuple[str, dict[str, Any]]]) -> None:
         transaction.on_commit(lambda: _publish_now(events))
 
 
-def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int, defer_events: bool = False) -> list[TradeTask]:
+def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int, defer_events: bool = False,
+                      others_created_before: Any = None) -> list[TradeTask]:
     """The pinned worker's claim of a batch: ``queued → dispatched`` (one attempt counted each, the
     transition's detail ``{"attempt": n}``) for ``task_id`` and the ``limit`` oldest queued tasks of the
     lease's terminal (``limit`` + 1 at most), fenced by the lease's token; committed when this returns
     (call it outside any transaction). The claimed tasks in created order; [] when none was queued or the
-    lease moved. ``defer_events``: their events wait for this process's next publish (the send marks')."""
+    lease moved. ``defer_events``: their events wait for this process's next publish (the send marks').
+    ``others_created_before``: the other tasks only if created before then (default: now)."""
     quote = connection.ops.quote_name
     table, terminals = quote(TradeTask._meta.db_table), quote(Terminal._meta.db_table)
     now = timezone.now()
     sql = (f"UPDATE {table} SET state = %s, attempts = attempts + 1, dispatched_at = %s, updated_at = %s "
            f"WHERE state = %s AND terminal_id = %s AND (id = %s OR id IN (SELECT id FROM {table} "
-           f"WHERE terminal_id = %s AND state = %s ORDER BY created_at LIMIT %s)) "
+           f"WHERE terminal_id = %s AND state = %s AND created_at <= %s ORDER BY created_at LIMIT %s)) "
            f"AND EXISTS (SELECT 1 FROM {terminals} WHERE id = %s AND lease_token = %s) RETURNING "
            + ", ".join(quote(field.column) for field in TradeTask._meta.concrete_fields))
     stamp = _prep(TradeTask, "dispatched_at", now)
+    before = _prep(TradeTask, "created_at", others_created_before or now)
     params = [TaskState.DISPATCHED, stamp, stamp, TaskState.QUEUED, lease.terminal_id, task_id, lease.terminal_id,
-              TaskState.QUEUED, limit, lease.terminal_id, lease.token]
+              TaskState.QUEUED, before, limit, lease.terminal_id, lease.token]
     with transaction.atomic():
         # The claimed rows as the ORM reads them (its converters), from the UPDATE itself.
         tasks = sorted(TradeTask.objects.raw(sql, params), key=lambda task: (task.created_at, task.id))

@@ -21,6 +21,7 @@ from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
 from tests.procs import PYTHON, Proc, free_port, start_manage
 from tests.waiting import wait_until
+from trading.execution import BATCH_GRACE
 from trading.models import FINAL_STATES, TaskTransition, TradeTask
 from workers.tasks import execute_task, reconcile_all_task
 
@@ -41,6 +42,12 @@ def _wait_reconcile_due(task_id: str, after: float) -> None:
         return dispatched is not None and (timezone.now() - dispatched).total_seconds() > after
 
     wait_until(due, 10, f"{task_id} dispatched more than {after}s ago")
+
+
+def _wait_batchable(task_id: str) -> None:
+    """Until the task is older than BATCH_GRACE: from then on a batch claimed for another task takes it."""
+    created = TradeTask.objects.get(id=task_id).created_at
+    wait_until(lambda: timezone.now() - created > BATCH_GRACE, 5, f"{task_id} older than the batch grace")
 
 
 def _restart(stack: Stack, env: dict[str, str] | None = None) -> Proc:
@@ -135,6 +142,7 @@ def test_d_killed_mid_batch_each_task_is_at_most_one_order_the_sent_adopted_the_
     crashing.kill(signal.SIGSTOP)  # the worker takes nothing while the six are queued
     try:
         ids = [_post(client, sid, f"crash-d-{i}") for i in range(6)]
+        _wait_batchable(ids[-1])
     finally:
         crashing.kill(signal.SIGCONT)
     _wait_dead(crashing)
@@ -177,6 +185,7 @@ def test_e_a_batch_slower_than_the_send_window_marks_its_rest_again_before_sendi
     try:
         ids = [_post(client, sid, f"slow-{i}") for i in range(2)]
         control(TERMINAL).delay(6.0, ["order_send"])  # each order_send of the batch takes 6 s
+        _wait_batchable(ids[-1])
     finally:
         worker.kill(signal.SIGCONT)
     tasks = [wait_final(task_id, timeout=40) for task_id in ids]
