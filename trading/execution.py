@@ -144,6 +144,12 @@ BATCH_GRACE = timedelta(seconds=0.5)
 # task's send mark, so a task is never sent long after the mark recovery goes by, and a worker that lost
 # its lease (paused past it) cannot mark again and sends nothing more.
 SEND_WINDOW = 5.0  # s (well inside BRIDGE_INFLIGHT_BOUND)
+# The batch checks the terminal's account once before its sends, and again before a send when this long
+# has passed since the last check: an account switched in the terminal mid-batch (by hand) stops the batch,
+# and its unsent tasks are cancelled (AccountMismatch), as a single task would be. MetaTrader5 has no
+# "send on account X": between a check and a send there is always a window; this bounds it to about
+# ACCOUNT_RECHECK plus one send, as the single task's path (check, mark commit, send) did.
+ACCOUNT_RECHECK = 0.02  # s
 EXECUTED_LIMIT = 100_000
 _executed: OrderedDict[str, str] = OrderedDict()
 # The last batches stopped at BATCH_BUDGET with a full batch: more tasks may be queued, and their own
@@ -265,6 +271,18 @@ def _account_refusal(gw: TerminalGateway, task: TradeTask) -> str | None:
     if (shown.get("login"), str(shown.get("server") or "")) != expected:
         return (f"the terminal is logged in to {shown.get('login')}@{shown.get('server')}, not the session's "
                 f"{expected[0]}@{expected[1]}")
+    return None
+
+
+def _account_switched(gw: TerminalGateway, shown: dict[str, Any]) -> str | None:
+    """None when the terminal still shows the account ``shown`` at the batch's start; else what it shows."""
+    try:
+        now = gw.account_info()
+    except (GatewayError, OSError) as exc:
+        return f"the terminal's account cannot be read mid-batch: {exc}"
+    if (now.get("login"), str(now.get("server") or "")) != (shown.get("login"), str(shown.get("server") or "")):
+        return (f"the terminal's account changed mid-batch, from {shown.get('login')}@{shown.get('server')} to "
+                f"{now.get('login')}@{now.get('server')}")
     return None
 
 
@@ -597,11 +615,19 @@ def send_batch(tasks: list[TradeTask], lease: Lease) -> dict[str, str]:
             continue
         ready.append((task, *prepared))
     pending = _marked(ready, lease, outcomes)
-    marked_at = time.monotonic()
+    marked_at = checked_at = time.monotonic()
     definite: list[tuple[TradeTask, str, dict[str, Any], dict[str, Any]]] = []
     for index, (task, request, info) in enumerate(pending):
         if task.id in outcomes:
             continue  # its fresh mark was refused
+        if shown is not None and time.monotonic() - checked_at > ACCOUNT_RECHECK:
+            switched = _account_switched(gw, shown)
+            checked_at = time.monotonic()
+            if switched is not None:
+                for rest, _, _ in pending[index:]:
+                    if rest.id not in outcomes:  # marked, never sent (this loop is the only sender)
+                        outcomes[rest.id] = _cancel_unsent(rest, "AccountMismatch", switched)
+                break
         if time.monotonic() - marked_at > SEND_WINDOW:
             # Slow sends: mark the rest again (fenced), so that none is sent long after its mark.
             _marked([p for p in pending[index:] if p[0].id not in outcomes], lease, outcomes)

@@ -407,30 +407,3 @@ def tasks_settle_batch(*, outcomes: list[tuple[TradeTask, str, dict[str, Any], d
         _record(cursor, [(task.id, TaskState.DISPATCHED, task.state, detail) for task, detail in settled], now)
         _publish_batch([(task.session_id, order_event(task, previous=TaskState.DISPATCHED)) for task, _ in settled])
     return done
-
-
-# --- a batch of new tasks (the hot write path, trading/hotwrites.py) ------------------------------------------
-
-def tasks_create_batch(*, tasks: list[TradeTask]) -> list[TradeTask]:
-    """``task_create`` for many new (queued) tasks in the caller's transaction: one INSERT of the tasks, one
-    of their first transitions ('' → queued), their ``order`` events in one round trip after commit. A task
-    whose request id or tag is taken (by another process, or an earlier row of the same batch) is skipped
-    (``ON CONFLICT DO NOTHING``), not raised: the tasks inserted are returned, the caller answers the others
-    from the ledger. Added by the write path (issue #13) beside the worker's batches above."""
-    if not tasks:
-        return []
-    quote = connection.ops.quote_name
-    fields = list(TradeTask._meta.concrete_fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [f.get_db_prep_save(f.pre_save(task, True), connection) for task in tasks for f in fields]
-    sql = (f"INSERT INTO {quote(TradeTask._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-           f"VALUES {', '.join([row] * len(tasks))} ON CONFLICT DO NOTHING RETURNING {quote('id')}")
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        inserted = {found for (found,) in cursor.fetchall()}
-        created = [task for task in tasks if task.id in inserted]
-        _record(cursor, [(task.id, "", TaskState.QUEUED, {}) for task in created], timezone.now())
-    for task in created:
-        task._state.adding = False
-    _publish_batch([(task.session_id, order_event(task, previous="", change="")) for task in created])
-    return created

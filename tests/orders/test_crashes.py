@@ -17,6 +17,7 @@ import pytest
 import redis
 from django.utils import timezone
 
+import mt5sim
 from tests.conftest import Stack
 from tests.orders.conftest import LOGIN, PASSWORD, open_session, wait_final
 from tests.procs import PYTHON, Proc, free_port, start_manage
@@ -173,6 +174,46 @@ def test_d_killed_mid_batch_each_task_is_at_most_one_order_the_sent_adopted_the_
                "the six messages consumed")
     for task in tasks:
         assert len(sim(TERMINAL).broker_orders_of(task)) == orders[task.id], task.id
+
+
+def test_f_an_account_switched_by_hand_mid_batch_stops_the_batch(stack, client, sim, control) -> None:
+    """A batch checks the terminal's account before its sends and again every ACCOUNT_RECHECK: someone
+    logging the terminal in to another account by hand mid-batch stops it; the tasks not sent yet are
+    cancelled (AccountMismatch) and none of them reaches either account. The send in flight at the switch
+    is the window MetaTrader5 leaves (no "send on account X"): at most that one task may have an order."""
+    worker = _restart(stack)
+    sid = open_session(client, TERMINAL)
+    assert wait_final(_post(client, sid, "switch-warm")).state == "filled"
+    worker.kill(signal.SIGSTOP)
+    try:
+        ids = [_post(client, sid, f"switch-{i}") for i in range(6)]
+        control(TERMINAL).delay(0.4, ["order_send"])  # each send of the batch takes 0.4 s
+        _wait_batchable(ids[-1])
+    finally:
+        worker.kill(signal.SIGCONT)
+    first = TradeTask.objects.get(id=ids[0])
+    wait_until(lambda: len(sim(TERMINAL).broker_orders_of(first)) == 1, 20, "the batch's first order at the broker")
+    _login_terminal(stack.addresses[TERMINAL], LOGIN + 777)  # by hand, mid-batch
+    tasks = [wait_final(task_id, timeout=40) for task_id in ids]
+    on_other = {t.id: len(sim(TERMINAL).broker_orders_of(t)) for t in tasks}
+    _login_terminal(stack.addresses[TERMINAL], LOGIN)
+    on_own = {t.id: len(sim(TERMINAL).broker_orders_of(t)) for t in tasks}
+    cancelled = [t for t in tasks if t.state == "cancelled"]
+    assert tasks[0].state == "filled" and on_own[tasks[0].id] == 1
+    assert len(cancelled) >= 4, [(t.state, t.result) for t in tasks]  # all but the first and the one in flight
+    for task in cancelled:
+        assert task.result["error"]["code"] == "AccountMismatch", task.result
+        assert on_other[task.id] == 0 and on_own[task.id] == 0, task.id
+    assert sum(on_other.values()) <= 1 and all(on_own[t.id] + on_other[t.id] <= 1 for t in tasks)
+
+
+def _login_terminal(address: str, login: int) -> None:
+    """Log the terminal in to ``login`` by hand, as a person at the terminal would (not the bridge)."""
+    assert mt5sim.initialize(address), mt5sim.last_error()
+    try:
+        assert mt5sim.login(login, password=PASSWORD, server="Demo"), mt5sim.last_error()
+    finally:
+        mt5sim.shutdown()
 
 
 def test_e_a_batch_slower_than_the_send_window_marks_its_rest_again_before_sending(stack, client, sim, control) -> None:
