@@ -427,6 +427,9 @@ BRIDGE_SNAPSHOT_CATCHUP_WAIT = env.float("BRIDGE_SNAPSHOT_CATCHUP_WAIT", default
 # snapshot inside the ASGI server, without Django's request cycle, whenever it can vouch for the answer
 # (else the request goes the full way). Off: every request takes the full path.
 BRIDGE_HOT_READS = env.bool("BRIDGE_HOT_READS", default=True)
+# The hot write path (trading/hotwrites.py): POST /orders answered in front of Django, the orders waiting at
+# once in one ledger transaction. Off: every order takes the full path.
+BRIDGE_HOT_WRITES = env.bool("BRIDGE_HOT_WRITES", default=True)
 # Cached API keys and sessions of the hot path are reloaded from the database after this many seconds
 # even when no change was announced (a revocation or session change takes effect at once otherwise).
 BRIDGE_ACCESS_CACHE_TTL = env.float("BRIDGE_ACCESS_CACHE_TTL", default=1.0)

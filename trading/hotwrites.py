@@ -30,11 +30,8 @@ is answered here (a hand-over could insert a request the bridge named itself a s
 from __future__ import annotations
 
 import asyncio
-import gzip
-import hashlib
 import json
 import logging
-import secrets
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +39,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
-from django.http.request import split_domain_port, validate_host
-from redis.exceptions import NoScriptError
 from rest_framework import serializers
 from rest_framework.utils import json as drf_json
 
@@ -56,29 +49,20 @@ from bridge_project import metrics, ratelimit
 from bridge_project.errors import BridgeError
 from bridge_project.middleware import REQUEST_ID_RE, new_request_id
 from bridge_project.parsers import max_depth, nesting_exceeds
-from sessions.access import (
-    ACCESS_EPOCH_KEY,
-    AccessCache,
-    KeyGrant,
-    SessionGrant,
-    load_key_grant,
-    load_session_grant,
-    new_epoch,
-    parse_bearer,
-)
+from sessions.access import KeyGrant, parse_bearer
 
+from . import front
 from .ledger import Outcome
 from .orders import validate_order_create
 from .serializers import OrderCreateSerializer, task_body
 from .services import OrderWrite, SessionAccount, orders_place_batch, session_account
-from .symbol_specs import META as SPEC_META, _key as spec_key
+from .symbol_specs import META as SPEC_META, specs_key as spec_key
 
 logger = logging.getLogger("bridge.trading.hotwrites")
 
 ROUTE = "/mt5/client/orders"
 ALLOW = b"GET, POST, HEAD, OPTIONS"  # the Allow header of OrderCollectionView
 MAX_BODY = 16 * 1024  # an order is a few hundred bytes; anything larger goes the full way
-GZIP_MIN_BYTES = 200  # as django.middleware.gzip.GZipMiddleware
 MAX_BATCH = 256
 SWITCH_INTERVAL = 0.0005  # seconds: see _Writer
 STATS_EVERY = 10.0  # seconds between two log lines of the writer's work
@@ -99,18 +83,16 @@ class _Request:
     request_id: str
     fresh_id: bool
     gzip_ok: bool
+    secure: bool
 
 
 def _parse(scope: dict[str, Any]) -> _Request | None:
     """The parts of a hot write the path needs, or None when the full path must look at it."""
     if scope["method"] != "POST" or scope["path"] != ROUTE or scope.get("query_string"):
         return None
-    limit = settings.BRIDGE_MAX_HEADER_BYTES
-    seen: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        if len(name) + len(value) > limit or name in seen:
-            return None  # 431, or a repeated header: the full path says so
-        seen[name] = value
+    seen = front.header_map(scope, settings.BRIDGE_MAX_HEADER_BYTES)
+    if seen is None:
+        return None  # 431, or a repeated header: the full path says so
     if b"transfer-encoding" in seen or b"idempotency-key" in seen:
         return None
     if seen.get(b"content-type", b"").strip().lower() != b"application/json":
@@ -118,9 +100,8 @@ def _parse(scope: dict[str, Any]) -> _Request | None:
     length = seen.get(b"content-length", b"")
     if not length.isdigit() or not 0 < int(length) <= MAX_BODY:
         return None
-    host, _ = split_domain_port(seen.get(b"host", b"").decode("latin-1"))
-    if not host or not validate_host(host, settings.ALLOWED_HOSTS):
-        return None
+    if not front.host_allowed(seen) or front.redirect_due(scope, seen):
+        return None  # Django answers 400 DisallowedHost, or redirects to https
     key = parse_bearer(seen.get(b"authorization"))
     session_id = seen.get(b"x-session-id", b"").decode("latin-1")
     if key is None or not session_id:
@@ -129,11 +110,13 @@ def _parse(scope: dict[str, Any]) -> _Request | None:
     if given is None:
         if settings.BRIDGE_REQUIRE_REQUEST_ID:
             return None
-        return _Request(key, session_id, new_request_id(), True, b"gzip" in seen.get(b"accept-encoding", b"").lower())
+        return _Request(key, session_id, new_request_id(), True, b"gzip" in seen.get(b"accept-encoding", b"").lower(),
+                        front.request_is_secure(scope, seen))
     text = given.decode("latin-1")
     if b"," in given or not REQUEST_ID_RE.match(text):
         return None
-    return _Request(key, session_id, text, False, b"gzip" in seen.get(b"accept-encoding", b"").lower())
+    return _Request(key, session_id, text, False, b"gzip" in seen.get(b"accept-encoding", b"").lower(),
+                    front.request_is_secure(scope, seen))
 
 
 async def _read_body(receive: Any) -> tuple[bytes | None, list[dict[str, Any]]]:
@@ -186,87 +169,6 @@ def _order_serializer() -> OrderCreateSerializer:
     """One OrderCreateSerializer for the process: building one per request deep-copies every field
     (a third of a hot write's time). Used from the event loop's thread only; holds no request state."""
     return OrderCreateSerializer()
-
-
-@dataclass
-class _Ask:
-    terminal: str
-    symbol: str
-    limits: tuple[list[str], list[Any]] | None
-    done: asyncio.Future
-
-
-@dataclass
-class _Answer:
-    epoch: str
-    meta: bytes | None
-    spec: bytes | None
-    rate_wait_us: int
-
-
-class _RoundTrips:
-    """The Redis work of every order waiting at once, in one pipelined round trip at a time. A request
-    joins the next round trip that has not started yet: the epoch it reads is never older than it."""
-
-    def __init__(self, url: str) -> None:
-        self.client = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self.script_sha = hashlib.sha1(ratelimit.SLIDING_WINDOW_LUA.encode()).hexdigest()
-        self.pending: list[_Ask] = []
-        self.running = False
-        self.last_epoch = ""
-
-    async def ask(self, terminal: str, symbol: str, limits: tuple[list[str], list[Any]] | None) -> _Answer:
-        ask = _Ask(terminal, symbol, limits, asyncio.get_running_loop().create_future())
-        self.pending.append(ask)
-        if not self.running:
-            self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await ask.done
-
-    async def _drain(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                try:
-                    try:
-                        answers = await self._round_trip(batch)
-                    except NoScriptError:  # a Redis that never saw the script (or was restarted): load it
-                        await self.client.script_load(ratelimit.SLIDING_WINDOW_LUA)
-                        answers = await self._round_trip(batch)
-                except Exception as exc:  # Redis unreachable or failing: every request goes the full way
-                    for ask in batch:
-                        if not ask.done.done():
-                            ask.done.set_exception(exc)
-                    continue
-                for ask, answer in zip(batch, answers, strict=True):
-                    if not ask.done.done():
-                        ask.done.set_result(answer)
-        finally:
-            self.running = False
-
-    async def _round_trip(self, batch: list[_Ask]) -> list[_Answer]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(ACCESS_EPOCH_KEY)
-        for ask in batch:
-            if ask.limits is not None:
-                keys, args = ask.limits
-                pipe.evalsha(self.script_sha, len(keys), *keys, secrets.token_hex(8), *args)
-            if ask.terminal:
-                pipe.hmget(spec_key(ask.terminal), [SPEC_META, ask.symbol])
-        results = await pipe.execute()
-        epoch = results[0]
-        if epoch is None:  # Redis lost it (a restart): a new epoch, so no cached grant is trusted
-            fresh = new_epoch()
-            await self.client.set(ACCESS_EPOCH_KEY, fresh, nx=True)
-            epoch = await self.client.get(ACCESS_EPOCH_KEY) or fresh.encode()
-        epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        rest = iter(results[1:])
-        answers = []
-        for ask in batch:
-            wait = int(next(rest)) if ask.limits is not None else 0
-            meta, spec = next(rest) if ask.terminal else (None, None)
-            answers.append(_Answer(epoch_text, meta, spec, wait))
-        return answers
 
 
 @dataclass
@@ -395,26 +297,14 @@ def _limits(grant: KeyGrant) -> tuple[list[str], list[Any]] | None:
     ])
 
 
-def _headers(request: _Request, body: bytes, plain_length: int, gzipped: bool, replayed: bool
+def _headers(request: _Request, content_headers: list[tuple[bytes, bytes]], replayed: bool
              ) -> list[tuple[bytes, bytes]]:
-    """Django's headers for this answer: DRF's (one renderer: no Vary of its own), GZipMiddleware's
-    ``Vary: Accept-Encoding`` on a body of 200 bytes or more, the security and request-id middleware's."""
-    headers = [(b"content-type", b"application/json")]
-    if plain_length >= GZIP_MIN_BYTES:
-        headers.append((b"vary", b"Accept-Encoding"))
-    headers += [
-        (b"allow", ALLOW),
-        (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
-        (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()),
-        (b"x-request-id", request.request_id.encode()),
-    ]
+    """Django's headers for this answer: DRF's (one renderer: no Vary of its own; ``Allow``), GZipMiddleware's
+    (``trading.front.content``), the security and request-id middleware's."""
+    headers = [*content_headers, (b"allow", ALLOW), (b"x-request-id", request.request_id.encode()),
+               *front.security_headers(request.secure)]
     if replayed:
         headers.append((b"idempotent-replayed", b"true"))
-    if gzipped:
-        headers.append((b"content-encoding", b"gzip"))
     return headers
 
 
@@ -423,13 +313,10 @@ class HotWrites:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.enabled = getattr(settings, "BRIDGE_HOT_WRITES", True) and not getattr(settings, "SECURE_SSL_REDIRECT",
-                                                                                   False)
-        self.access = AccessCache()
-        self._round_trips: _RoundTrips | None = None
+        self.enabled = settings.BRIDGE_HOT_WRITES
+        self.vouchers = front.Vouchers()
+        self._round_trips: front.RoundTrips | None = None
         self._writer: _Writer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loading: dict[tuple[Any, str, str], asyncio.Future] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.enabled and scope["type"] == "http":
@@ -444,17 +331,13 @@ class HotWrites:
                     return
         await self.app(scope, receive, send)
 
-    def round_trips(self) -> _RoundTrips:
+    def round_trips(self) -> front.RoundTrips:
         """The round trips of the running event loop (daphne has one; its Redis connections belong to it)."""
         loop = asyncio.get_running_loop()
-        if self._round_trips is None or self._loop is not loop:
-            last_epoch = self._round_trips.last_epoch if self._round_trips is not None else ""
-            self._round_trips = _RoundTrips(settings.REDIS_URL)
-            self._round_trips.last_epoch = last_epoch
+        if self._round_trips is None or self._round_trips.loop is not loop:
+            self._round_trips = front.RoundTrips(settings.REDIS_URL, loop)
             if self._writer is not None:
                 self._writer.pending, self._writer.running = [], False
-            self._loading = {}
-            self._loop = loop
         return self._round_trips
 
     def writer(self) -> _Writer:
@@ -462,73 +345,38 @@ class HotWrites:
             self._writer = _Writer()
         return self._writer
 
-    async def _grants(self, request: _Request, epoch: str) -> tuple[KeyGrant, SessionGrant] | None:
-        key = self.access.key(request.key, epoch)
-        if key is None:
-            key = await self._load(load_key_grant, request.key, epoch)
-            if key is None:
-                return None
-            self.access.keep_key(request.key, key)
-        session = self.access.session(request.session_id, epoch)
-        if session is None:
-            session = await self._load(load_session_grant, request.session_id, epoch)
-            if session is None:
-                return None
-            self.access.keep_session(session)
-        return key, session
-
-    async def _load(self, loader: Any, ident: str, epoch: str) -> Any:
-        """One database load per grant at a time: the requests that find the same grant stale together
-        (every BRIDGE_ACCESS_CACHE_TTL, or after a rotation: all the clients of a key at once) share it,
-        instead of queueing one query each in asgiref's thread."""
-        self.round_trips()  # the loading table belongs to the running loop
-        ticket = (loader, ident, epoch)
-        future = self._loading.get(ticket)
-        if future is None:
-            future = asyncio.ensure_future(sync_to_async(loader)(ident, epoch))
-            self._loading[ticket] = future
-            future.add_done_callback(lambda _: self._loading.pop(ticket, None))
-        return await asyncio.shield(future)
-
-    async def _current_grants(self, request: _Request) -> tuple[KeyGrant, SessionGrant] | None:
-        trips = self.round_trips()
-        grants = await self._grants(request, trips.last_epoch) if trips.last_epoch else None
-        if grants is None:
-            trips.last_epoch = (await trips.ask("", "", None)).epoch
-            grants = await self._grants(request, trips.last_epoch)
-        return grants
-
     async def _answer(self, scope: dict[str, Any], request: _Request, raw: bytes, send: Any) -> bool:
-        """True when the request was answered here."""
+        """True when the request was answered here. A request counted against its rate limits here and
+        then handed to Django is marked in its scope, so Django does not count it again."""
         data = _order_body(raw)
         if data is None:
             return False
         try:
-            grants = await self._current_grants(request)
+            grants = await self.vouchers.before(request.key, request.session_id)
             if grants is None:
-                logger.debug("hot writes: handed over (unknown key or session)")
+                logger.debug("hot writes: handed over (unknown key, or a session not served)")
                 return False
-            key, session = grants
-            if not session.serves(key.workspace_id, time.time()):
-                logger.debug("hot writes: handed over (session not served)")
+            epoch, (*waits, (meta_raw, spec_raw)) = await self.round_trips().ask([
+                *front.rate_limit_command(_limits(grants[0])),
+                ("hmget", (spec_key(grants[1].terminal), [SPEC_META, data["symbol"]])),
+            ])
+            if waits and int(waits[0]) > 0:
+                logger.debug("hot writes: handed over (rate limit)")
+                return False  # over a limit (not counted): the full path counts it and answers 429
+            scope[ratelimit.SCOPE_CHECKED] = True
+            grants = await self.vouchers.after(request.key, request.session_id, grants, epoch)
+            if grants is None:
+                logger.debug("hot writes: handed over (a key or session changed)")
                 return False
-            answer = await self.round_trips().ask(session.terminal, data["symbol"], _limits(key))
         except Exception:  # Redis (or the database) in trouble: the full path handles it
             logger.debug("hot writes: handed over (grants or Redis)", exc_info=True)
             return False
-        self.round_trips().last_epoch = answer.epoch
-        if answer.rate_wait_us != 0:
-            logger.debug("hot writes: handed over (rate limit)")
-            return False  # over a limit (not counted): the full path counts it and answers 429
-        scope[ratelimit.SCOPE_CHECKED] = True
-        if answer.epoch != key.epoch or answer.epoch != session.epoch:
-            logger.debug("hot writes: handed over (access epoch changed)")
-            return False  # a key or session changed meanwhile: the full path reads the database
+        session = grants[1]
         try:
-            meta = json.loads(answer.meta) if answer.meta else None
-            if meta is None or meta.get("sessionId") != session.session_id or answer.spec is None:
+            meta = json.loads(meta_raw) if meta_raw else None
+            if meta is None or meta.get("sessionId") != session.session_id or spec_raw is None:
                 return False  # specs not published for this session (the full path asks the worker)
-            validate_order_create(data, json.loads(answer.spec))
+            validate_order_create(data, json.loads(spec_raw))
         except (BridgeError, ValueError, TypeError):
             return False  # 400 naming the field: the full path answers it
         try:
@@ -539,11 +387,8 @@ class HotWrites:
             return False
         except BaseException:
             raise _Committed() from None
-        plain_length = len(body)
-        gzipped = request.gzip_ok and plain_length >= GZIP_MIN_BYTES
-        if gzipped:
-            body = gzip.compress(body, mtime=0)
+        body, content_headers = front.content(body, front.compressed(body), request.gzip_ok)
         await send({"type": "http.response.start", "status": outcome.status_code,
-                    "headers": _headers(request, body, plain_length, gzipped, outcome.replayed)})
+                    "headers": _headers(request, content_headers, outcome.replayed)})
         await send({"type": "http.response.body", "body": body})
         return True

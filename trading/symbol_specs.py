@@ -45,7 +45,8 @@ def redis_client() -> redis.Redis:
     return _client(settings.REDIS_URL)
 
 
-def _key(terminal_name: str) -> str:
+def specs_key(terminal_name: str) -> str:
+    """The Redis hash of the symbol specs the pinned worker published for this terminal."""
     return f"bridge:symspec:{terminal_name}"
 
 
@@ -59,7 +60,7 @@ def store_specs(terminal_name: str, session_id: str, symbols: list[Any]) -> int:
     """Replace the terminal's cached specs (worker side); returns how many symbols were stored."""
     mapping = {spec["name"]: json.dumps(spec) for spec in map(spec_of, symbols)}
     mapping[META] = json.dumps({"sessionId": session_id, "at": time.time(), "count": len(mapping)})
-    key = _key(terminal_name)
+    key = specs_key(terminal_name)
     pipe = redis_client().pipeline()
     pipe.delete(key)
     pipe.hset(key, mapping=mapping)
@@ -68,7 +69,7 @@ def store_specs(terminal_name: str, session_id: str, symbols: list[Any]) -> int:
 
 
 def _meta(terminal_name: str) -> dict[str, Any] | None:
-    raw = redis_client().hget(_key(terminal_name), META)
+    raw = redis_client().hget(specs_key(terminal_name), META)
     return json.loads(raw) if raw else None
 
 
@@ -88,7 +89,7 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
     """
     try:
         # The stamp and the symbol in one round trip (the common case: specs already published).
-        raw_meta, raw = redis_client().hmget(_key(terminal_name), [META, symbol])
+        raw_meta, raw = redis_client().hmget(specs_key(terminal_name), [META, symbol])
         meta = json.loads(raw_meta) if raw_meta else None
         if meta is None or meta.get("sessionId") != session_id:
             _request_refresh(terminal_name, session_id)
@@ -101,7 +102,7 @@ def get_spec(terminal_name: str, session_id: str, symbol: str) -> dict[str, Any]
                     "the terminal did not publish its symbol specifications in time",
                     {"terminal": terminal_name},
                 )
-            raw = redis_client().hget(_key(terminal_name), symbol)
+            raw = redis_client().hget(specs_key(terminal_name), symbol)
     except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
         raise Unavailable(
             "symbol specifications cannot be read: the bridge's Redis is unreachable; retry with the same "

@@ -25,10 +25,8 @@ the same body and headers (a test compares them), only sooner.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
-import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,7 +49,6 @@ ROUTES: dict[str, tuple[str, bytes]] = {
     PREFIX + "positions": ("positions", b"GET, HEAD, OPTIONS"),
     PREFIX + "orders": ("orders", b"GET, POST, HEAD, OPTIONS"),
 }
-GZIP_MIN_BYTES = 200  # as django.middleware.gzip.GZipMiddleware
 
 
 def render_body(route: str, snapshot: TerminalSnapshot) -> bytes:
@@ -75,34 +72,12 @@ class _Rendered:
     bodies: dict[str, tuple[bytes, bytes | None]] = field(default_factory=dict)  # route -> plain, gzipped
 
     def answer(self, route: str, gzip_ok: bool) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        """The body and its content headers, by django.middleware.gzip.GZipMiddleware's rules: bodies of
-        200 bytes and more vary on Accept-Encoding, and are gzipped (when that is shorter) for a client
-        that accepts it, with a random file name in the gzip header (Django's mitigation of
-        compression side channels), added here to a stream compressed once per snapshot."""
+        """The body and its content headers (``trading.front.content``: Django's gzip rules)."""
         found = self.bodies.get(route)
         if found is None:
             plain = render_body(route, self.snapshot)
-            packed = gzip.compress(plain, compresslevel=6, mtime=0) if len(plain) >= GZIP_MIN_BYTES else None
-            found = self.bodies[route] = (plain, packed)
-        plain, packed = found
-        headers = [(b"content-type", b"application/json")]
-        if packed is None:
-            return plain, [*headers, (b"content-length", str(len(plain)).encode())]
-        headers.append((b"vary", b"Accept-Encoding"))
-        if gzip_ok:
-            body = _with_random_name(packed)
-            if len(body) < len(plain):
-                return body, [*headers, (b"content-length", str(len(body)).encode()),
-                              (b"content-encoding", b"gzip")]
-        return plain, [*headers, (b"content-length", str(len(plain)).encode())]
-
-
-def _with_random_name(packed: bytes) -> bytes:
-    """``packed`` with the FNAME flag and a random 1-100 byte name, as django.utils.text.compress_string."""
-    name = secrets.token_urlsafe(75)[: 1 + secrets.randbelow(100)].encode()
-    header = bytearray(packed[:10])
-    header[3] = gzip.FNAME
-    return bytes(header) + name + b"\x00" + packed[10:]
+            found = self.bodies[route] = (plain, front.compressed(plain))
+        return front.content(*found, gzip_ok)
 
 
 class _Snapshots:
