@@ -428,8 +428,9 @@ def main() -> None:  # one linear script
         procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
                             str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
         wait_port(sim_port)
-        procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING"], env)
-        procs.start("poller", [PYTHON, "manage.py", "run_terminal_poller", TERMINAL, "--interval", str(args.poll)],
+        # The terminal's one process: the pinned worker with its reader and poller threads (polling every --poll).
+        procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING",
+                               "--poll-interval", str(args.poll), "--settings=bridge_project.settings_terminal"],
                     env)
         procs.start("web", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
                             "bridge_project.asgi:application"], env)
