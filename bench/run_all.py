@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["mt5sim_bench.py", "http_servers.py", "orders.py", "reads.py", "events.py", "ops_admin.py", "chaos.py", "compare.py"]
+BENCHES = ["mt5sim_bench.py", "http_servers.py", "orders.py", "drain.py", "writes.py", "reads.py", "events.py", "ops_admin.py",
+           "chaos.py", "compare.py"]
 
 
 def main() -> int:
