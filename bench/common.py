@@ -188,3 +188,22 @@ def setup_django(env: dict[str, str], exported: tuple[str, ...]) -> None:
 
     print(f"machine: {machine()}")
     print(f"database: {connection.vendor} {connection.settings_dict['NAME']}; redis: {os.environ.get('REDIS_URL')}")
+
+
+def raw_order_send(address: str, count: int) -> tuple[list[float], float]:
+    """``count`` market orders through mt5sim directly, one at a time: per-call ms, and calls per second."""
+    import mt5sim
+
+    assert mt5sim.initialize(address), mt5sim.last_error()
+    times = []
+    t_start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.01,
+                                    "type": mt5sim.ORDER_TYPE_BUY, "deviation": 20,
+                                    "type_filling": mt5sim.ORDER_FILLING_IOC})
+        times.append((time.perf_counter() - t0) * 1000)
+        assert result is not None and result.retcode == mt5sim.TRADE_RETCODE_DONE, (result, mt5sim.last_error())
+    rate = count / (time.perf_counter() - t_start)
+    mt5sim.shutdown()
+    return times, rate

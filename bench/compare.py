@@ -59,7 +59,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, machine, pct, wait_port  # noqa: E402
+from bench.common import free_port, machine, pct, raw_order_send, wait_port  # noqa: E402
 from bridge_project.processes import start_group, stop_group  # noqa: E402
 
 PYTHON = sys.executable
@@ -333,25 +333,6 @@ class Started:
 
 
 # --- phases ------------------------------------------------------------------------------------------------
-def raw_order_send(address: str, count: int) -> tuple[list[float], float]:
-    """``count`` market orders through mt5sim directly, one at a time: per-call ms, and calls per second."""
-    import mt5sim
-
-    assert mt5sim.initialize(address), mt5sim.last_error()
-    times = []
-    t_start = time.perf_counter()
-    for _ in range(count):
-        t0 = time.perf_counter()
-        result = mt5sim.order_send({"action": mt5sim.TRADE_ACTION_DEAL, "symbol": "EURUSD", "volume": 0.01,
-                                    "type": mt5sim.ORDER_TYPE_BUY, "deviation": 20,
-                                    "type_filling": mt5sim.ORDER_FILLING_IOC})
-        times.append((time.perf_counter() - t0) * 1000)
-        assert result is not None and result.retcode == mt5sim.TRADE_RETCODE_DONE, (result, mt5sim.last_error())
-    rate = count / (time.perf_counter() - t_start)
-    mt5sim.shutdown()
-    return times, rate
-
-
 def wait_final(task_ids: list[str], timeout: float) -> None:
     from trading.models import TradeTask
 

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, machine, pct, request, wait_port  # noqa: E402
+from bench.common import Procs, free_port, machine, pct, raw_order_send, request, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "drain-1"
@@ -193,17 +193,7 @@ def main() -> None:  # noqa: C901 (one linear script)
             events = TaskTransition.objects.filter(task_id__in=ids).count()
             print(f"   transitions recorded: {events} ({events / len(ids):.1f} per task)")
 
-        import mt5sim
-
-        assert mt5sim.initialize(f"127.0.0.1:{sim_port}")
-        n = 1000
-        t0 = time.perf_counter()
-        for _ in range(n):
-            result = mt5sim.order_send({"action": 1, "symbol": "EURUSD", "volume": 0.01, "type": 0, "deviation": 50,
-                                        "type_filling": 0, "comment": "bench-raw"})
-            assert result is not None and result.retcode == 10009, (result, mt5sim.last_error())
-        raw = n / (time.perf_counter() - t0)
-        mt5sim.shutdown()
+        raw = raw_order_send(f"127.0.0.1:{sim_port}", 1000)[1]
         print(f"\nraw mt5sim order_send, same terminal, one client in this process: {raw:,.0f} orders/s")
         print(f"load average at end: {open('/proc/loadavg').read().split()[:3]}")
         request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)

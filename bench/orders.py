@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, http_load, pct, request, setup_django, wait_port  # noqa: E402
+from bench.common import Procs, free_port, http_load, pct, raw_order_send, request, setup_django, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-1"
@@ -168,17 +168,7 @@ def main() -> None:  # one linear script
         span = (last - first).total_seconds()
         print(f"   {len(rows)} tasks in {span:.2f} s: {len(rows) / span:.0f} orders/s (final states: {sorted(states)})")
 
-        import mt5sim
-
-        assert mt5sim.initialize(f"127.0.0.1:{sim_port}")
-        n = args.drain
-        t0 = time.perf_counter()
-        for _ in range(n):
-            result = mt5sim.order_send({"action": 1, "symbol": "EURUSD", "volume": 0.01, "type": 0, "deviation": 50,
-                                        "type_filling": 0, "comment": "bench-raw"})
-            assert result is not None and result.retcode == 10009, (result, mt5sim.last_error())
-        raw = n / (time.perf_counter() - t0)
-        mt5sim.shutdown()
+        raw = raw_order_send(f"127.0.0.1:{sim_port}", args.drain)[1]
         print(f"   raw mt5sim order_send, same terminal, one client in this process: {raw:.0f} orders/s")
         print(f"   the pinned worker drains at {len(rows) / span / raw * 100:.1f}% of the raw order_send rate")
         request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)

@@ -257,3 +257,24 @@ class Vouchers:
                 or not reloaded[1].serves(reloaded[0].workspace_id, time.time())):
             return None
         return reloaded
+
+
+class FrontPath:
+    """The base of an ASGI middleware in front of Django: the wrapped application, the path's switch, its
+    grants and the round trips of the running event loop (a Redis connection belongs to one loop)."""
+
+    def __init__(self, app: Any, enabled: bool) -> None:
+        self.app = app
+        self.enabled = enabled
+        self.vouchers = Vouchers()
+        self._round_trips: RoundTrips | None = None
+
+    def round_trips(self) -> RoundTrips:
+        loop = asyncio.get_running_loop()
+        if self._round_trips is None or self._round_trips.loop is not loop:
+            self._round_trips = RoundTrips(settings.REDIS_URL, loop)
+            self.new_loop(self._round_trips)
+        return self._round_trips
+
+    def new_loop(self, trips: RoundTrips) -> None:
+        """Called when the path starts on an event loop (what belongs to the previous loop goes)."""

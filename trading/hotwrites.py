@@ -308,14 +308,11 @@ def _headers(request: _Request, content_headers: list[tuple[bytes, bytes]], repl
     return headers
 
 
-class HotWrites:
+class HotWrites(front.FrontPath):
     """ASGI middleware: answers the ``POST /orders`` it can vouch for, hands everything else to ``app``."""
 
     def __init__(self, app: Any) -> None:
-        self.app = app
-        self.enabled = settings.BRIDGE_HOT_WRITES
-        self.vouchers = front.Vouchers()
-        self._round_trips: front.RoundTrips | None = None
+        super().__init__(app, settings.BRIDGE_HOT_WRITES)
         self._writer: _Writer | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -331,14 +328,9 @@ class HotWrites:
                     return
         await self.app(scope, receive, send)
 
-    def round_trips(self) -> front.RoundTrips:
-        """The round trips of the running event loop (daphne has one; its Redis connections belong to it)."""
-        loop = asyncio.get_running_loop()
-        if self._round_trips is None or self._round_trips.loop is not loop:
-            self._round_trips = front.RoundTrips(settings.REDIS_URL, loop)
-            if self._writer is not None:
-                self._writer.pending, self._writer.running = [], False
-        return self._round_trips
+    def new_loop(self, trips: front.RoundTrips) -> None:
+        if self._writer is not None:  # its waiting orders belonged to the previous loop
+            self._writer.pending, self._writer.running = [], False
 
     def writer(self) -> _Writer:
         if self._writer is None:

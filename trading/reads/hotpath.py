@@ -24,7 +24,6 @@ the same body and headers (a test compares them), only sooner.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -152,14 +151,11 @@ def _parse(scope: dict[str, Any]) -> _Request | None:
                     b"gzip" in seen.get(b"accept-encoding", b"").lower(), front.request_is_secure(scope, seen))
 
 
-class HotReads:
+class HotReads(front.FrontPath):
     """ASGI middleware: answers the hot reads it can vouch for, hands everything else to ``app``."""
 
     def __init__(self, app: Any) -> None:
-        self.app = app
-        self.enabled = settings.BRIDGE_HOT_READS
-        self.vouchers = front.Vouchers()
-        self._round_trips: front.RoundTrips | None = None
+        super().__init__(app, settings.BRIDGE_HOT_READS)
         self._snapshots: _Snapshots | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -173,13 +169,8 @@ class HotReads:
                 return
         await self.app(scope, receive, send)
 
-    def round_trips(self) -> front.RoundTrips:
-        """The round trips of the running event loop (a connection belongs to one loop)."""
-        loop = asyncio.get_running_loop()
-        if self._round_trips is None or self._round_trips.loop is not loop:
-            self._round_trips = front.RoundTrips(settings.REDIS_URL, loop)
-            self._snapshots = _Snapshots(self._round_trips.client)
-        return self._round_trips
+    def new_loop(self, trips: front.RoundTrips) -> None:
+        self._snapshots = _Snapshots(trips.client)
 
     async def _answer(self, scope: dict[str, Any], request: _Request, send: Any) -> bool:
         """True when the request was answered here. A request counted against its rate limits here and
