@@ -27,6 +27,7 @@ from django.http.request import split_domain_port, validate_host
 from redis.exceptions import NoScriptError
 
 from bridge_project import ratelimit
+from bridge_project.middleware import REQUEST_ID_RE, new_request_id
 from sessions.access import (
     ACCESS_EPOCH_KEY,
     AccessCache,
@@ -35,6 +36,7 @@ from sessions.access import (
     load_key_grant,
     load_session_grant,
     new_epoch,
+    parse_bearer,
 )
 
 
@@ -47,6 +49,42 @@ def header_map(scope: dict[str, Any], limit: int) -> dict[bytes, bytes] | None:
             return None
         seen[name] = value
     return seen
+
+
+@dataclass
+class Caller:
+    """Who calls a hot path and how to answer: what both hot paths read from the request's headers."""
+
+    key: str
+    session_id: str
+    request_id: str
+    fresh_id: bool  # the bridge made the request id (the client sent none)
+    gzip_ok: bool
+    secure: bool
+
+
+def caller(scope: dict[str, Any], headers: dict[bytes, bytes], *, write: bool) -> Caller | None:
+    """The caller of a request a hot path may answer, or None when Django must answer it: a Host not in
+    ALLOWED_HOSTS (400), plain http under SECURE_SSL_REDIRECT (301), no bridge API key or no session
+    header (401), ``Idempotency-Key`` (the middleware reconciles it with ``x-request-id``), a malformed or
+    repeated ``x-request-id`` (400), none on a write while ``BRIDGE_REQUIRE_REQUEST_ID`` is on (400)."""
+    if not host_allowed(headers) or redirect_due(scope, headers) or b"idempotency-key" in headers:
+        return None
+    key = parse_bearer(headers.get(b"authorization"))
+    session_id = headers.get(b"x-session-id", b"").decode("latin-1")
+    if key is None or not session_id:
+        return None
+    given = headers.get(b"x-request-id")
+    if given is None:
+        if write and settings.BRIDGE_REQUIRE_REQUEST_ID:
+            return None
+        request_id, fresh = new_request_id(), True
+    else:
+        request_id, fresh = given.decode("latin-1"), False
+        if b"," in given or not REQUEST_ID_RE.match(request_id):
+            return None
+    return Caller(key, session_id, request_id, fresh, b"gzip" in headers.get(b"accept-encoding", b"").lower(),
+                  request_is_secure(scope, headers))
 
 
 def host_allowed(headers: dict[bytes, bytes]) -> bool:

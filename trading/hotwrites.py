@@ -47,9 +47,8 @@ from rest_framework.utils import json as drf_json
 
 from bridge_project import metrics, ratelimit
 from bridge_project.errors import BridgeError
-from bridge_project.middleware import REQUEST_ID_RE, new_request_id
 from bridge_project.parsers import max_depth, nesting_exceeds
-from sessions.access import KeyGrant, parse_bearer
+from sessions.access import KeyGrant
 
 from . import front
 from .ledger import Outcome
@@ -76,47 +75,21 @@ class _Committed(Exception):
     """Written, but its answer could not be made: a 500 (never the full path: it would write it again)."""
 
 
-@dataclass
-class _Request:
-    key: str
-    session_id: str
-    request_id: str
-    fresh_id: bool
-    gzip_ok: bool
-    secure: bool
-
-
-def _parse(scope: dict[str, Any]) -> _Request | None:
+def _parse(scope: dict[str, Any]) -> front.Caller | None:
     """The parts of a hot write the path needs, or None when the full path must look at it."""
     if scope["method"] != "POST" or scope["path"] != ROUTE or scope.get("query_string"):
         return None
     seen = front.header_map(scope, settings.BRIDGE_MAX_HEADER_BYTES)
     if seen is None:
         return None  # 431, or a repeated header: the full path says so
-    if b"transfer-encoding" in seen or b"idempotency-key" in seen:
+    if b"transfer-encoding" in seen:
         return None
     if seen.get(b"content-type", b"").strip().lower() != b"application/json":
         return None
     length = seen.get(b"content-length", b"")
     if not length.isdigit() or not 0 < int(length) <= MAX_BODY:
         return None
-    if not front.host_allowed(seen) or front.redirect_due(scope, seen):
-        return None  # Django answers 400 DisallowedHost, or redirects to https
-    key = parse_bearer(seen.get(b"authorization"))
-    session_id = seen.get(b"x-session-id", b"").decode("latin-1")
-    if key is None or not session_id:
-        return None
-    given = seen.get(b"x-request-id")
-    if given is None:
-        if settings.BRIDGE_REQUIRE_REQUEST_ID:
-            return None
-        return _Request(key, session_id, new_request_id(), True, b"gzip" in seen.get(b"accept-encoding", b"").lower(),
-                        front.request_is_secure(scope, seen))
-    text = given.decode("latin-1")
-    if b"," in given or not REQUEST_ID_RE.match(text):
-        return None
-    return _Request(key, session_id, text, False, b"gzip" in seen.get(b"accept-encoding", b"").lower(),
-                    front.request_is_secure(scope, seen))
+    return front.caller(scope, seen, write=True)
 
 
 async def _read_body(receive: Any) -> tuple[bytes | None, list[dict[str, Any]]]:
@@ -297,7 +270,7 @@ def _limits(grant: KeyGrant) -> tuple[list[str], list[Any]] | None:
     ])
 
 
-def _headers(request: _Request, content_headers: list[tuple[bytes, bytes]], replayed: bool
+def _headers(request: front.Caller, content_headers: list[tuple[bytes, bytes]], replayed: bool
              ) -> list[tuple[bytes, bytes]]:
     """Django's headers for this answer: DRF's (one renderer: no Vary of its own; ``Allow``), GZipMiddleware's
     (``trading.front.content``), the security and request-id middleware's."""
@@ -337,7 +310,7 @@ class HotWrites(front.FrontPath):
             self._writer = _Writer()
         return self._writer
 
-    async def _answer(self, scope: dict[str, Any], request: _Request, raw: bytes, send: Any) -> bool:
+    async def _answer(self, scope: dict[str, Any], request: front.Caller, raw: bytes, send: Any) -> bool:
         """True when the request was answered here. A request counted against its rate limits here and
         then handed to Django is marked in its scope, so Django does not count it again."""
         data = _order_body(raw)

@@ -27,15 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
 from bridge_project import metrics, ratelimit
-from bridge_project.middleware import REQUEST_ID_RE
-from sessions.access import KeyGrant, SessionGrant, parse_bearer
+from sessions.access import KeyGrant, SessionGrant
 from trading import front
 from trading.reads.snapshots import TerminalSnapshot, changed_key, snapshot_key, snapshot_version_key
 
@@ -114,41 +112,18 @@ def _limits(grant: KeyGrant) -> tuple[list[str], list[Any]] | None:
     ])
 
 
-@dataclass
-class _Request:
-    route: str
-    key: str
-    session_id: str
-    request_id: bytes
-    gzip_ok: bool
-    secure: bool
-
-
-def _parse(scope: dict[str, Any]) -> _Request | None:
-    """The parts of a hot read the fast path needs, or None when the full path must look at it."""
+def _parse(scope: dict[str, Any]) -> tuple[str, front.Caller] | None:
+    """The route and caller of a hot read, or None when the full path must look at it."""
     route = scope["path"]
     if scope["method"] != "GET" or route not in ROUTES or scope.get("query_string"):
         return None
     seen = front.header_map(scope, settings.BRIDGE_MAX_HEADER_BYTES)
     if seen is None:
         return None  # 431, or a repeated header (x-request-id twice is a 400): the full path says so
-    if b"transfer-encoding" in seen or seen.get(b"content-length", b"0") != b"0" or b"idempotency-key" in seen:
+    if b"transfer-encoding" in seen or seen.get(b"content-length", b"0") != b"0":
         return None
-    if not front.host_allowed(seen) or front.redirect_due(scope, seen):
-        return None  # Django answers 400 DisallowedHost, or redirects to https
-    key = parse_bearer(seen.get(b"authorization"))
-    session_id = seen.get(b"x-session-id", b"").decode("latin-1")
-    if key is None or not session_id:
-        return None
-    given = seen.get(b"x-request-id")
-    if given is None:
-        request_id = f"req_{uuid.uuid4().hex}".encode()
-    elif REQUEST_ID_RE.match(given.decode("latin-1")) and b"," not in given:
-        request_id = given
-    else:
-        return None
-    return _Request(ROUTES[route][0], key, session_id, request_id,
-                    b"gzip" in seen.get(b"accept-encoding", b"").lower(), front.request_is_secure(scope, seen))
+    who = front.caller(scope, seen, write=False)
+    return (ROUTES[route][0], who) if who is not None else None
 
 
 class HotReads(front.FrontPath):
@@ -161,8 +136,8 @@ class HotReads(front.FrontPath):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.enabled and scope["type"] == "http":
             started = time.perf_counter()
-            request = _parse(scope)
-            answered = request is not None and await self._answer(scope, request, send)
+            parsed = _parse(scope)
+            answered = parsed is not None and await self._answer(scope, *parsed, send)
             if answered:
                 metrics.observe_buffered("bridge_http_request_seconds", time.perf_counter() - started,
                                          method="GET", status="2xx")
@@ -172,7 +147,7 @@ class HotReads(front.FrontPath):
     def new_loop(self, trips: front.RoundTrips) -> None:
         self._snapshots = _Snapshots(trips.client)
 
-    async def _answer(self, scope: dict[str, Any], request: _Request, send: Any) -> bool:
+    async def _answer(self, scope: dict[str, Any], route: str, request: front.Caller, send: Any) -> bool:
         """True when the request was answered here. A request counted against its rate limits here and
         then handed to Django is marked in its scope, so Django does not count it again."""
         trips = self.round_trips()
@@ -198,12 +173,13 @@ class HotReads(front.FrontPath):
         if rendered is None or not _servable(rendered.snapshot, float(changed or 0.0), grants[1]):
             return False
         try:
-            body, headers = rendered.answer(request.route, request.gzip_ok)
+            body, headers = rendered.answer(route, request.gzip_ok)
         except ValueError:  # not JSON-compliant (NaN): the full path decides
             return False
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*headers, (b"allow", ROUTES[scope["path"]][1]),
-                                (b"x-request-id", request.request_id), *front.security_headers(request.secure)]})
+                                (b"x-request-id", request.request_id.encode()),
+                                *front.security_headers(request.secure)]})
         await send({"type": "http.response.body", "body": body})
         return True
 
