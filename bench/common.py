@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +208,21 @@ def raw_order_send(address: str, count: int) -> tuple[list[float], float]:
     rate = count / (time.perf_counter() - t_start)
     mt5sim.shutdown()
     return times, rate
+
+
+def open_session(web_port: int, auth: dict[str, str], terminal: str, account_id: str = "bench",
+                 timeout: float = 90, log: Callable[[], str] | None = None) -> dict:
+    """An active session on ``terminal`` (account 5001/pw on server Demo), retried while the worker starts;
+    a session that came back still ``opening`` is closed before the next try."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
+                                  {"accountId": account_id, "server": "Demo", "login": 5001, "password": "pw",
+                                   "terminal": terminal}, auth)
+        if status == 201 and session.get("status") == "active":
+            return session
+        if status == 201:
+            request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"could not open a session: {status} {session}\n{(log() if log else '')[-2000:]}")
+        time.sleep(1)

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, machine, pct, raw_order_send, request, wait_port  # noqa: E402
+from bench.common import Procs, free_port, machine, open_session, pct, raw_order_send, request, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "drain-1"
@@ -117,18 +117,7 @@ def main() -> None:  # noqa: C901 (one linear script)
         wait_port(web_port)
         workspace, _ = Workspace.objects.get_or_create(name=f"drain-{int(time.time())}")
         auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
-        deadline = time.monotonic() + 90
-        while True:
-            status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
-                                      {"accountId": "drain", "server": "Demo", "login": 5001, "password": "pw",
-                                       "terminal": TERMINAL}, auth)
-            if status == 201 and session.get("status") == "active":
-                break
-            if status == 201:
-                request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
-            if time.monotonic() > deadline:
-                raise SystemExit(f"could not open a session: {status} {session}\n{procs.log('worker')[-2000:]}")
-            time.sleep(1)
+        session = open_session(web_port, auth, TERMINAL, "drain", 90, lambda: procs.log("worker"))
         bridge_session = BridgeSession.objects.select_related("terminal").get(id=session["sessionId"])
         stamp = int(time.time())
 

@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, pct, request, setup_django, wait_port  # noqa: E402
+from bench.common import Procs, free_port, open_session, pct, request, setup_django, wait_port  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-events"
@@ -435,25 +435,14 @@ def main() -> None:  # one linear script
         procs.start("web", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
                             "bridge_project.asgi:application"], env)
         wait_port(web_port)
-        procs.wait_log("poller", "ready")
+        procs.wait_log("worker", "running in this process")  # its reader and poller threads
         from sessions.models import LIVE_STATUSES, BridgeSession
 
         # a previous run that was interrupted may have left its session open on the bench's terminal
         BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-events-{int(time.time())}")
         auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
-        deadline = time.monotonic() + 90
-        while True:
-            status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
-                                      {"accountId": "bench", "server": "Demo", "login": 5001, "password": "pw",
-                                       "terminal": TERMINAL}, auth)
-            if status == 201 and session.get("status") == "active":
-                break
-            if status == 201:
-                request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
-            if time.monotonic() > deadline:
-                raise SystemExit(f"could not open a session: {status} {session}")
-            time.sleep(1)
+        session = open_session(web_port, auth, TERMINAL, "bench", 90, lambda: procs.log("worker"))
         sid = session["sessionId"]
         ctl = Control(address)
         ctl.freeze_feed("EURUSD")

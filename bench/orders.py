@@ -33,7 +33,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, http_load, pct, raw_order_send, request, setup_django, wait_port  # noqa: E402
+from bench.common import (  # noqa: E402
+    Procs,
+    free_port,
+    http_load,
+    open_session,
+    pct,
+    raw_order_send,
+    request,
+    setup_django,
+    wait_port,
+)
 
 PYTHON = sys.executable
 TERMINAL = "bench-1"
@@ -105,18 +115,7 @@ def main() -> None:  # one linear script
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-{int(time.time())}")
         key = create_api_key(workspace)[1]
         auth = {"Authorization": f"Bearer {key}"}
-        deadline = time.monotonic() + 60
-        while True:  # the worker needs a few seconds to start
-            status, session = request(web_port, "POST", "/mt5/client/session/open?wait=20",
-                                      {"accountId": "bench", "server": "Demo", "login": 5001, "password": "pw",
-                                       "terminal": TERMINAL}, auth)
-            if status == 201 and session.get("status") == "active":
-                break
-            if status == 201:
-                request(web_port, "DELETE", f"/mt5/client/session/{session['sessionId']}", None, auth)
-            if time.monotonic() > deadline:
-                raise SystemExit(f"could not open a session: {status} {session}\n{procs.log('worker')[-2000:]}")
-            time.sleep(1)
+        session = open_session(web_port, auth, TERMINAL, "bench", 60, lambda: procs.log("worker"))
         headers = {**auth, "x-session-id": session["sessionId"], "Content-Type": "application/json"}
         body = json.dumps(ORDER).encode()
         # Warm-up (symbol specs, connections).
