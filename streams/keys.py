@@ -7,7 +7,6 @@ import re
 
 PREFIX = "bridge:ev"
 FANOUT_STREAM = f"{PREFIX}:fanout"
-RELAY_GROUP = "relays"
 
 REPLAYABLE = ("order", "position", "account", "session")
 # Channels every socket of the session receives without subscribing (the session's own life).
