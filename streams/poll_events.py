@@ -94,14 +94,21 @@ def _part(snapshot: Any, name: str, default: Any = None) -> Any:
     return getattr(snapshot, name, default)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # exact types: a numpy float64 still goes to .item()
+
+
 def _plain(value: Any) -> Any:
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
+    # Scalars first: a poll cycle walks every field of every position several times, and hasattr() on a
+    # number raises and catches an AttributeError each time (most of after_poll's CPU with many positions).
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: v if type(v) in _SCALARS else _plain(v) for k, v in value.items()}
+    if hasattr(value, "_asdict"):  # a named tuple (before the tuple case)
+        return {k: _plain(v) for k, v in value._asdict().items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    if hasattr(value, "item"):
+    if hasattr(value, "item"):  # a numpy scalar
         return value.item()
     return value
 
