@@ -30,7 +30,6 @@ from typing import Any
 from django.conf import settings
 
 from .api_keys import KEY_PREFIX, authenticate_key, key_digest
-from .epoch import ACCESS_EPOCH_KEY, new_epoch  # noqa: F401  (re-exported for the hot path)
 from .models import BridgeSession, SessionStatus
 
 

@@ -29,15 +29,14 @@ from redis.exceptions import NoScriptError
 from bridge_project import ratelimit
 from bridge_project.middleware import REQUEST_ID_RE, new_request_id
 from sessions.access import (
-    ACCESS_EPOCH_KEY,
     AccessCache,
     KeyGrant,
     SessionGrant,
     load_key_grant,
     load_session_grant,
-    new_epoch,
     parse_bearer,
 )
+from sessions.epoch import ACCESS_EPOCH_KEY, new_epoch
 
 
 def header_map(scope: dict[str, Any], limit: int) -> dict[bytes, bytes] | None:
