@@ -42,6 +42,24 @@ def daphne_argv(host: str, port: int, python: str = "python") -> list[str]:
     return [python, "-m", "workers.stack", "daphne", "-b", host, "-p", str(port), ASGI_APPLICATION]
 
 
+def daphne_fd_argv(fd: int, python: str = "python") -> list[str]:
+    """daphne serving the bridge on the listening socket it inherits as ``fd``: the embedded stack's web
+    processes all accept on one socket the supervisor bound (the kernel spreads connections over them)."""
+    return [python, "-m", "workers.stack", "daphne", "--fd", str(fd), ASGI_APPLICATION]
+
+
+def web_processes() -> int:
+    """``BRIDGE_WEB_PROCESSES`` (environment): how many daphne processes the embedded stack runs behind
+    its one port. Default: one per core, at most 4 (one daphne process uses one core at most)."""
+    given = os.environ.get("BRIDGE_WEB_PROCESSES", "").strip()
+    if given:
+        count = int(given)
+        if count < 1:
+            raise ValueError("BRIDGE_WEB_PROCESSES must be at least 1")
+        return count
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def server_max_header_bytes() -> int:
     """``BRIDGE_SERVER_MAX_HEADER_BYTES`` (environment; default 64 KiB)."""
     return int(os.environ.get("BRIDGE_SERVER_MAX_HEADER_BYTES") or SERVER_MAX_HEADER_BYTES)

@@ -3,7 +3,8 @@
 Order: Redis (the one ``REDIS_URL`` names, else a ``redis-server`` child), migrations, the emulated
 broker (``sim_broker`` of the terminals file, if any), the sim terminals, per terminal its processes from
 ``workers.stack.terminal_process_argvs`` (one: the pinned worker, with the terminal's reader and poller as
-its threads), the maintenance worker, beat, and daphne. A child
+its threads), the maintenance worker, beat, and the web processes (daphne, ``BRIDGE_WEB_PROCESSES`` of them on
+one socket). A child
 that dies is restarted (with back-off); Ctrl-C or SIGTERM stops everything in reverse order and waits
 for it (no orphans).
 
@@ -16,6 +17,7 @@ process that crashes once a day is back within a second every time.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -33,7 +35,7 @@ from django.conf import settings
 from bridge_project.processes import signal_group, start_group, stop_group
 from terminals.config import SimBrokerConfig, TerminalConfig, load_sim_broker, load_terminals
 
-from .stack import daphne_argv, terminal_process_argvs
+from .stack import daphne_fd_argv, terminal_process_argvs, web_processes
 
 ROOT = Path(settings.BASE_DIR)
 
@@ -68,6 +70,7 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
+    pass_fds: tuple[int, ...] = ()
     popen: subprocess.Popen | None = None
     restarts: int = 0  # total restarts (reported)
     crashes: int = 0  # exits in a row without a healthy run in between (drives the back-off)
@@ -76,7 +79,7 @@ class Child:
     last_delay: float | None = None
 
     def start(self) -> None:
-        self.popen = start_group(self.argv, log_path=self.log_path, env=self.env, cwd=ROOT)
+        self.popen = start_group(self.argv, log_path=self.log_path, env=self.env, cwd=ROOT, pass_fds=self.pass_fds)
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -92,6 +95,7 @@ class Supervisor:
     backoff_base: float = BACKOFF_BASE
     backoff_max: float = BACKOFF_MAX
     backoff_reset_after: float = field(default_factory=backoff_reset_after)
+    web_socket: socket.socket | None = None  # the web processes' listening socket
 
     def __post_init__(self) -> None:
         self.log_dir = Path(settings.VAR_DIR) / "log"
@@ -99,8 +103,8 @@ class Supervisor:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     # -- children ---------------------------------------------------------------------------
-    def spawn(self, name: str, argv: list[str]) -> Child:
-        child = Child(name, argv, self.env, self.log_dir / f"{name}.log")
+    def spawn(self, name: str, argv: list[str], pass_fds: tuple[int, ...] = ()) -> Child:
+        child = Child(name, argv, self.env, self.log_dir / f"{name}.log", pass_fds)
         child.start()
         self.children.append(child)
         _say(f"started {name} (pid {child.popen.pid}, log {child.log_path})")
@@ -190,8 +194,7 @@ class Supervisor:
         self.spawn("maintenance", [sys.executable, "manage.py", "run_maintenance_worker"])
         beat_schedule = Path(settings.VAR_DIR) / "celerybeat-schedule"
         self.spawn("beat", [sys.executable, "-m", "celery", "-A", "bridge_project", "beat", "-s", str(beat_schedule), "-l", "INFO"])
-        self.spawn("web", daphne_argv(self.host, self.port, sys.executable))  # daphne with the header limits
-        self.wait_port("web", self.host, self.port, timeout=60)
+        self.start_web()
         base = f"http://{self.host}:{self.port}"
         _say("the bridge is up:")
         _say(f"  REST API      {base}/mt5/client/   (OpenAPI docs: {base}/api/docs/)")
@@ -200,6 +203,37 @@ class Supervisor:
         _say(f"  health        {base}/health")
         _say("  an API key:   .venv/bin/python manage.py create_api_key --workspace demo")
         _say("Ctrl-C stops everything.")
+
+    def start_web(self) -> None:
+        """``web_processes()`` daphne processes (with the header limits) on one listening socket, bound here
+        and kept open for the bridge's lifetime: each process accepts from it, the kernel spreads the
+        connections (REST and ``/events`` sockets alike) over them, and while one is restarted the others
+        (or the socket's backlog) take its connections. Each process reads the events fan-out stream once
+        for its own sockets (``streams/relay.py``)."""
+        count = web_processes()
+        if self.web_socket is None:
+            self.web_socket = socket.create_server((self.host, self.port), backlog=1024)
+        fd = self.web_socket.fileno()
+        os.set_inheritable(fd, True)
+        for index in range(1, count + 1):
+            name = "web" if count == 1 else f"web-{index}"
+            self.spawn(name, daphne_fd_argv(fd, sys.executable), pass_fds=(fd,))
+        self.wait_serving("web", timeout=60)
+        _say(f"{count} web process(es) (daphne) on {self.host}:{self.port} (BRIDGE_WEB_PROCESSES)")
+
+    def wait_serving(self, name: str, timeout: float = 30.0) -> None:
+        """Until ``GET /health`` answers on the web port (the socket is open before any daphne serves)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                connection = http.client.HTTPConnection(self.host, self.port, timeout=2)
+                connection.request("GET", "/health")
+                connection.getresponse().read()
+                connection.close()
+                return
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.1)
+        raise SystemExit(f"{name} did not answer on {self.host}:{self.port} within {timeout:.0f}s (see var/log/)")
 
     def restart_delay(self, child: Child, now: float) -> float:
         """The wait before restarting ``child``, which has just been seen exited at ``now``.
@@ -250,6 +284,9 @@ class Supervisor:
             code = stop_group(child.popen, grace=max(0.1, deadline - time.monotonic()))
             if code == -signal.SIGKILL:
                 _say(f"{child.name} did not stop in time: killed it")
+        if self.web_socket is not None:
+            self.web_socket.close()
+            self.web_socket = None
         _say("stopped")
 
 

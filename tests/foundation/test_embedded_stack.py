@@ -1,7 +1,7 @@
 """The embedded stack as a user runs it: `manage.py run_bridge` on SQLite, real processes.
 
 Proves: it comes up (migrations, the emulated broker and its sim terminals, pinned workers, beat,
-daphne), a session opens over HTTP, SQLite survives concurrent writers (web threads + workers + beat)
+daphne), its web processes share one port and cover for each other, a session opens over HTTP, SQLite survives concurrent writers (web threads + workers + beat)
 without "database is locked", a broker that dies is restarted with its journal (positions kept), and
 Ctrl-C stops every child (no orphans).
 """
@@ -175,3 +175,80 @@ def test_run_bridge_serves_survives_concurrent_writes_and_stops_cleanly(tmp_path
     # run_bridge returns only once every child's process group is gone: nothing may be left now
     orphans = [pid for pid in children if _alive(pid)]
     assert orphans == [], f"processes left behind: {orphans}"
+
+
+def _established_on(pid: int, port: int) -> int:
+    """Established TCP connections to local ``port`` whose socket ``pid`` holds (/proc: fd inodes
+    matched against the kernel's TCP table)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and state == "01" and inode in inodes:
+                count += 1
+    return count
+
+
+def test_web_processes_share_one_port_and_cover_for_each_other(tmp_path: Path) -> None:
+    """BRIDGE_WEB_PROCESSES=2: two daphne processes accept on the one socket the supervisor bound; the
+    kernel gives each a share of the connections; while one is killed and restarted, every request is
+    answered by the other (the listening socket never closes)."""
+    import http.client
+
+    port = free_port()
+    terminals = tmp_path / "terminals.yaml"
+    terminals.write_text("terminals: []\n")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(BRIDGE_VAR_DIR=str(tmp_path / "var"), BRIDGE_TERMINALS_FILE=str(terminals), BRIDGE_PORT=str(port),
+               BRIDGE_WEB_PROCESSES="2")
+    log_path = tmp_path / "run_bridge.log"
+    proc = start_group([sys.executable, "manage.py", "run_bridge"], log_path=log_path, cwd=ROOT, env=env)
+    try:
+        wait_until(lambda: "the bridge is up" in log_path.read_text() or proc.poll() is not None, 120, "run_bridge up")
+        assert proc.poll() is None, log_path.read_text()
+        assert "2 web process(es)" in log_path.read_text()
+        webs = {name: int(pid) for name, pid in re.findall(r"started (web-\d) \(pid (\d+)", log_path.read_text())}
+        assert sorted(webs) == ["web-1", "web-2"], log_path.read_text()
+        for pid in webs.values():
+            argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            assert argv[1:5] == ["-m", "workers.stack", "daphne", "--fd"], argv
+
+        connections = []
+        for _ in range(40):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/health")
+            assert connection.getresponse().status == 200
+            connections.append(connection)
+        shares = {name: _established_on(pid, port) for name, pid in webs.items()}
+        assert sum(shares.values()) == 40 and min(shares.values()) > 0, shares
+        for connection in connections:
+            connection.close()
+
+        os.kill(webs["web-1"], signal.SIGKILL)
+        wait_until(lambda: not _alive(webs["web-1"]), 10, "web-1 gone")
+        statuses = []
+        while "restarted web-1" not in log_path.read_text():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/health")
+            statuses.append(connection.getresponse().status)
+            connection.close()
+            assert len(statuses) < 20_000, "web-1 was not restarted"
+        assert statuses and set(statuses) == {200}, statuses[:20]
+        restarted = int(re.search(r"restarted web-1 \(pid (\d+)", log_path.read_text()).group(1))
+        assert restarted != webs["web-1"] and _alive(restarted)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+    assert proc.returncode == 0, log_path.read_text()
