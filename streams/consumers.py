@@ -52,6 +52,7 @@ from .keys import (
     REPLAYABLE,
     group_for,
     key_group,
+    parse_candle,
     parse_channel,
     replay_group,
 )
@@ -388,7 +389,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
         if bad:
             self._reply(_error(
                 "ValidationError",
-                "unknown channel: use order, position, account, session, profit, quote:<symbol>, depth:<symbol>",
+                "unknown channel: use order, position, account, session, profit, deal, quote:<symbol>, "
+                "depth:<symbol>, candle:<symbol>:<M1|M5|M15|M30|H1|H4|D1>",
                 {"channels": [f"invalid: {c!r}" for c in bad]}, request_id))
             return None
         return list(dict.fromkeys(channels))
@@ -778,8 +780,10 @@ class EventsConsumer(AsyncWebsocketConsumer):
     async def _publish_watch(self) -> None:
         quotes = {c.split(":", 1)[1] for c in self.subs if c.startswith("quote:")}
         depth = {c.split(":", 1)[1] for c in self.subs if c.startswith("depth:")}
+        candles = {parse_candle(c.split(":", 1)[1]) for c in self.subs if c.startswith("candle:")}
         async with redis_slot():
-            await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth)
+            await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth,
+                                         candles={pair for pair in candles if pair is not None})
 
     def redis_restarted(self) -> None:
         """Called by this process's relay when Redis came back empty: the poller's record of this socket's

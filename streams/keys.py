@@ -8,13 +8,15 @@ import re
 PREFIX = "bridge:ev"
 FANOUT_STREAM = f"{PREFIX}:fanout"
 
-REPLAYABLE = ("order", "position", "account", "session")
+REPLAYABLE = ("order", "position", "account", "session", "deal")
 # Channels every socket of the session receives without subscribing (the session's own life).
 ALWAYS = ("session",)
-SESSION_CHANNELS = ("order", "position", "account", "profit", "session")
+SESSION_CHANNELS = ("order", "position", "account", "profit", "session", "deal")
 # Session statuses after which the session is over: its sockets are closed (4410) once the event is sent.
 FINAL_SESSION_STATUSES = ("closed", "expired", "login_failed")
 SYMBOL_CHANNELS = ("quote", "depth")
+# ``candle:<symbol>:<timeframe>``: the bars of these timeframes (MT5's names, as ``/quotes/history``).
+CANDLE_TIMEFRAMES = ("M1", "M5", "M15", "M30", "H1", "H4", "D1")
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
 SYMBOL_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
@@ -53,10 +55,14 @@ def replay_group(session_id: str) -> str:
 
 
 def live_group(session_id: str, channel: str) -> str:
-    """Channel-layer group of one non-replayable channel: ``profit``, ``quote:X`` or ``depth:X``."""
+    """Channel-layer group of one non-replayable channel: ``profit``, ``quote:X``, ``depth:X`` or
+    ``candle:X:TF``."""
     if channel == "profit":
         return f"ev.{session_id}.profit"
     kind, _, symbol = channel.partition(":")
+    if kind == "candle":
+        symbol, _, timeframe = symbol.rpartition(":")
+        return f"ev.{session_id}.c.{timeframe}.{_symbol_part(symbol)}"
     return f"ev.{session_id}.{kind[0]}.{_symbol_part(symbol)}"
 
 
@@ -70,7 +76,8 @@ def group_for(session_id: str, channel: str) -> str:
 
 
 def parse_channel(channel: object) -> tuple[str, str | None] | None:
-    """``("quote", "EURUSD")``, ``("order", None)``, ... or None when not a channel name."""
+    """``("quote", "EURUSD")``, ``("order", None)``, ``("candle", "EURUSD:M1")``, ... or None when not a
+    channel name."""
     if not isinstance(channel, str):
         return None
     if channel in SESSION_CHANNELS:
@@ -78,4 +85,15 @@ def parse_channel(channel: object) -> tuple[str, str | None] | None:
     kind, sep, symbol = channel.partition(":")
     if sep and kind in SYMBOL_CHANNELS and SYMBOL_RE.match(symbol):
         return kind, symbol
+    if sep and kind == "candle" and parse_candle(symbol) is not None:
+        return kind, symbol
+    return None
+
+
+def parse_candle(rest: str) -> tuple[str, str] | None:
+    """``"EURUSD:M1"`` (the part after ``candle:``) as ``("EURUSD", "M1")``, or None. The timeframe is the
+    last ``:`` part, so a symbol that itself holds a ``:`` still parses."""
+    symbol, sep, timeframe = rest.rpartition(":")
+    if sep and timeframe in CANDLE_TIMEFRAMES and SYMBOL_RE.match(symbol):
+        return symbol, timeframe
     return None

@@ -6,6 +6,12 @@ The poller (``workers/poller.py``, one process per terminal, never the order wor
     ...read the terminal...
     after_poll(terminal_name, previous, current)  # previous is None on the first cycle
 
+``current.live`` (optional part, a ``LiveFeed``; or the ``live`` argument): what the poller read of the terminal's tick stream and bars this cycle
+(``workers.tick_stream``): ``ticks`` ``{symbol: [every new tick, oldest first]}`` and ``candles``
+``{(symbol, timeframe): [bars, oldest first, each with "closed"]}``, times real UTC. A symbol in
+``live.ticks`` gets one ``quote:X`` per tick; a watched symbol not in it falls back to comparing the
+snapshots' sampled ticks.
+
 A snapshot may be an object or a mapping; each part is optional (a missing part is simply not
 compared). Parts, in the shape the ``MetaTrader5`` functions return them (structs or their dicts):
 
@@ -30,7 +36,11 @@ it (deals of the last cycles are remembered), then is published with ``reason: "
 Which events come out, to the session that is active on the terminal (and only when the terminal's
 account is that session's login, so a terminal still logged in to a previous account never leaks it):
 
-* ``quote:X`` when a watched symbol's tick changed; ``depth:X`` when its book changed;
+* ``quote:X`` for every tick of a watched symbol (``live.ticks``; else when its sampled tick changed);
+  ``depth:X`` when its book changed; ``candle:X:TF`` for every bar of ``live.candles`` (the forming bar
+  when it changed, ``closed: true`` once when it completed);
+* ``deal`` for every deal of ``deals`` (new since the previous cycle: each deal once), with its MT5 fields
+  (commission, swap, profit, fee, reason, ...), so a client can keep its ledger from the stream;
 * ``position`` opened / modified (sl, tp, volume: a partial close carries its reason) / closed with
   ``reason`` from the closing deal: ``client`` (client, mobile, web or expert/API), ``sl``, ``tp``,
   ``stop-out``, else ``other``; ``unknown`` when the snapshot holds no closing deal;
@@ -61,6 +71,8 @@ from .publisher import publish_session_events, sync_redis
 from .subscriptions import WatchedSymbols, watched
 
 QUOTE_FIELDS = ("bid", "ask", "last", "volume", "time_msc")
+DEAL_FIELDS = ("ticket", "order", "position_id", "symbol", "type", "entry", "volume", "price", "commission",
+               "swap", "profit", "fee", "magic", "comment", "reason", "time", "time_msc", "external_id")
 ACCOUNT_FIELDS = ("balance", "credit", "equity", "margin", "margin_free", "margin_level", "profit")
 ACCOUNT_TRADE_FIELDS = ("balance", "credit", "margin")
 POSITION_FIELDS = ("ticket", "symbol", "type", "volume", "price_open", "sl", "tp", "price_current", "profit",
@@ -78,6 +90,14 @@ CLOSE_REASONS = {0: "client", 1: "client", 2: "client", 3: "client", 4: "sl", 5:
 ORDER_FINAL_STATES = {2: "cancelled", 3: "partial", 4: "filled", 5: "rejected", 6: "expired"}
 CLOSE_DEAL_WAIT = 3.0
 RECENT_DEALS = 1000
+
+
+@dataclass
+class LiveFeed:
+    """A poll cycle's reads of the tick stream and bars (``workers.tick_stream``), times real UTC."""
+
+    ticks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    candles: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def watched_symbols(terminal_name: str) -> WatchedSymbols:
@@ -168,8 +188,9 @@ def _utc_offset(terminal_name: str, snapshot: Any) -> int:
 Event = tuple[str, dict[str, Any], int | None]
 
 
-def after_poll(terminal_name: str, previous: Any, current: Any) -> int:
-    """Publish the events that ``current`` shows against ``previous``; returns how many were published."""
+def after_poll(terminal_name: str, previous: Any, current: Any, live: LiveFeed | None = None) -> int:
+    """Publish the events that ``current`` shows against ``previous`` (and ``live``'s ticks and bars);
+    returns how many were published."""
     session = _active_session(terminal_name)
     state = _states.setdefault(terminal_name, _TerminalState())
     if session is None:
@@ -190,14 +211,22 @@ def after_poll(terminal_name: str, previous: Any, current: Any) -> int:
         if before is None or before.get("login") != login:
             previous = None
     offset = _utc_offset(terminal_name, current)
+    live = live if live is not None else _part(current, "live")
     now = time.monotonic()
     events: list[Event] = []
     watched = watched_symbols(terminal_name)
-    ticks = {s: t for s, t in (_part(current, "ticks") or {}).items() if s in watched}
+    quoted = getattr(watched, "quotes", watched)
+    streamed = live.ticks if live is not None else {}
+    ticks = {s: t for s, t in (_part(current, "ticks") or {}).items() if s in quoted and s not in streamed}
     events += quote_events(_part(previous, "ticks") or {}, ticks, offset)
+    events += tick_events({s: t for s, t in streamed.items() if s in quoted})
+    if live is not None:
+        events += candle_events(live.candles, getattr(watched, "candles", frozenset()))
     books = {s: b for s, b in (_part(current, "books") or {}).items() if s in watched.depth}
     events += depth_events(state, books)
-    state.recent_deals.extend(_to_utc(d, offset) for d in (_plain(_part(current, "deals")) or []))
+    new_deals = [_to_utc(d, offset) for d in (_plain(_part(current, "deals")) or [])]
+    state.recent_deals.extend(new_deals)
+    events += deal_events(new_deals)
     if previous is not None:
         events += position_events(state, previous, current, offset, now)
         events += order_events(state, previous, current, offset)
@@ -224,6 +253,36 @@ def quote_events(previous: dict, current: dict, offset: int) -> list[Event]:
                 "volume": tick.get("volume"), "time_msc": time_msc}
         events.append((f"quote:{symbol}", data, time_msc))
     return events
+
+
+def tick_events(streams: dict[str, list[dict]]) -> list[Event]:
+    """One ``quote:X`` per tick of the terminal's tick stream, in order (times already real UTC)."""
+    events: list[Event] = []
+    for symbol, ticks in streams.items():
+        channel = f"quote:{symbol}"
+        for tick in ticks:
+            time_msc = int(tick["time_msc"])
+            data = {"symbol": symbol, "bid": tick.get("bid"), "ask": tick.get("ask"), "last": tick.get("last"),
+                    "volume": tick.get("volume"), "time_msc": time_msc, "flags": tick.get("flags")}
+            events.append((channel, data, time_msc))
+    return events
+
+
+def candle_events(candles: dict[tuple[str, str], list[dict]], watched: frozenset[tuple[str, str]]) -> list[Event]:
+    """``candle:X:TF`` per bar handed on: the forming bar (``closed: false``) or a completed one."""
+    events: list[Event] = []
+    for (symbol, timeframe), bars in candles.items():
+        if (symbol, timeframe) not in watched:
+            continue
+        for bar in bars:
+            events.append((f"candle:{symbol}:{timeframe}", dict(bar), None))
+    return events
+
+
+def deal_events(deals: list[dict]) -> list[Event]:
+    """One ``deal`` per deal new this cycle (the poller hands each deal on once), oldest first."""
+    ordered = sorted(deals, key=lambda d: (d.get("time_msc") or 0, d.get("ticket") or 0))
+    return [("deal", {k: d[k] for k in DEAL_FIELDS if k in d}, d.get("time_msc")) for d in ordered]
 
 
 def depth_events(state: _TerminalState, books: dict) -> list[Event]:

@@ -1,6 +1,7 @@
 """Where sockets record which symbols they watch, so the terminal's poller knows what to poll.
 
-Per terminal, a Redis hash maps each socket to its quote and depth symbols and an expiry; a version
+Per terminal, a Redis hash maps each socket to its quote and depth symbols, its candle (symbol,
+timeframe) pairs and an expiry; a version
 counter changes on every write, so a poller reading every cycle pays one ``GET`` until something
 changes. A socket refreshes its record while open and removes it on close; a record of a socket
 whose daphne died expires by itself (``SUBSCRIPTION_TTL``).
@@ -19,28 +20,36 @@ FULL_REREAD = 10.0  # seconds between full re-reads even without a version chang
 
 
 class WatchedSymbols(frozenset):
-    """The symbols to poll ticks for (quote or depth subscribers); ``.depth``: those needing the book."""
+    """The symbols to poll ticks for (quote, depth or candle subscribers); ``.depth``: those needing the
+    book; ``.quotes``: those whose ticks are published (quote or depth subscribers); ``.candles``: the
+    (symbol, timeframe) pairs whose bars are published."""
 
     depth: frozenset[str]
+    quotes: frozenset[str]
+    candles: frozenset[tuple[str, str]]
 
-    def __new__(cls, quotes: set[str] | frozenset[str] = frozenset(), depth: set[str] | frozenset[str] = frozenset()):
-        obj = super().__new__(cls, set(quotes) | set(depth))
+    def __new__(cls, quotes: set[str] | frozenset[str] = frozenset(), depth: set[str] | frozenset[str] = frozenset(),
+                candles: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()):
+        obj = super().__new__(cls, set(quotes) | set(depth) | {symbol for symbol, _ in candles})
         obj.depth = frozenset(depth)
+        obj.quotes = frozenset(quotes) | obj.depth
+        obj.candles = frozenset(candles)
         return obj
 
-    @property
-    def quotes(self) -> frozenset[str]:
-        return frozenset(self)
+
+def record(quotes: set[str], depth: set[str], now: float | None = None,
+           candles: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> str:
+    item = {"q": sorted(quotes), "d": sorted(depth), "exp": (now or time.time()) + SUBSCRIPTION_TTL}
+    if candles:
+        item["c"] = sorted([symbol, timeframe] for symbol, timeframe in candles)
+    return json.dumps(item)
 
 
-def record(quotes: set[str], depth: set[str], now: float | None = None) -> str:
-    return json.dumps({"q": sorted(quotes), "d": sorted(depth), "exp": (now or time.time()) + SUBSCRIPTION_TTL})
-
-
-async def register(client, terminal: str, socket_id: str, quotes: set[str], depth: set[str]) -> None:
+async def register(client, terminal: str, socket_id: str, quotes: set[str], depth: set[str],
+                   candles: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
     pipe = client.pipeline(transaction=False)
-    if quotes or depth:
-        pipe.hset(subs_key(terminal), socket_id, record(quotes, depth))
+    if quotes or depth or candles:
+        pipe.hset(subs_key(terminal), socket_id, record(quotes, depth, candles=candles))
     else:
         pipe.hdel(subs_key(terminal), socket_id)
     pipe.incr(subs_version_key(terminal))
@@ -58,6 +67,7 @@ def merge(records: dict, now: float) -> tuple[WatchedSymbols, list]:
     """Union of live records; also the ids of expired ones (to delete)."""
     quotes: set[str] = set()
     depth: set[str] = set()
+    candles: set[tuple[str, str]] = set()
     expired = []
     for socket_id, raw in records.items():
         try:
@@ -70,7 +80,8 @@ def merge(records: dict, now: float) -> tuple[WatchedSymbols, list]:
             continue
         quotes.update(item.get("q", ()))
         depth.update(item.get("d", ()))
-    return WatchedSymbols(quotes, depth), expired
+        candles.update((str(pair[0]), str(pair[1])) for pair in item.get("c", ()) if len(pair) == 2)
+    return WatchedSymbols(quotes, depth, candles), expired
 
 
 @dataclass

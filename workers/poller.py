@@ -21,6 +21,11 @@ Ticks are kept for the symbols the events work watches (``watched_symbols``), th
 positions and pending orders, and the symbols clients asked a quote of recently; books for the
 watched symbols (``watched_symbols(...).depth`` when the events work names that subset). ``deals`` holds
 the history deals that appeared since the previous cycle.
+
+For the events, each cycle also reads the terminal's tick stream of every watched symbol since the last
+tick seen (``copy_ticks_from``: every tick, not one sample per cycle) and the bars of the watched
+(symbol, timeframe) pairs (``watched_symbols(...).candles``), see ``workers.tick_stream``; they go to
+``after_poll`` as the snapshot's ``live`` attribute (not a field: never stored in Redis).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from terminals.gateway import GatewayError, TerminalGateway, as_dict
 from terminals.reads import ReadError, TerminalReads
 from terminals.timeutil import record_to_utc
 from trading.reads.snapshots import TerminalSnapshot, changed_key, store_snapshot, wanted_quote_symbols
+from workers.tick_stream import CandleWatch, TickStream
 
 logger = logging.getLogger("bridge.poller")
 
@@ -92,19 +98,24 @@ class TerminalPoller:
         self.seen_deals: dict[int, int] = {}
         self.deals_primed = False
         self.selected: set[str] = set()
+        self.watched: frozenset[str] = frozenset()  # the events work's watched symbols of the last cycle
+        self.tick_stream = TickStream(self.reads)
+        self.candles = CandleWatch(self.reads)
         self.cycles = 0
         self.last_good: float | None = None
 
     def _symbols_to_watch(self, positions: list[dict], orders: list[dict]) -> tuple[set[str], set[str]]:
         """(symbols to keep ticks of, symbols to keep books of)."""
         try:
-            found = poll_events.watched_symbols(self.terminal.name) or ()
+            found = poll_events.watched_symbols(self.terminal.name) or frozenset()
+            self.watched = found
             watched = set(found)
             # The events work may name the subset that needs books (``.depth``); else every watched symbol.
             depth = set(getattr(found, "depth", watched))
         except Exception:  # the events work's bug must not stop snapshots
             logger.exception("watched_symbols failed")
             watched, depth = set(), set()
+            self.watched = frozenset()
         wanted = wanted_quote_symbols(self.redis, self.terminal.name, settings.BRIDGE_QUOTE_INTEREST_TTL)
         self.interest = bool(watched or wanted)
         held = {p["symbol"] for p in positions} | {o["symbol"] for o in orders}
@@ -124,6 +135,25 @@ class TerminalPoller:
             self.selected.discard(symbol)
             return None
         return {"symbol": symbol, **record_to_utc(tick, self.reads.offset)}
+
+    def _live(self, ticks: dict[str, dict[str, Any]]) -> poll_events.LiveFeed:
+        """Every tick of the watched symbols since the previous cycle, and the bars of the watched
+        (symbol, timeframe) pairs that changed or completed (``workers.tick_stream``)."""
+        quotes = set(getattr(self.watched, "quotes", self.watched))
+        candles = set(getattr(self.watched, "candles", ()))
+        streamed = quotes | {symbol for symbol, _ in candles}
+        self.tick_stream.forget(streamed)
+        self.candles.forget(candles)
+        live = poll_events.LiveFeed()
+        for symbol in sorted(streamed):
+            if symbol in ticks:  # a symbol the terminal has a tick of (an unknown one has none)
+                live.ticks[symbol] = self.tick_stream.read(symbol, ticks[symbol])
+        for symbol, timeframe in sorted(candles):
+            if symbol in ticks:
+                bars = self.candles.read(symbol, timeframe, ticked=bool(live.ticks.get(symbol)))
+                if bars:
+                    live.candles[(symbol, timeframe)] = bars
+        return live
 
     def _owner(self, account: dict[str, Any]) -> str:
         """The session this cycle's data may be served to: the terminal's bound session, if the
@@ -152,6 +182,7 @@ class TerminalPoller:
             tick = self._tick(symbol)
             if tick is not None:
                 ticks[symbol] = tick
+        live = self._live(ticks)
         books = {}
         for symbol in sorted(book_symbols):
             try:
@@ -171,6 +202,7 @@ class TerminalPoller:
             taken_at=taken_at, connected=bool(info.get("connected")), session_id=self._owner(account),
             extra={"poller_cycle_ms": round((time.time() - taken_at) * 1000, 2)},
         )
+        snapshot.live = live  # a part for after_poll only: not a field, so never stored with the snapshot
         store_snapshot(self.redis, self.terminal.name, snapshot)
         if self.previous is None or _shape(snapshot) != _shape(self.previous):
             self.active_until = time.monotonic() + ACTIVE_HOLD
