@@ -30,7 +30,6 @@ change commits) are replayable like ``order``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -39,6 +38,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import redis
 
 from . import conf
@@ -147,8 +147,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+# orjson (a fifth of the poller's CPU was the stdlib's encoder), with what json.dumps did kept: datetimes
+# and dataclasses through _json_default, int keys as strings. One difference: a NaN or an infinity is
+# written as null (json.dumps with allow_nan=False raised, losing the whole event).
+_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=_json_default, allow_nan=False)
+    return orjson.dumps(value, default=_json_default, option=_DUMPS_OPTIONS).decode()
 
 
 def now_msc() -> int:

@@ -7,10 +7,11 @@ snapshot are real UTC already (the poller converts them).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 SNAPSHOT_KEY = "bridge:snap:{terminal}"
 # The ``taken_at`` of the snapshot under SNAPSHOT_KEY, written with it atomically: the hot read path
@@ -43,14 +44,16 @@ class TerminalSnapshot:
     def age(self, now: float | None = None) -> float:
         return (now if now is not None else time.time()) - self.taken_at
 
-    def to_json(self) -> str:
+    def to_json(self) -> bytes:
         # Not dataclasses.asdict: it deep-copies every position and order (a third of a poll cycle's CPU
-        # with thousands of positions); the fields are plain JSON values already.
-        return json.dumps({name: getattr(self, name) for name in self.__dataclass_fields__}, separators=(",", ":"))
+        # with thousands of positions); the fields are plain JSON values already. orjson: the stdlib's
+        # encoder was a fifth of the poller's CPU with thousands of positions.
+        return orjson.dumps({name: getattr(self, name) for name in self.__dataclass_fields__},
+                            option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> TerminalSnapshot:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
