@@ -13,9 +13,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
+from django.conf import settings
 
 import mt5sim
 from mt5sim.control import Control
+from streams.keys import subs_key
+from streams.subscriptions import watched
 from terminals.config import get_terminal
 from terminals.gateway import TerminalGateway
 from terminals.reads import TerminalReads
@@ -164,3 +168,26 @@ def test_candle_events_equal_the_terminals_bars_and_a_bar_closes_when_the_next_o
         mt5sim.shutdown()
         ctl.freeze_feed("EURUSD", frozen=False)
         ctl.close()
+
+
+def test_candle_and_deal_channels_are_accepted_and_the_poller_is_told_the_pairs(make_session, ws) -> None:
+    """The subscribe check takes ``candle:<symbol>:<M1..D1>`` and ``deal``; the socket's record for the poller
+    carries the (symbol, timeframe) pairs, which ``watched`` hands the poller."""
+    session = make_session()
+    sock = ws(session)
+    sock.send({"type": "subscribe", "channels": ["candle:EURUSD:M2", "candle:EURUSD", "candle::M1"],
+               "request_id": "bad"})
+    error = sock.recv_until(lambda m: m.get("request_id") == "bad")[0]
+    assert error["type"] == "error" and error["error"]["code"] == "ValidationError"
+    assert len(error["error"]["details"]["channels"]) == 3
+    sock.send({"type": "subscribe", "channels": ["deal", "candle:EURUSD:M1", "candle:EURUSD:D1", "candle:X:Y:H4"],
+               "request_id": "ok"})
+    reply = sock.recv_until(lambda m: m.get("request_id") == "ok")[0]
+    assert reply["type"] == "subscribed"
+    assert {"deal", "candle:EURUSD:M1", "candle:EURUSD:D1", "candle:X:Y:H4"} <= set(reply["channels"])
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    wait_until(lambda: client.hlen(subs_key(session.terminal)) == 1, 5, "the socket's record")
+    found = watched(client, session.terminal)
+    assert found.candles == {("EURUSD", "M1"), ("EURUSD", "D1"), ("X:Y", "H4")}
+    assert "EURUSD" in found and "X:Y" in found  # their ticks are read (bars follow ticks)
+    assert found.quotes == frozenset()  # but no quote events: nobody subscribed to quotes
