@@ -41,6 +41,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Procs, free_port, open_session, pct, request, setup_django, wait_port  # noqa: E402
+from bench.common import Procs, free_port, machine, open_session, pct, request, setup_django, wait_port  # noqa: E402
+from bridge_project.processes import start_group  # noqa: E402
 
 PYTHON = sys.executable
 TERMINAL = "bench-events"
@@ -58,62 +60,61 @@ OFFSET = 10800
 
 
 # --- clients (separate processes) ------------------------------------------------------------------------
+CHANNELS = ["order", "quote:EURUSD"]  # as the issue's table: every socket subscribed to these two
+KEPT = ("order", "session")  # of what they get, the seq-kept channels: each must arrive, in seq order
+
+
 async def _client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.Event, out: dict) -> None:
     import websockets
 
-    async with websockets.connect(url, additional_headers=headers, open_timeout=60, max_size=None,
+    async with websockets.connect(url, additional_headers=headers, open_timeout=120, max_size=None,
                                   ping_interval=None) as ws:
-        await ws.send(json.dumps({"type": "subscribe", "channels": ["quote:EURUSD", "order", "position", "account"],
-                                  "request_id": "s"}))
+        await ws.send(json.dumps({"type": "subscribe", "channels": CHANNELS, "request_id": "s"}))
         while True:
             message = json.loads(await ws.recv())
             if message.get("request_id") == "s":
                 break
         out["connected"] += 1
-        if out["connected"] == out["target"]:
+        if out["connected"] >= out["target"]:
             ready.set()
-        ticks, seqs, orders = set(), [], 0
-        while not (stop.is_set() and (orders >= out["expected"] or time.monotonic() > out["drain_deadline"])):
+        ticks: list[int] = []
+        seqs: list[int] = []
+        filled: dict[str, float] = {}
+        while not stop.is_set():
             try:
-                raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
+                raw = await asyncio.wait_for(ws.recv(), timeout=0.25)
             except TimeoutError:
                 continue
             now_ms = time.time() * 1000
             message = json.loads(raw)
             kind = message.get("type")
             if kind == "quote:EURUSD":
-                if stop.is_set():
-                    continue  # the phase is over: only order events are still awaited
-                if message["data"]["time_msc"] >= out["phase_start_ms"]:  # not the initial latest value
-                    ticks.add(message["data"]["bid"])
-                    out["delays"].append(now_ms - message["data"]["time_msc"])
-                out["quotes"] += 1
-            elif kind in ("order", "position", "account"):
+                at = message["data"]["time_msc"]
+                if at >= out["phase_start_ms"]:  # not the latest value a socket gets when it subscribes
+                    ticks.append(at)
+                    out["quote_delays"].append(now_ms - at)
+            elif kind in KEPT:
                 seqs.append(message["seq"])
-                if kind == "order" and message["data"].get("taskId"):
-                    out["orders"] += 1
-                    orders += 1
-                else:
-                    out["others"] += 1
-        out["per_client_ticks"].append(len(ticks))
-        out["seq_gaps"] += sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1)
-        out["per_client_orders"].append(orders)
+                data = message.get("data") or {}
+                if kind == "order" and data.get("state") == "filled" and "change" not in data:
+                    filled[data["taskId"]] = now_ms
+        out["sockets"].append({"ticks": ticks, "seqs": seqs, "filled": filled})
 
 
-def client_process(url: str, headers: dict, count: int, conn, control, expected, start_ms: float) -> None:
-    """Open ``count`` sockets, report ready, record until told to stop, send the figures back."""
+def client_process(url: str, headers: dict, count: int, conn, control, start_ms: float) -> None:
+    """Open ``count`` sockets (at most 50 handshakes at once), report ready, record until told to stop,
+    send what each socket received back."""
 
     async def main() -> None:
-        out = {"target": count, "connected": 0, "delays": [], "quotes": 0, "orders": 0, "others": 0, "seq_gaps": 0,
-               "phase_start_ms": start_ms, "errors": [], "expected": 1 << 30, "drain_deadline": 0.0,
-               "per_client_ticks": [], "per_client_orders": []}
+        out = {"target": count, "connected": 0, "quote_delays": [], "phase_start_ms": start_ms, "errors": [],
+               "sockets": []}
         ready, stop = asyncio.Event(), asyncio.Event()
         sem = asyncio.Semaphore(50)
 
         async def one() -> None:
-            async with sem:
-                pass
             try:
+                async with sem:
+                    await asyncio.sleep(0)
                 await _client(url, headers, ready, stop, out)
             except Exception as exc:  # counted and shown, not hidden
                 out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
@@ -124,14 +125,7 @@ def client_process(url: str, headers: dict, count: int, conn, control, expected,
         tasks = [asyncio.create_task(one()) for _ in range(count)]
         await asyncio.wait_for(ready.wait(), timeout=300)
         conn.send("ready")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, control.wait)  # the driver sets it when the phase is over
-        # Quotes count only until now + 2 s; order events are awaited until each client has all of them
-        # (or 60 s): a late order event is late, not lost.
-        out["expected"] = expected.value
-        out["drain_deadline"] = time.monotonic() + 60
-        await asyncio.sleep(2.0)
-        out["quotes_closed_at"] = time.time() * 1000
+        await asyncio.get_running_loop().run_in_executor(None, control.wait)  # set by the driver: stop
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         conn.send(out)
@@ -139,62 +133,99 @@ def client_process(url: str, headers: dict, count: int, conn, control, expected,
     asyncio.run(main())
 
 
-def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, clients: int, seconds: float,
-              rate: float) -> dict:
-    procs = 1 if clients < 50 else 2
+def _kept_seqs(session_id: str, after: int) -> list[int]:
+    """The seqs of the session's kept events after ``after`` on the channels the sockets get (the log)."""
+    from streams.keys import log_key
+    from streams.publisher import sync_redis
+
+    seqs = []
+    for entry_id, fields in sync_redis().xrange(log_key(session_id), f"{after + 1}-0", "+"):
+        if (fields.get(b"c") or b"").decode() in KEPT:
+            seqs.append(int(entry_id.decode().split("-", 1)[0]))
+    return seqs
+
+
+def _session_seq(session_id: str) -> int:
+    from streams.keys import seq_key
+    from streams.publisher import sync_redis
+
+    return int(sync_redis().hget(seq_key(session_id), "n") or 0)
+
+
+def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, sockets: int, args: argparse.Namespace) -> dict:
+    """``sockets`` sockets on the session; ticks at ``args.rate``/s and ``args.orders`` market orders at
+    ``args.order_rate``/s; what each socket received, against the ticks and the session's log."""
+    procs = 1 if sockets < 50 else 2
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Event()
-    expected = ctx.Value("i", 0)
     pipes, children = [], []
-    start_ms = time.time() * 1000  # ticks from here on count (not the latest value a socket gets first)
+    start_ms = time.time() * 1000
     headers = {**auth, "x-session-id": sid}
     for i in range(procs):
         parent, child = ctx.Pipe()
-        share = clients // procs + (1 if i < clients % procs else 0)
-        p = ctx.Process(target=client_process, args=(f"{url}/events", headers, share, child, done, expected,
-                                                             start_ms))
+        share = sockets // procs + (1 if i < sockets % procs else 0)
+        p = ctx.Process(target=client_process, args=(f"{url}/events", headers, share, child, done, start_ms))
         p.start()
         pipes.append(parent)
         children.append(p)
     for parent in pipes:
         assert parent.recv() == "ready"
     time.sleep(0.5)
+    seq_before = _session_seq(sid)
     base = 1.10000
-    n_ticks = int(seconds * rate)
-    orders = 0
+    posted: dict[str, float] = {}  # task id -> wall ms just before its POST
     started = time.monotonic()
-    next_order = started
-    for i in range(n_ticks):
-        target = started + i / rate
-        while (delay := target - time.monotonic()) > 0:
+    next_order, order_gap = started, 1.0 / args.order_rate
+    i = 0
+    while len(posted) < args.orders:
+        target = started + i / args.rate
+        while (delay := min(target, next_order) - time.monotonic()) > 0:
             time.sleep(delay)
-        bid = round(base + (i % 500) * 0.00001 + (0.01 if (i // 500) % 2 else 0), 5)
-        ctl.set_price("EURUSD", bid, round(bid + 0.0001, 5))
+        if time.monotonic() >= target:
+            bid = round(base + (i % 500) * 0.00001 + (0.01 if (i // 500) % 2 else 0), 5)
+            ctl.set_price("EURUSD", bid, round(bid + 0.0001, 5))
+            i += 1
         if time.monotonic() >= next_order:
+            sent_at = time.time() * 1000
             status, body = request(web_port, "POST", "/mt5/client/orders",
-                                   {"symbol": "EURUSD", "type": "BUY" if orders % 2 == 0 else "SELL", "volume": 0.01},
-                                   {**headers, "x-request-id": f"bench-ev-{clients}-{orders}-{time.time_ns()}"})
+                                   {"symbol": "EURUSD", "type": "BUY" if len(posted) % 2 == 0 else "SELL",
+                                    "volume": 0.01},
+                                   {**headers, "x-request-id": f"bench-ev-{sockets}-{len(posted)}-{time.time_ns()}"})
             assert status == 202, body
-            orders += 1
-            next_order += 1.0
+            posted[body["taskId"]] = sent_at
+            next_order += order_gap
     elapsed = time.monotonic() - started
-    time.sleep(1.5)  # the last orders finish
-    expected.value = 3 * orders
+    # Every socket should now get the last orders' events: wait for the log to settle, then give the
+    # sockets until every kept event reached all of them (or args.drain seconds: late, reported as missing).
+    from trading.models import TradeTask
+
+    deadline = time.monotonic() + 30
+    while (TradeTask.objects.filter(id__in=list(posted)).exclude(state__in=("filled", "failed", "rejected",
+                                                                          "cancelled")).exists()
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    expected = _kept_seqs(sid, seq_before)
+    time.sleep(min(args.drain, 2.0 + sockets / 500))
     done.set()
     outs = [parent.recv() for parent in pipes]
     for p in children:
         p.join(30)
-    delays = [d for o in outs for d in o["delays"]]
-    per_ticks = [t for o in outs for t in o["per_client_ticks"]]
-    per_orders = [t for o in outs for t in o["per_client_orders"]]
+    per_socket = [sock for o in outs for sock in o["sockets"]]
+    want = set(expected)
+    filled_delays = [at - posted[task] for sock in per_socket for task, at in sock["filled"].items() if task in posted]
     return {
-        "clients": clients, "ticks": n_ticks, "orders": orders, "elapsed": elapsed,
-        "delivered": sum(o["quotes"] + o["orders"] + o["others"] for o in outs),
-        "p50": pct(delays, 50), "p99": pct(delays, 99),
-        "ticks_missed_avg": (sum(n_ticks - t for t in per_ticks) / len(per_ticks)) if per_ticks else float("nan"),
-        "orders_lost": sum(max(0, 3 * orders - t) for t in per_orders),
-        "seq_gaps": sum(o["seq_gaps"] for o in outs),
-        "reporting": len(per_ticks),
+        "sockets": len(per_socket), "ticks": i, "orders": len(posted), "elapsed": elapsed,
+        "filled_p50": pct(filled_delays, 50), "filled_p99": pct(filled_delays, 99),
+        "filled_missing": sum(len(posted) - len(set(sock["filled"]) & set(posted)) for sock in per_socket),
+        "quote_p50": pct([d for o in outs for d in o["quote_delays"]], 50),
+        "quote_p99": pct([d for o in outs for d in o["quote_delays"]], 99),
+        "ticks_missed": (sum(max(0, i - len(set(sock["ticks"]))) for sock in per_socket) / len(per_socket)
+                         if per_socket else float("nan")),
+        "kept": len(expected),
+        "lost": sum(len(want - set(sock["seqs"])) for sock in per_socket),
+        "out_of_order": sum(1 for sock in per_socket for a, b in zip(sock["seqs"], sock["seqs"][1:], strict=False)
+                            if b <= a),
         "errors": [e for o in outs for e in o["errors"]],
     }
 
@@ -388,14 +419,16 @@ def fanout_main(args: argparse.Namespace) -> None:
 
 def main() -> None:  # one linear script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=10.0, help="ticks per second driven at the terminal")
-    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--orders", type=int, default=20, help="market orders per row")
+    parser.add_argument("--order-rate", type=float, default=2.0, help="market orders per second")
+    parser.add_argument("--clients", default="1,300,1000", help="socket counts")
+    parser.add_argument("--drain", type=float, default=10.0, help="seconds at most for the last events to arrive")
     parser.add_argument("--poll", type=float, default=0.05, help="poller interval, seconds")
     parser.add_argument("--fanout", action="store_true",
                         help="the fan-out path alone: XADD -> socket latency and throughput (no terminal)")
     parser.add_argument("--sockets", default="1,300", help="--fanout: socket counts")
-    parser.add_argument("--processes", default="1,2", help="--fanout: daphne process counts")
+    parser.add_argument("--processes", default="1,2", help="daphne process counts")
     parser.add_argument("--events", type=int, default=100, help="--fanout: events of the latency phase")
     parser.add_argument("--event-rate", type=float, default=20.0, help="--fanout: events/s of the latency phase")
     parser.add_argument("--burst", type=int, default=1000, help="--fanout: events of the throughput burst")
@@ -405,60 +438,109 @@ def main() -> None:  # one linear script
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-events-"))
-    sim_port, web_port = free_port(), free_port()
+    sim_port = free_port()
     address = f"127.0.0.1:{sim_port}"
     (work / "sim.yaml").write_text(f"server:\n  offset_seconds: {OFFSET}\naccount_defaults:\n  balance: 100000000.0\n")
     (work / "terminals.yaml").write_text(
         f"terminals:\n  - name: {TERMINAL}\n    backend: sim\n    address: {address}\n    utc_offset: {OFFSET}\n")
     env = {**os.environ, "BRIDGE_TERMINALS_FILE": str(work / "terminals.yaml"), "BRIDGE_VAR_DIR": str(work),
            "BRIDGE_THROTTLE_RATE": "100000000/min", "LOG_LEVEL": "WARNING", "BRIDGE_SESSION_TTL": "3600",
-           # One API key opens every socket of the bench: the per-key connect limit would refuse most.
-           "BRIDGE_EVENTS_CONNECT_RATE": "off"}
+           # One API key and one address open every socket of the bench: the connect limits would refuse most.
+           "BRIDGE_EVENTS_CONNECT_RATE": "off", "BRIDGE_EVENTS_CONNECT_FAIL_RATE_IP": "off"}
     procs = Procs(work)
     try:
         setup_django(env, ("BRIDGE_TERMINALS_FILE", "BRIDGE_VAR_DIR", "BRIDGE_THROTTLE_RATE", "BRIDGE_SESSION_TTL"))
         from mt5sim.control import Control
         from sessions.api_keys import create_api_key
-        from sessions.models import Workspace
+        from sessions.models import LIVE_STATUSES, BridgeSession, Workspace
+        from workers.stack import daphne_fd_argv
 
-        print(f"stack: 1 daphne process; per terminal: pinned worker, poller (every {args.poll} s); "
-              "1 mt5sim terminal at UTC+3; clients in 1-2 separate processes; all on this machine's cores")
-        print(f"load: EURUSD set_price at {args.rate:g} ticks/s for {args.seconds:g} s, 1 market order/s over REST; "
-              "every client subscribed to quote:EURUSD, order, position, account\n")
+        print(f"code: git HEAD {_commit()} (plus its working tree); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"stack: per terminal the pinned worker with its poller (every {args.poll} s); 1 mt5sim terminal at "
+              "UTC+3; N daphne processes on one listening socket (as run_bridge's BRIDGE_WEB_PROCESSES); clients "
+              "in 1-2 separate processes; all on this machine's cores")
+        print(f"load: EURUSD set_price at {args.rate:g} ticks/s and {args.orders} market orders at "
+              f"{args.order_rate:g}/s over REST; every socket subscribed to {', '.join(CHANNELS)}; filled: from the "
+              "client's time just before the POST to the socket's receive of the task's `filled` event; quote: "
+              "from the tick's own time_msc (real UTC) to the socket's receive; lost: kept events (order, session) "
+              "of the session's log a socket did not get\n")
         procs.start("sim", [PYTHON, "-m", "mt5sim", "serve", "--address", address, "--config",
                             str(work / "sim.yaml"), "--state", str(work / "state"), "--seed", "5"], env)
         wait_port(sim_port)
-        # The terminal's one process: the pinned worker with its reader and poller threads (polling every --poll).
         procs.start("worker", [PYTHON, "manage.py", "run_terminal_worker", TERMINAL, "--loglevel", "WARNING",
                                "--poll-interval", str(args.poll), "--settings=bridge_project.settings_terminal"],
                     env)
-        procs.start("web", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
-                            "bridge_project.asgi:application"], env)
-        wait_port(web_port)
         procs.wait_log("worker", "running in this process")  # its reader and poller threads
-        from sessions.models import LIVE_STATUSES, BridgeSession
-
         # a previous run that was interrupted may have left its session open on the bench's terminal
         BridgeSession.objects.filter(terminal__name=TERMINAL, status__in=LIVE_STATUSES).update(status="closed")
         workspace, _ = Workspace.objects.get_or_create(name=f"bench-events-{int(time.time())}")
         auth = {"Authorization": f"Bearer {create_api_key(workspace)[1]}"}
-        session = open_session(web_port, auth, TERMINAL, "bench", 90, lambda: procs.log("worker"))
-        sid = session["sessionId"]
         ctl = Control(address)
         ctl.freeze_feed("EURUSD")
-        print(f"{'clients':>7} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'ticks':>6} {'missed/client':>13} "
-              f"{'orders':>6} {'order ev lost':>13} {'seq gaps':>8}")
-        for clients in (int(c) for c in args.clients.split(",")):
-            r = run_phase(f"ws://127.0.0.1:{web_port}", web_port, auth, sid, ctl, clients, args.seconds, args.rate)
-            print(f"{r['clients']:>7} {r['delivered'] / r['elapsed']:>10.0f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                  f"{r['ticks']:>6} {r['ticks_missed_avg']:>13.2f} {r['orders']:>6} {r['orders_lost']:>13} "
-                  f"{r['seq_gaps']:>8}" + ("" if r["reporting"] == clients else f"  ({r['reporting']} reported)"),
-                  flush=True)
-            for error in sorted(set(r["errors"]))[:5]:
-                print(f"        client error: {error}")
-        request(web_port, "DELETE", f"/mt5/client/session/{sid}", None, auth)
+        sid = ""
+        header = (f"{'daphne':>6} {'sockets':>7} {'filled p50':>10} {'filled p99':>10} {'quote p50':>9} "
+                  f"{'quote p99':>9} {'ticks':>5} {'missed/socket':>13} {'kept events':>11} {'lost':>5} "
+                  f"{'misordered':>10}")
+        rows = []
+        for n_web in (int(x) for x in args.processes.split(",")):
+            listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
+            web_port = listener.getsockname()[1]
+            fd = listener.fileno()
+            os.set_inheritable(fd, True)
+            names = [f"web-{n_web}-{k}" for k in range(n_web)]
+            for name in names:
+                proc = start_group(daphne_fd_argv(fd, PYTHON), log_path=work / f"{name}.log", env=env, cwd=ROOT,
+                                   pass_fds=(fd,))
+                procs.procs[name] = proc
+            _wait_serving(web_port)
+            if not sid:
+                sid = open_session(web_port, auth, TERMINAL, "bench", 90, lambda: procs.log("worker"))["sessionId"]
+            for sockets in (int(c) for c in args.clients.split(",")):
+                print(f"[events {time.strftime('%H:%M:%S')}] {n_web} daphne, {sockets} sockets ...", flush=True)
+                r = run_phase(f"ws://127.0.0.1:{web_port}", web_port, auth, sid, ctl, sockets, args)
+                row = (f"{n_web:>6} {r['sockets']:>7} {r['filled_p50']:>8.1f}ms {r['filled_p99']:>8.1f}ms "
+                       f"{r['quote_p50']:>7.1f}ms {r['quote_p99']:>7.1f}ms {r['ticks']:>5} {r['ticks_missed']:>13.2f} "
+                       f"{r['kept']:>11} {r['lost']:>5} {r['out_of_order']:>10}")
+                rows.append(row)
+                print(header + "\n" + row, flush=True)
+                if r["filled_missing"]:
+                    print(f"        filled events not received: {r['filled_missing']} (socket x order)")
+                for error in sorted(set(r["errors"]))[:5]:
+                    print(f"        client error ({r['errors'].count(error)}x): {error}")
+            for name in names:
+                procs.stop(name)
+            listener.close()
+        print(f"\nmachine: {machine()}; load average now: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+        print(header)
+        print("\n".join(rows))
     finally:
         procs.stop_all()
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _wait_serving(port: int, timeout: float = 60) -> None:
+    """Until daphne answers on ``port`` (the socket is listening before any process serves it)."""
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            connection.close()
+            return
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,20 @@ the stream, tells the client ``resync_required`` and follows the new epoch (``do
 
 from __future__ import annotations
 
+try:  # the kernel's send queue of a socket (server_backlog); not on Windows, where the web tier never runs
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ
+except ImportError:  # pragma: no cover
+    _OUTQ = None
+
 import asyncio
 import contextlib
 import json
 import logging
 import math
+import struct
 import time
 import uuid
 from typing import Any
@@ -161,15 +170,29 @@ def parse_client_message(text: str, max_bytes: int, max_depth: int) -> tuple[Any
 
 def server_backlog(send: Any) -> int | None:
     """Bytes the server still holds for this socket, when the server lets us see it (daphne: the
-    Twisted transport's write buffer); None otherwise (then ``await send`` itself applies backpressure)."""
+    Twisted transport's write buffer, plus what the kernel holds in the socket's send queue, unsent or
+    unacknowledged: daphne under ``workers.stack`` writes straight into the kernel while nothing is
+    buffered, so a client that stopped reading first fills that queue); None otherwise (then
+    ``await send`` itself applies backpressure)."""
     protocol = next(iter(getattr(send, "args", ()) or ()), None)
     transport = getattr(protocol, "transport", None)
     if transport is None or not hasattr(transport, "dataBuffer"):
         return None
     try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except (AttributeError, TypeError):
         return None
+    return buffered + _kernel_send_queue(getattr(transport, "socket", None))
+
+
+def _kernel_send_queue(sock: Any) -> int:
+    """Bytes in a TCP socket's kernel send queue (Linux ``SIOCOUTQ``); 0 where it cannot be read."""
+    if _OUTQ is None or sock is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError, struct.error):
+        return 0
 
 
 class EventsConsumer(AsyncWebsocketConsumer):

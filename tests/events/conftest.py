@@ -26,6 +26,7 @@ from sessions.models import Workspace
 from streams.keys import log_key, seq_key
 from tests.factories import make_api_key, make_session as factories_make_session, make_workspace
 from tests.procs import PYTHON, Proc, free_port
+from workers.stack import daphne_argv
 
 # Small limits so the slow-client test runs in seconds (documented defaults are larger).
 DAPHNE_ENV = {
@@ -98,7 +99,7 @@ def events_redis() -> redis.Redis:
 def start_daphne(log_dir: Path, extra_env: dict[str, str] | None = None, name: str = "daphne") -> tuple[Proc, str]:
     port = free_port()
     env = {**os.environ, **db_env(), **DAPHNE_ENV, **(extra_env or {})}
-    argv = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "bridge_project.asgi:application"]
+    argv = daphne_argv("127.0.0.1", port, PYTHON)  # as run_bridge starts it: with workers.stack's tuning
     proc = Proc(f"{name}-{port}", argv, env, log_dir).start()
     proc.wait_log("Listening on TCP address", timeout=60)
     return proc, f"ws://127.0.0.1:{port}"
