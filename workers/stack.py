@@ -163,78 +163,12 @@ def tune_twisted_http(limit: int) -> None:
     http_protocol.WebRequest = BridgeWebRequest  # what daphne's HTTPFactory hands requests to
 
 
-# --- daphne's sends, for many sockets -------------------------------------------------------------------
-# Profiled with 300 sockets (bench/events.py): per message and socket, autobahn framed the text again,
-# evaluated the arguments of a debug log line (highlighting included) whether or not debug was on, and
-# Twisted buffered the frame and registered the socket for writability, to write it on the next turn of
-# the loop and unregister it (two epoll_ctl calls and their Python per message and socket). Half of
-# daphne's time went there. Sending one event to every socket of a process now frames it once (an
-# autobahn PreparedMessage, kept for the same text: the relay hands every socket the same string), and
-# a socket with nothing buffered is written at once (whatever the kernel does not take is buffered as
-# before, and written when the socket is writable), with TCP_NODELAY (as asyncio's transports do).
-FRAME_CACHE = 512  # prepared frames kept (the events of the last moments, sent to many sockets)
-
-
-def tune_websocket_sends() -> None:
-    """Install the prepared frames and the write-through above into daphne and Twisted (this process)."""
-    from autobahn.websocket.protocol import PreparedMessage
-    from daphne import ws_protocol
-    from twisted.internet import tcp
-
-    frames: dict[str, PreparedMessage] = {}
-
-    class BridgeWebSocketProtocol(ws_protocol.WebSocketProtocol):
-        def serverSend(self, content, binary=False):  # daphne's signature
-            if binary or self.state != self.STATE_OPEN:
-                return super().serverSend(content, binary)
-            prepared = frames.get(content)
-            if prepared is None:
-                prepared = PreparedMessage(content.encode("utf8"), False, False, False)
-                if len(frames) >= FRAME_CACHE:
-                    del frames[next(iter(frames))]  # the oldest
-                frames[content] = prepared
-            if self._perMessageCompress is not None or self.send_queue:  # autobahn's own path then
-                self.sendPreparedMessage(prepared)
-                return None
-            frame = prepared.payloadHybi
-            self.transport.write(frame)
-            self.trafficStats.outgoingOctetsWireLevel += len(frame)
-            self.trafficStats.outgoingWebSocketFrames += 1
-            return None
-
-    class WriteThroughServer(tcp.Server):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            # Written at once, an answer's parts (head, body) leave as separate segments: without
-            # TCP_NODELAY, Nagle would hold the second until the first is acknowledged.
-            self.setTcpNoDelay(True)
-
-        def write(self, data: bytes) -> None:
-            if (type(data) is bytes and data and not self.TLS and self.connected and not self._writeDisconnected
-                    and not self._tempDataLen and self.offset == len(self.dataBuffer)):
-                sent = self.writeSomeData(data)  # an int, or the error a later doWrite reports
-                if isinstance(sent, int) and sent >= 0:
-                    if sent == len(data):
-                        return
-                    data = data[sent:]
-            super().write(data)
-
-        def writeSequence(self, iovec) -> None:  # Twisted's signature
-            self.write(b"".join(iovec))
-
-    ws_protocol.WebSocketFactory.protocol = BridgeWebSocketProtocol
-    tcp.Port.transport = WriteThroughServer
-    # One accept per readiness of the listening socket (Twisted takes up to 100, and more under a burst):
-    # the web processes share one socket, and a process that took a whole burst of WebSocket connects
-    # kept them for their lifetime (measured: 60 and 240 of 300 sockets). One at a time, the process
-    # that is less busy takes more.
-    tcp.Port.numberAccepts = property(lambda port: 1, lambda port, value: None)
-
-
 def run_daphne(args: list[str]) -> None:
     """daphne's command line (``args``), with ``tune_twisted_http(server_max_header_bytes())`` and
     ``tune_websocket_sends()``."""
     tune_twisted_http(server_max_header_bytes())
+    from .daphne_sends import tune_websocket_sends  # Twisted and autobahn: the daphne process only
+
     tune_websocket_sends()
     from daphne.cli import CommandLineInterface  # after the HTTP classes are tuned (see tune_twisted_http)
 
