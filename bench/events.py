@@ -1,26 +1,27 @@
-"""Events benchmark: one command, starts its own stack, prints the machine and the figures.
+"""Events benchmark (issue #14): one command, starts its own stack, prints the machine and the figures.
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_events REDIS_URL=redis://127.0.0.1:6379/4 \\
-        .venv/bin/python bench/events.py [--seconds 10] [--rate 10] [--clients 1,100,1000] [--poll 0.05]
+    REDIS_URL=redis://127.0.0.1:6379/4 .venv/bin/python bench/events.py [--clients 1,300,1000] \
+        [--processes 1,2] [--rate 10] [--orders 20] [--order-rate 2] [--poll 0.05]
 
-It starts (free ports, stopped at the end): one mt5sim terminal (UTC+3), its pinned worker and its
-poller, and ONE daphne process (``bridge_project.asgi``: /events and the REST API); it migrates the
-database, makes a workspace, an API key and a session. For each client count, every client opens a
-socket on that session and subscribes to ``quote:EURUSD`` and ``order``; the bench then drives EURUSD
-with mt5sim's ``set_price`` at ``--rate`` ticks per second (the random feed frozen, each tick a distinct
-price) for ``--seconds``, and places one market order per second over REST (each goes queued ->
-dispatched -> filled: three ``order`` events). It prints:
+It starts (free ports, stopped at the end): one mt5sim terminal (UTC+3), its pinned worker with the
+terminal's poller (every ``--poll`` s), and for each count of ``--processes`` that many daphne processes
+on ONE listening socket, as ``run_bridge`` runs them (``BRIDGE_WEB_PROCESSES``; ``python -m workers.stack
+daphne --fd``); it migrates the database (SQLite in a temp dir unless ``DATABASE_URL`` is set), makes a
+workspace, an API key and a session. For each socket count, the sockets (in 1-2 client processes,
+asyncio + websockets) subscribe to ``order`` and ``quote:EURUSD``; the driver drives EURUSD with mt5sim's
+``set_price`` at ``--rate`` ticks/s (the random feed frozen, each tick a distinct price) and places
+``--orders`` market orders at ``--order-rate``/s over REST. Per row:
 
-* events delivered per second (quotes + orders, summed over clients);
-* p50/p99 delay from the tick at the terminal (the tick's own ``time_msc``, real UTC) to the client;
-* quotes missed per client (ticks not seen: coalesced by the poll interval or by a slow socket);
-* ``order`` events lost: expected (3 per order per client) minus received, and seq gaps (must be 0).
-
-Clients run in separate processes (asyncio + websockets) on the same machine as everything else.
+* ``filled`` p50/p99: from the driver's clock just before each POST to each socket's receive of that
+  task's ``filled`` event (socket x order);
+* ``quote`` p50/p99: from the tick's own ``time_msc`` (real UTC) to the socket's receive;
+* ticks missed per socket (ticks driven that a socket did not get: 0 means every tick reached it);
+* ``lost``: kept events of the session's log (``order``, ``session``) published during the row that a
+  socket did not get, summed over sockets; ``misordered``: a seq not above the one before.
 
 ``--fanout`` measures the delivery path alone (no terminal, worker or poller), for issue #14:
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bridge_events .venv/bin/python bench/events.py --fanout \\
+    .venv/bin/python bench/events.py --fanout \\
         [--sockets 1,300] [--processes 1,2] [--events 100] [--event-rate 20] [--burst 1000]
 
 It starts its own ``redis-server`` (free port, no persistence) and, for each process count, that many
@@ -370,14 +371,17 @@ def fanout_main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     redis_port = free_port()
     procs = Procs(work)
+    # The database: DATABASE_URL if set, else SQLite in the work dir (never the checkout's own var/).
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "LOG_LEVEL": "WARNING",
+           "BRIDGE_VAR_DIR": str(work), "BRIDGE_SESSION_TTL": "3600",  # the session outlives every row
            "BRIDGE_EVENTS_CONNECT_RATE": "off", "BRIDGE_EVENTS_CONNECT_FAIL_RATE_IP": "off"}
     try:
         procs.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(work)], env)
         wait_port(redis_port)
-        setup_django(env, ("REDIS_URL",))
+        setup_django(env, ("REDIS_URL", "BRIDGE_VAR_DIR", "BRIDGE_SESSION_TTL"))
         from tests.factories import make_api_key, make_session
+        from workers.stack import daphne_argv
 
         session = make_session()
         key = make_api_key(session.workspace)[1]
@@ -399,8 +403,7 @@ def fanout_main(args: argparse.Namespace) -> None:
             urls = []
             for i in range(n_procs):
                 port = free_port()
-                procs.start(f"daphne-{n_procs}-{i}", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                                       "bridge_project.asgi:application"], env)
+                procs.start(f"daphne-{n_procs}-{i}", daphne_argv("127.0.0.1", port, PYTHON), env)
                 urls.append(f"ws://127.0.0.1:{port}")
             for url in urls:
                 wait_port(int(url.rsplit(":", 1)[1]), timeout=60)
