@@ -45,6 +45,18 @@ TICK_FIELDS = ("bid", "ask", "last", "volume", "time_msc", "flags")
 BAR_FIELDS = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
 
 
+def _array_or_none(reads: TerminalReads, function: str, *args: Any) -> np.ndarray | None:
+    """The terminal's array, or None when it has none for these arguments (an unknown symbol, an
+    error of the call); an unreachable terminal raises (the cycle fails, as any read's)."""
+    try:
+        return reads.call(function, *args)
+    except ReadError as exc:
+        if exc.kind == "unavailable":
+            raise
+        return None
+    except GatewayError:
+        return None
+
 @dataclass
 class _Cursor:
     msc: int  # broker time_msc of the last tick handed on
@@ -79,17 +91,10 @@ class TickStream:
 
     def _copy(self, symbol: str, second: int, count: int | None) -> np.ndarray | None:
         """``copy_ticks_from`` from ``second`` (broker); ``count`` None: ``copy_ticks_range`` up to now."""
-        try:
-            if count is None:
-                return self.reads.call("copy_ticks_range", symbol, max(second, 1), self.reads.now_broker() + 1,
-                                       C.COPY_TICKS_ALL)
-            return self.reads.call("copy_ticks_from", symbol, max(second, 1), count, C.COPY_TICKS_ALL)
-        except ReadError as exc:
-            if exc.kind == "unavailable":
-                raise
-            return None
-        except GatewayError:
-            return None
+        if count is None:
+            return _array_or_none(self.reads, "copy_ticks_range", symbol, max(second, 1),
+                                  self.reads.now_broker() + 1, C.COPY_TICKS_ALL)
+        return _array_or_none(self.reads, "copy_ticks_from", symbol, max(second, 1), count, C.COPY_TICKS_ALL)
 
     def _start(self, symbol: str, newest_msc: int) -> list[dict[str, Any]]:
         """A first read (or a restart after an overflow): the newest tick only, and the cursor on it."""
@@ -160,14 +165,7 @@ class CandleWatch:
         self.states.clear()
 
     def _rates(self, function: str, *args: Any) -> list[dict[str, Any]] | None:
-        try:
-            array = self.reads.call(function, *args)
-        except ReadError as exc:
-            if exc.kind == "unavailable":
-                raise
-            return None
-        except GatewayError:
-            return None
+        array = _array_or_none(self.reads, function, *args)
         if array is None:
             return None
         names = array.dtype.names or ()

@@ -22,8 +22,13 @@ from django.db import connection
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+import mt5sim
+from mt5sim.control import Control
 from sessions.models import Workspace
 from streams.keys import log_key, seq_key
+from terminals.config import get_terminal
+from terminals.gateway import TerminalGateway
+from terminals.reads import TerminalReads
 from tests.factories import make_api_key, make_session as factories_make_session, make_workspace
 from tests.procs import PYTHON, Proc, free_port
 from workers.stack import daphne_argv
@@ -250,3 +255,57 @@ def live_stack(stack, event_pollers, daphne_url):
     for name, proc in event_pollers.items():
         assert proc.alive(), f"poller of {name} died:\n{proc.log()[-2000:]}"
     return stack
+
+
+@pytest.fixture
+def eurusd_a(live_stack):
+    ctl = Control(live_stack.addresses["sim-a"])
+    ctl.freeze_feed("EURUSD")
+    ctl.set_price("EURUSD", 1.10000, 1.10010)
+    yield ctl
+    ctl.freeze_feed("EURUSD", frozen=False)
+    ctl.close()
+
+
+@pytest.fixture
+def sim_a(stack) -> Iterator[tuple[TerminalReads, Control]]:
+    """Reads of sim-a through a gateway of this test, its control connection, and the module attached to it
+    (for the terminal's own ``copy_ticks_range``)."""
+    gateway = TerminalGateway(get_terminal("sim-a"), mt5sim)
+    ctl = Control(stack.addresses["sim-a"])
+    assert mt5sim.initialize(stack.addresses["sim-a"]), mt5sim.last_error()
+    try:
+        yield TerminalReads(gateway), ctl
+    finally:
+        mt5sim.shutdown()
+        gateway.shutdown()
+        ctl.close()
+
+
+def live_session_open(client, terminal: str, login: int) -> str:
+    """A session opened over REST on ``terminal`` of the live stack, active: its id."""
+    r = client.post("/mt5/client/session/open?wait=15", {"accountId": f"acc-{login}", "server": "Demo",
+                                                          "login": login, "password": "pw", "terminal": terminal},
+                    format="json")
+    assert r.status_code == 201 and r.json()["status"] == "active", r.content
+    return r.json()["sessionId"]
+
+
+@dataclass
+class RestSession:
+    """A session opened over REST, as ``ws`` takes it: its id and the API key of the client that opened it."""
+
+    id: str
+    key: str
+
+
+def live_session_of(client, sid: str) -> RestSession:
+    return RestSession(id=sid, key=client._credentials["HTTP_AUTHORIZATION"].split()[1])
+
+
+@pytest.fixture
+def session_a(live_stack, client):
+    """A session of login 5001 on sim-a of the live stack, closed after the test."""
+    sid = live_session_open(client, "sim-a", 5001)
+    yield live_session_of(client, sid)
+    client.delete(f"/mt5/client/session/{sid}")

@@ -10,7 +10,6 @@ shifted here).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,10 +19,7 @@ import mt5sim
 from mt5sim.control import Control
 from streams.keys import subs_key
 from streams.subscriptions import watched
-from terminals.config import get_terminal
-from terminals.gateway import TerminalGateway
-from terminals.reads import TerminalReads
-from tests.events.test_live_stack import _open, _Session, _wait_watched
+from tests.events.test_live_stack import _wait_watched
 from tests.waiting import wait_until
 from workers import tick_stream
 from workers.tick_stream import CandleWatch
@@ -32,19 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 OFFSET = 3 * 3600  # sim-a's server clock is UTC+3
 BAR = ("time", "open", "high", "low", "close", "tick_volume", "spread", "real_volume")
-
-
-@pytest.fixture
-def sim_a(stack) -> Iterator[tuple[TerminalReads, Control]]:
-    gateway = TerminalGateway(get_terminal("sim-a"), mt5sim)
-    ctl = Control(stack.addresses["sim-a"])
-    assert mt5sim.initialize(stack.addresses["sim-a"]), mt5sim.last_error()
-    try:
-        yield TerminalReads(gateway), ctl
-    finally:
-        mt5sim.shutdown()
-        gateway.shutdown()
-        ctl.close()
 
 
 def _terminal_bar(symbol: str, timeframe: str, pos: int) -> dict:
@@ -120,13 +103,6 @@ def test_a_quiet_symbols_complete_last_bar_is_not_published_as_forming(sim_a, mo
         assert watch.read("NZDUSD", "M1", ticked=True) == []
     finally:
         ctl.freeze_feed("NZDUSD", frozen=False)
-
-
-@pytest.fixture
-def session_a(live_stack, client):
-    sid = _open(client, "sim-a", 5001)
-    yield _Session(client, sid)
-    client.delete(f"/mt5/client/session/{sid}")
 
 
 def test_candle_events_equal_the_terminals_bars_and_a_bar_closes_when_the_next_one_opens(

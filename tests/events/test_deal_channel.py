@@ -13,8 +13,11 @@ import redis
 from django.conf import settings as django_settings
 
 import mt5sim
-from mt5sim.control import Control
-from tests.events.test_live_stack import _logged, _open, _order, _Session, _wait_final
+from tests.events.test_live_stack import (
+    _logged,
+    _order,
+    _wait_final,
+)
 from tests.waiting import wait_until
 from trading.reads.snapshots import load_snapshot
 
@@ -23,23 +26,6 @@ BASE = "/mt5/client"
 OFFSET_MS = 3 * 3600 * 1000  # sim-a's server clock is UTC+3
 FIELDS = ("ticket", "order", "position_id", "symbol", "type", "entry", "volume", "price", "commission", "swap",
           "profit", "fee", "magic", "comment", "reason", "time_msc")
-
-
-@pytest.fixture
-def session_a(live_stack, client):
-    sid = _open(client, "sim-a", 5001)
-    yield _Session(client, sid)
-    client.delete(f"{BASE}/session/{sid}")
-
-
-@pytest.fixture
-def eurusd(live_stack):
-    ctl = Control(live_stack.addresses["sim-a"])
-    ctl.freeze_feed("EURUSD")
-    ctl.set_price("EURUSD", 1.10000, 1.10010)
-    yield ctl
-    ctl.freeze_feed("EURUSD", frozen=False)
-    ctl.close()
 
 
 def _terminal_deals(address: str, position: int) -> list[dict]:
@@ -67,14 +53,14 @@ def _cycles_after(terminal: str, moment: float, count: int) -> None:
 
 
 def test_an_open_and_a_close_come_as_deal_events_equal_to_the_terminals_deals_once_each(
-        live_stack, client, session_a, eurusd, ws) -> None:
+        live_stack, client, session_a, eurusd_a, ws) -> None:
     sock = ws(session_a)
     sock.send({"type": "subscribe", "channels": ["deal", "position"], "request_id": "s"})
     since = sock.recv_until(lambda m: m.get("request_id") == "s")[0]["seq"]
     opened = _wait_final(_order(client, session_a.id, "ev-deal-open"))
     assert opened.state == "filled", opened.state
     ticket = opened.position_ticket
-    eurusd.set_price("EURUSD", 1.10050, 1.10060)  # a profit to show on the closing deal
+    eurusd_a.set_price("EURUSD", 1.10050, 1.10060)  # a profit to show on the closing deal
     r = client.post(f"{BASE}/positions/{ticket}/close", {}, format="json", HTTP_X_SESSION_ID=session_a.id,
                     HTTP_X_REQUEST_ID="ev-deal-close")
     assert r.status_code == 202, r.content
@@ -108,7 +94,7 @@ def test_an_open_and_a_close_come_as_deal_events_equal_to_the_terminals_deals_on
     assert len({e["data"]["ticket"] for e in logged}) == len(logged)
 
 
-def test_a_socket_resuming_with_since_gets_the_deals_it_missed(live_stack, client, session_a, eurusd, ws) -> None:
+def test_a_socket_resuming_with_since_gets_the_deals_it_missed(live_stack, client, session_a, eurusd_a, ws) -> None:
     sock = ws(session_a)
     sock.send({"type": "subscribe", "channels": ["deal"], "request_id": "s"})
     since = sock.recv_until(lambda m: m.get("request_id") == "s")[0]["seq"]

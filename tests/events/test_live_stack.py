@@ -15,25 +15,14 @@ import redis
 from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
-from mt5sim.control import Control
 from streams.replay import read_since
+from tests.events.conftest import live_session_of, live_session_open
 from tests.waiting import wait_until
 from trading.models import FINAL_STATES, TradeTask
 from trading.reads.snapshots import load_snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BASE = "/mt5/client"
-
-
-def _open(client: APIClient, terminal: str, login: int) -> str:
-    r = client.post(f"{BASE}/session/open?wait=15", {"accountId": f"acc-{login}", "server": "Demo", "login": login,
-                                                     "password": "pw", "terminal": terminal}, format="json")
-    assert r.status_code == 201 and r.json()["status"] == "active", r.content
-    return r.json()["sessionId"]
-
-
-def _key(client: APIClient) -> str:
-    return client._credentials["HTTP_AUTHORIZATION"].split()[1]
 
 
 def _order(client: APIClient, sid: str, rid: str, **body) -> str:
@@ -69,28 +58,6 @@ def _logged(session_id: str, since: int) -> list[dict]:
     """The session's events after ``since`` as the replay log holds them."""
     page = read_since(redis.Redis.from_url(django_settings.REDIS_URL), session_id, since)
     return [json.loads(event) for event in page.events]
-
-
-class _Session:
-    def __init__(self, client: APIClient, sid: str):
-        self.key, self.id = _key(client), sid
-
-
-@pytest.fixture
-def eurusd_a(live_stack):
-    ctl = Control(live_stack.addresses["sim-a"])
-    ctl.freeze_feed("EURUSD")
-    ctl.set_price("EURUSD", 1.10000, 1.10010)
-    yield ctl
-    ctl.freeze_feed("EURUSD", frozen=False)
-    ctl.close()
-
-
-@pytest.fixture
-def session_a(live_stack, client: APIClient):
-    sid = _open(client, "sim-a", 5001)
-    yield _Session(client, sid)
-    client.delete(f"{BASE}/session/{sid}")
 
 
 def test_quotes_orders_positions_and_an_sl_hit(live_stack, client, session_a, eurusd_a, ws) -> None:
@@ -155,9 +122,9 @@ def test_reconnect_with_since_gets_both_orders_in_order(live_stack, client, sess
 
 def test_another_workspace_on_another_terminal_receives_nothing(live_stack, client, other_client, session_a,
                                                                 eurusd_a, ws) -> None:
-    other_sid = _open(other_client, "sim-b", 6001)
+    other_sid = live_session_open(other_client, "sim-b", 6001)
     try:
-        theirs = ws(_Session(other_client, other_sid))
+        theirs = ws(live_session_of(other_client, other_sid))
         theirs.send({"type": "subscribe", "channels": ["order", "position", "account", "profit", "quote:EURUSD"],
                      "request_id": "s"})
         theirs.recv_until(lambda m: m.get("request_id") == "s")
@@ -168,6 +135,6 @@ def test_another_workspace_on_another_terminal_receives_nothing(live_stack, clie
         leaked = [m for m in theirs.drain(2.0) if m.get("sessionId") != other_sid or task_id in str(m)]
         assert leaked == []
         # and the socket of session_a cannot be opened with the other workspace's key
-        assert ws(_Session(other_client, session_a.id)).close_code() == 4401
+        assert ws(live_session_of(other_client, session_a.id)).close_code() == 4401
     finally:
         other_client.delete(f"{BASE}/session/{other_sid}")

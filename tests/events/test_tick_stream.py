@@ -11,16 +11,13 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import mt5sim
 from mt5sim.control import Control
-from terminals.config import get_terminal
-from terminals.gateway import TerminalGateway
 from terminals.reads import TerminalReads
-from tests.events.test_live_stack import _open, _Session, _wait_watched
+from tests.events.test_live_stack import _wait_watched
 from tests.waiting import wait_until
 from workers.tick_stream import TickStream
 
@@ -28,21 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 OFFSET_MS = 3 * 3600 * 1000  # sim-a's server clock is UTC+3
 FIELDS = ("time_msc", "bid", "ask", "last", "volume", "flags")
-
-
-@pytest.fixture
-def sim_a(stack) -> Iterator[tuple[TerminalReads, Control]]:
-    """Reads of sim-a through a gateway of this test, its control connection, and the module attached to it
-    (for the terminal's own ``copy_ticks_range``)."""
-    gateway = TerminalGateway(get_terminal("sim-a"), mt5sim)
-    ctl = Control(stack.addresses["sim-a"])
-    assert mt5sim.initialize(stack.addresses["sim-a"]), mt5sim.last_error()
-    try:
-        yield TerminalReads(gateway), ctl
-    finally:
-        mt5sim.shutdown()
-        gateway.shutdown()
-        ctl.close()
 
 
 def _terminal_ticks(symbol: str, from_msc: int, to_msc: int) -> list[tuple]:
@@ -134,13 +116,6 @@ def test_more_ticks_than_the_cap_in_one_cycle_jump_to_the_newest(sim_a) -> None:
         assert [t["bid"] for t in stream.read("USDCAD", _newest(reads, "USDCAD"))] == [1.30008]
     finally:
         ctl.freeze_feed("USDCAD", frozen=False)
-
-
-@pytest.fixture
-def session_a(live_stack, client):
-    sid = _open(client, "sim-a", 5001)
-    yield _Session(client, sid)
-    client.delete(f"/mt5/client/session/{sid}")
 
 
 def test_a_fast_socket_gets_every_tick_made_between_two_poll_cycles(live_stack, event_pollers, session_a,
