@@ -197,11 +197,7 @@ def direct_sender(send: Any) -> Callable[[str], bool] | None:
     def write(text: str) -> bool:
         if protocol.state != protocol.STATE_OPEN:
             return False
-        try:
-            protocol.serverSend(text, False)
-        except Exception:  # never into the relay's loop (it serves every socket): the writer's path decides
-            logger.debug("direct write failed; queued for the writer", exc_info=True)
-            return False
+        protocol.serverSend(text, False)
         return True
 
     return write
