@@ -39,7 +39,6 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -186,23 +185,6 @@ def server_backlog(send: Any) -> int | None:
     return buffered + _kernel_send_queue(getattr(transport, "socket", None))
 
 
-def direct_sender(send: Any) -> Callable[[str], bool] | None:
-    """Under daphne: a function writing one text message to the socket at once, in the caller's turn of
-    the event loop (daphne's own ``send`` does the same, behind two coroutines and the socket's writer
-    task); it returns False, writing nothing, when the socket is not open. None under another server."""
-    protocol = next(iter(getattr(send, "args", ()) or ()), None)
-    if protocol is None or not hasattr(protocol, "serverSend") or not hasattr(protocol, "STATE_OPEN"):
-        return None
-
-    def write(text: str) -> bool:
-        if protocol.state != protocol.STATE_OPEN:
-            return False
-        protocol.serverSend(text, False)
-        return True
-
-    return write
-
-
 def _kernel_send_queue(sock: Any) -> int:
     """Bytes in a TCP socket's kernel send queue (Linux ``SIOCOUTQ``); 0 where it cannot be read."""
     if _OUTQ is None or sock is None:
@@ -223,8 +205,6 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self.base_send = send
-        self._send_now = direct_sender(send)
-        self._high_water = conf.client_high_water()
         # Messages from this process to this socket (events that must wait, checks, a revoked key),
         # handled in order by the same loop as the client's messages (``on_event``).
         self.inbox: asyncio.Queue = asyncio.Queue()
@@ -649,7 +629,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 return False  # another sequence: the stream decides
         if not epoch:  # published while the session had no sequence (a quote after a restart)
             if not event.replayable and self._wants(channel):
-                self._latest(channel, event.text)
+                self.send_queue.put_latest(channel, event.text)
             return True
         if seq > self.last_seq:
             if event.replayable and seq == self.last_seq + 1:
@@ -663,7 +643,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         if event.replayable:
             return True  # already delivered (replay overlap)
         if self._wants(channel):
-            self._latest(channel, event.text)
+            self.send_queue.put_latest(channel, event.text)
         return True
 
     async def bridge_event(self, message: dict) -> None:
@@ -695,28 +675,10 @@ class EventsConsumer(AsyncWebsocketConsumer):
         return channel in self.subs or channel in ALWAYS
 
     def _deliver(self, channel: str, text: str) -> None:
-        """Write (or queue) one ordered event; a final ``session`` event also ends the socket (4410) once
-        written."""
-        if not self._written_now(text):
-            self.send_queue.put(text)
+        """Queue one ordered event; a final ``session`` event also ends the socket (4410) once written."""
+        self.send_queue.put(text)
         if channel == "session" and _session_status(text) in FINAL_SESSION_STATUSES:
             self._end(CLOSE_SESSION_ENDED)
-
-    def _written_now(self, text: str) -> bool:
-        """Written at once when nothing waits for this socket and it is not behind: the common case of a
-        fast socket, with no task switch to its writer (profiled at 300 sockets: the writer's wake-up, the
-        queue and the two coroutines of ``send`` were most of the cost of an event per socket). Otherwise
-        the caller queues it and the writer keeps the order, the backpressure and the 4429 bounds."""
-        if self._send_now is None or self.closing or not self.send_queue.idle:
-            return False
-        backlog = server_backlog(self.base_send)
-        if backlog is not None and backlog > self._high_water:
-            return False
-        return self._send_now(text)
-
-    def _latest(self, channel: str, text: str) -> None:
-        if not self._written_now(text):
-            self.send_queue.put_latest(channel, text)
 
     def _end(self, code: int) -> None:
         """Close the socket with ``code`` after what is queued; nothing more is queued or handled."""
@@ -798,7 +760,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
                         logger.info("socket %s of session %s closed (%s)", self.socket_id, self.session_id, item)
                         await self.close(code=item)
                         return
-                    await self.base_send({"type": "websocket.send", "text": item})  # channels' send(), minus two wrappers
+                    await self.send(text_data=item)
         except asyncio.CancelledError:
             raise
         except Exception:  # the record expires by itself

@@ -42,11 +42,6 @@ class SendQueue:
         return self._ordered > self.max_pending
 
     @property
-    def idle(self) -> bool:
-        """Nothing waits and the writer is not woken: a message written now keeps the order."""
-        return not self._items and not self._wake.is_set()
-
-    @property
     def ordered_pending(self) -> int:
         return self._ordered
 
