@@ -462,7 +462,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         channels = message.get("channels", list(REPLAYABLE))
         if (not isinstance(channels, list) or not channels
                 or any(not isinstance(c, str) or c not in REPLAYABLE for c in channels)):
-            self._reply(_error("ValidationError", "resume channels must be among order, position, account, session",
+            self._reply(_error("ValidationError", f"resume channels must be among {', '.join(REPLAYABLE)}",
                                {"channels": ["invalid"]}, request_id))
             return
         await self._resume(since, epoch, set(channels), request_id)
