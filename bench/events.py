@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +103,48 @@ async def _client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.E
         out["sockets"].append({"ticks": ticks, "seqs": seqs, "filled": filled})
 
 
-def client_process(url: str, headers: dict, count: int, conn, control, start_ms: float) -> None:
+async def _raw_client(url: str, headers: dict, ready: asyncio.Event, stop: asyncio.Event, out: dict) -> None:
+    """The same as ``_client`` on ``bench.raw_ws`` (what a socket got, parsed with orjson)."""
+    import orjson
+
+    from bench.raw_ws import RawSocket
+
+    ticks: list[int] = []
+    seqs: list[int] = []
+    filled: dict[str, float] = {}
+    subscribed = asyncio.get_running_loop().create_future()
+
+    def on_text(raw: bytes, now: float) -> None:
+        message = orjson.loads(raw)
+        kind = message.get("type")
+        if kind == "quote:EURUSD":
+            at = message["data"]["time_msc"]
+            if at >= out["phase_start_ms"]:
+                ticks.append(at)
+                out["quote_delays"].append(now * 1000 - at)
+        elif kind in KEPT:
+            seqs.append(message["seq"])
+            data = message.get("data") or {}
+            if kind == "order" and data.get("state") == "filled" and "change" not in data:
+                filled[data["taskId"]] = now * 1000
+        elif message.get("request_id") == "s" and not subscribed.done():
+            subscribed.set_result(None)
+
+    ws = await RawSocket.connect(url, headers, on_text)
+    try:
+        ws.send_text(json.dumps({"type": "subscribe", "channels": CHANNELS, "request_id": "s"}))
+        await asyncio.wait_for(subscribed, 120)
+        out["connected"] += 1
+        if out["connected"] >= out["target"]:
+            ready.set()
+        await stop.wait()
+    finally:
+        ws.close()
+    out["sockets"].append({"ticks": ticks, "seqs": seqs, "filled": filled})
+
+
+def client_process(url: str, headers: dict, count: int, conn, control, start_ms: float,
+                   kind: str = "raw") -> None:
     """Open ``count`` sockets (at most 50 handshakes at once), report ready, record until told to stop,
     send what each socket received back."""
 
@@ -116,7 +158,7 @@ def client_process(url: str, headers: dict, count: int, conn, control, start_ms:
             try:
                 async with sem:
                     await asyncio.sleep(0)
-                await _client(url, headers, ready, stop, out)
+                await (_raw_client if kind == "raw" else _client)(url, headers, ready, stop, out)
             except Exception as exc:  # counted and shown, not hidden
                 out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
                 out["target"] -= 1  # a socket that failed is not waited for
@@ -165,7 +207,8 @@ def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, sockets: int, 
     for i in range(procs):
         parent, child = ctx.Pipe()
         share = sockets // procs + (1 if i < sockets % procs else 0)
-        p = ctx.Process(target=client_process, args=(f"{url}/events", headers, share, child, done, start_ms))
+        p = ctx.Process(target=client_process, args=(f"{url}/events", headers, share, child, done, start_ms,
+                                                     args.client))
         p.start()
         pipes.append(parent)
         children.append(p)
@@ -268,7 +311,45 @@ async def _fanout_read(ws, out: dict, stop: asyncio.Event) -> None:
         await ws.close()
 
 
-def fanout_client_process(urls: list[str], headers: dict, count: int, conn, control) -> None:
+async def _fanout_raw(url: str, headers: dict, out: dict, stop: asyncio.Event, handshakes: asyncio.Semaphore,
+                      connected: Callable[[], None]) -> None:
+    """The fan-out socket on ``bench.raw_ws``: the same records as ``_fanout_read``."""
+    import orjson
+
+    from bench.raw_ws import RawSocket
+
+    seen: dict[int, int] = {}
+    last = {"seq": None}
+    subscribed = asyncio.get_running_loop().create_future()
+
+    def on_text(raw: bytes, now: float) -> None:
+        message = orjson.loads(raw)
+        if message.get("type") != "order":
+            if message.get("request_id") == "s" and not subscribed.done():
+                subscribed.set_result(None)
+            return
+        data = message["data"]
+        seen[data["n"]] = seen.get(data["n"], 0) + 1
+        if last["seq"] is not None and message["seq"] != last["seq"] + 1:
+            out["seq_gaps"] += 1
+        last["seq"] = message["seq"]
+        out["delays"][data["phase"]].append((now - data["t"]) * 1000)
+        if now > out["last_at"].get(data["phase"], 0.0):
+            out["last_at"][data["phase"]] = now
+
+    async with handshakes:
+        ws = await RawSocket.connect(url, headers, on_text)
+        ws.send_text(json.dumps({"type": "subscribe", "channels": ["order"], "request_id": "s"}))
+        await asyncio.wait_for(subscribed, 120)
+    connected()
+    try:
+        await stop.wait()
+    finally:
+        out["received"].append(seen)
+        ws.close()
+
+
+def fanout_client_process(urls: list[str], headers: dict, count: int, conn, control, kind: str = "raw") -> None:
     """``count`` sockets spread over ``urls`` (round robin), each subscribed to ``order``."""
 
     async def main() -> None:
@@ -277,19 +358,31 @@ def fanout_client_process(urls: list[str], headers: dict, count: int, conn, cont
         ready, stop = asyncio.Event(), asyncio.Event()
         sem = asyncio.Semaphore(25)
 
-        async def one(i: int) -> None:
-            try:
-                async with sem:  # at most 25 handshakes at once
-                    ws = await _fanout_connect(urls[i % len(urls)], headers)
-            except Exception as exc:  # counted and shown
-                out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
-                out["target"] -= 1
-                if out["connected"] >= out["target"]:
-                    ready.set()
-                return
+        def connected() -> None:
             out["connected"] += 1
             if out["connected"] >= out["target"]:
                 ready.set()
+
+        def failed(exc: Exception) -> None:  # counted and shown
+            out["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
+            out["target"] -= 1
+            if out["connected"] >= out["target"]:
+                ready.set()
+
+        async def one(i: int) -> None:
+            if kind == "raw":
+                try:  # at most 25 handshakes at once
+                    await _fanout_raw(urls[i % len(urls)], headers, out, stop, sem, connected)
+                except Exception as exc:
+                    failed(exc)
+                return
+            try:
+                async with sem:
+                    ws = await _fanout_connect(urls[i % len(urls)], headers)
+            except Exception as exc:
+                failed(exc)
+                return
+            connected()
             await _fanout_read(ws, out, stop)
 
         tasks = [asyncio.create_task(one(i)) for i in range(count)]
@@ -304,7 +397,7 @@ def fanout_client_process(urls: list[str], headers: dict, count: int, conn, cont
 
 
 def fanout_phase(urls: list[str], headers: dict, session_id: str, sockets: int, events: int, rate: float,
-                 burst: int) -> dict:
+                 burst: int, client: str = "raw") -> dict:
     from streams.publisher import publish_session_event, publish_session_events
 
     ctx = multiprocessing.get_context("spawn")
@@ -317,7 +410,7 @@ def fanout_phase(urls: list[str], headers: dict, session_id: str, sockets: int, 
         # each client process starts its round robin at another daphne: sockets spread evenly
         mine = urls[i % len(urls):] + urls[:i % len(urls)]
         p = ctx.Process(target=fanout_client_process, args=([f"{u}/events" for u in mine], headers, share, child,
-                                                           done))
+                                                           done, client))
         p.start()
         pipes.append(parent)
         children.append(p)
@@ -396,7 +489,8 @@ def fanout_main(args: argparse.Namespace) -> None:
         print(f"fan-out: private redis-server; publisher = this process (streams.publisher, as a worker does); "
               f"every socket subscribed to order; latency: {args.events} events at {args.event_rate:g}/s, "
               f"from the publisher's time.time() just before the XADD script to the client's recv; "
-              f"throughput: a burst of {args.burst} events (pipelines of 50); clients in 1-2 processes\n")
+              f"throughput: a burst of {args.burst} events (pipelines of 50); clients in 1-2 processes "
+              f"({args.client} client)\n")
         print(f"{'daphne':>6} {'sockets':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'burst deliv/s':>13} "
               f"{'burst ev/s':>10} {'burst p99 ms':>12} {'missing':>7} {'dup':>4} {'gaps':>5}")
         for n_procs in (int(x) for x in args.processes.split(",")):
@@ -408,7 +502,8 @@ def fanout_main(args: argparse.Namespace) -> None:
             for url in urls:
                 wait_port(int(url.rsplit(":", 1)[1]), timeout=60)
             for sockets in (int(x) for x in args.sockets.split(",")):
-                r = fanout_phase(urls, headers, session.id, sockets, args.events, args.event_rate, args.burst)
+                r = fanout_phase(urls, headers, session.id, sockets, args.events, args.event_rate, args.burst,
+                                 args.client)
                 print(f"{n_procs:>6} {r['sockets']:>7} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.1f} "
                       f"{r['burst_per_s']:>13.0f} {r['burst_events_per_s']:>10.0f} {r['burst_p99']:>12.1f} "
                       f"{r['lost']:>7} {r['dups']:>4} {r['seq_gaps']:>5}", flush=True)
@@ -435,6 +530,9 @@ def main() -> None:  # one linear script
     parser.add_argument("--events", type=int, default=100, help="--fanout: events of the latency phase")
     parser.add_argument("--event-rate", type=float, default=20.0, help="--fanout: events/s of the latency phase")
     parser.add_argument("--burst", type=int, default=1000, help="--fanout: events of the throughput burst")
+    parser.add_argument("--client", choices=("raw", "websockets"), default="raw",
+                        help="the bench's socket client: bench.raw_ws (default: a few microseconds of Python per "
+                             "message, so the figures are the server's) or the websockets library")
     args = parser.parse_args()
     if args.fanout:
         fanout_main(args)
@@ -461,7 +559,7 @@ def main() -> None:  # one linear script
         print(f"code: git HEAD {_commit()} (plus its working tree); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         print(f"stack: per terminal the pinned worker with its poller (every {args.poll} s); 1 mt5sim terminal at "
               "UTC+3; N daphne processes on one listening socket (as run_bridge's BRIDGE_WEB_PROCESSES); clients "
-              "in 1-2 separate processes; all on this machine's cores")
+              f"in 1-2 separate processes ({args.client} client); all on this machine's cores")
         print(f"load: EURUSD set_price at {args.rate:g} ticks/s and {args.orders} market orders at "
               f"{args.order_rate:g}/s over REST; every socket subscribed to {', '.join(CHANNELS)}; filled: from the "
               "client's time just before the POST to the socket's receive of the task's `filled` event; quote: "
