@@ -16,4 +16,5 @@ urlpatterns = [
     path("depth/<str:symbol>", views.DepthView.as_view(), name="depth"),
     path("history/orders", views.HistoryOrdersView.as_view(), name="history-orders"),
     path("history/deals", views.HistoryDealsView.as_view(), name="history-deals"),
+    path("stats", views.StatsView.as_view(), name="stats"),
 ]

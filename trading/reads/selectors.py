@@ -21,6 +21,7 @@ from sessions.models import BridgeSession
 from terminals.reads import TIMEFRAME_SECONDS
 from trading.reads.readqueue import RawJSON, call_reader, redis_client
 from trading.reads.snapshots import TerminalSnapshot, load_snapshot_and_change, note_quote_interest
+from trading.reads.stats import stats_from_rows
 
 logger = logging.getLogger("bridge.reads")
 
@@ -174,3 +175,40 @@ def ticks(session: BridgeSession, symbol: str, query: dict[str, Any]) -> RawJSON
 def history(session: BridgeSession, kind: str, query: dict[str, Any]) -> RawJSON:
     """``{orders|deals: [...], count, from, to}`` as the reader wrote it."""
     return call_reader(_terminal(session), "history", {"kind": kind, **query}, raw=True, session=session.id)
+
+
+STATS_BALANCE_TRIES = 3  # account reads around the deals that must agree for a known start balance
+
+
+def stats(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
+    """GET /stats: the statistics of the session account's deals in [from, to] (see trading/reads/stats.py).
+
+    Without a filter the curve is the balance and starts from the balance at ``from``: today's balance
+    minus every deal since ``from``, so the deals are read up to now, between two readings of the account
+    that must show the same balance (else a deal came in between: read again; after
+    STATS_BALANCE_TRIES the start is unknown and the curve starts from 0)."""
+    terminal = _terminal(session)
+    date_from, date_to = query["date_from"], query["date_to"]
+    symbol, magic = query.get("symbol"), query.get("magic")
+    filtered = symbol is not None or magic is not None
+    args = {"kind": "deals", "date_from": date_from, "date_to": date_to, "symbol": symbol}
+    balance_now = None
+    if filtered:
+        account_info = account(session)
+        rows = call_reader(terminal, "history", args, session=session.id)["deals"]
+    else:
+        args["date_to"] = max(date_to, float(int(time.time()) + 1))
+        for _ in range(STATS_BALANCE_TRIES):
+            account_info = call_reader(terminal, "account", {}, session=session.id)
+            rows = call_reader(terminal, "history", args, session=session.id)["deals"]
+            again = call_reader(terminal, "account", {}, session=session.id)
+            if again.get("balance") == account_info.get("balance"):
+                balance_now = account_info.get("balance")
+                break
+            logger.info("stats of %s: the balance moved during the read, reading again", session.id)
+    _own_account(session, account_info)
+    digits = int(account_info.get("currency_digits") or 2)
+    computed = stats_from_rows(rows, date_from=date_from, date_to=date_to, symbol=symbol, magic=magic,
+                               balance_now=balance_now, digits=digits)
+    return {"from": date_from, "to": date_to, "symbol": symbol, "magic": magic,
+            "currency": account_info.get("currency"), **computed}

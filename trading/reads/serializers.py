@@ -240,6 +240,17 @@ class HistoryQuery(serializers.Serializer):
         return attrs
 
 
+MAX_MAGIC = 2**64 - 1  # an MT5 magic number is an unsigned 64-bit integer
+
+
+class StatsQuery(HistoryQuery):
+    """GET /stats: the range of /history/deals (same formats and defaults), a symbol and a magic."""
+
+    position = None  # not a filter of the statistics
+    magic = QueryIntegerField(required=False, min_value=0, max_value=MAX_MAGIC,
+                              help_text="only trades (and entry deals) with this magic number")
+
+
 def validated(serializer_class: type[serializers.Serializer], query: QueryDict, extra: dict[str, Any] | None = None,
               allowed: set[str] | None = None) -> dict[str, Any]:
     """Validate a query string (plus path values in ``extra``); errors name the wire parameters."""

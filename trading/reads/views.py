@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -25,11 +26,13 @@ from .serializers import (
     GROUP_PATTERN,
     MAX_COUNT,
     MAX_LIMIT,
+    MAX_MAGIC,
     MAX_TICK_RANGE,
     SYMBOL_PATTERN,
     TIME_SCHEMA,
     BarsQuery,
     HistoryQuery,
+    StatsQuery,
     SymbolFilterQuery,
     SymbolsQuery,
     TicksQuery,
@@ -224,3 +227,71 @@ class HistoryOrdersView(HistoryView):
 
 class HistoryDealsView(HistoryView):
     kind = "deals"
+
+
+def _money(help_text: str, null: bool = False) -> serializers.FloatField:
+    return serializers.FloatField(help_text=help_text, allow_null=null)
+
+
+StatsSerializer = inline_serializer(name="Stats", fields={
+    "from": serializers.FloatField(help_text="start of the range, real-UTC unix seconds"),
+    "to": serializers.FloatField(help_text="end of the range, real-UTC unix seconds"),
+    "symbol": serializers.CharField(allow_null=True, help_text="the symbol filter as given, or null"),
+    "magic": serializers.IntegerField(allow_null=True, help_text="the magic filter, or null"),
+    "currency": serializers.CharField(help_text="the account currency: every amount is in it"),
+    "trades": serializers.IntegerField(help_text="closing BUY/SELL deals (entry OUT, INOUT, OUT_BY)"),
+    "wins": serializers.IntegerField(help_text="trades with a result > 0"),
+    "losses": serializers.IntegerField(help_text="trades with a result < 0"),
+    "breakeven": serializers.IntegerField(help_text="trades with a result of 0 at the currency's digits"),
+    "winRate": serializers.FloatField(allow_null=True, help_text="wins / trades (0..1, 4 decimals); null without "
+                                      "trades"),
+    "profitFactor": serializers.FloatField(allow_null=True, help_text="grossProfit / |grossLoss| (4 decimals); "
+                                           "null without losses"),
+    "expectancy": _money("(grossProfit + grossLoss) / trades; null without trades", True),
+    "averageWin": _money("grossProfit / wins; null without wins", True),
+    "averageLoss": _money("grossLoss / losses (negative); null without losses", True),
+    "largestWin": _money("the best trade result; null without wins", True),
+    "largestLoss": _money("the worst trade result (negative); null without losses", True),
+    "maxDrawdown": _money("the largest fall of the curve from a peak to a later point (>= 0)"),
+    "maxDrawdownPercent": serializers.FloatField(allow_null=True, help_text="that fall in % of its peak (2 "
+                                                 "decimals); null with a filter or an unknown start balance"),
+    "startBalance": _money("the balance right before `from` (the curve's start); null with a filter or when "
+                           "it could not be read consistently", True),
+    "netProfit": _money("what the selected BUY/SELL deals did to the balance: the trades' results plus the "
+                        "entry deals' commission, fee and swap"),
+    "grossProfit": _money("sum of the winning trades' results"),
+    "grossLoss": _money("sum of the losing trades' results (<= 0)"),
+    "commission": _money("commission of the selected BUY/SELL deals, entries and trades (<= 0 as MT5 gives it)"),
+    "swap": _money("swap of the selected BUY/SELL deals"),
+    "fee": _money("fee of the selected BUY/SELL deals"),
+    "deals": serializers.IntegerField(help_text="how many deals the figures come from: without a filter every "
+                                      "deal of the range but credit deals; with one, the matching BUY/SELL deals"),
+})
+
+STATS_DESCRIPTION = (
+    "Trading statistics of the session account's deal history in [from, to] (the deals of "
+    "`/history/deals`, same `from`/`to` formats and defaults: `to` = now, `from` = 7 days before `to`; "
+    "`from` after `to` is a 400). A **trade** is a deal of type BUY or SELL that closes (entry OUT, INOUT "
+    "or OUT_BY); its **result** is profit + swap + commission + fee of that deal (a partial close is a "
+    "trade of its own). Entry deals (IN) are not trades; their commission, fee and swap count in "
+    "`commission`, `fee`, `swap` and `netProfit` (= grossProfit + grossLoss + the entry deals' results). "
+    "`symbol` and `magic` select the BUY/SELL deals (entries and trades) they match; balance operations "
+    "(deposits, withdrawals, charges...) are never trades and count only in the drawdown curve, only "
+    "without a filter. **Drawdown**: the curve is followed deal by deal in time order; without a filter it "
+    "is the account balance starting from the balance at `from` (`startBalance` = today's balance minus "
+    "every deal since `from`, so the deals up to now are read), moved by every deal but credit deals "
+    "(a withdrawal is a fall); with a filter it is the running sum of the matching deals' results from 0. "
+    "`maxDrawdown` = the largest fall from a peak to a later point, `maxDrawdownPercent` = that fall over "
+    "that peak (null with a filter). Amounts are in the account currency, rounded to its digits."
+)
+
+
+class StatsView(APIView):
+    @extend_schema(operation_id="stats_get", parameters=operation_parameters(
+        *TIME_PARAMS, SYMBOL_QUERY,
+        query("magic", {"type": "integer", "minimum": 0, "maximum": MAX_MAGIC},
+              "only BUY/SELL deals with this magic number (an unsigned 64-bit integer, as in MT5)")),
+        responses={200: StatsSerializer, **READ_ERRORS}, description=STATS_DESCRIPTION)
+    def get(self, request: Request) -> Response:
+        session = require_active_session(request)
+        return Response(selectors.stats(session, validated(StatsQuery, request.query_params)))
