@@ -24,7 +24,7 @@ from bridge_project.errors import Conflict
 from streams.publisher import publish_events
 
 from .events import order_event
-from .models import RequestReceipt, TaskState, TaskTransition, TradeTask
+from .models import CallReceipt, RequestReceipt, TaskState, TaskTransition, TradeTask
 from .states import task_create
 
 logger = logging.getLogger("bridge.trading.ledger")
@@ -134,6 +134,38 @@ def record_receipt(workspace_id: int, request_id: str, fp: str, task: TradeTask,
             workspace_id=workspace_id, request_id=request_id, fingerprint=fp, task=task, status_code=status_code
         )
     return Outcome(task, status_code, False)
+
+
+@dataclass
+class CallOutcome:
+    """What a call that makes several tasks answers (``POST /positions/close``): its tasks in order, the
+    status code, and whether this was a replay."""
+
+    tasks: list[TradeTask]
+    status_code: int
+    replayed: bool
+
+
+def call_receipt_find(workspace_id: int, request_id: str, fp: str) -> CallOutcome | None:
+    """The earlier answer of a call under this request id (a replay: the tasks it made, as they are now),
+    None if the id holds no call; 409 TaskConflict when the call had another fingerprint."""
+    receipt = CallReceipt.objects.filter(workspace_id=workspace_id, request_id=request_id).first()
+    if receipt is None:
+        return None
+    if receipt.fingerprint != fp:
+        raise Conflict(f"request id {request_id!r} was used with a different payload",
+                       {"taskIds": list(receipt.task_ids)})
+    found = TradeTask.objects.in_bulk(receipt.task_ids)
+    return CallOutcome([found[i] for i in receipt.task_ids if i in found], receipt.status_code, True)
+
+
+def call_receipt_record(*, workspace_id: int, request_id: str, fp: str, task_ids: list[str],
+                        status_code: int) -> None:
+    """Keep the request id of a call with the tasks it made (inside the call's transaction, with them:
+    a concurrent identical call waits on the unique index and then replays this one)."""
+    with transaction.atomic():
+        CallReceipt.objects.create(workspace_id=workspace_id, request_id=request_id, fingerprint=fp,
+                                   task_ids=task_ids, status_code=status_code)
 
 
 def tasks_insert_batch(*, tasks: list[TradeTask],

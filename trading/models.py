@@ -155,6 +155,25 @@ class RequestReceipt(models.Model):
         ]
 
 
+class CallReceipt(models.Model):
+    """The idempotency record of a call that makes several tasks at once (``POST /positions/close``), or
+    none: its request id, the fingerprint of its body and the ids of the tasks it made, in order. A replay
+    answers those tasks without reading the terminal again (their positions may be closed by then).
+    Purged with the last of its tasks (``trading.retention``)."""
+
+    workspace = models.ForeignKey("bridge_sessions.Workspace", on_delete=models.CASCADE, related_name="call_receipts")
+    request_id = models.CharField(max_length=128)
+    fingerprint = models.CharField(max_length=64)
+    task_ids = models.JSONField(default=list, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "request_id"], name="call_receipt_unique_request_id"),
+        ]
+
+
 class UnownedOrder(models.Model):
     """An order or deal at a terminal carrying a bridge tag that no task owns (found by reconciliation).
 

@@ -7,6 +7,8 @@ import binascii
 import re
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from bridge_project.fields import (
@@ -15,7 +17,13 @@ from bridge_project.fields import (
     StrictFloatField,
     StrictIntegerField,
 )
-from bridge_project.schema import REQUEST_ID_PATTERN, TASK_ID_PATTERN, ExclusiveMinFloatField, FullMatch
+from bridge_project.schema import (
+    REQUEST_ID_PATTERN,
+    TASK_ID_PATTERN,
+    ExclusiveMinFloatField,
+    FullMatch,
+    StrictBodyExtension,
+)
 from terminals.constants import FILLING_TYPES, ORDER_TYPES, TIME_TYPES
 
 from .models import TaskKind, TaskState, TradeTask
@@ -25,6 +33,7 @@ from .selectors import MAX_LIMIT
 
 MAX_PRICE = 1e12
 MAX_VOLUME = 1e9
+MAX_MONEY = 1e12
 UINT64_MAX = 2**64 - 1
 
 
@@ -114,16 +123,89 @@ class PositionCloseSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     deviation = StrictIntegerField(required=False, min_value=0, max_value=100_000)
 
 
+class MoneyField(StrictFloatField, ExclusiveMinFloatField):
+    """A sum in the account currency: a JSON number greater than 0 (and at most MAX_MONEY)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(required=False, max_value=MAX_MONEY, **kwargs)
+
+
 class PositionModifySerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     min_fields = 1  # the schema's minProperties
+    # Not a price and a sum for the same level (the schema's `not`, PositionModifyBodyExtension).
+    exclusive = (("sl", "slMoney"), ("tp", "tpMoney"))
 
     sl = _price(help_text="0 removes the stop loss")
     tp = _price(help_text="0 removes the take profit")
+    slMoney = MoneyField(help_text="the stop loss as the most the position may lose there, in the account currency "
+                         "(> 0; not with `sl`): converted to a price when accepted, rounded on the tick grid "
+                         "toward the open price (the loss at it is at most this, within one tick)")
+    tpMoney = MoneyField(help_text="the take profit as the least the position gains there, in the account currency "
+                         "(> 0; not with `tp`): converted to a price when accepted, rounded on the tick grid "
+                         "away from the open price (the profit at it is at least this, within one tick)")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
-            raise serializers.ValidationError({"non_field_errors": ["give sl, tp or both"]})
+            raise serializers.ValidationError({"non_field_errors": ["give sl, tp, slMoney, tpMoney or two of them"]})
+        errors = {money: [f"not with `{price}`: give the level as a price or as money"]
+                  for price, money in self.exclusive if price in attrs and money in attrs}
+        if errors:
+            raise serializers.ValidationError(errors)
         return attrs
+
+
+class PositionModifyBodyExtension(OpenApiSerializerExtension):
+    """PositionModifySerializer's body as StrictBodyExtension states it, plus the levels given twice it
+    refuses (`sl` with `slMoney`, `tp` with `tpMoney`): a `not` of their `required` pairs."""
+
+    target_class = "trading.serializers.PositionModifySerializer"
+    priority = 1  # over StrictBodyExtension, whose schema it extends
+
+    def map_serializer(self, auto_schema, direction):  # drf-spectacular signature
+        schema = StrictBodyExtension(self.target).map_serializer(auto_schema, direction)
+        if direction == "request":
+            schema["not"] = {"anyOf": [{"required": list(pair)} for pair in PositionModifySerializer.exclusive]}
+        return schema
+
+
+class PositionsCloseAllSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    symbol = StrictCharField(required=False, max_length=29, trim_whitespace=False,
+                             validators=[FullMatch(SYMBOL_PATTERN)],
+                             help_text="only positions of this symbol (the broker's name, case-insensitive)")
+    side = serializers.ChoiceField(choices=["BUY", "SELL"], required=False,
+                                   help_text="only BUY (long) or SELL (short) positions")
+    magic = StrictIntegerField(required=False, min_value=0, max_value=UINT64_MAX,
+                               help_text="only positions with this magic number")
+    deviation = StrictIntegerField(required=False, min_value=0, max_value=100_000,
+                                   help_text="points, for each close (default BRIDGE_DEFAULT_DEVIATION)")
+
+
+MONEY_LEVEL_FIELDS = {
+    "asked": "the sum the body asked for (`slMoney`/`tpMoney`)",
+    "price": "the price computed: the task's `sl`/`tp`",
+    "money": "what the position loses (SL) or gains (TP) at that price, in the account currency: at most "
+             "`asked` for an SL, at least `asked` for a TP, within one tick's worth",
+    "priceOpen": "the position's open price used",
+    "volume": "the position's volume used (lots)",
+    "tickValue": "account currency per tick and lot used: the terminal's trade_tick_value_loss for an SL, "
+                 "trade_tick_value_profit for a TP (trade_tick_value when those are 0)",
+    "tickSize": "the symbol's trade_tick_size",
+}
+MONEY_LEVEL_SCHEMA = {"type": "object", "required": list(MONEY_LEVEL_FIELDS),
+                      "properties": {name: {"type": "number", "description": text}
+                                     for name, text in MONEY_LEVEL_FIELDS.items()}}
+
+
+@extend_schema_field({
+    "type": "object", "additionalProperties": True,
+    "description": "the validated body as stored for the worker. A `position.modify` given `slMoney`/`tpMoney` "
+                   "holds the prices computed from them in `sl`/`tp` and, in `moneyLevels`, per level given as "
+                   "money: the sum asked, the price, the sum that price really means and what it was computed from.",
+    "properties": {"moneyLevels": {"type": "object", "additionalProperties": False,
+                                   "properties": {"sl": MONEY_LEVEL_SCHEMA, "tp": MONEY_LEVEL_SCHEMA}}},
+})
+class TaskRequestField(serializers.JSONField):
+    """The task's ``request`` (its JSON as stored)."""
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -141,6 +223,7 @@ class TaskSerializer(serializers.ModelSerializer):
     """
 
     taskId = serializers.CharField(source="id")
+    request = TaskRequestField()
     requestId = serializers.CharField(source="request_id")
     sessionId = serializers.CharField(source="session_id")
     parentTaskId = serializers.CharField(source="parent_id", allow_null=True)
@@ -177,6 +260,10 @@ def task_body(task: TradeTask) -> dict[str, Any]:
 class TaskListSerializer(serializers.Serializer):
     tasks = TaskSerializer(many=True)
     nextCursor = serializers.CharField(allow_null=True)
+
+
+class CallTasksSerializer(serializers.Serializer):
+    tasks = TaskSerializer(many=True, help_text="the tasks the call made, by ticket (empty: nothing matched)")
 
 
 # --- GET /tasks: its query, as the schema states it (trading.selectors.task_list then applies it) ----

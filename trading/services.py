@@ -16,7 +16,10 @@ from bridge_project.errors import BridgeError, Conflict, NotFound, ValidationFai
 from sessions.models import BridgeSession
 from terminals import constants as C
 from trading.ledger import (
+    CallOutcome,
     Outcome,
+    call_receipt_find,
+    call_receipt_record,
     find_previous,
     find_previous_many,
     fingerprint,
@@ -26,8 +29,10 @@ from trading.ledger import (
     tasks_insert_batch,
 )
 from trading.models import TaskKind, TaskState, TradeTask
+from trading.money import LEVELS, money_level
 from trading.orders import check_expiration, check_prices, check_volume, new_tag, validate_order_create
 from trading.outbox import publish_task, publish_tasks
+from trading.reads import selectors as terminal_reads
 from trading.states import task_change
 from trading.symbol_specs import get_spec
 
@@ -332,20 +337,101 @@ def position_close(*, session: BridgeSession, request_id: str, ticket: int, data
 
 def position_modify(*, session: BridgeSession, request_id: str, ticket: int, data: dict[str, Any],
         fresh_id: bool = False) -> Outcome:
-    """PATCH /positions/{ticket} → a ``position.modify`` task (SL/TP)."""
+    """PATCH /positions/{ticket} → a ``position.modify`` task (SL/TP). ``slMoney``/``tpMoney`` become
+    prices now, from the position and its symbol as the terminal shows them (``_money_payload``); the
+    fingerprint is of the body as sent, so a replay is the same task whatever the prices did since."""
     fp = fingerprint("position.modify", str(ticket), data, account=_account(session))
     previous = _previous(session, request_id, fp, fresh_id)
     if previous is not None:
         return previous
-    symbol = _position_symbol(session, ticket)
+    if any(field in data for field in LEVELS.values()):
+        payload, symbol = _money_payload(session, ticket, data)
+    else:
+        payload, symbol = data, _position_symbol(session, ticket)
     spec = get_spec(session.terminal.name, session.id, symbol) if symbol else None
     if spec is not None:
         errors: dict[str, list[str]] = {}
-        check_prices(data, spec, errors)
+        check_prices({name: data[name] for name in LEVELS if name in data}, spec, errors)
         if errors:
             raise ValidationFailed("stop levels failed validation", errors)
-    return _new_task(session, request_id, fp, TaskKind.POSITION_MODIFY, data, position_ticket=ticket)
+    return _new_task(session, request_id, fp, TaskKind.POSITION_MODIFY, payload, position_ticket=ticket)
 
+
+def _money_payload(session: BridgeSession, ticket: int, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The task's request for a body with money levels: the prices given or computed (``sl``/``tp``, what
+    the worker sends) and ``moneyLevels`` (per level: the sum asked, the price, the sum that price really
+    means, and what it was computed from); and the position's symbol. 404 when the terminal has no such
+    open position (as GET /positions/{ticket})."""
+    position = terminal_reads.position(session, ticket)
+    info = terminal_reads.symbol_info(session, position["symbol"])
+    payload = {name: data[name] for name in LEVELS if name in data}
+    levels = {}
+    for level, field in LEVELS.items():
+        if field in data:
+            levels[level] = money_level(level=level, money=data[field], position=position, info=info)
+            payload[level] = levels[level]["price"]
+    payload["moneyLevels"] = levels
+    return payload, position["symbol"]
+
+
+# A request id made for each task of a close-all: ``<call's request id>/<ticket>``. The call's own id
+# must leave room for the longest ticket (19 digits) within the 128 characters of a request id.
+DERIVED_SEPARATOR = "/"
+MAX_CALL_REQUEST_ID = 128 - len(DERIVED_SEPARATOR) - len(str(2**63 - 1))
+SIDES = {"BUY": C.POSITION_TYPE_BUY, "SELL": 1}  # POSITION_TYPE_BUY, POSITION_TYPE_SELL
+
+
+def derived_request_id(request_id: str, ticket: int) -> str:
+    return f"{request_id}{DERIVED_SEPARATOR}{ticket}"
+
+
+def _matches(position: dict[str, Any], filters: dict[str, Any]) -> bool:
+    return (("symbol" not in filters or str(position.get("symbol", "")).lower() == filters["symbol"].lower())
+            and ("side" not in filters or int(position["type"]) == SIDES[filters["side"]])
+            and ("magic" not in filters or int(position.get("magic", -1)) == filters["magic"]))
+
+
+def positions_close_all(*, session: BridgeSession, request_id: str, data: dict[str, Any],
+        fresh_id: bool = False) -> CallOutcome:
+    """POST /positions/close: one ``position.close`` task per open position of the session's account that
+    matches the filters (``symbol``, ``side``, ``magic``), each under ``<request id>/<ticket>``, recorded
+    with the call's fingerprint in a ``CallReceipt`` (in the transaction of the tasks). A replay answers
+    the receipt's tasks without reading the terminal (their positions may be closed by then); another
+    body under the request id, or an id another write holds: 409. No match: no task, 200 (recorded too,
+    so a replay answers the same empty list even if positions opened since)."""
+    fp = fingerprint("positions.close_all", "", data, account=_account(session))
+    if not fresh_id:
+        previous = call_receipt_find(session.workspace_id, request_id, fp)
+        if previous is not None:
+            return previous
+        find_previous(session.workspace_id, request_id, fp)  # another write's id: 409 (never a replay)
+    if len(request_id) > MAX_CALL_REQUEST_ID:
+        raise ValidationFailed(
+            f"the request id of a close-all is at most {MAX_CALL_REQUEST_ID} characters: each task's id is "
+            f"'<request id>/<ticket>' within 128",
+            {"x-request-id": [f"at most {MAX_CALL_REQUEST_ID} characters for this call"]})
+    positions = sorted((p for p in terminal_reads.positions(session)["positions"] if _matches(p, data)),
+                       key=lambda p: int(p["ticket"]))
+    payload = {"deviation": data["deviation"]} if "deviation" in data else {}
+    account = _account(session)
+    try:
+        with transaction.atomic():
+            outcomes = [
+                _new_task(session, derived_request_id(request_id, int(p["ticket"])),
+                          fingerprint("positions.close_all", str(int(p["ticket"])), data, account=account),
+                          TaskKind.POSITION_CLOSE, payload, position_ticket=int(p["ticket"]))
+                for p in positions
+            ]
+            status_code = 202 if outcomes else 200
+            call_receipt_record(workspace_id=session.workspace_id, request_id=request_id, fp=fp,
+                                task_ids=[o.task.id for o in outcomes], status_code=status_code)
+    except IntegrityError:
+        # A concurrent call under this request id committed first: answer it (or 409 if it differs).
+        previous = call_receipt_find(session.workspace_id, request_id, fp)
+        if previous is None:
+            raise
+        return previous
+    return CallOutcome([o.task for o in outcomes], status_code, False)
 
 
 def tasks_cancel_of_ended_session(*, session_id: str, reason: str) -> int:

@@ -15,7 +15,9 @@ from bridge_project.schema import (
     NOT_READY,
     REPLAYED_HEADER,
     REQUEST_ID_PATTERN,
+    RESPONSE_HEADERS,
     SESSION_ERRORS,
+    SESSION_HEADER,
     TASK_ID_PATTERN,
     api_errors,
     body_required,
@@ -29,17 +31,19 @@ from sessions.services import require_active_session, session_get
 from trading.reads import views as reads
 
 from . import services
-from .ledger import Outcome
+from .ledger import CallOutcome, Outcome
 from .models import TaskKind, TaskState
 from .reads.views import READ_ERRORS, SYMBOL_QUERY
 from .selectors import MAX_LIMIT, task_list, task_of_workspace
 from .serializers import (
     CURSOR_PATTERN,
     MAX_SINCE,
+    CallTasksSerializer,
     OrderCreateSerializer,
     OrderPatchSerializer,
     PositionCloseSerializer,
     PositionModifySerializer,
+    PositionsCloseAllSerializer,
     TaskListQuery,
     TaskListSerializer,
     TaskSerializer,
@@ -63,6 +67,8 @@ TICKET = OpenApiParameter("ticket", {"type": "integer", "minimum": 1, "maximum":
                           OpenApiParameter.PATH, description="a position ticket; 0 or over 2**63-1: 404")
 UNKNOWN_TASK = {404: error("NotFound: unknown task (or another workspace's)")}
 UNKNOWN_POSITION = {404: error("NotFound: no such position (ticket out of range)")}
+MONEY_ERRORS = {502: error("BridgeUnavailable: the terminal's symbol specs, or (with slMoney/tpMoney) the "
+                           "position or its symbol, could not be read from the terminal")}
 
 
 def _write_parameters(*extra: OpenApiParameter) -> list[OpenApiParameter]:
@@ -71,6 +77,13 @@ def _write_parameters(*extra: OpenApiParameter) -> list[OpenApiParameter]:
 
 def _answer(outcome: Outcome) -> Response:
     response = Response(TaskSerializer(outcome.task).data, status=outcome.status_code)
+    if outcome.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _answer_call(outcome: CallOutcome) -> Response:
+    response = Response({"tasks": TaskSerializer(outcome.tasks, many=True).data}, status=outcome.status_code)
     if outcome.replayed:
         response["Idempotent-Replayed"] = "true"
     return response
@@ -165,10 +178,21 @@ class PositionView(APIView):
 
     @extend_schema(operation_id="position_modify", request=PositionModifySerializer,
                    parameters=_write_parameters(TICKET),
-                   responses={202: TASK_ACCEPTED, **WRITE_ERRORS, **UNKNOWN_POSITION},
+                   responses={202: TASK_ACCEPTED, **WRITE_ERRORS, **MONEY_ERRORS,
+                              404: error("NotFound: no such position (ticket out of range; with slMoney/tpMoney: "
+                                         "no open position with this ticket at the terminal)")},
                    description="Sets the position's SL and/or TP (0 removes one): a `position.modify` task. "
                    "A level not given keeps its current value. A position the bridge opened: prices with more "
-                   "digits than its symbol's, or off its tick size, are a 400." + REPLAY_NOTE)
+                   "digits than its symbol's, or off its tick size, are a 400. A level may be given as money "
+                   "instead (`slMoney`, `tpMoney`: account currency, > 0; not with `sl`/`tp` of the same level: "
+                   "400): converted to a price when accepted, from the open position (price_open, volume, type) "
+                   "and its symbol's tick value and size as the terminal shows them: distance = money / (volume "
+                   "× tick value / tick size), on the tick grid on the safe side (the SL toward the open price: "
+                   "its loss is at most slMoney; the TP away from it: its profit is at least tpMoney; within one "
+                   "tick). The task's `request` holds the prices in `sl`/`tp` and `moneyLevels` (what each "
+                   "price really means). 400 naming slMoney/tpMoney when no such price exists (less than a "
+                   "tick's worth, a price at or below 0)." + REPLAY_NOTE + " (A replay is the same task even if "
+                   "prices moved since: the fingerprint is of the body as sent.)")
     @body_required
     def patch(self, request: Request, ticket: int) -> Response:
         session = require_active_session(request)
@@ -190,6 +214,48 @@ class PositionCloseView(APIView):
         data = _body(PositionCloseSerializer, request)
         return _answer(services.position_close(session=session, request_id=request._request.bridge_request_id,
                                                 ticket=_ticket(ticket), data=data, fresh_id=_fresh(request)))
+
+
+CALL_REQUEST_ID_HEADER = OpenApiParameter(
+    "x-request-id", {"type": "string", "pattern": REQUEST_ID_PATTERN, "minLength": 1,
+                     "maxLength": services.MAX_CALL_REQUEST_ID},
+    OpenApiParameter.HEADER, required=False,
+    description=f"idempotency key of the call, 1-{services.MAX_CALL_REQUEST_ID} printable ASCII characters, no "
+    "space or comma (each task's is `<this>/<ticket>`, within 128: a longer one is a 400); absent: the bridge "
+    "makes one. Echoed on every response",
+)
+
+
+class PositionsCloseView(APIView):
+    """POST /positions/close: close every open position of the account matching the filters."""
+
+    @extend_schema(
+        operation_id="positions_close_all", request=PositionsCloseAllSerializer,
+        parameters=[SESSION_HEADER, CALL_REQUEST_ID_HEADER, *RESPONSE_HEADERS, REPLAYED_HEADER],
+        responses={202: OpenApiResponse(CallTasksSerializer, description="a `position.close` task per matching "
+                                        "position (state queued), or the replay of the call"),
+                   200: OpenApiResponse(CallTasksSerializer, description="no open position matched: `{tasks: []}` "
+                                        "(nothing queued), or the replay of such a call"),
+                   **WRITE_ERRORS,
+                   409: error("TaskConflict: the request id was used with another body (`details.taskIds`: the "
+                              "call's tasks) or by another write, or a task's id `<request id>/<ticket>` is "
+                              "another write's / " + NOT_READY),
+                   502: error("BridgeUnavailable: the account's open positions could not be read from the "
+                              "terminal")},
+        examples=[OpenApiExample("every EURUSD buy", request_only=True, value={"symbol": "EURUSD", "side": "BUY"})],
+        description="Closes every open position of the session's account that matches all the filters given "
+        "(`symbol`, `side`, `magic`; none: every position), read from the terminal as GET /positions reads it: "
+        "one `position.close` task per position (a full close; `deviation` for each), by ticket, each under "
+        "the request id `<request id>/<ticket>`. The call's request id is recorded with its body and its "
+        "tasks: a replay (same request id and body) answers the same tasks as they are now, with the same "
+        "status and `Idempotent-Replayed: true`, without reading the terminal again (even if positions closed "
+        "or opened since); another body is 409 TaskConflict. Counted as one request by the rate limits.")
+    def post(self, request: Request) -> Response:
+        session = require_active_session(request)
+        data = _body(PositionsCloseAllSerializer, request)
+        return _answer_call(services.positions_close_all(session=session,
+                                                         request_id=request._request.bridge_request_id,
+                                                         data=data, fresh_id=_fresh(request)))
 
 
 class TaskDetailView(APIView):
