@@ -83,6 +83,14 @@ class Conflict(BridgeError):
     code = "TaskConflict"
 
 
+class SessionPaused(BridgeError):
+    """The session is paused (``POST /session/{id}/pause``): a new write is refused and nothing is queued;
+    a replay of a request id the ledger already holds is still answered (docs/sessions.md, "Pause")."""
+
+    status_code = 409
+    code = "SessionPaused"
+
+
 class LengthRequired(BridgeError):
     """A request body without Content-Length (``Transfer-Encoding: chunked``): the API needs the length."""
 

@@ -37,7 +37,7 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 
 ERROR_CODES = (
     "ValidationError, Unauthorized, SessionExpired, Forbidden, NotFound, MethodNotAllowed, NotAcceptable, "
-    "TaskConflict, SessionNotReady, TerminalBusy, LengthRequired, PayloadTooLarge, RateLimited, "
+    "TaskConflict, SessionNotReady, SessionPaused, TerminalBusy, LengthRequired, PayloadTooLarge, RateLimited, "
     "RequestHeaderFieldsTooLarge, BridgeUnavailable, Unavailable, InternalError"
 )
 
@@ -88,6 +88,8 @@ SESSION_ERRORS = {
 }
 NOT_READY = ("SessionNotReady: the session is still `opening` (its login has not succeeded yet): nothing was "
              "queued or read")
+PAUSED = ("SessionPaused: the session is paused (POST /session/{id}/pause): nothing was queued (a replay of a "
+          "request id the bridge already holds is answered as before)")
 
 
 def api_errors(*extra: dict[int, OpenApiResponse], body: bool = False) -> dict[int, OpenApiResponse]:

@@ -129,7 +129,7 @@ def _terminal_json(status: ops.TerminalStatus, unknown: int) -> dict[str, Any]:
         "workerAlive": status.worker_alive,
         "heartbeatAge": status.worker_heartbeat_age,
         "account": (
-            {key: session[key] for key in ("accountId", "login", "server", "workspace", "status")}
+            {key: session[key] for key in ("accountId", "login", "server", "workspace", "status", "paused")}
             if session else None
         ),
         "boundLogin": status.binding["login"] if status.binding else None,

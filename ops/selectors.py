@@ -130,6 +130,8 @@ def _session_json(session: BridgeSession) -> dict[str, Any]:
         "server": session.server,
         "lastHeartbeat": _ts(session.last_heartbeat_at),
         "expiresAt": _ts(session.expires_at),
+        "paused": session.paused,
+        "pausedAt": _ts(session.paused_at),
     }
 
 

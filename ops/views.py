@@ -70,7 +70,7 @@ class OpsTerminalsView(OpsView):
             ),
             **OPS_ERRORS,
         },
-        description="Each terminal: backend, bound session, pinned worker alive and last heartbeat, queue "
+        description="Each terminal: backend, bound session (with `paused`/`pausedAt`), pinned worker alive and last heartbeat, queue "
         "depth read from the broker, queued tasks and the oldest one's age (seconds). Staff or ops token.",
     )
     def get(self, request: Request) -> Response:

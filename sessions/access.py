@@ -16,7 +16,8 @@ request. They keep them here:
   rotation was ever lost (Redis unreachable at that moment), the database still decides within that time.
   A missing epoch (Redis restarted empty) is set to a new token first, which invalidates every entry.
 
-Anything the cache cannot vouch for (an unknown key, a session that is not active or is past its expiry)
+Anything the cache cannot vouch for (an unknown key, a session that is not active or is past its expiry, a
+write to a paused session)
 is not refused here: the caller hands the request to the full Django path, which gives the documented
 answer (401, 409, ...).
 """
@@ -51,6 +52,7 @@ class SessionGrant:
     expires_at: float  # unix seconds
     epoch: str
     loaded_at: float  # monotonic
+    paused: bool = False  # writes are refused while paused (the full path answers 409 SessionPaused)
 
     def serves(self, workspace_id: int, now: float) -> bool:
         """Active, of this workspace and not past its expiry (else the full path answers)."""
@@ -82,12 +84,12 @@ def load_key_grant(key: str, epoch: str) -> KeyGrant | None:
 
 def load_session_grant(session_id: str, epoch: str) -> SessionGrant | None:
     row = (BridgeSession.objects.filter(id=session_id)
-           .values_list("workspace_id", "terminal__name", "login", "status", "expires_at").first())
+           .values_list("workspace_id", "terminal__name", "login", "status", "expires_at", "paused_at").first())
     if row is None:
         return None
-    workspace_id, terminal, login, status, expires_at = row
+    workspace_id, terminal, login, status, expires_at, paused_at = row
     return SessionGrant(session_id, workspace_id, terminal, login, status, expires_at.timestamp(), epoch,
-                        time.monotonic())
+                        time.monotonic(), paused_at is not None)
 
 
 class AccessCache:

@@ -63,10 +63,28 @@ class ApiKeyAdmin(admin.ModelAdmin):
             self.message_user(request, f"{row.prefix} rotated; new key (shown once): {key}", messages.WARNING)
 
 
+class PausedFilter(admin.SimpleListFilter):
+    """Sessions paused (``paused_at`` set: writes refused, queued tasks waiting) or not."""
+
+    title = "paused"
+    parameter_name = "paused"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[BridgeSession]) -> QuerySet[BridgeSession]:
+        if self.value() == "yes":
+            return queryset.filter(paused_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(paused_at__isnull=True)
+        return queryset
+
+
 @admin.register(BridgeSession)
 class BridgeSessionAdmin(admin.ModelAdmin):
-    list_display = ("id", "workspace", "terminal", "login", "server", "status", "expires_at", "created_at")
-    list_filter = ("status", "terminal", "workspace")
+    list_display = ("id", "workspace", "terminal", "login", "server", "status", "paused", "expires_at",
+                    "created_at")
+    list_filter = ("status", PausedFilter, "terminal", "workspace")
     search_fields = ("id", "login", "account_id", "server")
     list_select_related = ("workspace", "terminal")
     exclude = ("password_encrypted",)
@@ -75,6 +93,10 @@ class BridgeSessionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(boolean=True, description="paused", ordering="paused_at")
+    def paused(self, obj: BridgeSession) -> bool:
+        return obj.paused
 
     @admin.action(description="Expire selected sessions (frees their terminals)")
     def expire(self, request: HttpRequest, queryset: QuerySet[BridgeSession]) -> None:

@@ -82,6 +82,10 @@ class BridgeSession(models.Model):
     login_published_at = models.DateTimeField(
         null=True, blank=True, help_text="last publish of the login to the terminal's queue (the login outbox)"
     )
+    paused_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="set while the session is paused (docs/sessions.md): new writes are refused, queued tasks wait",
+    )
 
     class Meta:
         constraints = [
@@ -103,6 +107,10 @@ class BridgeSession(models.Model):
     def live(self) -> bool:
         return self.status in LIVE_STATUSES
 
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
 
 class SessionTransitionQuerySet(models.QuerySet):
     def status_changes(self) -> models.QuerySet:
@@ -113,7 +121,7 @@ class SessionTransitionQuerySet(models.QuerySet):
 class SessionTransition(models.Model):
     """Every change of a session, with its time and why (written by ``session_change`` only): a change
     of status, or of fields only (``from_status == to_status``, ``detail["change"]``: heartbeat,
-    login_published, reencrypted)."""
+    login_published, reencrypted, paused, resumed)."""
 
     objects = SessionTransitionQuerySet.as_manager()
 

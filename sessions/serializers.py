@@ -27,6 +27,24 @@ class SessionOpenSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     terminal = _text(63, required=False, help_text="a terminal by name (unknown: 404); default: a free one")
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean only: ``"true"``, 1 and the like are refused (no silent coercion)."""
+
+    default_error_messages = {"invalid": "A JSON boolean is required."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class SessionPauseSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    cancelQueued = StrictBooleanField(  # API field name
+        required=False, default=False,
+        help_text="true: the session's queued tasks end `cancelled` (result.error.code SessionPaused) instead of "
+        "waiting for the resume")
+
+
 def _ts(value) -> int | None:
     return int(value.timestamp()) if value else None
 
@@ -45,6 +63,8 @@ def session_payload(session: BridgeSession) -> dict[str, Any]:
         "expiresAt": _ts(session.expires_at),
         "heartbeatInterval": max(1, settings.BRIDGE_SESSION_TTL // 3),
         "broker": session.broker or {},
+        "paused": session.paused,
+        "pausedAt": _ts(session.paused_at),
     }
     if session.error_code is not None:
         body["error"] = {"code": session.error_code, "message": session.error_message}
@@ -72,6 +92,10 @@ class SessionSerializer(serializers.Serializer):
     expiresAt = serializers.IntegerField(help_text="unix seconds, UTC")
     heartbeatInterval = serializers.IntegerField(help_text="seconds; send a heartbeat at least this often")
     broker = serializers.DictField(help_text="company, server, currency, leverage, connected (once active)")
+    paused = serializers.BooleanField(help_text="true while the session is paused (POST /session/{id}/pause): "
+                                      "writes answer 409 SessionPaused and queued tasks wait for the resume")
+    pausedAt = serializers.IntegerField(allow_null=True, help_text="unix seconds, UTC: when the pause began; null "
+                                        "when not paused")
     error = serializers.DictField(required=False, help_text="`{code, message}`: MT5's error when login_failed "
                                   "(code null for the bridge's own, e.g. LoginTimeout)")
     endedAt = serializers.IntegerField(required=False, help_text="unix seconds, UTC; once ended")

@@ -7,7 +7,10 @@ clears the terminal's account binding, wipes the encrypted password and sends ``
 trading app cancels the session's queued tasks on it).
 
 Only ``active`` sessions may write or read from the terminal (``require_active_session``); a session
-still ``opening`` answers ``409 SessionNotReady``. Logins have an outbox: ``login_published_at`` is
+still ``opening`` answers ``409 SessionNotReady``. An active session may be paused (``session_pause``,
+``session_resume``: a change of ``paused_at`` through ``session_change``, with its transition row and its
+``session`` event): its new writes answer ``409 SessionPaused`` and the pinned worker claims none of its
+queued tasks until the resume (docs/sessions.md, "Pause"). Logins have an outbox: ``login_published_at`` is
 stamped at each publish, and ``sessions_redrive_logins`` (beat) re-publishes a login that no worker
 has finished, then fails the session (``LoginTimeout``) after ``BRIDGE_SESSION_LOGIN_TIMEOUT``.
 """
@@ -24,7 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from bridge_project.errors import BridgeError, NotFound, SessionExpired, Unauthorized
+from bridge_project.errors import BridgeError, NotFound, SessionExpired, SessionPaused, Unauthorized
 from terminals import runtime
 from terminals.binding import terminal_bind, terminal_unbind, terminal_unbind_all
 from terminals.gateway import GatewayError
@@ -36,11 +39,13 @@ from .crypto import CredentialError, decrypt_secret, encrypt_secret
 from .dispatch import publish_login
 from .epoch import access_epoch_rotate
 from .models import END_STATUSES, LIVE_STATUSES, BridgeSession, SessionStatus, SessionTransition, Workspace
-from .signals import session_changed, session_ended
+from .signals import paused_write_replay, session_changed, session_ended, session_paused, session_resumed
 
 logger = logging.getLogger("bridge.sessions")
 
 SESSION_HEADER = "HTTP_X_SESSION_ID"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PAUSE_CHANGES = ("paused", "resumed")
 
 
 class TerminalBusy(BridgeError):
@@ -58,7 +63,13 @@ class SessionNotReady(BridgeError):
 # --- the state machine ------------------------------------------------------------------------------
 
 def _session_event(session: BridgeSession, previous: str, detail: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {"sessionId": session.id, "status": session.status, "from": previous}
+    data: dict[str, Any] = {"sessionId": session.id, "status": session.status, "from": previous,
+                            "paused": session.paused}
+    if detail.get("change") in PAUSE_CHANGES:
+        data["change"] = detail["change"]
+        data["pausedAt"] = int(session.paused_at.timestamp()) if session.paused_at else None
+        if "cancelQueued" in detail:
+            data["cancelQueued"] = detail["cancelQueued"]
     if session.error_code is not None or session.error_message:
         data["error"] = {"code": session.error_code, "message": session.error_message}
     if detail.get("reason"):
@@ -84,13 +95,15 @@ def session_change(
     change: str = "",
     lease: Lease | None = None,
     where: Q | None = None,
+    announce: bool = False,
 ) -> BridgeSession | None:
     """The one writer of a session row: move it from one of ``from_statuses`` (and matching ``where``)
     to ``to_status`` (None: the status stays) setting ``fields``; None when it no longer matched.
 
     Writes the ``SessionTransition`` row of every change (a change of fields only, e.g. a heartbeat,
     is recorded with ``change`` in its detail and ``from_status == to_status``); a change of status
-    also ends what an end must end and emits the ``session`` event after commit. ``to_status ==
+    also ends what an end must end and emits the ``session`` event after commit, as does a change of
+    fields with ``announce`` (a pause, a resume). ``to_status ==
     active`` needs the worker's ``lease``: the terminal is bound to the session in the same
     transaction, or nothing changes."""
     fields = dict(fields or {})
@@ -118,13 +131,14 @@ def session_change(
         SessionTransition.objects.create(session=session, from_status=previous, to_status=session.status,
                                          detail=detail)
         transaction.on_commit(access_epoch_rotate)  # cached grants (sessions.access) see the change at once
-        if to_status is not None and to_status != previous:
-            if to_status in END_STATUSES:
-                terminal_unbind(session_id=session.id)
-                session_ended.send(sender=BridgeSession, session=session, reason=detail.get("reason", to_status))
+        status_changed = to_status is not None and to_status != previous
+        if status_changed and to_status in END_STATUSES:
+            terminal_unbind(session_id=session.id)
+            session_ended.send(sender=BridgeSession, session=session, reason=detail.get("reason", to_status))
+        if status_changed or announce:
             event = _session_event(session, previous, detail)
             transaction.on_commit(lambda: _publish_session_event(session_id, event))
-            logger.info("session %s: %s -> %s %s", session_id, previous, to_status, detail or "")
+            logger.info("session %s: %s -> %s %s", session_id, previous, session.status, detail or "")
     return session
 
 
@@ -319,16 +333,93 @@ def require_live_session(request) -> BridgeSession:  # DRF request
     return session
 
 
-def require_active_session(request) -> BridgeSession:  # DRF request
+def require_active_session(request, *, write: bool | None = None) -> BridgeSession:  # DRF request
     """The ``active`` session of ``x-session-id``: what writes and terminal reads need. Still
-    ``opening`` → ``409 SessionNotReady`` (nothing is queued or read); ended → 401 as above."""
+    ``opening`` → ``409 SessionNotReady`` (nothing is queued or read); ended → 401 as above.
+
+    A write (``write``; None: a POST, PUT, PATCH or DELETE) to a paused session → ``409 SessionPaused``,
+    unless the ledger already holds its request id: that is a replay, answered from the ledger by the
+    caller (the same task, or 409 TaskConflict for another payload). Every write view calls this, so a
+    new write endpoint is covered without knowing about pauses."""
     session = require_live_session(request)
     if session.status != SessionStatus.ACTIVE:
         raise SessionNotReady(
             f"session is {session.status}: wait for it to become active (?wait= on open, or its session event)",
             {"sessionId": session.id, "status": session.status},
         )
+    if write is None:
+        write = request.method in WRITE_METHODS
+    if write and session.paused and not _replays_a_held_request(request, session):
+        raise SessionPaused(
+            "session is paused: resume it (POST /session/{id}/resume) to write; nothing was queued",
+            {"sessionId": session.id, "pausedAt": int(session.paused_at.timestamp())},
+        )
     return session
+
+
+def _replays_a_held_request(request, session: BridgeSession) -> bool:
+    """The client's request id is one the ledger already holds (trading answers ``paused_write_replay``)."""
+    django_request = getattr(request, "_request", request)
+    if not getattr(django_request, "bridge_request_id_given", False):
+        return False  # the bridge made the id: a new one, nothing to replay
+    answers = paused_write_replay.send(sender=BridgeSession, workspace_id=session.workspace_id,
+                                       request_id=django_request.bridge_request_id)
+    return any(held for _, held in answers)
+
+
+# --- pause and resume ----------------------------------------------------------------------------
+
+def _require_pausable(session: BridgeSession) -> None:
+    """Only an ``active`` session pauses or resumes: ended → 401 SessionExpired, opening → 409."""
+    if not session.live:
+        raise SessionExpired(f"session is {session.status}", {"sessionId": session.id, "status": session.status})
+    if session.status != SessionStatus.ACTIVE:
+        raise SessionNotReady(f"session is {session.status}: only an active session can be paused or resumed",
+                              {"sessionId": session.id, "status": session.status})
+
+
+def _locked(session_id: str) -> BridgeSession:
+    """The session row, locked until the caller's transaction ends (to decide on what it is now)."""
+    return BridgeSession.objects.select_for_update().select_related("terminal").get(id=session_id)
+
+
+def session_pause(*, session: BridgeSession, cancel_queued: bool = False) -> BridgeSession:
+    """Pause an active session: from the commit on its new writes answer 409 SessionPaused and the pinned
+    worker claims none of its queued tasks (a task it already claimed finishes); they wait for
+    ``session_resume``. ``cancel_queued``: they end ``cancelled`` instead, in the same transaction.
+
+    Through ``session_change`` (``change: paused`` transition, ``session`` event). A session already
+    paused does not change (no transition, no event); with ``cancel_queued`` its queued tasks are
+    cancelled all the same (that is what the caller asks for)."""
+    _require_pausable(session)
+    with transaction.atomic():
+        paused = session_change(session_id=session.id, from_statuses=(SessionStatus.ACTIVE,),
+                                where=Q(paused_at__isnull=True), fields={"paused_at": timezone.now()},
+                                detail={"cancelQueued": cancel_queued}, change="paused", announce=True)
+        if paused is None:  # already paused, or ended meanwhile
+            paused = _locked(session.id)
+            _require_pausable(paused)
+            if not cancel_queued:
+                return paused
+        session_paused.send(sender=BridgeSession, session=paused, cancel_queued=cancel_queued)
+    return paused
+
+
+def session_resume(*, session: BridgeSession) -> BridgeSession:
+    """Resume a paused session: writes are accepted again and its queued tasks are re-published to its
+    terminal after the commit (the outbox sweeper covers a lost publish). Through ``session_change``
+    (``change: resumed``, ``session`` event). A session not paused does not change."""
+    _require_pausable(session)
+    with transaction.atomic():
+        resumed = session_change(session_id=session.id, from_statuses=(SessionStatus.ACTIVE,),
+                                 where=Q(paused_at__isnull=False), fields={"paused_at": None},
+                                 change="resumed", announce=True)
+        if resumed is None:  # not paused, or ended meanwhile
+            current = _locked(session.id)
+            _require_pausable(current)
+            return current
+        session_resumed.send(sender=BridgeSession, session=resumed)
+    return resumed
 
 
 def session_log_in(*, session_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Session endpoints: open, read, heartbeat, close. Thin: the rules live in services."""
+"""Session endpoints: open, read, heartbeat, pause, resume, close. Thin: the rules live in services."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from bridge_project.errors import NotFound, ValidationFailed
 from bridge_project.schema import (
+    NOT_READY,
     SESSION_ID_PATTERN,
     api_errors,
     error,
@@ -21,12 +22,17 @@ from bridge_project.schema import (
 )
 
 from . import services
-from .serializers import SessionOpenSerializer, SessionSerializer, session_payload
+from .serializers import SessionOpenSerializer, SessionPauseSerializer, SessionSerializer, session_payload
 
 MAX_WAIT = 30.0
 NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # a JSON number
 SESSION_ID = path_id("session_id", SESSION_ID_PATTERN, "a session id (`sessionId`)")
 UNKNOWN_SESSION = {404: error("NotFound: unknown session (or another workspace's)")}
+PAUSE_ERRORS = {
+    401: error("Unauthorized: API key missing, wrong or revoked / SessionExpired: the session is closed, expired "
+               "or its login failed"),
+    409: error(NOT_READY + " (only an active session can be paused or resumed)"),
+}
 
 
 def _wait_seconds(request: Request) -> float:
@@ -125,3 +131,41 @@ class SessionHeartbeatView(APIView):
     def post(self, request: Request, session_id: str) -> Response:
         session = services.session_get(workspace=request.user.workspace, session_id=_session_id(session_id))
         return Response(session_payload(services.session_heartbeat(session=session)))
+
+
+class SessionPauseView(APIView):
+    @extend_schema(
+        operation_id="session_pause",
+        request=SessionPauseSerializer,
+        parameters=operation_parameters(SESSION_ID, session=False),
+        responses={200: SessionSerializer, **api_errors(PAUSE_ERRORS, UNKNOWN_SESSION, body=True)},
+        examples=[OpenApiExample("pause and drop what is queued", request_only=True, value={"cancelQueued": True})],
+        description="Pauses an active session (`paused` true, `pausedAt` set): from then on its new writes "
+        "(orders, order and position changes, closes) answer 409 SessionPaused and nothing is queued; a replay of a "
+        "request id the bridge already holds is answered as before. Its `queued` tasks are not sent to the "
+        "terminal while paused: they run after the resume, or end `cancelled` now with `cancelQueued: true`. A "
+        "task the terminal's worker already claimed (`dispatched`) finishes. Reads, GET /tasks, heartbeats and "
+        "events go on (the session still expires without heartbeats). Pausing a paused session changes nothing "
+        "(with `cancelQueued: true` its queued tasks are cancelled). The body is optional.",
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = services.session_get(workspace=request.user.workspace, session_id=_session_id(session_id))
+        body = SessionPauseSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        paused = services.session_pause(session=session, cancel_queued=body.validated_data["cancelQueued"])
+        return Response(session_payload(paused))
+
+
+class SessionResumeView(APIView):
+    @extend_schema(
+        operation_id="session_resume",
+        request=None,
+        parameters=operation_parameters(SESSION_ID, session=False),
+        responses={200: SessionSerializer, **api_errors(PAUSE_ERRORS, UNKNOWN_SESSION)},
+        description="Resumes a paused session (`paused` false, `pausedAt` null): writes are accepted again and its "
+        "queued tasks go to the terminal's worker, oldest first. Resuming a session that is not paused changes "
+        "nothing.",
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = services.session_get(workspace=request.user.workspace, session_id=_session_id(session_id))
+        return Response(session_payload(services.session_resume(session=session)))

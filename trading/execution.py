@@ -3,7 +3,8 @@
 The order of steps is the guarantee:
 
 1. **claim**: ``queued → dispatched`` (attempt counted), a conditional update committed before the
-   terminal is touched. A task that is not ``queued`` any more is never executed from a delivery.
+   terminal is touched. A task that is not ``queued`` any more is never executed from a delivery; a task
+   of a paused session is not claimed (its delivery answers ``paused``; the resume publishes it again).
 2. **send mark**: ``sent_at`` is committed immediately before ``order_send``. A task found
    ``dispatched`` without it never reached the terminal and may be sent; with it, it may have.
 3. **order_send**, then the result and the final state are stored in one transaction.
@@ -192,6 +193,9 @@ def run_task(task_id: str) -> str:
         logger.error("task %s of terminal %s reached the worker of %s", task_id, task.terminal.name,
                      pinned_terminal())
         return "wrong-terminal"
+    if task.state == TaskState.QUEUED and task.session.paused:
+        # Its session is paused: the task waits, queued (the claims skip it; the resume re-publishes it).
+        return "paused"
     if task.state == TaskState.QUEUED:
         # This terminal's row is not the one cached (it was re-created): claim with the row's id.
         _terminal_rows[task.terminal.name] = task.terminal

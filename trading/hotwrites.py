@@ -19,7 +19,7 @@ Here, for every order the path can vouch for:
 
 Whatever it cannot vouch for goes the full way, unchanged, to Django, which gives the documented
 answer: a query string, another content type, a body over 16 KB, an unknown or revoked key, a session
-that is not active (or of another workspace, or past its expiry), specs missing or taken for another
+that is not active (or of another workspace, or past its expiry) or is paused, specs missing or taken for another
 session, a body that fails validation (400 naming the field), a request id reused with another
 payload (409), a bad or repeated ``x-request-id`` or ``Idempotency-Key``, a rate limit reached,
 Redis or the database in trouble. A request counted against its rate limits here and then handed to
@@ -332,6 +332,9 @@ class HotWrites(front.FrontPath):
             grants = await self.vouchers.after(request.key, request.session_id, grants, epoch)
             if grants is None:
                 logger.debug("hot writes: handed over (a key or session changed)")
+                return False
+            if grants[1].paused:  # as of the epoch read after the request arrived: a pause is seen at once
+                logger.debug("hot writes: handed over (the session is paused)")
                 return False
         except Exception:  # Redis (or the database) in trouble: the full path handles it
             logger.debug("hot writes: handed over (grants or Redis)", exc_info=True)

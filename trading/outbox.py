@@ -260,7 +260,7 @@ def sweep_outbox(now=None) -> int:
     """Re-publish stale ``queued`` tasks whose message is gone, to terminals with a live worker.
 
     Stale: still ``queued`` and last published (or created) more than BRIDGE_OUTBOX_REPUBLISH_AFTER
-    before ``now``. Worker liveness is judged at the real current time. Returns how many were
+    before ``now``; not of a paused session (its tasks wait; the resume publishes them). Worker liveness is judged at the real current time. Returns how many were
     re-published; never raises on a broker outage (that terminal's sweep is skipped and logged).
     """
     now = now or timezone.now()
@@ -268,6 +268,7 @@ def sweep_outbox(now=None) -> int:
     stale = list(
         TradeTask.objects.filter(state=TaskState.QUEUED, created_at__lte=cutoff)
         .filter(Q(published_at__isnull=True) | Q(published_at__lte=cutoff))
+        .exclude(session__paused_at__isnull=False)  # waiting for the resume, which publishes them
         .select_related("terminal")
         .only("id", "terminal__name", "terminal__worker_heartbeat_at")
         .order_by("created_at")[:1000]

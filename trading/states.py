@@ -24,7 +24,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from sessions.models import BridgeSession, SessionStatus
@@ -183,11 +183,13 @@ def task_claim(*, task_id: str, lease: Lease) -> TradeTask | None:
     """The pinned worker's claim: ``queued → dispatched`` for a task of the terminal whose ``lease``
     it holds, fenced by the lease's token (a stale worker's claim is refused), one attempt counted,
     the transition's detail ``{"attempt": n}``; committed when this returns (call it outside any
-    transaction). None when the task is not queued, belongs to another terminal or the lease moved."""
+    transaction). None when the task is not queued, belongs to another terminal, its session is paused
+    (it waits for the resume) or the lease moved."""
     return task_change(
         task_id=task_id, from_states=[TaskState.QUEUED], to_state=TaskState.DISPATCHED,
         fields={"attempts": Increment(), "dispatched_at": timezone.now()},
-        where=Q(terminal_id=lease.terminal_id) & Q(fence_condition(lease)),
+        where=Q(terminal_id=lease.terminal_id) & Q(fence_condition(lease)) & ~Q(Exists(
+            BridgeSession.objects.filter(id=OuterRef("session_id"), paused_at__isnull=False))),
         detail_columns={"attempt": "attempts"},
     )
 
@@ -324,15 +326,18 @@ def tasks_claim_batch(*, lease: Lease, task_id: str, limit: int, defer_events: b
     """The pinned worker's claim of a batch: ``queued → dispatched`` (one attempt counted each, the
     transition's detail ``{"attempt": n}``) for ``task_id`` and the ``limit`` oldest queued tasks of the
     lease's terminal (``limit`` + 1 at most), fenced by the lease's token; committed when this returns
-    (call it outside any transaction). The claimed tasks in created order; [] when none was queued or the
+    (call it outside any transaction). A task of a paused session is not claimed (it waits for the resume). The claimed tasks in created order; [] when none was queued or the
     lease moved. ``defer_events``: their events wait for this process's next publish (the send marks').
     ``others_created_before``: the other tasks only if created before then (default: now)."""
     quote = connection.ops.quote_name
     table, terminals = quote(TradeTask._meta.db_table), quote(Terminal._meta.db_table)
+    sessions = quote(BridgeSession._meta.db_table)
     now = timezone.now()
+    paused = f"EXISTS (SELECT 1 FROM {sessions} s WHERE s.id = {{}}.session_id AND s.paused_at IS NOT NULL)"
     sql = (f"UPDATE {table} SET state = %s, attempts = attempts + 1, dispatched_at = %s, updated_at = %s "
-           f"WHERE state = %s AND terminal_id = %s AND (id = %s OR id IN (SELECT id FROM {table} "
-           f"WHERE terminal_id = %s AND state = %s AND created_at <= %s ORDER BY created_at LIMIT %s)) "
+           f"WHERE state = %s AND terminal_id = %s AND (id = %s OR id IN (SELECT q.id FROM {table} q "
+           f"WHERE q.terminal_id = %s AND q.state = %s AND q.created_at <= %s AND NOT {paused.format('q')} "
+           f"ORDER BY q.created_at LIMIT %s)) AND NOT {paused.format(table)} "
            f"AND EXISTS (SELECT 1 FROM {terminals} WHERE id = %s AND lease_token = %s) RETURNING "
            + ", ".join(quote(field.column) for field in TradeTask._meta.concrete_fields))
     stamp = _prep(TradeTask, "dispatched_at", now)

@@ -26,7 +26,8 @@ def render_table(statuses: list[TerminalStatus]) -> list[str]:
     rows = [header]
     for s in statuses:
         worker = "alive" if s.worker_alive else "DOWN"
-        session = f"{s.session['sessionId']} ({s.session['status']}, {s.session['login']})" if s.session else "-"
+        session = (f"{s.session['sessionId']} ({s.session['status']}{', paused' if s.session.get('paused') else ''}, "
+                   f"{s.session['login']})" if s.session else "-")
         rows.append((
             s.name + ("" if s.enabled else " (disabled)"),
             s.backend,

@@ -180,7 +180,7 @@
       const worker = t.workerAlive ? "alive" : "down";
       cell(row, worker + (t.heartbeatAge !== null ? " (" + seconds(t.heartbeatAge) + " ago)" : ""), worker);
       const a = t.account;
-      cell(row, a ? a.login + " @ " + a.server + " · " + a.workspace + " (" + a.status + ")" : "–", a ? "" : "muted");
+      cell(row, a ? a.login + " @ " + a.server + " · " + a.workspace + " (" + a.status + (a.paused ? ", paused" : "") + ")" : "–", a ? "" : "muted");
       cell(row, t.boundLogin === null ? "–" : String(t.boundLogin));
       cell(row, t.queueDepth === null ? "broker down" : String(t.queueDepth), "num queue-depth");
       cell(row, String(t.queuedTasks), "num");
