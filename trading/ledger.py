@@ -53,28 +53,33 @@ def _conflict(request_id: str, task_id: str) -> Conflict:
 
 
 def _previous_sql() -> str:
-    """One query for both places a request id can live: its task, else the receipt of an in-place
-    edit (with the edited task). Raw SQL: this runs on every write, and the ORM's compilation of two
+    """One query for every place a request id can live: its task, else the receipt of an in-place
+    edit (with the edited task), else a close-all's receipt. Raw SQL: this runs on every write, and the ORM's compilation of two
     queries cost more than the database did."""
-    task, receipt = TradeTask._meta.db_table, RequestReceipt._meta.db_table
+    task, receipt, call = TradeTask._meta.db_table, RequestReceipt._meta.db_table, CallReceipt._meta.db_table
     return (
         f"SELECT t.*, 0 AS previous_source, t.fingerprint AS previous_fingerprint, t.status_code AS previous_status "
         f"FROM {task} t WHERE t.workspace_id = %s AND t.request_id = %s "
         f"UNION ALL SELECT t.*, 1, r.fingerprint, r.status_code "
         f"FROM {receipt} r JOIN {task} t ON t.id = r.task_id WHERE r.workspace_id = %s AND r.request_id = %s "
+        f"{_call_branch(call, task, '= %s')} "
         "ORDER BY previous_source LIMIT 1"
     )
 
 
+def _call_branch(call: str, task: str, match: str, request_id: str = "") -> str:
+    """The request ids a close-all holds (``CallReceipt``): a row without a task (its columns NULL),
+    source 2. Its fingerprint is of another operation than any single write's: always a conflict."""
+    return (f"UNION ALL SELECT t.*, 2, {request_id}c.fingerprint, c.status_code "
+            f"FROM {call} c LEFT JOIN {task} t ON 1 = 0 WHERE c.workspace_id = %s AND c.request_id {match}")
+
+
 def find_previous(workspace_id: int, request_id: str, fp: str) -> Outcome | None:
     """The earlier answer to this request id (a replay), None if unused; 409 if used differently."""
-    rows = list(TradeTask.objects.raw(_previous_sql(), [workspace_id, request_id, workspace_id, request_id]))
+    rows = list(TradeTask.objects.raw(_previous_sql(), [workspace_id, request_id] * 3))
     if not rows:
         return None
-    task = rows[0]
-    if task.previous_fingerprint != fp:
-        raise _conflict(request_id, task.id)
-    return Outcome(task, int(task.previous_status), True)
+    return previous_outcome(request_id, fp, rows[0])
 
 
 def find_previous_many(workspace_id: int, request_ids: list[str]) -> dict[str, TradeTask]:
@@ -83,7 +88,7 @@ def find_previous_many(workspace_id: int, request_ids: list[str]) -> dict[str, T
     the caller compares fingerprints (a replay, or a conflict)."""
     if not request_ids:
         return {}
-    task, receipt = TradeTask._meta.db_table, RequestReceipt._meta.db_table
+    task, receipt, call = TradeTask._meta.db_table, RequestReceipt._meta.db_table, CallReceipt._meta.db_table
     marks = ", ".join(["%s"] * len(request_ids))
     sql = (
         f"SELECT t.*, 0 AS previous_source, t.request_id AS previous_request_id, "
@@ -91,10 +96,11 @@ def find_previous_many(workspace_id: int, request_ids: list[str]) -> dict[str, T
         f"FROM {task} t WHERE t.workspace_id = %s AND t.request_id IN ({marks}) "
         f"UNION ALL SELECT t.*, 1, r.request_id, r.fingerprint, r.status_code "
         f"FROM {receipt} r JOIN {task} t ON t.id = r.task_id WHERE r.workspace_id = %s AND r.request_id IN ({marks}) "
+        f"{_call_branch(call, task, f'IN ({marks})', 'c.request_id, ')} "
         "ORDER BY previous_source"
     )
     found: dict[str, TradeTask] = {}
-    for row in TradeTask.objects.raw(sql, [workspace_id, *request_ids, workspace_id, *request_ids]):
+    for row in TradeTask.objects.raw(sql, [workspace_id, *request_ids] * 3):
         found.setdefault(row.previous_request_id, row)  # a task's own id first, as find_previous
     return found
 
@@ -102,6 +108,9 @@ def find_previous_many(workspace_id: int, request_ids: list[str]) -> dict[str, T
 def previous_outcome(request_id: str, fp: str, previous: TradeTask) -> Outcome:
     """The answer to a request id found by ``find_previous_many``: its replay, or 409 TaskConflict."""
     if previous.previous_fingerprint != fp:
+        if previous.id is None:  # a close-all's request id (``_call_branch``)
+            raise Conflict(f"request id {request_id!r} was used by a close-all (POST /positions/close)",
+                           {"requestId": request_id})
         raise _conflict(request_id, previous.id)
     return Outcome(previous, int(previous.previous_status), True)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import pytest
 
 import mt5sim
+from bridge_project.errors import Conflict
 from tests.orders.conftest import open_session, wait_final
 from tests.reads.conftest import read_procs, reads  # noqa: F401  (fixtures)
 from tests.waiting import wait_until
 from trading.models import CallReceipt, TradeTask
+from trading.services import OrderWrite, orders_place_batch, session_account
 
 # the readers and pollers of tests/reads: the writes here read positions and symbols from the terminal
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("reads")]
@@ -218,6 +220,15 @@ def test_close_all_without_a_match_is_200_empty_and_its_replay_stays_empty(stack
     again = _post(client, sid, "/positions/close", {"symbol": "GBPUSD"}, "c-empty")
     assert again.status_code == 200 and again.json() == {"tasks": []} and again["Idempotent-Replayed"] == "true"
     assert _broker(sim, ticket) is not None  # the replay did not look at the positions again
+    # The close-all holds its request id: no other write may use it, on the Django path or the hot one.
+    taken = _post(client, sid, "/orders", {"symbol": "GBPUSD", "type": "BUY", "volume": 0.1}, "c-empty")
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "TaskConflict", taken.content
+    taken = _patch(client, sid, ticket, {"sl": 1.2}, "c-empty")
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "TaskConflict", taken.content
+    [hot] = orders_place_batch(writes=[OrderWrite(session_account(session_id=sid), "c-empty",
+                                                  {"symbol": "GBPUSD", "type": "BUY", "volume": 0.1})])
+    assert isinstance(hot, Conflict)
+    assert not TradeTask.objects.filter(request_id="c-empty").exists()
     r = _post(client, sid, "/positions/close", {"symbol": "GBPUSD"}, "c-empty-2")
     assert r.status_code == 202 and [t["requestId"] for t in r.json()["tasks"]] == [f"c-empty-2/{ticket}"]
     assert wait_final(r.json()["tasks"][0]["taskId"]).state == "filled"
