@@ -22,7 +22,9 @@ is taught to the fuzzer here, in the open (the hooks below, loaded by ``st`` via
   before the terminal's oldest bar, a cursor the API did not return. A 400 on schema-valid data is
   let through only when each field its details name is one of these for that operation; every
   other 400 on schema-valid data fails the test (``DATA_RULES``);
-* the session under test is never closed by the fuzzer (it would turn the rest into 401s);
+* the session under test is never closed by the fuzzer (it would turn the rest into 401s), nor paused (its
+  writes would all be 409 SessionPaused until a resume: the write operations would go untested); pause
+  and resume are fuzzed on every other session id (404s, sessions the stateful phase opens);
 * positive bar requests use M1: the emulator computes the deep history of larger timeframes from its
   ticks, 20 to 60 s a call (a real terminal keeps bars), which only measures the emulator.
 
@@ -69,7 +71,9 @@ DATA_RULES: dict[str, set[str]] = {
     # the queued order validated again as a whole; at the broker volume and comment cannot change.
     "order_patch": {"volume", *PRICES, "expiration", "comment"},
     "position_close": {"volume"},
-    "position_modify": {"sl", "tp"},
+    # prices off the symbol's digits or tick; a money level with no price for the live position (less
+    # than a tick's worth, a price at or below 0).
+    "position_modify": {"sl", "tp", "slMoney", "tpMoney"},
     # count over the terminal's maxbars; a range before its oldest bar or beyond its history.
     "quotes_history": {"count", "from", "code", "maxbars", "oldest"},
     "ticks_list": {"code"},
@@ -78,7 +82,7 @@ DATA_RULES: dict[str, set[str]] = {
 }
 # The count/from/to operations, whose positive cases are made to follow the cross-parameter rules.
 COUNT_MODEL = {"quotes_history", "ticks_list"}
-HISTORY = {"mt5_client_history_deals_retrieve", "mt5_client_history_orders_retrieve"}
+HISTORY = {"mt5_client_history_deals_retrieve", "mt5_client_history_orders_retrieve", "stats_get"}  # from <= to
 MAX_TICK_RANGE, MAX_TIME = 86400, 2**31 - 1  # trading.reads.serializers, terminals.timeutil
 ACCESS_LINE = re.compile(r"\b(GET|POST|PATCH|PUT|DELETE|HEAD|OPTIONS|TRACE)\s+/\S*\"?\s+(\d{3})\b")
 
@@ -179,9 +183,10 @@ def _register_hooks() -> None:
 
     @schemathesis.hook
     def filter_case(context: Any, case: Any) -> bool:
-        """Never close the session the run is using."""
+        """Never close or pause the session the run is using."""
         session = os.environ.get(SESSION_ENV)
-        return not (case.method.upper() == "DELETE" and session and case.path_parameters.get("session_id") == session)
+        ends = case.method.upper() == "DELETE" or _operation_id(case.operation) == "session_pause"
+        return not (ends and session and (case.path_parameters or {}).get("session_id") == session)
 
     @schemathesis.hook
     def map_case(context: Any, case: Any) -> Any:
@@ -336,6 +341,6 @@ def test_the_served_schema_states_what_the_server_enforces(fuzz_server, tmp_path
     assert operations["tested"] == operations["total"] > 0, summary
     assert not [code for code in served if code.startswith("5")], summary
 
-    # The session under test was never closed: the run really ran under it.
+    # The session under test was never closed nor paused: the run really ran under it.
     status, after = _call("GET", f"{url}/mt5/client/session/{session_id}", {"Authorization": f"Bearer {key}"})
-    assert status == 200 and after["status"] == "active", after
+    assert status == 200 and after["status"] == "active" and after["paused"] is False, after
