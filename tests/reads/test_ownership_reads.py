@@ -19,7 +19,7 @@ def test_an_account_switched_by_hand_is_served_to_nobody(session_a, terminal_a) 
     wait_until(lambda: _status(session_a, "/mt5/client/account")[1].get("source") == "snapshot", timeout=5)
     assert terminal_a.mt5.login(5999, password="pw", server="Demo"), terminal_a.mt5.last_error()
     for path in ("/mt5/client/account", "/mt5/client/positions", "/mt5/client/history/deals",
-                 "/mt5/client/symbols/EURUSD"):
+                 "/mt5/client/symbols/EURUSD", "/mt5/client/stats", "/mt5/client/stats?magic=1"):
         code, body = wait_until(lambda p=path: (r := _status(session_a, p))[0] == 502 and r, timeout=5)
         assert body["error"]["code"] == "BridgeUnavailable" and body["error"]["details"]["reason"] == "account_mismatch"
     assert terminal_a.mt5.login(5001, password="pw", server="Demo"), terminal_a.mt5.last_error()

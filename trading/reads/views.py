@@ -272,8 +272,9 @@ STATS_DESCRIPTION = (
     "Trading statistics of the session account's deal history in [from, to] (the deals of "
     "`/history/deals`, same `from`/`to` formats and defaults: `to` = now, `from` = 7 days before `to`; "
     "`from` after `to` is a 400). A **trade** is a deal of type BUY or SELL that closes (entry OUT, INOUT "
-    "or OUT_BY); its **result** is profit + swap + commission + fee of that deal (a partial close is a "
-    "trade of its own). Entry deals (IN) are not trades; their commission, fee and swap count in "
+    "or OUT_BY); its **result** is profit + swap + commission + fee of that deal: > 0 a win, < 0 a loss, 0 at "
+    "the currency's digits breakeven (a partial close is a trade of its own; a close-by is two OUT_BY deals, so "
+    "two trades, the second's result being its own commission and swap). Entry deals (IN) are not trades; their commission, fee and swap count in "
     "`commission`, `fee`, `swap` and `netProfit` (= grossProfit + grossLoss + the entry deals' results). "
     "`symbol` and `magic` select the BUY/SELL deals (entries and trades) they match; balance operations "
     "(deposits, withdrawals, charges...) are never trades and count only in the drawdown curve, only "
@@ -282,7 +283,9 @@ STATS_DESCRIPTION = (
     "every deal since `from`, so the deals up to now are read), moved by every deal but credit deals "
     "(a withdrawal is a fall); with a filter it is the running sum of the matching deals' results from 0. "
     "`maxDrawdown` = the largest fall from a peak to a later point, `maxDrawdownPercent` = that fall over "
-    "that peak (null with a filter). Amounts are in the account currency, rounded to its digits."
+    "that peak (null with a filter or an unknown start). Amounts are in the account currency, counted in its "
+    "minor units (`currency_digits`); averages rounded half away from zero, ratios to 4 decimals, percents to 2. "
+    "Details: docs/reads.md, \"GET /stats\"."
 )
 
 
