@@ -4,14 +4,18 @@ recomputation from the terminal's own ``history_deals_get``; bad parameters are 
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
+import threading
 import time
 
 import pytest
+import redis
 from rest_framework.test import APIClient
 
 from tests.reads.conftest import Terminal, wait_until
+from trading.reads.readqueue import heartbeat_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -174,3 +178,41 @@ def test_largest_magic_is_accepted(session_a):
 def test_stats_need_a_session(client: APIClient):
     r = client.get(STATS)
     assert r.status_code == 401 and r.json()["error"]["code"] == "Unauthorized"
+
+
+def test_a_deal_during_the_read_is_read_again_so_the_start_balance_stays_right(session_a, terminal_a, settings):
+    """A deal that moves the balance between the two account readings around the history: the selector
+    reads again (6 reader requests instead of 3), and the start balance is still the one at `from`."""
+    mt5, ctl = terminal_a.mt5, terminal_a.ctl
+    settings.BRIDGE_READ_TIMEOUT = 6.0  # this process's reads wait for the slowed history below
+    redis_client = redis.Redis.from_url(settings.REDIS_URL)
+
+    def reader() -> dict:
+        return json.loads(redis_client.get(heartbeat_key("sim-a")) or b"{}")
+
+    ctl.call("set_symbol", symbol="NZDUSD", commission={"per_lot": 7.0, "per_deal": 0.0, "charge": "both"})
+    try:
+        start = mt5.account_info().balance
+        t0 = math.floor(time.time() * 1000) / 1000
+        served = wait_until(lambda: reader().get("busy_with") is None and reader(), 5, "an idle reader")["served"]
+        ctl.delay(1.0, ["history_deals_get"])
+        answer: dict = {}
+        thread = threading.Thread(target=lambda: answer.update(r=session_a.get(STATS, {"from": t0})))
+        thread.start()
+        # The first account reading is done and the history is being read (held by the delay): a deal now.
+        wait_until(lambda: (h := reader()).get("served", 0) >= served + 1 and h.get("busy_with"), 5,
+                   "the reader inside the history read")
+        _send(terminal_a, "NZDUSD", mt5.ORDER_TYPE_BUY, 0.1, 4242)  # entry commission: the balance -0.70
+        thread.join(15)
+        assert not thread.is_alive()
+    finally:
+        ctl.delay(0)
+        ctl.call("set_symbol", symbol="NZDUSD", commission=NO_COMMISSION)
+    assert mt5.account_info().balance == pytest.approx(start - 0.70)
+    body = answer["r"].json()
+    assert answer["r"].status_code == 200, body
+    # Read once more: account, history, account twice over (the heartbeat counts what the reader served).
+    wait_until(lambda: reader().get("served", 0) >= served + 6, 3, "six reads served")
+    assert body["startBalance"] == pytest.approx(start)  # not start + 0.70, as one reading would give
+    assert (body["deals"], body["trades"], body["netProfit"], body["commission"]) == (1, 0, -0.70, -0.70)
+    assert body["maxDrawdown"] == 0.70

@@ -180,3 +180,27 @@ def test_rounding_follows_the_currency_digits(digits, expected):
     deals = [deal(1, 1, SELL, OUT, profit=1.0), deal(2, 2, SELL, OUT, profit=0.0), deal(3, 3, SELL, OUT)]
     # digits 2: 100 minor units / 3 trades = 33.33 -> 33 -> 0.33; digits 0: 1 unit / 3 = 0.33 -> 0.
     assert compute_stats(deals, digits=digits)["expectancy"] == expected
+
+
+def test_a_balance_that_keeps_moving_leaves_the_start_unknown(monkeypatch):
+    """The selector's bound (the real race is played end to end in tests/reads/test_stats.py): a balance that
+    differs at every pair of readings is tried STATS_BALANCE_TRIES times, then the curve starts from 0."""
+    from types import SimpleNamespace
+
+    from trading.reads import selectors
+
+    balances = iter(range(1000, 2000))
+    calls: list[str] = []
+
+    def reader(terminal, op, args, timeout=None, raw=False, *, session):
+        calls.append(op)
+        if op == "account":
+            return {"login": 5001, "balance": float(next(balances)), "currency": "USD", "currency_digits": 2}
+        return {"deals": [{"ticket": 1, "time_msc": 1500, "type": SELL, "entry": OUT, "profit": -5.0}]}
+
+    monkeypatch.setattr(selectors, "call_reader", reader)
+    session = SimpleNamespace(id="sess_x", login=5001, terminal=SimpleNamespace(name="sim-a"))
+    got = selectors.stats(session, {"date_from": 1.0, "date_to": 2.0})
+    assert calls == ["account", "history", "account"] * selectors.STATS_BALANCE_TRIES
+    assert got["startBalance"] is None and got["maxDrawdownPercent"] is None
+    assert got["maxDrawdown"] == 5.0 and got["currency"] == "USD" and got["trades"] == 1
