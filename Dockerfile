@@ -5,6 +5,7 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 BRIDGE_STATIC_ROOT=/app/static BRIDGE_STATIC_USE_FINDERS=false
 WORKDIR /app
 COPY requirements.txt .
+COPY sdk ./sdk
 RUN pip install -r requirements.txt
 COPY . .
 # Development settings for this one command: no secret exists at build time and nothing is connected to.
