@@ -204,3 +204,25 @@ def test_a_balance_that_keeps_moving_leaves_the_start_unknown(monkeypatch):
     assert calls == ["account", "history", "account"] * selectors.STATS_BALANCE_TRIES
     assert got["startBalance"] is None and got["maxDrawdownPercent"] is None
     assert got["maxDrawdown"] == 5.0 and got["currency"] == "USD" and got["trades"] == 1
+
+
+def test_an_account_currency_without_decimals_rounds_to_units(monkeypatch):
+    """A JPY account (currency_digits 0): amounts in whole yen, and a steady balance gives the start."""
+    from types import SimpleNamespace
+
+    from trading.reads import selectors
+
+    def reader(terminal, op, args, timeout=None, raw=False, *, session):
+        if op == "account":
+            return {"login": 5001, "balance": 100_000.0, "currency": "JPY", "currency_digits": 0}
+        return {"deals": [{"ticket": 1, "time_msc": 1500, "type": SELL, "entry": OUT, "profit": 1000.0},
+                          {"ticket": 2, "time_msc": 1600, "type": SELL, "entry": OUT, "profit": -1.0},
+                          {"ticket": 3, "time_msc": 1700, "type": SELL, "entry": OUT, "profit": -2.0}]}
+
+    monkeypatch.setattr(selectors, "call_reader", reader)
+    session = SimpleNamespace(id="sess_x", login=5001, terminal=SimpleNamespace(name="sim-a"))
+    got = selectors.stats(session, {"date_from": 1.0, "date_to": 2.0})
+    # Balance at from: 100,000 - (1,000 - 1 - 2) = 99,003. Expectancy 997 / 3 = 332.33 -> 332 yen;
+    # averageLoss -3 / 2 = -1.5 -> -2 (half away from 0); drawdown 100,003 -> 100,000 = 3 yen.
+    assert got["currency"] == "JPY" and got["startBalance"] == 99_003
+    assert (got["expectancy"], got["averageLoss"], got["maxDrawdown"]) == (332, -2, 3)

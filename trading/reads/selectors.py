@@ -19,6 +19,7 @@ from django.conf import settings
 from bridge_project.errors import BridgeUnavailable, NotFound
 from sessions.models import BridgeSession
 from terminals.reads import TIMEFRAME_SECONDS
+from terminals.timeutil import MAX_TIME
 from trading.reads.readqueue import RawJSON, call_reader, redis_client
 from trading.reads.snapshots import TerminalSnapshot, load_snapshot_and_change, note_quote_interest
 from trading.reads.stats import stats_from_rows
@@ -184,8 +185,8 @@ def stats(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
     """GET /stats: the statistics of the session account's deals in [from, to] (see trading/reads/stats.py).
 
     Without a filter the curve is the balance and starts from the balance at ``from``: today's balance
-    minus every deal since ``from``, so the deals are read up to now, between two readings of the account
-    that must show the same balance (else a deal came in between: read again; after
+    minus every deal since ``from``, so the deals are read up to now (a day past it), between two readings
+    of the account that must show the same balance (else a deal came in between: read again; after
     STATS_BALANCE_TRIES the start is unknown and the curve starts from 0)."""
     terminal = _terminal(session)
     date_from, date_to = query["date_from"], query["date_to"]
@@ -197,7 +198,8 @@ def stats(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
         account_info = account(session)
         rows = call_reader(terminal, "history", args, session=session.id)["deals"]
     else:
-        args["date_to"] = max(date_to, float(int(time.time()) + 1))
+        # Up to a day past now: a terminal whose clock runs ahead of this host's still shows every deal since.
+        args["date_to"] = min(max(date_to, float(int(time.time()) + 86400)), float(MAX_TIME))
         for _ in range(STATS_BALANCE_TRIES):
             account_info = call_reader(terminal, "account", {}, session=session.id)
             rows = call_reader(terminal, "history", args, session=session.id)["deals"]
@@ -207,7 +209,8 @@ def stats(session: BridgeSession, query: dict[str, Any]) -> dict[str, Any]:
                 break
             logger.info("stats of %s: the balance moved during the read, reading again", session.id)
     _own_account(session, account_info)
-    digits = int(account_info.get("currency_digits") or 2)
+    digits = account_info.get("currency_digits")
+    digits = 2 if digits is None else int(digits)  # a JPY account has 0
     computed = stats_from_rows(rows, date_from=date_from, date_to=date_to, symbol=symbol, magic=magic,
                                balance_now=balance_now, digits=digits)
     return {"from": date_from, "to": date_to, "symbol": symbol, "magic": magic,
