@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from bridge_project.errors import NotFound, Unauthorized, ValidationFailed
 from bridge_project.schema import (
     NOT_READY,
+    PAUSED,
     REPLAYED_HEADER,
     REQUEST_ID_PATTERN,
     RESPONSE_HEADERS,
@@ -58,7 +59,7 @@ DATA_RULES = (" 400 also when the body does not fit the terminal's data: an unkn
               "STOP_LIMIT one), `expiration` without type_time SPECIFIED/SPECIFIED_DAY (or in the past).")
 WRITE_ERRORS = api_errors(SESSION_ERRORS, {
     409: error("TaskConflict: request id reused with another payload (or for another account), or the task can "
-               "no longer change / " + NOT_READY),
+               "no longer change / " + NOT_READY + " / " + PAUSED),
     502: error("BridgeUnavailable: the terminal's symbol specs could not be obtained"),
 }, body=True)
 TASK_ACCEPTED = OpenApiResponse(TaskSerializer, description="accepted: the task (state queued), or its replay")
@@ -239,7 +240,7 @@ class PositionsCloseView(APIView):
                    **WRITE_ERRORS,
                    409: error("TaskConflict: the request id was used with another body (`details.taskIds`: the "
                               "call's tasks) or by another write, or a task's id `<request id>/<ticket>` is "
-                              "another write's / " + NOT_READY),
+                              "another write's / " + NOT_READY + " / " + PAUSED),
                    502: error("BridgeUnavailable: the account's open positions could not be read from the "
                               "terminal")},
         examples=[OpenApiExample("every EURUSD buy", request_only=True, value={"symbol": "EURUSD", "side": "BUY"})],
