@@ -85,6 +85,8 @@ def test_a_paused_session_refuses_every_write_and_serves_reads_replays_and_heart
     sid = open_session(client, TERMINAL)
     filled = wait_final(_post(client, sid, "/orders", BUY, "pz-before").json()["taskId"])
     assert filled.state == "filled" and filled.position_ticket, filled.result
+    none_closed = _post(client, sid, "/positions/close", {"magic": 987654}, "pz-close-none")  # matches nothing
+    assert none_closed.status_code == 200 and none_closed.json() == {"tasks": []}, none_closed.content
     tasks_before = TradeTask.objects.count()
 
     r = _pause(client, sid)
@@ -114,6 +116,8 @@ def test_a_paused_session_refuses_every_write_and_serves_reads_replays_and_heart
     replay = _post(client, sid, "/orders", BUY, "pz-before")
     assert replay.status_code == 202 and replay["Idempotent-Replayed"] == "true", replay.content
     assert replay.json()["taskId"] == filled.id
+    call_replay = _post(client, sid, "/positions/close", {"magic": 987654}, "pz-close-none")  # a call's receipt
+    assert call_replay.status_code == 200 and call_replay["Idempotent-Replayed"] == "true", call_replay.content
     other = _post(client, sid, "/orders", {**BUY, "volume": 0.02}, "pz-before")  # same id, another payload
     assert other.status_code == 409 and other.json()["error"]["code"] == "TaskConflict"
 
