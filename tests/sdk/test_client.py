@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -304,3 +305,26 @@ def test_stats(bridge: Bridge) -> None:
         stats = s.stats(from_=time.time() - 3600, to=time.time() + 60)
         assert stats.trades >= 1 and stats.raw["trades"] == stats.trades
         assert stats.wins + stats.losses <= stats.trades
+
+
+def test_502_while_the_terminal_process_restarts_is_retried(bridge: Bridge) -> None:
+    """SIGKILL the session's terminal process (its pinned worker and reader): reads of the terminal answer
+    502 BridgeUnavailable until run_bridge has restarted it; the client retries them with backoff and
+    returns the answer. Without retries the same read raises BridgeUnavailable."""
+    transport = RecordingTransport()
+    patient = RetryPolicy(max_attempts=40, backoff=0.2, max_backoff=1.0)
+    with Client(bridge.key, bridge.url, transport=transport, retry=patient) as client, \
+            client.session(**DEMO) as s:
+        name = s.opened.terminal
+        pids = re.findall(rf"(?:re)?started worker-{re.escape(name)} \(pid (\d+)", bridge.log())
+        os.kill(int(pids[-1]), signal.SIGKILL)
+        with pytest.raises(mt5bridge.BridgeUnavailable) as unavailable:
+            client.send(mt5bridge._api.Call("GET", "/symbols/EURUSD"), session_id=s.session_id,
+                        retry=RetryPolicy(max_attempts=1))
+        assert unavailable.value.status == 502
+        transport.log.clear()
+        symbol = s.symbol("EURUSD")
+        assert symbol.name == "EURUSD"
+        statuses = [e.status for e in transport.log]
+        assert statuses[0] == 502 and statuses[-1] == 200 and set(statuses[:-1]) == {502}, statuses
+        assert f"restarted worker-{name}" in bridge.log()

@@ -127,7 +127,7 @@ def test_sync_stream_resync_required_and_session_end(bridge: Bridge) -> None:
     with Client(bridge.key, bridge.url) as client:
         s = client.open_session(**DEMO)
         # A position beyond the session's sequence: the bridge cannot give what follows it.
-        stream = s.events(["order"], since=10**9)
+        stream = s.events(["order"], since=10**9, ping_interval=0.3)
         events: list[mt5bridge.Event] = []
         done = threading.Event()
 
@@ -139,6 +139,8 @@ def test_sync_stream_resync_required_and_session_end(bridge: Bridge) -> None:
         threading.Thread(target=consume, daemon=True).start()
         wait_until(lambda: events, 20, "the resync notice")
         assert events[0].resync_required and events[0].data["since"] == 10**9, events[0]
+        # A quiet socket is kept alive: a ping after each quiet interval, each answered.
+        wait_until(lambda: stream.state.pongs >= 2, 20, "pongs to the stream's pings")
         task = s.buy("EURUSD", 0.01, wait=True)
         wait_until(lambda: task.task_id in _filled(events), 20, "the order's events after the resync")
         s.close_position(task.order, wait=True)

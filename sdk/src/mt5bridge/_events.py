@@ -53,6 +53,7 @@ class StreamState:
     failures: int = 0
     max_backoff: float = 5.0
     awaiting_pong: bool = False
+    pongs: int = 0
 
     def hello(self) -> list[str]:
         """The messages to send right after a connect."""
@@ -90,7 +91,10 @@ class StreamState:
             if self.last_seq is None or kind == "resumed":
                 self._position(message.get("seq"), message.get("epoch"))
             return None
-        if kind in ("pong", "unsubscribed"):
+        if kind == "pong":
+            self.pongs += 1
+            return None
+        if kind == "unsubscribed":
             return None
         if kind == "error":
             self.last_error = message.get("error") if isinstance(message.get("error"), dict) else {}
