@@ -85,7 +85,7 @@ class Conflict(BridgeError):
 
 class SessionPaused(BridgeError):
     """The session is paused (``POST /session/{id}/pause``): a new write is refused and nothing is queued;
-    a replay of a request id the ledger already holds is still answered (docs/sessions.md, "Pause")."""
+    a replay of a request id the ledger already holds is still answered (docs/sessions.md, "Pause and resume")."""
 
     status_code = 409
     code = "SessionPaused"

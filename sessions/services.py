@@ -10,7 +10,7 @@ Only ``active`` sessions may write or read from the terminal (``require_active_s
 still ``opening`` answers ``409 SessionNotReady``. An active session may be paused (``session_pause``,
 ``session_resume``: a change of ``paused_at`` through ``session_change``, with its transition row and its
 ``session`` event): its new writes answer ``409 SessionPaused`` and the pinned worker claims none of its
-queued tasks until the resume (docs/sessions.md, "Pause"). Logins have an outbox: ``login_published_at`` is
+queued tasks until the resume (docs/sessions.md, "Pause and resume"). Logins have an outbox: ``login_published_at`` is
 stamped at each publish, and ``sessions_redrive_logins`` (beat) re-publishes a login that no worker
 has finished, then fails the session (``LoginTimeout``) after ``BRIDGE_SESSION_LOGIN_TIMEOUT``.
 """

@@ -1,4 +1,4 @@
-"""What a pause and a resume of a session do to its tasks (docs/sessions.md, "Pause").
+"""What a pause and a resume of a session do to its tasks (docs/sessions.md, "Pause and resume").
 
 ``sessions`` sits below ``trading``: it announces a pause and a resume with signals (``sessions.signals``)
 and these receivers, connected in ``TradingConfig.ready``, do the tasks' part:
