@@ -139,6 +139,9 @@ def test_sync_stream_resync_required_and_session_end(bridge: Bridge) -> None:
         threading.Thread(target=consume, daemon=True).start()
         wait_until(lambda: events, 20, "the resync notice")
         assert events[0].resync_required and events[0].data["since"] == 10**9, events[0]
+        reloaded = events[0].state  # the client reloaded the session's state over REST after the notice
+        assert reloaded is not None and reloaded.account.login == DEMO["login"]
+        assert reloaded.pending_tasks == [] and isinstance(reloaded.positions, list)
         # A quiet socket is kept alive: a ping after each quiet interval, each answered.
         wait_until(lambda: stream.state.pongs >= 2, 20, "pongs to the stream's pings")
         task = s.buy("EURUSD", 0.01, wait=True)
@@ -157,3 +160,32 @@ def test_sync_stream_resync_required_and_session_end(bridge: Bridge) -> None:
         stale = client.attach(s.session_id, heartbeat=False)
         with pytest.raises(mt5bridge.Unauthorized):
             next(iter(stale.events(["order"])))
+
+
+def test_sync_stream_survives_killed_daphne(bridge: Bridge) -> None:
+    """The same with the sync client: the iterator (in a thread) reconnects and resumes, the sync writes
+    are retried across the restart, and every seq arrives once."""
+    patient = RetryPolicy(max_attempts=60, backoff=0.1, max_backoff=1.0)
+    with Client(bridge.key, bridge.url, retry=patient) as client, client.session(**DEMO) as s:
+        stream = s.events(CHANNELS, ping_interval=2, ping_timeout=2)
+        received: list[mt5bridge.Event] = []
+        threading.Thread(target=lambda: received.extend(stream), daemon=True).start()
+        assert stream.connected.wait(20)
+        first = s.buy("EURUSD", 0.01, wait=True)
+        wait_until(lambda: first.task_id in _filled(list(received)), 20, "the first fill as an event")
+        last_before_kill = stream.last_seq
+        webs = bridge.web_pids()
+        for pid in webs.values():
+            os.kill(pid, signal.SIGKILL)
+        during = [s.buy("EURUSD", 0.01) for _ in range(3)]  # each retried until a daphne answers
+        wait_until(lambda: {t.task_id for t in during} <= _filled(list(received)), 40, "the fills as events")
+        assert stream.state.resumes and stream.state.resumes[0]["since"] >= last_before_kill
+        got = list(received)
+        seqs = [e.seq for e in got]
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
+        kept = s._call(Call("GET", "/events/recent", params={"since": seqs[0] - 1, "limit": 500}))
+        assert [e["seq"] for e in kept["events"] if e["seq"] <= seqs[-1]] == seqs
+        assert set(bridge.web_pids().values()).isdisjoint(webs.values())
+        stream.close()
+        for task in [first, *during]:
+            s.close_position(s.wait_task(task).order, wait=True)

@@ -52,6 +52,7 @@ from .models import (
     Positions,
     Quote,
     SessionInfo,
+    State,
     Stats,
     Symbol,
     Task,
@@ -64,6 +65,6 @@ __all__ = [
     "BridgeError", "BridgeUnavailable", "Client", "Conflict", "ConnectionFailed", "Deal", "Depth", "Event",
     "EventStream", "Forbidden", "InternalError", "LoginFailed", "NotFound", "Order", "PayloadTooLarge",
     "Position", "Positions", "Quote", "RateLimited", "RetryPolicy", "Session", "SessionExpired", "SessionInfo",
-    "SessionNotReady", "SessionPaused", "Stats", "StreamClosed", "Symbol", "Task", "TaskConflict", "TaskPage",
+    "SessionNotReady", "SessionPaused", "State", "Stats", "StreamClosed", "Symbol", "Task", "TaskConflict", "TaskPage",
     "TaskTimeout", "TerminalBusy", "Ticks", "Unauthorized", "Unavailable", "ValidationError", "new_request_id",
 ]

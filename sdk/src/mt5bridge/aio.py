@@ -22,7 +22,7 @@ from ._api import DEFAULT_WAIT, Call, SessionAPI, TasksAPI
 from ._core import API_PATH, RetryPolicy, decode, resolve_config, retry_decision, task_of, user_agent, ws_url
 from ._events import Reconnect, Stop, StreamState, handshake_refused
 from .errors import BridgeError, ConnectionFailed, LoginFailed, SessionExpired, TaskTimeout, Unauthorized
-from .models import FINAL_STATES, Event, SessionInfo, Task
+from .models import FINAL_STATES, Event, SessionInfo, State, Task
 
 log = logging.getLogger("mt5bridge")
 
@@ -183,10 +183,17 @@ class AsyncSession(SessionAPI):
         return result
 
     def events(self, channels: list[str] | None = None, *, since: int | None = None, epoch: int | None = None,
-               ping_interval: float = 15.0, ping_timeout: float = 10.0) -> AsyncEventStream:
+               ping_interval: float = 15.0, ping_timeout: float = 10.0,
+               reload_on_resync: bool = True) -> AsyncEventStream:
         """``async for event in s.events(["order"]):`` reconnecting and resuming by itself."""
         return AsyncEventStream(self, channels or ["order"], since=since, epoch=epoch, ping_interval=ping_interval,
-                                ping_timeout=ping_timeout)
+                                ping_timeout=ping_timeout, reload_on_resync=reload_on_resync)
+
+    async def state(self) -> State:
+        """Account, positions, pending orders and the tasks not final, read now over REST."""
+        both = await self.positions_and_orders()
+        return State(account=await self.account(), positions=both.positions, orders=both.orders,
+                     pending_tasks=await self.tasks.reconcile())
 
     async def wait_task(self, task: Task | str, timeout: float = DEFAULT_WAIT) -> Task:
         """The task once final (event stream first, ``GET /tasks/{id}`` while it is down)."""
@@ -240,8 +247,10 @@ class AsyncEventStream:
     """``async for event in stream``; see :class:`mt5bridge.EventStream` for the behaviour."""
 
     def __init__(self, session: AsyncSession, channels: list[str], *, since: int | None = None,
-                 epoch: int | None = None, ping_interval: float = 15.0, ping_timeout: float = 10.0) -> None:
+                 epoch: int | None = None, ping_interval: float = 15.0, ping_timeout: float = 10.0,
+                 reload_on_resync: bool = True) -> None:
         self.session = session
+        self.reload_on_resync = reload_on_resync
         self.state = StreamState(list(channels), last_seq=since, epoch=epoch)
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.connected = asyncio.Event()
@@ -277,6 +286,8 @@ class AsyncEventStream:
                 continue
             event = self.state.on_text(text)
             if event is not None:
+                if event.resync_required and self.reload_on_resync:
+                    event.state = await self.session.state()
                 return event
 
     async def _connect(self) -> None:
@@ -341,7 +352,7 @@ class _AsyncOrderWatcher:
     KEEP = 10_000
 
     def __init__(self, session: AsyncSession) -> None:
-        self.stream = AsyncEventStream(session, ["order"])
+        self.stream = AsyncEventStream(session, ["order"], reload_on_resync=False)
         self._final: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._changed = asyncio.Condition()
         self._task = asyncio.create_task(self._run())

@@ -27,7 +27,7 @@ from ._core import (
 )
 from ._events import Reconnect, Stop, StreamState, handshake_refused
 from .errors import BridgeError, ConnectionFailed, LoginFailed, SessionExpired, TaskTimeout, Unauthorized
-from .models import FINAL_STATES, Event, SessionInfo, Task
+from .models import FINAL_STATES, Event, SessionInfo, State, Task
 
 log = logging.getLogger("mt5bridge")
 
@@ -220,11 +220,17 @@ class Session(SessionAPI):
         return result
 
     def events(self, channels: list[str] | None = None, *, since: int | None = None, epoch: int | None = None,
-               ping_interval: float = 15.0, ping_timeout: float = 10.0) -> EventStream:
+               ping_interval: float = 15.0, ping_timeout: float = 10.0, reload_on_resync: bool = True) -> EventStream:
         """An iterator of the session's events (``order`` by default) that reconnects by itself and
         resumes where it left off. ``for event in s.events(["order", "quote:EURUSD"]): ...``"""
         return EventStream(self, channels or ["order"], since=since, epoch=epoch, ping_interval=ping_interval,
-                           ping_timeout=ping_timeout)
+                           ping_timeout=ping_timeout, reload_on_resync=reload_on_resync)
+
+    def state(self) -> State:
+        """Account, positions, pending orders and the tasks not final, read now over REST."""
+        both = self.positions_and_orders()
+        return State(account=self.account(), positions=both.positions, orders=both.orders,
+                     pending_tasks=self.tasks.reconcile())
 
     def wait_task(self, task: Task | str, timeout: float = DEFAULT_WAIT) -> Task:
         """The task once final: from the ``order`` event stream (one socket per session, shared by every
@@ -291,8 +297,10 @@ class EventStream:
     """
 
     def __init__(self, session: Session, channels: list[str], *, since: int | None = None,
-                 epoch: int | None = None, ping_interval: float = 15.0, ping_timeout: float = 10.0) -> None:
+                 epoch: int | None = None, ping_interval: float = 15.0, ping_timeout: float = 10.0,
+                 reload_on_resync: bool = True) -> None:
         self.session = session
+        self.reload_on_resync = reload_on_resync
         self.state = StreamState(list(channels), last_seq=since, epoch=epoch)
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.connected = threading.Event()
@@ -328,6 +336,8 @@ class EventStream:
                 continue
             event = self.state.on_text(text)
             if event is not None:
+                if event.resync_required and self.reload_on_resync:
+                    event.state = self.session.state()
                 return event
 
     def _connect(self) -> None:
@@ -402,7 +412,7 @@ class _OrderWatcher:
     KEEP = 10_000
 
     def __init__(self, session: Session) -> None:
-        self.stream = EventStream(session, ["order"])
+        self.stream = EventStream(session, ["order"], reload_on_resync=False)
         self._final: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"mt5bridge-orders-{session.session_id}", daemon=True)

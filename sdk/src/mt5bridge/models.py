@@ -353,6 +353,9 @@ class Event(Model):
     session_id: str | None = None
     time_msc: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    state: State | None = field(default=None, init=False, compare=False, repr=False)
+    """on ``resync_required``: the session's state reloaded over REST right after the notice (streams
+    made with ``reload_on_resync=True``, the default)"""
 
     @property
     def channel(self) -> str:
@@ -361,6 +364,17 @@ class Event(Model):
     @property
     def resync_required(self) -> bool:
         return self.type == "resync_required"
+
+
+@dataclass
+class State:
+    """The session's state read over REST at one moment: what a client reloads after ``resync_required``."""
+
+    account: Account
+    positions: list[Position]
+    orders: list[Order]
+    pending_tasks: list[Task]
+    """the session's tasks not final (queued, dispatched, unknown)"""
 
 
 def as_snake(data: dict[str, Any]) -> dict[str, Any]:
