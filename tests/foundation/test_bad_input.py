@@ -100,6 +100,7 @@ def json_endpoints(live: Live) -> list[tuple[str, str]]:
         ("patch", f"{API}/orders/{live.task.id}"),
         ("post", f"{API}/positions/{ticket}/close"),
         ("patch", f"{API}/positions/{ticket}"),
+        ("post", f"{API}/positions/close"),
     ]
 
 

@@ -6,7 +6,12 @@ value, read with the mt5sim client), and what it closed against the emulator's p
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from django.db import connection
+from rest_framework.test import APIClient
 
 import mt5sim
 from bridge_project.errors import Conflict
@@ -22,6 +27,7 @@ BASE = "/mt5/client"
 MONEY_LOGIN = 5151  # accounts of these tests alone: a close-all without filters must meet no other test's positions
 CLOSE_LOGIN = 5152
 CLOSE_EMPTY_LOGIN = 5153
+CLOSE_RACE_LOGIN = 5154
 
 
 def _post(client, sid, path, body, rid):
@@ -257,3 +263,30 @@ def test_close_all_request_ids_methods_and_bad_bodies(stack, client, sim, frozen
     rid = r["x-request-id"]
     assert all(t["requestId"].startswith(rid + "/") for t in r.json()["tasks"])
     assert all(wait_final(t["taskId"]).state == "filled" for t in r.json()["tasks"])
+
+
+def test_concurrent_identical_close_alls_make_one_set_of_tasks(stack, client, api_key, sim, frozen) -> None:
+    sid = open_session(client, "sim-a", CLOSE_RACE_LOGIN)
+    tickets = sorted(_open(client, sid, f"c-race-open-{i}", symbol="EURUSD", type="BUY", volume=0.1) for i in range(2))
+    barrier = threading.Barrier(6)
+
+    def one(_: int) -> tuple[int, list[str], str | None]:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+        try:
+            barrier.wait()
+            r = _post(api, sid, "/positions/close", {"symbol": "EURUSD"}, "c-race")
+            return r.status_code, [t["taskId"] for t in r.json()["tasks"]], r.get("Idempotent-Replayed")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert {status for status, _, _ in results} == {202}, results
+    assert len({tuple(ids) for _, ids, _ in results}) == 1
+    assert sum(1 for _, _, replayed in results if replayed != "true") == 1  # exactly one call made them
+    task_ids = results[0][1]
+    assert [t.position_ticket for t in map(wait_final, task_ids)] == tickets
+    assert TradeTask.objects.filter(request_id__startswith="c-race/").count() == 2
+    for ticket in tickets:
+        assert len(_close_deals(sim, ticket)) == 1
