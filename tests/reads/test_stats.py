@@ -197,7 +197,8 @@ def test_a_deal_during_the_read_is_read_again_so_the_start_balance_stays_right(s
         served = wait_until(lambda: reader().get("busy_with") is None and reader(), 5, "an idle reader")["served"]
         ctl.delay(1.0, ["history_deals_get"])
         answer: dict = {}
-        thread = threading.Thread(target=lambda: answer.update(r=session_a.get(STATS, {"from": t0})))
+        # `to` a minute ahead: the default (now, when the request is validated) could end before the deal below.
+        thread = threading.Thread(target=lambda: answer.update(r=session_a.get(STATS, {"from": t0, "to": t0 + 60})))
         thread.start()
         # The first account reading is done and the history is being read (held by the delay): a deal now.
         wait_until(lambda: (h := reader()).get("served", 0) >= served + 1 and h.get("busy_with"), 5,
