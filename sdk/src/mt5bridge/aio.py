@@ -58,15 +58,21 @@ class AsyncClient:
                                                     timeout=timeout or httpx.USE_CLIENT_DEFAULT)
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                delay = retry_decision(policy, attempt, None) if call.replay_safe or not sent else None
+                hopeless = isinstance(exc, httpx.UnsupportedProtocol)  # a bad URL: no retry will do
+                retry = not hopeless and (call.replay_safe or not sent)
+                delay = retry_decision(policy, attempt, None) if retry else None
                 if delay is None:
                     raise ConnectionFailed(f"{call.method} {call.path}: {exc!r}", code="ConnectionFailed",
                                            request_id=call.request_id) from exc
+                log.info("%s %s: %r; retry %d in %.2fs (request id %s)", call.method, call.path, exc, attempt,
+                         delay, call.request_id)
                 await asyncio.sleep(delay)
                 continue
             delay = retry_decision(policy, attempt, response)
             if delay is None:
                 break
+            log.info("%s %s: %d; retry %d in %.2fs (request id %s)", call.method, call.path,
+                     response.status_code, attempt, delay, call.request_id)
             await asyncio.sleep(delay)
         body = decode(response, call.request_id)
         if call.task:

@@ -67,7 +67,9 @@ class Client:
                                               headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                delay = retry_decision(policy, attempt, None) if call.replay_safe or not sent else None
+                hopeless = isinstance(exc, httpx.UnsupportedProtocol)  # a bad URL: no retry will do
+                retry = not hopeless and (call.replay_safe or not sent)
+                delay = retry_decision(policy, attempt, None) if retry else None
                 if delay is None:
                     raise ConnectionFailed(f"{call.method} {call.path}: {exc!r}", code="ConnectionFailed",
                                            request_id=call.request_id) from exc
