@@ -12,6 +12,7 @@ import time
 
 import pytest
 import redis
+from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.reads.conftest import Terminal, wait_until
@@ -197,8 +198,14 @@ def test_a_deal_during_the_read_is_read_again_so_the_start_balance_stays_right(s
         served = wait_until(lambda: reader().get("busy_with") is None and reader(), 5, "an idle reader")["served"]
         ctl.delay(1.0, ["history_deals_get"])
         answer: dict = {}
-        # `to` a minute ahead: the default (now, when the request is validated) could end before the deal below.
-        thread = threading.Thread(target=lambda: answer.update(r=session_a.get(STATS, {"from": t0, "to": t0 + 60})))
+
+        def fetch() -> None:
+            try:  # `to` a minute ahead: the default (now, at validation) could end before the deal below
+                answer["r"] = session_a.get(STATS, {"from": t0, "to": t0 + 60})
+            finally:
+                connection.close()  # this thread's own database connection
+
+        thread = threading.Thread(target=fetch)
         thread.start()
         # The first account reading is done and the history is being read (held by the delay): a deal now.
         wait_until(lambda: (h := reader()).get("served", 0) >= served + 1 and h.get("busy_with"), 5,
