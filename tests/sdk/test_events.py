@@ -183,7 +183,8 @@ def test_sync_stream_survives_killed_daphne(bridge: Bridge) -> None:
         got = list(received)
         seqs = [e.seq for e in got]
         assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs
-        kept = s._call(Call("GET", "/events/recent", params={"since": seqs[0] - 1, "limit": 500}))
+        kept = client.request("GET", "/events/recent", params={"since": seqs[0] - 1, "limit": 500},
+                              session_id=s.session_id)
         assert [e["seq"] for e in kept["events"] if e["seq"] <= seqs[-1]] == seqs
         assert set(bridge.web_pids().values()).isdisjoint(webs.values())
         stream.close()

@@ -54,10 +54,13 @@ class StreamState:
     max_backoff: float = 5.0
     awaiting_pong: bool = False
     pongs: int = 0
+    subscribed: bool = False
+    """the bridge confirmed this connection's subscription: events published from now on will come"""
 
     def hello(self) -> list[str]:
         """The messages to send right after a connect."""
         self.connects += 1
+        self.subscribed = False
         self.awaiting_pong = False
         self.last_error = None
         messages: list[dict[str, Any]] = []
@@ -88,6 +91,8 @@ class StreamState:
             self.failures = 0
             if kind == "resumed":
                 self.resumed.append(message)
+            else:
+                self.subscribed = True
             if self.last_seq is None or kind == "resumed":
                 self._position(message.get("seq"), message.get("epoch"))
             return None

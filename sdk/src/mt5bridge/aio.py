@@ -59,8 +59,8 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 hopeless = isinstance(exc, httpx.UnsupportedProtocol)  # a bad URL: no retry will do
-                retry = not hopeless and (call.replay_safe or not sent)
-                delay = retry_decision(policy, attempt, None) if retry else None
+                may_retry = not hopeless and (call.replay_safe or not sent)
+                delay = retry_decision(policy, attempt, None) if may_retry else None
                 if delay is None:
                     raise ConnectionFailed(f"{call.method} {call.path}: {exc!r}", code="ConnectionFailed",
                                            request_id=call.request_id) from exc
@@ -80,6 +80,14 @@ class AsyncClient:
         if call.tasks:
             return [Task.from_dict(t) for t in (body or {}).get("tasks", [])]
         return call.parse(body) if call.parse else body
+
+    async def request(self, method: str, path: str, *, json: dict[str, Any] | None = None,
+                      params: dict[str, Any] | None = None, session_id: str | None = None,
+                      request_id: str | None = None) -> Any:
+        """Any endpoint under ``/mt5/client`` (the decoded JSON), with the retry policy; a write
+        (``request_id`` given) keeps its request id across retries."""
+        return await self.send(Call(method.upper(), path, json=json, params=params, request_id=request_id),
+                               session_id=session_id)
 
     async def task(self, task_id: str) -> Task:
         return await self.send(Call("GET", f"/tasks/{task_id}", parse=Task.from_dict, session=False))
@@ -291,6 +299,8 @@ class AsyncEventStream:
                 await self._drop(exc.rcvd.code if exc.rcvd else 1006, exc.rcvd.reason if exc.rcvd else "")
                 continue
             event = self.state.on_text(text)
+            if self.state.subscribed and not self.connected.is_set():
+                self.connected.set()  # subscribed: what is published from now on will come
             if event is not None:
                 if event.resync_required and self.reload_on_resync:
                     event.state = await self.session.state()
@@ -316,7 +326,6 @@ class AsyncEventStream:
             except ConnectionClosed:
                 break
         self._ws = ws
-        self.connected.set()
 
     async def _send(self, text: str) -> None:
         try:

@@ -68,8 +68,8 @@ class Client:
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 hopeless = isinstance(exc, httpx.UnsupportedProtocol)  # a bad URL: no retry will do
-                retry = not hopeless and (call.replay_safe or not sent)
-                delay = retry_decision(policy, attempt, None) if retry else None
+                may_retry = not hopeless and (call.replay_safe or not sent)
+                delay = retry_decision(policy, attempt, None) if may_retry else None
                 if delay is None:
                     raise ConnectionFailed(f"{call.method} {call.path}: {exc!r}", code="ConnectionFailed",
                                            request_id=call.request_id) from exc
@@ -89,6 +89,14 @@ class Client:
         if call.tasks:
             return [Task.from_dict(t) for t in (body or {}).get("tasks", [])]
         return call.parse(body) if call.parse else body
+
+    def request(self, method: str, path: str, *, json: dict[str, Any] | None = None,
+                params: dict[str, Any] | None = None, session_id: str | None = None,
+                request_id: str | None = None) -> Any:
+        """Any endpoint under ``/mt5/client`` (the decoded JSON), with the retry policy; a write
+        (``request_id`` given) keeps its request id across retries."""
+        return self.send(Call(method.upper(), path, json=json, params=params, request_id=request_id),
+                         session_id=session_id)
 
     def task(self, task_id: str) -> Task:
         """``GET /tasks/{id}`` without a session: reconcile a task after its session ended."""
@@ -111,8 +119,8 @@ class Client:
         return self.session(**kwargs).open()
 
     def attach(self, session_id: str, *, heartbeat: bool = True) -> Session:
-        """A handle on a session opened elsewhere (by id); it heartbeats but does not own the session's
-        close unless ``close()`` is called."""
+        """A handle on a session opened elsewhere (by id), heartbeating unless ``heartbeat=False``;
+        ``close()`` (or leaving ``with``) closes the session itself."""
         s = Session(self, login=0, password="", server="", account_id="", heartbeat=heartbeat)
         s._adopt(session_id)
         return s
@@ -337,6 +345,8 @@ class EventStream:
                 self._drop(exc.rcvd.code if exc.rcvd else 1006, exc.rcvd.reason if exc.rcvd else "")
                 continue
             event = self.state.on_text(text)
+            if self.state.subscribed and not self.connected.is_set():
+                self.connected.set()  # subscribed: what is published from now on will come
             if event is not None:
                 if event.resync_required and self.reload_on_resync:
                     event.state = self.session.state()
@@ -362,7 +372,6 @@ class EventStream:
             except ConnectionClosed:
                 break
         self._ws = ws
-        self.connected.set()
 
     def _send(self, text: str) -> None:
         try:
