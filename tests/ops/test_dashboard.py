@@ -164,7 +164,7 @@ def test_terminal_rows_are_the_workers_the_accounts_the_broker_and_the_ledger(
     a, b = rows[TERMINAL], rows[IDLE_TERMINAL]
     assert a["workerAlive"] is True and 0 <= a["heartbeatAge"] < 15
     assert a["account"] == {"accountId": session.account_id, "login": session.login, "server": session.server,
-                            "workspace": "ws-dash", "status": "active"}
+                            "workspace": "ws-dash", "status": "active", "paused": False}
     assert a["boundLogin"] == session.login
     assert a["queueDepth"] == 2  # read from the broker's list
     assert a["queuedTasks"] == 2  # from the ledger (the unknown one is not queued)

@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from ops.dashboard import terminals as dashboard_terminals
 from ops.selectors import terminal_statuses
 from sessions.models import BridgeSession, SessionStatus, SessionTransition
 from sessions.services import session_close, session_pause, session_resume
@@ -180,6 +181,8 @@ def test_queued_tasks_do_not_reach_the_broker_while_paused_and_fill_after_the_re
     [status] = [s for s in terminal_statuses() if s.name == TERMINAL]
     assert status.session["sessionId"] == sid and status.session["paused"] is True
     assert status.queued_tasks == 3
+    [row] = [t for t in dashboard_terminals(timezone.now()) if t["name"] == TERMINAL]
+    assert row["account"]["paused"] is True  # the dashboard's terminal table says so
 
     assert _resume(client, sid).status_code == 200
     done = [wait_final(task_id) for task_id in ids]
