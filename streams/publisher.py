@@ -187,7 +187,8 @@ def publish_session_event(
     """Publish one event of ``channel`` ('order', 'position', 'account', 'session', 'profit', 'quote:X',
     'depth:X').
 
-    ``session``: ``data`` is ``{"sessionId", "status", "from", "error"?: {"code", "message"}, "reason"?}``;
+    ``session``: ``data`` is ``{"sessionId", "status", "from", "paused", "error"?: {"code", "message"},
+    "reason"?}`` (a pause or a resume adds ``change``, ``pausedAt``, ``cancelQueued``?);
     a final ``status`` (closed, expired, login_failed) closes the session's sockets (4410) once sent.
 
     Returns the event's seq (for non-replayable channels: the session's last replayable seq), or None
