@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -248,7 +249,14 @@ def test_readme_quick_start_runs_as_written(bridge: Bridge) -> None:
     run = subprocess.run([sys.executable, "-c", blocks[0]], env=env, capture_output=True, text=True, timeout=120,
                          cwd=Path(ROOT))
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "filled" in run.stdout, run.stdout
+    assert "filled" in run.stdout and "closed: filled" in run.stdout, run.stdout
+    # The asyncio example of "Sessions" too.
+    sessions = readme.split("## Sessions", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```python\n(.*?)```", sessions, re.S)
+    run = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(ROOT))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("filled ") and "closed: filled" in run.stdout, run.stdout
 
 
 def _route_exists(fragment: str) -> bool:
@@ -307,24 +315,35 @@ def test_stats(bridge: Bridge) -> None:
         assert stats.wins + stats.losses <= stats.trades
 
 
-def test_502_while_the_terminal_process_restarts_is_retried(bridge: Bridge) -> None:
-    """SIGKILL the session's terminal process (its pinned worker and reader): reads of the terminal answer
-    502 BridgeUnavailable until run_bridge has restarted it; the client retries them with backoff and
-    returns the answer. Without retries the same read raises BridgeUnavailable."""
+def test_502_while_the_terminal_process_is_frozen_is_retried(bridge: Bridge) -> None:
+    """SIGSTOP the session's terminal process (its pinned worker and reader thread): reads of the terminal
+    answer 502 BridgeUnavailable (the reader's heartbeat lapses). A client that retries keeps sending the
+    read with backoff and returns the answer once the process runs again (SIGCONT)."""
     transport = RecordingTransport()
-    patient = RetryPolicy(max_attempts=40, backoff=0.2, max_backoff=1.0)
+    patient = RetryPolicy(max_attempts=60, backoff=0.2, max_backoff=0.5)
     with Client(bridge.key, bridge.url, transport=transport, retry=patient) as client, \
             client.session(**DEMO) as s:
         name = s.opened.terminal
-        pids = re.findall(rf"(?:re)?started worker-{re.escape(name)} \(pid (\d+)", bridge.log())
-        os.kill(int(pids[-1]), signal.SIGKILL)
-        with pytest.raises(mt5bridge.BridgeUnavailable) as unavailable:
-            client.send(mt5bridge._api.Call("GET", "/symbols/EURUSD"), session_id=s.session_id,
-                        retry=RetryPolicy(max_attempts=1))
-        assert unavailable.value.status == 502
-        transport.log.clear()
-        symbol = s.symbol("EURUSD")
-        assert symbol.name == "EURUSD"
-        statuses = [e.status for e in transport.log]
+        pid = int(re.findall(rf"(?:re)?started worker-{re.escape(name)} \(pid (\d+)", bridge.log())[-1])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            def refused() -> bool:
+                try:
+                    client.send(mt5bridge._api.Call("GET", "/symbols/EURUSD"), session_id=s.session_id,
+                                retry=RetryPolicy(max_attempts=1))
+                except mt5bridge.BridgeUnavailable as exc:
+                    return exc.status == 502
+                return False
+
+            wait_until(refused, 30, "a 502 for the read while the terminal process is stopped")
+            transport.log.clear()
+            answer: list[mt5bridge.Symbol] = []
+            reader = threading.Thread(target=lambda: answer.append(s.symbol("EURUSD")), daemon=True)
+            reader.start()
+            wait_until(lambda: [e for e in transport.log if e.status == 502], 30, "the retrying read's 502")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        reader.join(60)
+        assert answer and answer[0].name == "EURUSD"
+        statuses = [e.status for e in transport.log if e.path.endswith("/symbols/EURUSD")]
         assert statuses[0] == 502 and statuses[-1] == 200 and set(statuses[:-1]) == {502}, statuses
-        assert f"restarted worker-{name}" in bridge.log()
