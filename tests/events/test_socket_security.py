@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from sessions.api_keys import revoke_api_key
@@ -353,3 +354,14 @@ def test_ticket_endpoint_answers_401_without_a_live_session_and_is_in_the_schema
     assert operation["operationId"] == "events_ticket"
     assert {"201", "400", "401", "429", "503"} <= set(operation["responses"])
     assert set(operation["responses"]["201"]["content"]["application/json"]["schema"].keys()) >= {"$ref"}
+
+
+@pytest.mark.parametrize("path", ["/mt5/client/events", "/nope", "/events/extra"])
+def test_a_socket_to_a_path_with_no_socket_is_refused_at_the_handshake_not_a_500(daphne, daphne_url: str,
+                                                                                  path: str) -> None:
+    """A wrong URL is the client's error (a 4xx it should not retry), never a server fault."""
+    proc, _ = daphne
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{daphne_url}{path}", open_timeout=10)
+    assert refused.value.response.status_code == 403
+    assert "No route found" not in proc.log()
