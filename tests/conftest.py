@@ -14,13 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
+from django.conf import settings as django_settings
 from django.db import connection
 from rest_framework.test import APIClient
 
 from sessions.api_keys import create_api_key
 from sessions.models import Workspace
 from tests.procs import Proc, start_manage, start_sim, start_sim_broker
+from tests.waiting import wait_until
+from trading.reads.readqueue import heartbeat_key
+from trading.reads.snapshots import quote_interest_key, snapshot_key, snapshot_version_key
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -211,3 +216,71 @@ def other_client(db) -> APIClient:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_api_key(ws)[1]}")
     return api
+
+
+# -- the read processes: a reader and a poller per stack terminal (tests/reads and the writes that read) --
+POLL_INTERVAL = "0.2"
+
+
+@dataclass
+class ReadProcs:
+    """The reader and poller processes of each terminal, restartable by tests that stop them."""
+
+    stack: Stack
+    readers: dict[str, Proc] = field(default_factory=dict)
+    pollers: dict[str, Proc] = field(default_factory=dict)
+
+    def start_reader(self, name: str) -> Proc:
+        proc = start_manage(f"reader-{name}-{int(time.time() * 1000)}", ["run_terminal_reader", name],
+                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
+                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
+        proc.wait_log("ready", timeout=60)
+        self.readers[name] = proc
+        return proc
+
+    def start_poller(self, name: str) -> Proc:
+        proc = start_manage(f"poller-{name}-{int(time.time() * 1000)}", ["run_terminal_poller", name],
+                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
+                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
+        proc.wait_log("ready", timeout=60)
+        self.pollers[name] = proc
+        return proc
+
+    def ensure_running(self) -> None:
+        for name, _ in SIM_TERMINALS:
+            if name not in self.readers or not self.readers[name].alive():
+                self.start_reader(name)
+            if name not in self.pollers or not self.pollers[name].alive():
+                self.start_poller(name)
+        client = redis.Redis.from_url(django_settings.REDIS_URL)
+        for name, _ in SIM_TERMINALS:
+            wait_until(lambda name=name: client.get(heartbeat_key(name)) is not None, 20,
+                       f"a heartbeat of the reader of {name}")
+
+    def stop_all(self) -> None:
+        for proc in [*self.readers.values(), *self.pollers.values()]:
+            proc.stop()
+
+
+# One instance for the whole run, whichever directory asks for it: a test module that imported these
+# fixtures would get a session fixture of its own (a second reader per terminal, left running).
+@pytest.fixture(scope="session")
+def read_procs(bridge_stack: Stack) -> Iterator[ReadProcs]:
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    for name, _ in SIM_TERMINALS:  # nothing left over from an earlier run in this Redis DB
+        client.delete(snapshot_key(name), snapshot_version_key(name), heartbeat_key(name), quote_interest_key(name), f"bridge:read:{name}")
+    procs = ReadProcs(bridge_stack)
+    try:
+        procs.ensure_running()
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def reads(stack: Stack, read_procs: ReadProcs) -> ReadProcs:
+    """Per test: the stack with readers and pollers running (restarted if a test stopped one)."""
+    for name, proc in stack.sims.items():
+        assert proc.alive(), f"terminal {name} is down (a failure test did not restore it)"
+    read_procs.ensure_running()
+    return read_procs

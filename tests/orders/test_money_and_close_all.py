@@ -16,7 +16,6 @@ from rest_framework.test import APIClient
 import mt5sim
 from bridge_project.errors import Conflict
 from tests.orders.conftest import open_session, wait_final
-from tests.reads.conftest import read_procs, reads  # noqa: F401  (fixtures)
 from tests.waiting import wait_until
 from trading.models import CallReceipt, TradeTask
 from trading.services import OrderWrite, orders_place_batch, session_account

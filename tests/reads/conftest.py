@@ -4,86 +4,18 @@ would, and to compare with what the bridge answers)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-import redis
-from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
 import mt5sim
 from mt5sim.control import Control
-from tests.conftest import SIM_TERMINALS, Stack
-from tests.procs import Proc, start_manage
-from tests.waiting import wait_until  # the read tests import it from here too
-from trading.reads.readqueue import heartbeat_key
-from trading.reads.snapshots import quote_interest_key, snapshot_key, snapshot_version_key
 
-POLL_INTERVAL = "0.2"
-
-
-@dataclass
-class ReadProcs:
-    """The reader and poller processes of each terminal, restartable by tests that stop them."""
-
-    stack: Stack
-    readers: dict[str, Proc] = field(default_factory=dict)
-    pollers: dict[str, Proc] = field(default_factory=dict)
-
-    def start_reader(self, name: str) -> Proc:
-        proc = start_manage(f"reader-{name}-{int(time.time() * 1000)}", ["run_terminal_reader", name],
-                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
-                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
-        proc.wait_log("ready", timeout=60)
-        self.readers[name] = proc
-        return proc
-
-    def start_poller(self, name: str) -> Proc:
-        proc = start_manage(f"poller-{name}-{int(time.time() * 1000)}", ["run_terminal_poller", name],
-                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
-                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
-        proc.wait_log("ready", timeout=60)
-        self.pollers[name] = proc
-        return proc
-
-    def ensure_running(self) -> None:
-        for name, _ in SIM_TERMINALS:
-            if name not in self.readers or not self.readers[name].alive():
-                self.start_reader(name)
-            if name not in self.pollers or not self.pollers[name].alive():
-                self.start_poller(name)
-        client = redis.Redis.from_url(django_settings.REDIS_URL)
-        for name, _ in SIM_TERMINALS:
-            wait_until(lambda name=name: client.get(heartbeat_key(name)) is not None, 20,
-                       f"a heartbeat of the reader of {name}")
-
-    def stop_all(self) -> None:
-        for proc in [*self.readers.values(), *self.pollers.values()]:
-            proc.stop()
-
-
-@pytest.fixture(scope="session")
-def read_procs(bridge_stack: Stack) -> Iterator[ReadProcs]:
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
-    for name, _ in SIM_TERMINALS:  # nothing left over from an earlier run in this Redis DB
-        client.delete(snapshot_key(name), snapshot_version_key(name), heartbeat_key(name), quote_interest_key(name), f"bridge:read:{name}")
-    procs = ReadProcs(bridge_stack)
-    try:
-        procs.ensure_running()
-        yield procs
-    finally:
-        procs.stop_all()
-
-
-@pytest.fixture
-def reads(stack: Stack, read_procs: ReadProcs) -> ReadProcs:
-    """Per test: the stack with readers and pollers running (restarted if a test stopped one)."""
-    for name, proc in stack.sims.items():
-        assert proc.alive(), f"terminal {name} is down (a failure test did not restore it)"
-    read_procs.ensure_running()
-    return read_procs
+# The read processes' fixtures (``read_procs``, ``reads``) live in tests/conftest.py: one instance for the
+# whole run. Importing them here would make this directory's own second set of readers and pollers.
+from tests.conftest import POLL_INTERVAL, SIM_TERMINALS, ReadProcs, Stack  # noqa: F401 (imported from here)
+from tests.waiting import wait_until  # noqa: F401 (the read tests import it from here too)
 
 
 def open_session(client: APIClient, terminal: str, login: int) -> str:

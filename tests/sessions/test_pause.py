@@ -24,7 +24,6 @@ from streams.keys import log_key
 from tests.factories import make_session, make_workspace
 from tests.orders.conftest import open_session, sim, wait_final  # noqa: F401 (sim: a fixture)
 from tests.orders.test_hot_writes import FULL_PATH_STATUS, ORDER, Live, post
-from tests.reads.conftest import read_procs, reads  # noqa: F401 (fixtures: readers and pollers of the stack)
 from tests.waiting import wait_until
 from trading.models import TaskState, TaskTransition, TradeTask
 from trading.outbox import sweep_outbox
@@ -82,7 +81,7 @@ def _assert_paused_refusal(response, sid: str) -> None:
 
 
 def test_a_paused_session_refuses_every_write_and_serves_reads_replays_and_heartbeats(
-        stack, client, reads) -> None:  # noqa: F811 (the reads fixture)
+        stack, client, reads) -> None:
     sid = open_session(client, TERMINAL)
     filled = wait_final(_post(client, sid, "/orders", BUY, "pz-before").json()["taskId"])
     assert filled.state == "filled" and filled.position_ticket, filled.result
