@@ -230,21 +230,20 @@ class ReadProcs:
     readers: dict[str, Proc] = field(default_factory=dict)
     pollers: dict[str, Proc] = field(default_factory=dict)
 
-    def start_reader(self, name: str) -> Proc:
-        proc = start_manage(f"reader-{name}-{int(time.time() * 1000)}", ["run_terminal_reader", name],
+    def _start(self, role: str, name: str) -> Proc:
+        proc = start_manage(f"{role}-{name}-{int(time.time() * 1000)}", [f"run_terminal_{role}", name],
                             {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
                              "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
         proc.wait_log("ready", timeout=60)
-        self.readers[name] = proc
         return proc
 
+    def start_reader(self, name: str) -> Proc:
+        self.readers[name] = self._start("reader", name)
+        return self.readers[name]
+
     def start_poller(self, name: str) -> Proc:
-        proc = start_manage(f"poller-{name}-{int(time.time() * 1000)}", ["run_terminal_poller", name],
-                            {**self.stack.env, "BRIDGE_POLL_INTERVAL": POLL_INTERVAL,
-                             "BRIDGE_POLL_IDLE_INTERVAL": POLL_INTERVAL}, self.stack.log_dir)
-        proc.wait_log("ready", timeout=60)
-        self.pollers[name] = proc
-        return proc
+        self.pollers[name] = self._start("poller", name)
+        return self.pollers[name]
 
     def ensure_running(self) -> None:
         for name, _ in SIM_TERMINALS:

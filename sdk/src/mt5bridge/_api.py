@@ -71,6 +71,19 @@ class SessionAPI:
 
     session_id: str
 
+    def _init_session(self, client: Any, *, login: int, password: str, server: str, account_id: str,
+                      terminal: str | None, wait: float, heartbeat: bool) -> None:
+        """What a session handle holds before it is opened, the same under both clients."""
+        self.client = client
+        self._open_body = {"accountId": account_id, "server": server, "login": login, "password": password,
+                           **({"terminal": terminal} if terminal else {})}
+        self._open_wait = wait
+        self._heartbeat_enabled = heartbeat
+        self.session_id = ""
+        self.opened: SessionInfo | None = None
+        self.heartbeat_interval = 30.0
+        self.ended = False
+
     def _call(self, call: Call) -> Any:  # pragma: no cover - provided by the session classes
         raise NotImplementedError
 

@@ -116,15 +116,8 @@ class AsyncSession(SessionAPI):
 
     def __init__(self, client: AsyncClient, *, login: int, password: str, server: str, account_id: str,
                  terminal: str | None = None, wait: float = 30.0, heartbeat: bool = True) -> None:
-        self.client = client
-        self._open_body = {"accountId": account_id, "server": server, "login": login, "password": password,
-                           **({"terminal": terminal} if terminal else {})}
-        self._open_wait = wait
-        self._heartbeat_enabled = heartbeat
-        self.session_id = ""
-        self.opened: SessionInfo | None = None
-        self.heartbeat_interval = 30.0
-        self.ended = False
+        self._init_session(client, login=login, password=password, server=server, account_id=account_id,
+                           terminal=terminal, wait=wait, heartbeat=heartbeat)
         self.tasks = AsyncTasks(self)
         self._heartbeat_task: asyncio.Task | None = None
         self._watcher: _AsyncOrderWatcher | None = None
