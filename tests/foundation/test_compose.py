@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from terminals.config import parse_sim_broker, parse_terminals
+from tests.procs import free_port
 from workers.stack import terminal_process_argvs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +176,69 @@ def test_the_environment_compose_renders_passes_the_production_checks(tmp_path: 
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "31536000"
+
+
+# The services that run the bridge's own code (the sim-* services run mt5sim, the windows VM its own).
+BRIDGE_SERVICES = ("migrate", "web", "events", "beat", "maintenance", "worker-sim-1", "worker-sim-2")
+_SETTINGS_OPTION = re.compile(r"--settings=(\S+)")
+
+
+def _service_env(rendered: dict, name: str, tmp_path: Path) -> dict[str, str]:
+    """The service's environment as compose renders it, on this host: the surrounding run's bridge
+    variables removed, the container's paths (/app, /var/lib/bridge) mapped to the checkout and a temp dir."""
+    service = rendered["services"][name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "REDIS", "DATABASE", "CELERY"))}
+    env.update({k: str(v).replace("/app/", f"{ROOT}/") for k, v in service["environment"].items()})
+    env["BRIDGE_VAR_DIR"] = str(tmp_path / "var")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def _service_argv(rendered: dict, name: str, tmp_path: Path) -> list[str]:
+    """The service's command as compose runs it, with this venv's interpreter, bound to a free port."""
+    argv = [str(a).replace("/var/lib/bridge", str(tmp_path / "var")) for a in rendered["services"][name]["command"]]
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    elif argv[0] in ("gunicorn", "celery"):
+        argv[:1] = [sys.executable, "-m", argv[0]]
+    if name == "web":
+        argv[argv.index("-b") + 1] = f"127.0.0.1:{free_port()}"
+    if name == "events":
+        argv[argv.index("-b") + 1], argv[argv.index("-p") + 1] = "127.0.0.1", str(free_port())
+    return argv
+
+
+def test_compose_with_the_development_secret_refuses_to_start_every_bridge_service(tmp_path: Path) -> None:
+    """Compose renders a .env whose SECRET_KEY is the development key (a value is set: ``${VAR:?}`` lets it
+    through), so the refusal must come from the bridge: each service's own command, run with the environment
+    compose gives it, exits on the production check naming SECRET_KEY. With gen_env.py's key instead, the
+    same environments load the settings (so the refusal is the secret's, not the environment's)."""
+    from bridge_project.settings import DEV_SECRET_KEY
+
+    compose = yaml.safe_load(_compose_text())
+    good = _generated_env(tmp_path)
+    (tmp_path / "var").mkdir()
+    rendered = interpolate(compose, {**good, "SECRET_KEY": DEV_SECRET_KEY})
+    accepted = interpolate(compose, good)
+    services = {n for n, s in compose["services"].items()
+                if (s.get("environment") or {}).get("BRIDGE_ENV") == "production"
+                and "mt5sim" not in s.get("command", [])}
+    assert services == set(BRIDGE_SERVICES), services  # a new service must be checked here too
+    for name in BRIDGE_SERVICES:
+        assert rendered["services"][name]["environment"]["SECRET_KEY"] == DEV_SECRET_KEY
+        argv = _service_argv(rendered, name, tmp_path)
+        result = subprocess.run(argv, env=_service_env(rendered, name, tmp_path), cwd=ROOT, capture_output=True,
+                                text=True, timeout=90)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, (name, argv, output[-3000:])
+        assert "BRIDGE_ENV=production refuses to start" in output and "SECRET_KEY is the development key" in output, \
+            (name, argv, output[-3000:])
+        settings_module = next((m[1] for a in argv if (m := _SETTINGS_OPTION.fullmatch(a))), "bridge_project.settings")
+        code = "import django; django.setup(); from django.conf import settings as s; print(s.SECRET_KEY[:4])"
+        loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                env={**_service_env(accepted, name, tmp_path), "DJANGO_SETTINGS_MODULE": settings_module})
+        assert loaded.returncode == 0, (name, loaded.stderr[-2000:])
+        assert loaded.stdout.split()[-1] == good["SECRET_KEY"][:4], name
 
 
 def _docker_compose() -> list[str] | None:
