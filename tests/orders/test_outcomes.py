@@ -129,6 +129,26 @@ def test_a_disconnected_terminal_keeps_the_outcome_unknown(session, client, sim,
     assert task.state == "failed" and sim(TERMINAL).broker_orders_of(task) == []
 
 
+def test_a_terminal_on_another_account_keeps_the_outcome_unknown(session, client, sim, control) -> None:
+    ctl = control(TERMINAL)
+    # The order executes later on the session's account, invisible meanwhile; before it does, the
+    # terminal is logged in to another account (by hand in its window): that account's history says
+    # nothing of the task, so a lookup there is no proof that it never executed.
+    ctl.slow_execution(4.0, 1, visible=False)
+    task = _unknown(_post(client, session, "amb-acct"))
+    ctl.switch_account(OWN_LOGIN + 1, "pw", "Demo")
+    try:
+        _past_bound(task)
+        task = _reconcile(task.id)
+        assert task.state == "unknown" and _unknown_because(task) == "account_mismatch", task.result
+    finally:
+        ctl.switch_account(OWN_LOGIN, "pw", "Demo")
+    wait_until(lambda: sim(TERMINAL).broker_orders_of(task), 20, "the late execution on the session's account")
+    task = _reconcile(task.id)
+    assert task.state == "filled" and len(sim(TERMINAL).broker_orders_of(task)) == 1, task.result
+    assert _path(task) == ["queued", "dispatched", "unknown", "filled"]  # never failed on the way
+
+
 def test_a_close_whose_history_is_not_synced_stays_unknown_until_it_is(session, client, sim, control) -> None:
     opened = wait_final(_post(client, session, "amb-hist-open"))
     assert opened.state == "filled"
