@@ -34,6 +34,13 @@ def _close(client: APIClient, session_id: str) -> None:
     client.delete(f"/mt5/client/session/{session_id}")
 
 
+def _stored_password(session_id: str) -> bytes:
+    """The password column of the session's row, as the database holds it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT password_encrypted FROM bridge_sessions_bridgesession WHERE id = %s", [session_id])
+        return bytes(cursor.fetchone()[0])
+
+
 def test_open_logs_in_on_the_pinned_worker_and_becomes_active(stack: Stack, client: APIClient) -> None:
     body = _open(client, 70001, terminal="sim-a")
     assert body["status"] == "active", body
@@ -59,6 +66,7 @@ def test_wrong_password_is_login_failed_with_mt5_error_and_frees_terminal(stack:
     failed = _open(client, 70002, password="not-the-password", terminal="sim-b")
     assert failed["status"] == "login_failed"
     assert failed["error"] == {"code": -6, "message": "Terminal: Authorization failed"}
+    assert _stored_password(failed["sessionId"]) == b""  # the secret does not outlive the session
     # login_failed is not live: the terminal is free again.
     again = _open(client, 70002, terminal="sim-b")
     assert again["status"] == "active"
@@ -74,8 +82,10 @@ def test_heartbeat_extends_and_close_frees_and_revokes(stack: Stack, client: API
     beat = client.post(f"/mt5/client/session/{sid}/heartbeat")
     assert beat.status_code == 200
     assert beat.json()["expiresAt"] > body["expiresAt"]
+    assert decrypt_secret(_stored_password(sid), sid) == PASSWORD  # a live session holds its password
     closed = client.delete(f"/mt5/client/session/{sid}")
     assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    assert _stored_password(sid) == b""  # wiped with the close (issue #11)
     after = client.post(f"/mt5/client/session/{sid}/heartbeat")
     assert after.status_code == 401 and after.json()["error"]["code"] == "SessionExpired"
     # the terminal is free: a new session can take it
@@ -95,6 +105,7 @@ def test_session_without_heartbeat_expires_by_beat_and_frees_terminal(stack: Sta
         wait_until(lambda: BridgeSession.objects.get(id=sid).status != "active", 20, "the session swept",
                    interval=0.2)
         assert BridgeSession.objects.get(id=sid).status == "expired"
+        assert _stored_password(sid) == b""  # wiped with the expiry
         hb = client.post(f"/mt5/client/session/{sid}/heartbeat")
         assert hb.status_code == 401 and hb.json()["error"]["code"] == "SessionExpired"
     finally:
