@@ -456,6 +456,24 @@ def test_request_id_sent_twice_on_a_real_server(servers: dict[str, int], server:
 
 
 @pytest.mark.parametrize("server", SERVERS)
+def test_auth_then_method_then_headers_on_a_real_server(servers: dict[str, int], server: str,
+                                                        server_key: str) -> None:
+    """The order of the checks through the web server itself: no key and a bad request id is 401, TRACE
+    with a key is 405, and only then the header is refused (400 naming it); never the invalid id echoed."""
+    port, body = servers[server], json.dumps(GOOD_OPEN).encode()
+    no_key = raw_http(port, "POST", OPEN, [("Content-Type", "application/json"), ("x-request-id", "has space")], body)
+    assert no_key.status == 401 and no_key.error()["code"] == "Unauthorized"
+    assert no_key.headers["x-request-id"].startswith("req_")
+    auth = ("Authorization", f"Bearer {server_key}")
+    trace = raw_http(port, "TRACE", OPEN, [auth, ("x-request-id", "has space")])
+    assert trace.status == 405 and trace.error()["code"] == "MethodNotAllowed"
+    bad_id = raw_http(port, "POST", OPEN, [auth, ("Content-Type", "application/json"), ("x-request-id", "has space")],
+                      body)
+    assert bad_id.status == 400 and list(bad_id.error()["details"]) == ["x-request-id"]
+    assert BridgeSession.objects.count() == 0  # nothing opened
+
+
+@pytest.mark.parametrize("server", SERVERS)
 def test_deep_json_on_a_real_server(servers: dict[str, int], server: str, server_key: str) -> None:
     answer = raw_http(servers[server], "POST", OPEN,
                       [("Authorization", f"Bearer {server_key}"), ("Content-Type", "application/json")],
