@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -239,6 +240,20 @@ def test_compose_with_the_development_secret_refuses_to_start_every_bridge_servi
                                 env={**_service_env(accepted, name, tmp_path), "DJANGO_SETTINGS_MODULE": settings_module})
         assert loaded.returncode == 0, (name, loaded.stderr[-2000:])
         assert loaded.stdout.split()[-1] == good["SECRET_KEY"][:4], name
+
+
+def test_every_daphne_of_compose_and_the_image_runs_with_the_bridge_http_limits() -> None:
+    """A plain ``daphne`` drops a header line over 16 KiB with no answer and parses multipart bodies before
+    auth (docs/operations.md, "The web servers"): compose's daphne and the image's CMD go through workers.stack."""
+    commands = {name: [str(a) for a in service.get("command", [])]
+                for name, service in yaml.safe_load(_compose_text())["services"].items()}
+    cmd = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert cmd, "the Dockerfile has a CMD"
+    commands["Dockerfile CMD"] = json.loads(cmd.group(1))
+    daphnes = {name: argv for name, argv in commands.items() if any("daphne" in a for a in argv)}
+    assert {"events", "Dockerfile CMD"} <= daphnes.keys(), daphnes
+    for name, argv in daphnes.items():
+        assert argv[:4] == ["python", "-m", "workers.stack", "daphne"], (name, argv)
 
 
 def _docker_compose() -> list[str] | None:
