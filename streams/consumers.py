@@ -51,10 +51,10 @@ from redis.exceptions import RedisError
 
 from bridge_project.ratelimit import arate_limit_hit, client_ip_from_scope
 from sessions.auth import principal_for_key
-from sessions.models import LIVE_STATUSES, ApiKey, BridgeSession
-from sessions.services import session_expire_if_due, session_get
+from sessions.models import ApiKey
+from sessions.services import session_get
 
-from . import conf, ratelimit, relay, subscriptions, tickets
+from . import checks, conf, ratelimit, relay, subscriptions, tickets
 from .keys import (
     ALWAYS,
     FINAL_SESSION_STATUSES,
@@ -77,7 +77,6 @@ CLOSE_SESSION_ENDED = 4410
 CLOSE_TOO_SLOW = 4429
 CLOSE_UNAVAILABLE = 4503  # Redis unreachable while the socket opened (servers may send 1000 or 3000-4999)
 MAX_CHANNELS = 256
-GAP_CHECK_SECONDS = 5.0
 REPLAY_PAGE = 1000
 # Events waiting in a busy socket's inbox beyond this are dropped (counted): a replayable one is then
 # fetched from the session's stream by the gap check, quotes are latest values anyway.
@@ -120,11 +119,6 @@ def _authenticate_ticket(grant: tickets.Ticket) -> tuple[str, str, int] | None:
 
 def _key_active(key_id: int) -> bool:
     return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).exists()
-
-
-def _session_live(session_id: str) -> bool:
-    session = BridgeSession.objects.filter(id=session_id, status__in=LIVE_STATUSES).first()
-    return session is not None and session_expire_if_due(session=session).live
 
 
 def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None, dict[str, list[str]]]:
@@ -295,6 +289,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         # the session had no sequence yet, so the first epoch seen is simply followed.
         self.epoch = 0
         self.last_seq = 0
+        self.checked_seq = -1  # last_seq at the previous sequence check (streams.checks)
         self.groups_joined: set[str] = set()
         self.send_queue = SendQueue(conf.client_max_pending())
         self.restart_task: asyncio.Task | None = None
@@ -321,8 +316,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             return
         relay.watch(self)
         self.writer = asyncio.create_task(self._write_loop())
-        self.housekeeper = asyncio.create_task(self._housekeeping())
-        self.key_watch = asyncio.create_task(self._key_check_loop())
+        checks.start()  # this process's periodic checks of its sockets, this one included
         since = (query.get("since") or [None])[0]
         epoch = (query.get("epoch") or [None])[0]
         if epoch is not None and not epoch.isdigit():
@@ -343,8 +337,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         self.closing = True
         relay.unwatch(self)
         self._leave_all()
-        for task in (getattr(self, "writer", None), getattr(self, "housekeeper", None),
-                     getattr(self, "key_watch", None), getattr(self, "restart_task", None)):
+        for task in (getattr(self, "writer", None), getattr(self, "restart_task", None)):
             if task is not None:
                 task.cancel()
         try:
@@ -717,42 +710,25 @@ class EventsConsumer(AsyncWebsocketConsumer):
         if self.session_id is not None and message.get("k") == self.key_id:
             await self._close_now(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
 
-    async def _key_check_loop(self) -> None:
-        """The fallback should the revocation message be lost (Redis away, a key revoked by a path that
-        does not publish): the key is looked up every ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``."""
-        interval = conf.key_check_interval()
-        while not self.close_sent:
-            await asyncio.sleep(interval)
-            try:
-                active = await database_sync_to_async(_key_active)(self.key_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database away: try again next round
-                logger.warning("socket %s: API key check failed; retrying", self.socket_id, exc_info=True)
-                continue
-            if not active:
-                await self._close_now(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
-                return
-
     # -- writing ---------------------------------------------------------------------------------------
     def _reply(self, payload: dict) -> None:
         self.send_queue.put(dumps(payload))
 
     async def _write_loop(self) -> None:
-        high = conf.client_high_water()
-        stall = conf.client_stall_timeout()
+        """Write what is queued, in order. The server's backlog for this socket (a syscall) is looked at
+        after each run of writes and, within a run, after every sixteenth of the high-water mark written,
+        not before each message: at 1,000 sockets the look per message was an eighth of daphne's time.
+        Nothing is written between runs, so the look after a run sees every growth; a run goes at most a
+        sixteenth of the mark (or one message) past the mark before it stops for the client."""
+        look_every = max(1, conf.client_high_water() // 16)
         try:
             while True:
                 await self.send_queue.wait()
+                unlooked = 0  # characters written since the last look
                 while True:
                     if self.send_queue.overflowed:
                         await self._too_slow(f"more than {self.send_queue.max_pending} ordered messages pending")
                         return
-                    backlog = server_backlog(self.base_send)
-                    if backlog is not None and backlog > high:
-                        if not await self._wait_drain(high // 4, stall):
-                            await self._too_slow(f"server buffer over {high} bytes for {stall}s")
-                            return
                     item = self.send_queue.pop()
                     if item is None:
                         break
@@ -761,10 +737,30 @@ class EventsConsumer(AsyncWebsocketConsumer):
                         await self.close(code=item)
                         return
                     await self.send(text_data=item)
+                    unlooked += len(item)
+                    if unlooked >= look_every:
+                        unlooked = 0
+                        if not await self._room_to_write():
+                            return
+                if unlooked and not await self._room_to_write():
+                    return
         except asyncio.CancelledError:
             raise
         except Exception:  # the record expires by itself
             logger.exception("events writer failed for socket %s", getattr(self, "socket_id", "?"))
+
+    async def _room_to_write(self) -> bool:
+        """False when the client stopped reading: the server has held more than the high-water mark for it
+        for the stall timeout (then the socket is closed with 4429)."""
+        high = conf.client_high_water()
+        backlog = server_backlog(self.base_send)
+        if backlog is None or backlog <= high:
+            return True
+        stall = conf.client_stall_timeout()
+        if await self._wait_drain(high // 4, stall):
+            return True
+        await self._too_slow(f"server buffer over {high} bytes for {stall}s")
+        return False
 
     async def _wait_drain(self, low: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -800,13 +796,17 @@ class EventsConsumer(AsyncWebsocketConsumer):
             relay.leave(group, self)
         self.groups_joined.clear()
 
-    async def _publish_watch(self) -> None:
+    def _watched(self) -> tuple[set[str], set[str], set[tuple[str, str]]]:
+        """(quote symbols, depth symbols, candle (symbol, timeframe) pairs) this socket subscribes to."""
         quotes = {c.split(":", 1)[1] for c in self.subs if c.startswith("quote:")}
         depth = {c.split(":", 1)[1] for c in self.subs if c.startswith("depth:")}
         candles = {parse_candle(c.split(":", 1)[1]) for c in self.subs if c.startswith("candle:")}
+        return quotes, depth, {pair for pair in candles if pair is not None}
+
+    async def _publish_watch(self) -> None:
+        quotes, depth, candles = self._watched()
         async with redis_slot():
-            await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth,
-                                         candles={pair for pair in candles if pair is not None})
+            await subscriptions.register(self.redis, self.terminal, self.socket_id, quotes, depth, candles=candles)
 
     def redis_restarted(self) -> None:
         """Called by this process's relay when Redis came back empty: the poller's record of this socket's
@@ -831,40 +831,30 @@ class EventsConsumer(AsyncWebsocketConsumer):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _housekeeping(self) -> None:
-        """Refresh the subscription record, catch a lost last event or a new epoch, re-check the session."""
-        last_refresh = last_session = time.monotonic()
-        session_check = conf.session_check_interval()
-        checked_seq = -1
-        while not self.closing:
-            await asyncio.sleep(GAP_CHECK_SECONDS)
-            now = time.monotonic()
-            try:
-                async with redis_slot():
-                    current, epoch = await acurrent_state(self.redis, self.session_id)
-                # Another epoch: Redis restarted and events were published since. Behind with no progress
-                # since the last round: a lost last event (a socket that is merely busy catching up moves
-                # on by itself and is not asked to read the stream).
-                if (epoch and epoch != self.epoch) or (current > self.last_seq and self.last_seq == checked_seq):
-                    self._to_inbox({"type": "bridge.check"})
-                checked_seq = self.last_seq
-                if now - last_refresh >= subscriptions.SUBSCRIPTION_TTL / 3 and len(self.subs) > len(ALWAYS):
-                    await self._publish_watch()
-                    last_refresh = now
-                if now - last_session >= session_check:
-                    last_session = now
-                    if not await database_sync_to_async(_session_live)(self.session_id):
-                        # The fallback: the session's final ``session`` event should have closed it already.
-                        if not self.closing:
-                            self.send_queue.put(dumps(_error("SessionExpired", "the session is no longer live")))
-                            self._end(CLOSE_SESSION_ENDED)
-                        return
-            except asyncio.CancelledError:
-                raise
-            except REDIS_ERRORS as exc:
-                logger.warning("events housekeeping of socket %s: Redis unreachable (%s)", self.socket_id, exc)
-            except Exception:  # housekeeping retries next round
-                logger.exception("events housekeeping failed for socket %s", self.socket_id)
+    # -- answers of this process's periodic checks (streams.checks) ------------------------------------
+    def check_sequence(self, current: int, epoch: int) -> None:
+        """The session's ``(seq, epoch)`` now. Another epoch: Redis restarted and events were published
+        since. Behind with no progress since the last check: a lost last event (a socket that is merely busy
+        catching up moves on by itself and is not asked to read the stream)."""
+        if self.closing:
+            return
+        if (epoch and epoch != self.epoch) or (current > self.last_seq and self.last_seq == self.checked_seq):
+            self._to_inbox({"type": "bridge.check"})
+        self.checked_seq = self.last_seq
+
+    def symbols_record(self) -> str | None:
+        """This socket's record for the poller (``streams.subscriptions``), None when it watches no symbol."""
+        quotes, depth, candles = self._watched()
+        if not (quotes or depth or candles):
+            return None
+        return subscriptions.record(quotes, depth, candles=candles)
+
+    def session_gone(self) -> None:
+        """The database says the session is no longer live (the fallback: its final ``session`` event
+        should have closed the socket already)."""
+        if not self.closing:
+            self.send_queue.put(dumps(_error("SessionExpired", "the session is no longer live")))
+            self._end(CLOSE_SESSION_ENDED)
 
     async def bridge_check(self, message: dict) -> None:
         """A gap check or a restart, run in the consumer's own message order (no race with live events)."""

@@ -265,7 +265,7 @@ def publish_key_revoked(key_id: int) -> bool:
     """Tell every socket opened with API key ``key_id`` (on any daphne process) that the key was revoked:
     they close with 4401 at once. One entry on the fan-out stream (``t=key.revoked``), forwarded by a
     relay to the channel-layer group ``key.<id>``. Never raises: False when Redis could not be reached
-    (logged; each socket's periodic key check, ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``, still closes it)."""
+    (logged; the periodic key check of the sockets' process, ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``, still closes them)."""
     client, _ = _client()
     for attempt in range(3):
         try:

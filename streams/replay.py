@@ -104,3 +104,14 @@ async def acurrent_state(client, session_id: str) -> tuple[int, int]:
     """(last seq, epoch) of the session; (0, 0) when it has no counter."""
     seq, epoch = await client.hmget(seq_key(session_id), "n", "e")
     return int(seq or 0), int(epoch or 0)
+
+
+async def acurrent_states(client, session_ids: set[str]) -> dict[str, tuple[int, int]]:
+    """``acurrent_state`` of several sessions in one round trip."""
+    ordered = list(session_ids)
+    pipe = client.pipeline(transaction=False)
+    for session_id in ordered:
+        pipe.hmget(seq_key(session_id), "n", "e")
+    replies = await pipe.execute()
+    return {session_id: (int(seq or 0), int(epoch or 0)) for session_id, (seq, epoch) in zip(ordered, replies,
+                                                                                          strict=True)}

@@ -1,10 +1,10 @@
 """Where sockets record which symbols they watch, so the terminal's poller knows what to poll.
 
 Per terminal, a Redis hash maps each socket to its quote and depth symbols, its candle (symbol,
-timeframe) pairs and an expiry; a version
-counter changes on every write, so a poller reading every cycle pays one ``GET`` until something
-changes. A socket refreshes its record while open and removes it on close; a record of a socket
-whose daphne died expires by itself (``SUBSCRIPTION_TTL``).
+timeframe) pairs and an expiry; a version counter changes whenever what is watched changes, so a
+poller reading every cycle pays one ``GET`` until something changes. A socket's record is refreshed
+while it is open (``streams.checks``: a new expiry, no version change) and removed on close; a record
+of a socket whose daphne died expires by itself (``SUBSCRIPTION_TTL``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .keys import subs_key, subs_version_key
 
-SUBSCRIPTION_TTL = 60.0  # seconds a record lives without refresh; sockets refresh every TTL/3
+SUBSCRIPTION_TTL = 60.0  # seconds a record lives without refresh; refreshed every TTL/3 (streams.checks)
 FULL_REREAD = 10.0  # seconds between full re-reads even without a version change (to drop expired)
 
 
@@ -54,6 +54,14 @@ async def register(client, terminal: str, socket_id: str, quotes: set[str], dept
         pipe.hdel(subs_key(terminal), socket_id)
     pipe.incr(subs_version_key(terminal))
     await pipe.execute()
+
+
+async def refresh(client, terminal: str, records: dict[str, str]) -> None:
+    """Write the fresh records (``record``) of sockets whose symbols did not change, in one ``HSET``. The
+    version moves only when a record had to be created again (it had expired and the poller dropped it):
+    a refresh alone changes nothing the poller polls, so it does not make every poller re-read the hash."""
+    if records and await client.hset(subs_key(terminal), mapping=records):
+        await client.incr(subs_version_key(terminal))
 
 
 async def unregister(client, terminal: str, socket_id: str) -> None:
