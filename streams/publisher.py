@@ -263,9 +263,10 @@ def publish_events(events: Iterable[tuple[str, str, dict[str, Any], int | None]]
 
 def publish_key_revoked(key_id: int) -> bool:
     """Tell every socket opened with API key ``key_id`` (on any daphne process) that the key was revoked:
-    they close with 4401 at once. One entry on the fan-out stream (``t=key.revoked``), forwarded by a
-    relay to the channel-layer group ``key.<id>``. Never raises: False when Redis could not be reached
-    (logged; the periodic key check of the sockets' process, ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``, still closes them)."""
+    they close with 4401 at once. One entry on the fan-out stream (``t=key.revoked``), handed by each
+    process's relay to its sockets in the group ``key.<id>``. Never raises: False when Redis could not be
+    reached (logged; the periodic key check of the sockets' process, ``BRIDGE_EVENTS_KEY_CHECK_INTERVAL``,
+    still closes them)."""
     client, _ = _client()
     for attempt in range(3):
         try:
