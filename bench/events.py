@@ -13,7 +13,9 @@ asyncio + websockets) subscribe to ``order`` and ``quote:EURUSD``; the driver dr
 ``--orders`` market orders at ``--order-rate``/s over REST. Per row:
 
 * ``filled`` p50/p99: from the driver's clock just before each POST to each socket's receive of that
-  task's ``filled`` event (socket x order);
+  task's ``filled`` event (socket x order); under it, where that time goes: POST -> the task final in
+  the ledger (``finished_at``: web tier, queue, worker, terminal; per order), and ledger -> socket
+  (publish, relay, fan-out, client; per socket x order);
 * ``quote`` p50/p99: from the tick's own ``time_msc`` (real UTC) to the socket's receive;
 * ticks missed per socket (ticks driven that a socket did not get: 0 means every tick reached it);
 * ``lost``: kept events of the session's log (``order``, ``session``) published during the row that a
@@ -258,9 +260,18 @@ def run_phase(url: str, web_port: int, auth: dict, sid: str, ctl, sockets: int, 
     per_socket = [sock for o in outs for sock in o["sockets"]]
     want = set(expected)
     filled_delays = [at - posted[task] for sock in per_socket for task, at in sock["filled"].items() if task in posted]
+    # Where the time goes: POST -> the task final in the ledger (web tier, queue, worker, terminal), then
+    # ledger -> each socket (publish, relay, fan-out, client).
+    finished = {t.id: t.finished_at.timestamp() * 1000
+                for t in TradeTask.objects.filter(id__in=list(posted), finished_at__isnull=False)}
+    ledger_delays = [finished[task] - posted[task] for task in finished]
+    delivery_delays = [at - finished[task] for sock in per_socket for task, at in sock["filled"].items()
+                       if task in finished]
     return {
         "sockets": len(per_socket), "ticks": i, "orders": len(posted), "elapsed": elapsed,
         "filled_p50": pct(filled_delays, 50), "filled_p99": pct(filled_delays, 99),
+        "ledger_p50": pct(ledger_delays, 50), "ledger_p99": pct(ledger_delays, 99),
+        "delivery_p50": pct(delivery_delays, 50), "delivery_p99": pct(delivery_delays, 99),
         "filled_missing": sum(len(posted) - len(set(sock["filled"]) & set(posted)) for sock in per_socket),
         "quote_p50": pct([d for o in outs for d in o["quote_delays"]], 50),
         "quote_p99": pct([d for o in outs for d in o["quote_delays"]], 99),
@@ -602,8 +613,11 @@ def main() -> None:  # one linear script
                 row = (f"{n_web:>6} {r['sockets']:>7} {r['filled_p50']:>8.1f}ms {r['filled_p99']:>8.1f}ms "
                        f"{r['quote_p50']:>7.1f}ms {r['quote_p99']:>7.1f}ms {r['ticks']:>5} {r['ticks_missed']:>13.2f} "
                        f"{r['kept']:>11} {r['lost']:>5} {r['out_of_order']:>10}")
-                rows.append(row)
-                print(header + "\n" + row, flush=True)
+                split = (f"        filled = POST -> final in the ledger {r['ledger_p50']:.1f} / {r['ledger_p99']:.1f} ms "
+                         f"(p50 / p99, per order) + ledger -> socket {r['delivery_p50']:.1f} / "
+                         f"{r['delivery_p99']:.1f} ms (per socket x order)")
+                rows.extend([row, split])
+                print(header + "\n" + row + "\n" + split, flush=True)
                 if r["filled_missing"]:
                     print(f"        filled events not received: {r['filled_missing']} (socket x order)")
                 for error in sorted(set(r["errors"]))[:5]:

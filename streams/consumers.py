@@ -39,6 +39,7 @@ import math
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -160,6 +161,26 @@ def parse_client_message(text: str, max_bytes: int, max_depth: int) -> tuple[Any
     if isinstance(value, dict | list) and too_deep(value, max_depth):
         return None, f"message nested deeper than {max_depth} levels"
     return value, None
+
+
+def server_text_writer(send: Any) -> Callable[[str], bool] | None:
+    """A synchronous write of one text message straight into the server's WebSocket protocol, when the
+    server lets us see it (daphne: what its ``handle_reply`` does with a ``websocket.send``, without the
+    three coroutines and the message dict per message and socket); None otherwise. The write answers
+    False, writing nothing, once the connection is no longer open: then ``send`` is the way."""
+    protocol = next(iter(getattr(send, "args", ()) or ()), None)
+    server_send = getattr(protocol, "serverSend", None)
+    open_state = getattr(protocol, "STATE_OPEN", None)
+    if server_send is None or open_state is None:
+        return None
+
+    def write(text: str) -> bool:
+        if protocol.state != open_state:
+            return False
+        server_send(text, False)
+        return True
+
+    return write
 
 
 def server_backlog(send: Any) -> int | None:
@@ -721,6 +742,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         Nothing is written between runs, so the look after a run sees every growth; a run goes at most a
         sixteenth of the mark (or one message) past the mark before it stops for the client."""
         look_every = max(1, conf.client_high_water() // 16)
+        write = server_text_writer(self.base_send)
         try:
             while True:
                 await self.send_queue.wait()
@@ -736,7 +758,8 @@ class EventsConsumer(AsyncWebsocketConsumer):
                         logger.info("socket %s of session %s closed (%s)", self.socket_id, self.session_id, item)
                         await self.close(code=item)
                         return
-                    await self.send(text_data=item)
+                    if write is None or not write(item):
+                        await self.send(text_data=item)
                     unlooked += len(item)
                     if unlooked >= look_every:
                         unlooked = 0
