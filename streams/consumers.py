@@ -737,16 +737,15 @@ class EventsConsumer(AsyncWebsocketConsumer):
 
     async def _write_loop(self) -> None:
         """Write what is queued, in order. The server's backlog for this socket (a syscall) is looked at
-        after each run of writes and, within a run, after every sixteenth of the high-water mark written,
-        not before each message: at 1,000 sockets the look per message was an eighth of daphne's time.
-        Nothing is written between runs, so the look after a run sees every growth; a run goes at most a
+        after every sixteenth of the high-water mark written (64 KiB by default), not before each message:
+        at 1,000 sockets the look per message was an eighth of daphne's time. So the writer goes at most a
         sixteenth of the mark (or one message) past the mark before it stops for the client."""
         look_every = max(1, conf.client_high_water() // 16)
         write = server_text_writer(self.base_send)
+        unlooked = 0  # characters written since the last look
         try:
             while True:
                 await self.send_queue.wait()
-                unlooked = 0  # characters written since the last look
                 while True:
                     if self.send_queue.overflowed:
                         await self._too_slow(f"more than {self.send_queue.max_pending} ordered messages pending")
@@ -765,8 +764,6 @@ class EventsConsumer(AsyncWebsocketConsumer):
                         unlooked = 0
                         if not await self._room_to_write():
                             return
-                if unlooked and not await self._room_to_write():
-                    return
         except asyncio.CancelledError:
             raise
         except Exception:  # the record expires by itself
