@@ -163,55 +163,20 @@ def tune_twisted_http(limit: int) -> None:
     http_protocol.WebRequest = BridgeWebRequest  # what daphne's HTTPFactory hands requests to
 
 
-DEFAULT_WEB_GC_THRESHOLDS = (10_000, 50, 100)
-
-
-def web_gc_thresholds() -> tuple[int, ...] | None:
-    """``BRIDGE_WEB_GC_THRESHOLDS`` (environment, ``gen0,gen1,gen2``; ``python``: Python's own): the
-    cyclic garbage collector's thresholds in the daphne processes."""
-    given = os.environ.get("BRIDGE_WEB_GC_THRESHOLDS", "").strip()
-    if given.lower() == "python":
-        return None
-    if not given:
-        return DEFAULT_WEB_GC_THRESHOLDS
-    try:
-        values = tuple(int(part) for part in given.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        sys.exit(f"BRIDGE_WEB_GC_THRESHOLDS must be three positive integers or 'python', not {given!r}")
-    return values
-
-
-def tune_gc(thresholds: tuple[int, ...] | None) -> None:
-    """Keep the collector's full passes out of a busy event server. Measured in daphne with 500 sockets
-    (bench/events.py, 1,000 sockets on 2 processes): with Python's thresholds (700, 10, 10), objects that
-    live a few milliseconds (queued messages, buffers, handles) outlive two young collections at this
-    allocation rate, reach the old generation and set off a full collection every ~10 s, 150-300 ms
-    over ~230,000 objects, during which no socket of the process gets anything. So: the application is
-    loaded first and everything it made is frozen (never scanned again; it lives as long as the
-    process), and the young generation is larger (10,000), so short-lived objects die young. Full
-    passes become rare (after 50 x 100 young ones), the young ones took 2-15 ms. Cyclic garbage waits
-    longer for its collection: a little more memory between passes."""
-    import gc
-    import importlib
-
-    importlib.import_module(ASGI_APPLICATION.split(":", 1)[0])  # Django set up, the application built
-    if thresholds is None:
-        return
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
-
-
 def run_daphne(args: list[str]) -> None:
     """daphne's command line (``args``), with ``tune_twisted_http(server_max_header_bytes())``,
-    ``tune_websocket_sends()`` and ``tune_gc(web_gc_thresholds())``."""
+    ``tune_websocket_sends()`` and the garbage collector tuned (``workers.gc_tuning``) once the
+    application is loaded."""
+    import importlib
+
+    from .gc_tuning import gc_thresholds, tune_gc
+
     tune_twisted_http(server_max_header_bytes())
     from .daphne_sends import tune_websocket_sends  # Twisted and autobahn: the daphne process only
 
     tune_websocket_sends()
-    tune_gc(web_gc_thresholds())
+    importlib.import_module(ASGI_APPLICATION.split(":", 1)[0])  # Django set up, the application built
+    tune_gc(gc_thresholds())
     from daphne.cli import CommandLineInterface  # after the HTTP classes are tuned (see tune_twisted_http)
 
     CommandLineInterface().run(args)

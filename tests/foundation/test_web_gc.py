@@ -1,6 +1,7 @@
-"""The daphne processes' garbage collector (``workers.stack.tune_gc``): the application is loaded and
-frozen before daphne starts, and the young generation is larger, unless ``BRIDGE_WEB_GC_THRESHOLDS=python``.
-Each case runs in a fresh interpreter, as a daphne process starts (a freeze cannot be undone)."""
+"""The garbage collector of daphne and the pinned workers (``workers.gc_tuning``): what the process loaded
+is frozen and the young generation is larger, unless ``BRIDGE_GC_THRESHOLDS=python``. Each case runs in a
+fresh interpreter (a freeze cannot be undone): the probe loads the ASGI application, as
+``workers.stack.run_daphne`` does, then tunes."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = (
-    "import gc, json, sys\n"
-    "from workers.stack import tune_gc, web_gc_thresholds\n"
-    "tune_gc(web_gc_thresholds())\n"
+    "import gc, importlib, json, sys\n"
+    "from workers.gc_tuning import gc_thresholds, tune_gc\n"
+    "from workers.stack import ASGI_APPLICATION\n"
+    "importlib.import_module(ASGI_APPLICATION.split(':')[0])\n"
+    "tune_gc(gc_thresholds())\n"
     "print(json.dumps({'threshold': gc.get_threshold(), 'frozen': gc.get_freeze_count(),\n"
     "                  'app_loaded': 'bridge_project.asgi' in sys.modules}))\n"
 )
 
 
 def _probe(value: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "BRIDGE_WEB_GC_THRESHOLDS"}
+    env = {k: v for k, v in os.environ.items() if k != "BRIDGE_GC_THRESHOLDS"}
     if value is not None:
-        env["BRIDGE_WEB_GC_THRESHOLDS"] = value
+        env["BRIDGE_GC_THRESHOLDS"] = value
     return subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -47,4 +50,4 @@ def test_thresholds_from_the_environment_and_python_s_own() -> None:
 def test_a_bad_value_stops_the_process_with_a_clear_message() -> None:
     done = _probe("10000,fifty")
     assert done.returncode != 0
-    assert "BRIDGE_WEB_GC_THRESHOLDS must be three positive integers" in done.stderr
+    assert "BRIDGE_GC_THRESHOLDS must be three positive integers" in done.stderr

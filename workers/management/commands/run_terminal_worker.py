@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 from bridge_project.celery import app
 from terminals.config import get_terminal
 from terminals.runtime import TERMINAL_ENV, give_up_lease, hold_lease, keep_db_connections
+from workers.gc_tuning import gc_thresholds, tune_gc
 from workers.terminal_threads import TerminalThreads
 
 
@@ -78,6 +79,7 @@ class Command(BaseCommand):
         try:
             threads = TerminalThreads(name, reader=not without_reader, poller=not without_poller,
                                       poll_interval=poll_interval, say=say)
+            tune_gc(gc_thresholds())  # what the worker serves with is loaded: frozen (workers.gc_tuning)
             threads.start()
             app.worker_main(worker_argv(name, loglevel)[3:])  # drop 'celery -A bridge_project'
         finally:
