@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -87,24 +88,24 @@ async def refresh_symbols() -> None:
             await subscriptions.refresh(relay.async_redis(), terminal, by_socket)
 
 
-async def check_sessions() -> None:
+async def _drop_sockets_not_in(read: Callable[[set], set], attribute: str, drop: Callable[[Any], None]) -> None:
+    """``drop`` every open socket whose ``attribute`` (its session id, its key id) is not among what ``read``
+    (one query for all the values of this process's sockets) returns."""
     sockets = _open_sockets()
     if not sockets:
         return
-    live = await database_sync_to_async(live_sessions)({s.session_id for s in sockets})
+    still = await database_sync_to_async(read)({getattr(s, attribute) for s in sockets})
     for socket_consumer in sockets:
-        if socket_consumer.session_id not in live:
-            socket_consumer.session_gone()
+        if getattr(socket_consumer, attribute) not in still:
+            drop(socket_consumer)
+
+
+async def check_sessions() -> None:
+    await _drop_sockets_not_in(live_sessions, "session_id", lambda s: s.session_gone())
 
 
 async def check_keys() -> None:
-    sockets = _open_sockets()
-    if not sockets:
-        return
-    active = await database_sync_to_async(active_keys)({s.key_id for s in sockets})
-    for socket_consumer in sockets:
-        if socket_consumer.key_id not in active:
-            socket_consumer.on_key_revoked(socket_consumer.key_id)
+    await _drop_sockets_not_in(active_keys, "key_id", lambda s: s.on_key_revoked(s.key_id))
 
 
 async def _run() -> None:
