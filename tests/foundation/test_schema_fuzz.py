@@ -317,8 +317,10 @@ def test_the_served_schema_states_what_the_server_enforces(fuzz_server, tmp_path
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", url + SCHEMA_PATH,
-         "--checks", "all", "--report", "json", "--report-dir", str(report_dir), "--no-color",
-         "--max-failures", "50"],
+         # ``--checks all`` on the command line enables every check again, the config's
+         # ``use_after_free.enabled = false`` included: it is excluded here too (CI, seed 27400721).
+         "--checks", "all", "--exclude-checks", "use_after_free", "--report", "json", "--report-dir",
+         str(report_dir), "--no-color", "--max-failures", "50"],
         env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).resolve()), SESSION_ENV: session_id,
              "BRIDGE_FUZZ_LOG": str(let_through), "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=840, cwd=report_dir,  # its .schemathesis cache goes there
