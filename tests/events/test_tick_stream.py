@@ -60,7 +60,11 @@ def test_the_cursor_hands_on_every_tick_once_and_in_order(sim_a) -> None:
         if i % 3 == 2:  # three ticks between two reads
             got += stream.read("GBPUSD", _newest(reads, "GBPUSD"))
     got += stream.read("GBPUSD", _newest(reads, "GBPUSD"))
-    assert [t["bid"] for t in got if t["bid"] in bids] == bids
+    # Each injected tick, in order. (A subsequence, not a filter: the live walk goes on from each injected
+    # price and may hit one of these values again, CI seed of 2026-12-07. That no tick comes twice or is
+    # skipped is the comparison with the terminal's own ticks below.)
+    handed_on = iter(t["bid"] for t in got)
+    assert all(bid in handed_on for bid in bids), [t["bid"] for t in got]
     window = _terminal_ticks("GBPUSD", got[0]["time_msc"] + OFFSET_MS, got[-1]["time_msc"] + OFFSET_MS)
     assert _as_tuples(got) == window
     assert abs(got[-1]["time_msc"] / 1000 - time.time()) < 60  # real UTC, not UTC+3
