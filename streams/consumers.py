@@ -118,10 +118,6 @@ def _authenticate_ticket(grant: tickets.Ticket) -> tuple[str, str, int] | None:
     return (*found, key.pk) if found else None
 
 
-def _key_active(key_id: int) -> bool:
-    return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).exists()
-
-
 def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None, dict[str, list[str]]]:
     """(api key, session id, query) from the headers, else from ``?token=&session=``."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -163,12 +159,17 @@ def parse_client_message(text: str, max_bytes: int, max_depth: int) -> tuple[Any
     return value, None
 
 
+def _server_protocol(send: Any) -> Any:
+    """The server's protocol object behind an ASGI ``send`` (daphne: ``partial(handle_reply, protocol)``)."""
+    return next(iter(getattr(send, "args", ()) or ()), None)
+
+
 def server_text_writer(send: Any) -> Callable[[str], bool] | None:
     """A synchronous write of one text message straight into the server's WebSocket protocol, when the
     server lets us see it (daphne: what its ``handle_reply`` does with a ``websocket.send``, without the
     three coroutines and the message dict per message and socket); None otherwise. The write answers
     False, writing nothing, once the connection is no longer open: then ``send`` is the way."""
-    protocol = next(iter(getattr(send, "args", ()) or ()), None)
+    protocol = _server_protocol(send)
     server_send = getattr(protocol, "serverSend", None)
     open_state = getattr(protocol, "STATE_OPEN", None)
     if server_send is None or open_state is None:
@@ -189,7 +190,7 @@ def server_backlog(send: Any) -> int | None:
     unacknowledged: daphne under ``workers.stack`` writes straight into the kernel while nothing is
     buffered, so a client that stopped reading first fills that queue); None otherwise (then
     ``await send`` itself applies backpressure)."""
-    protocol = next(iter(getattr(send, "args", ()) or ()), None)
+    protocol = _server_protocol(send)
     transport = getattr(protocol, "transport", None)
     if transport is None or not hasattr(transport, "dataBuffer"):
         return None
@@ -320,7 +321,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
             # seen by this check, one after it arrives through the group.
             await relay.start()
             self._join(key_group(self.key_id))
-            if not await database_sync_to_async(_key_active)(self.key_id):
+            if self.key_id not in await database_sync_to_async(checks.active_keys)({self.key_id}):
                 self._leave_all()
                 await self._refuse(CLOSE_UNAUTHORIZED, _error("Unauthorized", "the API key was revoked"))
                 return

@@ -12,12 +12,15 @@ limits").
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
 import re
 import sys
 import uuid
+
+from .gc_tuning import gc_thresholds, tune_gc
 
 ASGI_APPLICATION = "bridge_project.asgi:application"
 # The largest header field (and request line) the web servers pass to the application; the
@@ -167,10 +170,6 @@ def run_daphne(args: list[str]) -> None:
     """daphne's command line (``args``), with ``tune_twisted_http(server_max_header_bytes())``,
     ``tune_websocket_sends()`` and the garbage collector tuned (``workers.gc_tuning``) once the
     application is loaded."""
-    import importlib
-
-    from .gc_tuning import gc_thresholds, tune_gc
-
     tune_twisted_http(server_max_header_bytes())
     from .daphne_sends import tune_websocket_sends  # Twisted and autobahn: the daphne process only
 
